@@ -1,0 +1,180 @@
+"""The artifact directory: the only module that knows its file names.
+
+A trained model directory is a Hugging Face model directory plus slmkit's own records:
+
+    config.json, model.safetensors            the model (transformers loads it unchanged)
+    tokenizer.json, tokenizer_config.json     the tokenizer (transformers and `tokenizers` load it)
+    config.yaml                               the resolved stage config that produced it
+    metrics.json                              what the stage measured
+
+Outputs are built in a staging directory beside the destination (`.<name>.partial`) and renamed into place
+only when complete, so an interrupted or failed run never leaves a half-written output. The staging
+directory also holds the training checkpoint that `--resume` continues from.
+Weights are read and written with safetensors only; nothing is ever unpickled.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from slmkit.errors import UserError
+
+CONFIG = "config.yaml"
+METRICS = "metrics.json"
+HF_CONFIG = "config.json"
+WEIGHTS = "model.safetensors"
+TOKENIZER = "tokenizer.json"
+TOKENIZER_CONFIG = "tokenizer_config.json"
+CHECKPOINT = "checkpoint"  # inside the staging dir: the latest finished epoch, for --resume
+CHECKPOINT_STATE = "state.json"
+OPTIMIZER = "optimizer.safetensors"
+EVAL_DIR = "eval"  # <model>/eval/<data name>/ holds `slm evaluate` outputs
+
+
+# ------------------------------------------------------------------------------------------ output staging
+
+
+def staging_dir(out: Path) -> Path:
+    return out.parent / f".{out.name}.partial"
+
+
+def is_run_dir(path: Path) -> bool:
+    """A finished slmkit output: it has the stage config and its metrics."""
+    return (path / CONFIG).is_file() and (path / METRICS).is_file()
+
+
+def check_output(out: Path, overwrite: bool) -> None:
+    """Refuse to replace a directory that is not a previous slmkit output, unless asked to."""
+    if out.exists() and not out.is_dir():
+        raise UserError(f"{out}: exists and is a file: choose another --out")
+    if out.is_dir() and any(out.iterdir()) and not is_run_dir(out) and not overwrite:
+        raise UserError(f"{out}: exists and is not a previous slmkit run: choose another --out or pass --overwrite")
+
+
+def begin(out: Path, overwrite: bool, resume: bool = False) -> Path:
+    """Check the destination and return a staging directory to write into (kept as is when resuming)."""
+    check_output(out, overwrite)
+    staging = staging_dir(out)
+    if resume:
+        if not (staging / CHECKPOINT / CHECKPOINT_STATE).is_file():
+            raise UserError(f"{out}: nothing to resume (no checkpoint in {staging}): run without --resume")
+        return staging
+    if staging.exists():
+        shutil.rmtree(staging)
+    staging.mkdir(parents=True)
+    return staging
+
+
+def commit(staging: Path, out: Path) -> Path:
+    """Move the finished staging directory to `out`, replacing a previous output only at the last moment."""
+    shutil.rmtree(staging / CHECKPOINT, ignore_errors=True)
+    old = out.parent / f".{out.name}.old"
+    if out.exists():
+        shutil.rmtree(old, ignore_errors=True)
+        os.replace(out, old)
+    os.replace(staging, out)
+    shutil.rmtree(old, ignore_errors=True)
+    return out
+
+
+# ---------------------------------------------------------------------------------------- records
+
+
+def write_json(path: Path, data: Any) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(data, indent=2, default=_json_default) + "\n", encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def read_json(path: Path) -> Any:
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, Path):
+        return str(value)
+    raise TypeError(f"not JSON serializable: {type(value).__name__}")
+
+
+def eval_dir(model_dir: Path, data_path: Path) -> Path:
+    return model_dir / EVAL_DIR / data_path.stem
+
+
+# ---------------------------------------------------------------------------------------- model
+
+
+def save_model(model: Any, hf_tokenizer: Any, directory: Path) -> None:
+    """Write a Hugging Face-loadable model (safetensors) and tokenizer into `directory`."""
+    model.save_pretrained(directory, safe_serialization=True)
+    hf_tokenizer.save_pretrained(directory)
+
+
+def model_task(directory: Path) -> str:
+    """The task a model directory was trained for (from its config.yaml; classification if absent)."""
+    import yaml
+
+    path = directory / CONFIG
+    return (yaml.safe_load(path.read_text(encoding="utf-8")) or {}).get("task", "classification") if path.is_file() else "classification"
+
+
+def check_model_dir(directory: Path) -> None:
+    if not directory.is_dir():
+        raise UserError(f"{directory}: model directory not found: pass the --out directory of slm train")
+    missing = [n for n in (HF_CONFIG, WEIGHTS, TOKENIZER) if not (directory / n).is_file()]
+    if missing:
+        raise UserError(f"{directory}: not a trained model (missing {', '.join(missing)}): pass the --out directory of slm train")
+
+
+def load_model(directory: Path) -> tuple[Any, Any]:
+    """The trained model (eval mode) and its `transformers` tokenizer, from safetensors only."""
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    check_model_dir(directory)
+    model = AutoModelForSequenceClassification.from_pretrained(directory, use_safetensors=True)
+    model.eval()
+    return model, AutoTokenizer.from_pretrained(directory)
+
+
+# ---------------------------------------------------------------------------------------- checkpoint
+
+
+def save_checkpoint(staging: Path, model: Any, optimizer: Any, state: dict) -> None:
+    """The latest finished epoch: weights, AdamW moments and the loop state, all without pickle."""
+    from safetensors.torch import save_file
+
+    ckpt = staging / CHECKPOINT
+    tmp = staging / (CHECKPOINT + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(tmp / WEIGHTS))
+    opt = optimizer.state_dict()
+    tensors = {f"{i}.{name}": t for i, s in opt["state"].items() for name, t in s.items()}
+    save_file(tensors, str(tmp / OPTIMIZER))
+    write_json(tmp / CHECKPOINT_STATE, {**state, "param_groups": opt["param_groups"]})
+    shutil.rmtree(ckpt, ignore_errors=True)
+    os.replace(tmp, ckpt)
+
+
+def load_checkpoint(staging: Path, model: Any, optimizer: Any) -> dict:
+    """Restore weights and optimizer from the checkpoint; returns the loop state saved with them."""
+    from safetensors.torch import load_file
+
+    ckpt = staging / CHECKPOINT
+    model.load_state_dict(load_file(str(ckpt / WEIGHTS)))
+    state = read_json(ckpt / CHECKPOINT_STATE)
+    per_param: dict[int, dict] = {}
+    for key, tensor in load_file(str(ckpt / OPTIMIZER)).items():
+        index, name = key.split(".", 1)
+        per_param.setdefault(int(index), {})[name] = tensor
+    optimizer.load_state_dict({"state": per_param, "param_groups": state.pop("param_groups")})
+    return state

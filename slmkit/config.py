@@ -1,0 +1,231 @@
+"""Typed configuration: one dataclass per stage, loaded from YAML plus dotted `key=value` overrides.
+
+Every field carries its help text in `metadata["help"]`; the CLI shows the same text. A config is validated
+once, with messages that name the flag (`--set train.lr=...`), and saved as `config.yaml` beside every
+output so that any artifact says exactly how it was made.
+
+Precedence, lowest first: dataclass defaults < `--config` YAML < explicit CLI flags < `--set` overrides.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from slmkit.errors import UserError
+
+
+def _f(default: Any, help: str) -> Any:
+    """A dataclass field with its help text (shown by `--help` and kept in one place)."""
+    if isinstance(default, (list, dict)):
+        return field(default_factory=lambda: type(default)(default), metadata={"help": help})
+    return field(default=default, metadata={"help": help})
+
+
+@dataclass
+class DataConfig:
+    """Where the labeled examples come from and how to read them."""
+
+    train: str = _f("", "Training file: .csv, .tsv or .jsonl with one example per row.")
+    eval: str | None = _f(None, "Evaluation file in the same format; without it a stratified split of train is held out.")
+    text_col: str = _f("text", "Column (or JSON key) with the text; a 0-based index for headerless TSV/CSV.")
+    label_col: str = _f("label", "Column (or JSON key) with the label; a 0-based index for headerless TSV/CSV.")
+    eval_split: float = _f(0.1, "Fraction of train held out for evaluation when no eval file is given (seeded, stratified).")
+    drop_empty: bool = _f(False, "Skip rows whose text is empty or whitespace instead of stopping with an error.")
+    encoding: str = _f("utf-8", "Text encoding of the input files (for example latin-1 or cp1252).")
+
+
+@dataclass
+class ModelConfig:
+    """What to fine-tune."""
+
+    base: str = _f(
+        "minilm",
+        "Base model: 'minilm' (the packaged all-MiniLM-L6-v2), a local Hugging Face model directory, "
+        "or 'scratch:layers=2,hidden=128,heads=2' for a fresh tiny BERT that reuses the default tokenizer.",
+    )
+    max_length: int | None = _f(None, "Maximum tokens per text; default: the 99th percentile of the training texts, capped at 128.")
+    dropout: float | None = _f(None, "Hidden and classifier dropout; default: keep the base model's.")
+
+
+@dataclass
+class OptimConfig:
+    """How to train: the optimizer, schedule and stopping rule."""
+
+    epochs: int = _f(5, "Passes over the training data.")
+    batch_size: int = _f(32, "Examples per optimizer step.")
+    lr: float = _f(1e-4, "Peak learning rate of AdamW (after warmup).")
+    weight_decay: float = _f(0.01, "AdamW weight decay; biases and LayerNorm weights are never decayed.")
+    warmup: float = _f(0.1, "Fraction of all steps spent warming the learning rate up from 0 (then linear decay to 0).")
+    grad_clip: float = _f(1.0, "Clip the global gradient norm to this value; 0 disables clipping.")
+    label_smoothing: float = _f(0.0, "Label smoothing of the cross-entropy loss (0 to <1).")
+    class_weights: bool = _f(False, "Weight the loss by inverse class frequency (for imbalanced labels).")
+    patience: int = _f(2, "Stop after this many epochs without improvement of the eval metric; 0 never stops early.")
+    metric: str = _f("accuracy", "Eval metric that selects the best epoch: accuracy or macro_f1.")
+    seed: int = _f(42, "Random seed: the same seed and data give the same model and metrics.")
+    bf16: bool = _f(False, "Run forward and backward passes under bfloat16 autocast on the CPU (faster on AVX-512 CPUs).")
+    threads: int | None = _f(None, "Torch CPU threads; default: torch's own choice.")
+    eval_batch_size: int = _f(64, "Examples per batch when evaluating.")
+
+
+@dataclass
+class TrainConfig:
+    """`slm train`: fine-tune a base model on labeled data."""
+
+    task: str = _f("classification", "Task: classification.")
+    out: str = _f("", "Output directory for the trained model.")
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: OptimConfig = field(default_factory=OptimConfig)
+
+    def validate(self) -> None:
+        o, d, m = self.train, self.data, self.model
+        checks = [
+            (bool(d.train), "data.train", "no training data: pass --data FILE"),
+            (bool(self.out), "out", "no output directory: pass --out DIR"),
+            (o.epochs >= 1, "train.epochs", f"must be at least 1 (got {o.epochs})"),
+            (o.batch_size >= 1, "train.batch_size", f"must be at least 1 (got {o.batch_size})"),
+            (o.eval_batch_size >= 1, "train.eval_batch_size", f"must be at least 1 (got {o.eval_batch_size})"),
+            (o.lr > 0, "train.lr", f"must be positive (got {o.lr})"),
+            (o.weight_decay >= 0, "train.weight_decay", f"must be 0 or more (got {o.weight_decay})"),
+            (0 <= o.warmup < 1, "train.warmup", f"must be a fraction in [0, 1) (got {o.warmup})"),
+            (o.grad_clip >= 0, "train.grad_clip", f"must be 0 or more (got {o.grad_clip})"),
+            (0 <= o.label_smoothing < 1, "train.label_smoothing", f"must be in [0, 1) (got {o.label_smoothing})"),
+            (o.patience >= 0, "train.patience", f"must be 0 or more (got {o.patience})"),
+            (o.metric in ("accuracy", "macro_f1"), "train.metric", f"must be accuracy or macro_f1 (got {o.metric!r})"),
+            (o.threads is None or o.threads >= 1, "train.threads", f"must be at least 1 (got {o.threads})"),
+            (0 < d.eval_split < 1, "data.eval_split", f"must be a fraction in (0, 1) (got {d.eval_split})"),
+            (m.max_length is None or 8 <= m.max_length <= 512, "model.max_length", f"must be in [8, 512] (got {m.max_length})"),
+            (m.dropout is None or 0 <= m.dropout < 1, "model.dropout", f"must be in [0, 1) (got {m.dropout})"),
+            (self.task == "classification", "task", f"unknown task {self.task!r}: valid tasks are classification"),
+        ]
+        for ok, key, message in checks:
+            if not ok:
+                raise UserError(f"setting {key} {message}" if "must" in message else f"setting {key}: {message}")
+
+
+@dataclass
+class EvalConfig:
+    """`slm evaluate`: score a trained model on labeled data."""
+
+    model: str = _f("", "Trained model directory (the output of slm train).")
+    out: str | None = _f(None, "Where to write metrics.json; default: <model>/eval/<data file name>.")
+    data: DataConfig = field(default_factory=DataConfig)
+    batch_size: int = _f(64, "Texts per batch.")
+    bootstrap: int = _f(1000, "Bootstrap resamples for the 95% confidence intervals.")
+    seed: int = _f(0, "Seed of the bootstrap resampling.")
+
+    def validate(self) -> None:
+        if not self.model:
+            raise UserError("setting model: no model directory: pass --model DIR")
+        if not self.data.eval:
+            raise UserError("setting data.eval: no evaluation data: pass --data FILE")
+        if self.batch_size < 1:
+            raise UserError(f"setting batch_size must be at least 1 (got {self.batch_size})")
+        if self.bootstrap < 100:
+            raise UserError(f"setting bootstrap must be at least 100 resamples (got {self.bootstrap})")
+
+
+# ---------------------------------------------------------------------------------------------- load / save
+
+
+def help_of(cls: type, name: str) -> str:
+    """The help text of field `name` of dataclass `cls` (the CLI's option help)."""
+    return next(f.metadata.get("help", "") for f in dataclasses.fields(cls) if f.name == name)
+
+
+def to_dict(cfg: Any) -> dict:
+    return dataclasses.asdict(cfg)
+
+
+def from_dict(cls: type, values: dict, where: str = "") -> Any:
+    """Build dataclass `cls` from a nested dict, checking names and types; `where` prefixes key names."""
+    if not isinstance(values, dict):
+        raise UserError(f"setting {where.rstrip('.') or 'config'} must be a mapping (got {values!r})")
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    hints = typing.get_type_hints(cls)
+    kwargs = {}
+    for key, value in values.items():
+        if key not in fields:
+            close = difflib.get_close_matches(key, list(fields), n=1)
+            hint = f"; did you mean {where}{close[0]}?" if close else f"; valid keys: {', '.join(fields)}"
+            raise UserError(f"unknown setting {where}{key}{hint}")
+        kind = hints[key]
+        if dataclasses.is_dataclass(kind):
+            kwargs[key] = from_dict(kind, value, f"{where}{key}.")
+        else:
+            kwargs[key] = _coerce(value, kind, f"{where}{key}")
+    return cls(**kwargs)
+
+
+def load_config(cls: type, path: str | Path | None = None, overrides: list[str] | None = None, **flags: Any) -> Any:
+    """Defaults < YAML file < CLI flags (dotted keys, None = not given) < `--set key=value` overrides."""
+    values: dict = {}
+    if path:
+        path = Path(path)
+        if not path.is_file():
+            raise UserError(f"{path}: config file not found: check the path given to --config")
+        try:
+            loaded = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        except yaml.YAMLError as e:
+            mark = getattr(e, "problem_mark", None)
+            line = f" line {mark.line + 1}" if mark else ""
+            raise UserError(f"{path}{line}: not valid YAML: fix the syntax") from None
+        if not isinstance(loaded, dict):
+            raise UserError(f"{path}: a config must be a YAML mapping of settings")
+        values = loaded
+    for key, value in flags.items():
+        if value is not None:
+            _set_dotted(values, key, value)
+    for item in overrides or []:
+        if "=" not in item:
+            raise UserError(f"--set {item!r}: expected key=value, for example --set train.lr=3e-5")
+        key, raw = item.split("=", 1)
+        _set_dotted(values, key.strip(), yaml.safe_load(raw) if raw.strip() else None)
+    return from_dict(cls, values)
+
+
+def save_config(cfg: Any, path: Path) -> None:
+    path.write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False), encoding="utf-8")
+
+
+def _set_dotted(values: dict, key: str, value: Any) -> None:
+    *parents, leaf = key.split(".")
+    node = values
+    for part in parents:
+        node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise UserError(f"--set {key}: {part} is not a section")
+    node[leaf] = value
+
+
+def _coerce(value: Any, kind: Any, key: str) -> Any:
+    """Check `value` against the annotated type, converting the lossless cases (\"3e-5\" → float, 3 → 3.0)."""
+    options = typing.get_args(kind) if typing.get_origin(kind) in (typing.Union, types.UnionType) else (kind,)
+    if value is None:
+        if type(None) in options:
+            return None
+        raise UserError(f"setting {key} needs a value")
+    for option in options:
+        if option is bool and isinstance(value, bool):
+            return value
+        if option is int and isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if option is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if option is float and isinstance(value, str):
+            try:
+                return float(value)
+            except ValueError:
+                pass
+        if option is str and isinstance(value, (str, int, float)) and not isinstance(value, bool):
+            return str(value)
+    names = " or ".join("none" if o is type(None) else o.__name__ for o in options)
+    raise UserError(f"setting {key} must be {names} (got {value!r})")

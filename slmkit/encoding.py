@@ -1,0 +1,56 @@
+"""From texts to batches: the tokenizer setup and the length-aware batching every stage shares.
+
+Tokenization uses the `tokenizers` library directly (fast, no torch), with padding off and truncation at
+the model's maximum length; batches are padded only to their own longest member. Training batches are
+length-bucketed (sorted within shuffled pools) so that little compute is spent on padding.
+"""
+
+from __future__ import annotations
+
+from typing import Iterator
+
+import numpy as np
+
+MAX_LENGTH_CAP = 128
+POOL_BATCHES = 50  # bucketing pool: this many batches are sorted by length together
+
+
+def make_encoder(hf_tokenizer, max_length: int):
+    """A `tokenizers.Tokenizer` that adds special tokens, truncates to `max_length` and never pads."""
+    from tokenizers import Tokenizer
+
+    encoder = Tokenizer.from_str(hf_tokenizer.backend_tokenizer.to_str())
+    encoder.no_padding()
+    encoder.enable_truncation(max_length)
+    return encoder
+
+
+def derive_max_length(hf_tokenizer, texts: list[str], cap: int = MAX_LENGTH_CAP) -> int:
+    """The 99th percentile of token counts (special tokens included), rounded up to a multiple of 8, capped."""
+    encoder = make_encoder(hf_tokenizer, 512)
+    lengths = [len(e.ids) for e in encoder.encode_batch(texts)]
+    p99 = int(np.ceil(np.percentile(lengths, 99)))
+    return int(min(cap, max(16, -(-p99 // 8) * 8)))
+
+
+def bucketed_order(lengths: np.ndarray, batch_size: int, rng: np.random.Generator) -> list[np.ndarray]:
+    """Training batches as index arrays: shuffle, sort pools of POOL_BATCHES batches by length, shuffle batches."""
+    order = rng.permutation(len(lengths))
+    pool = batch_size * POOL_BATCHES
+    batches = []
+    for start in range(0, len(order), pool):
+        chunk = order[start : start + pool]
+        chunk = chunk[np.argsort(lengths[chunk], kind="stable")]
+        batches += [chunk[i : i + batch_size] for i in range(0, len(chunk), batch_size)]
+    return [batches[i] for i in rng.permutation(len(batches))]
+
+
+def sorted_order(lengths: np.ndarray, batch_size: int) -> list[np.ndarray]:
+    """Inference batches as index arrays, sorted by length (callers restore the input order)."""
+    order = np.argsort(lengths, kind="stable")
+    return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+
+
+def iterate(features: list[dict], index_batches: list[np.ndarray], collate) -> Iterator[dict]:
+    for idx in index_batches:
+        yield collate([features[i] for i in idx])

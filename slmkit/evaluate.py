@@ -1,0 +1,52 @@
+"""`slm evaluate`: score a trained model on labeled data, with confidence intervals.
+
+Writes `metrics.json` (accuracy and macro-F1 with 95% bootstrap intervals, per-class precision/recall/F1/
+support, confusion matrix, expected calibration error) and `config.yaml` to `<model>/eval/<data name>/`
+unless `--out` says otherwise.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from slmkit import artifacts
+from slmkit.config import EvalConfig, save_config
+from slmkit.data import read_examples
+from slmkit.errors import UserError
+from slmkit.predict import predict_probs
+from slmkit.tasks import get_task
+
+
+@dataclass
+class EvalResult:
+    out: Path
+    metrics: dict
+
+
+def evaluate(cfg: EvalConfig) -> EvalResult:
+    """Predict every example of `cfg.data` with `cfg.model` and write the metrics."""
+    cfg.validate()
+    model_dir, data_path = Path(cfg.model), Path(cfg.data.eval)
+    artifacts.check_model_dir(model_dir)
+    d = cfg.data
+    examples = read_examples(data_path, d.text_col, d.label_col, d.encoding, d.drop_empty)
+    probs, labels = predict_probs(model_dir, [e.text for e in examples], cfg.batch_size)
+    index = {label: i for i, label in enumerate(labels)}
+    for e in examples:
+        if e.label not in index:
+            raise UserError(
+                f"{data_path} line {e.line}: label {e.label!r} is not one the model knows "
+                f"({', '.join(labels[:8])}{', ...' if len(labels) > 8 else ''}): fix the label or retrain with it"
+            )
+    y_true = np.array([index[e.label] for e in examples])
+    task = get_task(artifacts.model_task(model_dir))
+    report = {"model": str(model_dir), "data": str(data_path), **task.metrics(y_true, probs, labels, cfg.bootstrap, cfg.seed)}
+    out = Path(cfg.out) if cfg.out else artifacts.eval_dir(model_dir, data_path)
+    staging = artifacts.begin(out, overwrite=False)
+    save_config(cfg, staging / artifacts.CONFIG)
+    artifacts.write_json(staging / artifacts.METRICS, report)
+    artifacts.commit(staging, out)
+    return EvalResult(out, report)

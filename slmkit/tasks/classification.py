@@ -1,0 +1,96 @@
+"""Text classification: a sequence-classification head over the encoder's pooled [CLS] output.
+
+Features are token ids (no padding) plus the class id; `collate` pads a batch to its longest member, so
+length-bucketed batches carry little padding. The model is transformers' `AutoModelForSequenceClassification`,
+which keeps the artifact loadable by `transformers.pipeline("text-classification")`.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Iterable
+
+import numpy as np
+
+from slmkit import metrics
+from slmkit.data import Example
+
+
+class ClassificationTask:
+    name = "classification"
+    metric_names = ("accuracy", "macro_f1")
+
+    # ------------------------------------------------------------------------------------------ head
+    def build_model(self, base: Any, labels: list[str], dropout: float | None) -> Any:
+        """The base encoder with a fresh classification head over `labels`."""
+        from transformers import AutoModelForSequenceClassification
+
+        config = base.config
+        config.num_labels = len(labels)
+        config.id2label = dict(enumerate(labels))
+        config.label2id = {label: i for i, label in enumerate(labels)}
+        if dropout is not None:  # names differ across BERT / DistilBERT / RoBERTa configs
+            for name in ("hidden_dropout_prob", "dropout", "classifier_dropout", "seq_classif_dropout"):
+                if hasattr(config, name):
+                    setattr(config, name, dropout)
+        if base.directory is None:
+            return AutoModelForSequenceClassification.from_config(config)
+        return AutoModelForSequenceClassification.from_pretrained(base.directory, config=config, use_safetensors=True)
+
+    # -------------------------------------------------------------------------------------- features
+    def encode(self, examples: list[Example], encoder: Any, label2id: dict[str, int] | None) -> list[dict]:
+        """Token ids per example (truncated, unpadded) and the class id when labels are known."""
+        encodings = encoder.encode_batch([e.text for e in examples])
+        return [
+            {"input_ids": enc.ids, "label": label2id[e.label] if label2id is not None and e.label is not None else -1}
+            for e, enc in zip(examples, encodings)
+        ]
+
+    def collate(self, features: list[dict], pad_id: int, token_types: bool) -> dict:
+        """Pad to the batch's longest sequence: input_ids/attention_mask (batch, seq), labels (batch,)."""
+        import torch
+
+        width = max(len(f["input_ids"]) for f in features)
+        ids = torch.full((len(features), width), pad_id, dtype=torch.long)
+        mask = torch.zeros((len(features), width), dtype=torch.long)
+        for row, f in enumerate(features):
+            ids[row, : len(f["input_ids"])] = torch.tensor(f["input_ids"])
+            mask[row, : len(f["input_ids"])] = 1
+        batch = {"input_ids": ids, "attention_mask": mask, "labels": torch.tensor([f["label"] for f in features])}
+        if token_types:
+            batch["token_type_ids"] = torch.zeros_like(ids)
+        return batch
+
+    # ------------------------------------------------------------------------------------------ loss
+    def loss(self, model: Any, batch: dict, class_weights: Any = None, label_smoothing: float = 0.0) -> Any:
+        """Cross-entropy of the head's logits (batch, n_classes) against the labels."""
+        import torch.nn.functional as F
+
+        inputs = {k: v for k, v in batch.items() if k != "labels"}
+        logits = model(**inputs).logits
+        return F.cross_entropy(logits.float(), batch["labels"], weight=class_weights, label_smoothing=label_smoothing)
+
+    # ---------------------------------------------------------------------------------- predictions
+    def decode(self, logits: np.ndarray) -> np.ndarray:
+        """Class probabilities (n, n_classes) from logits, by a numerically stable softmax."""
+        shifted = logits - logits.max(axis=1, keepdims=True)
+        exp = np.exp(shifted)
+        return exp / exp.sum(axis=1, keepdims=True)
+
+    def predict_logits(self, model: Any, batches: Iterable[dict]) -> np.ndarray:
+        """Logits (n, n_classes) of a PyTorch model over collated batches, in batch order."""
+        import torch
+
+        out = []
+        with torch.inference_mode():
+            for batch in batches:
+                inputs = {k: v for k, v in batch.items() if k != "labels"}
+                out.append(model(**inputs).logits.float().numpy())
+        return np.concatenate(out)
+
+    def metrics(self, y_true: np.ndarray, probs: np.ndarray, labels: list[str], n_resamples: int = 1000, seed: int = 0) -> dict:
+        return metrics.classification_report(y_true, probs, labels, n_resamples=n_resamples, seed=seed)
+
+    def quick_metrics(self, y_true: np.ndarray, probs: np.ndarray) -> dict:
+        """The per-epoch numbers (no bootstrap): accuracy and macro-F1."""
+        pred = probs.argmax(axis=1)
+        return {"accuracy": metrics.accuracy(y_true, pred), "macro_f1": metrics.macro_f1(y_true, pred, probs.shape[1])}

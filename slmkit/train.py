@@ -1,0 +1,254 @@
+"""`slm train`: fine-tune a base encoder on labeled text, with slmkit's one training loop.
+
+Read top to bottom: `train(cfg)` reads and checks the data, resolves the base model, builds the task's
+model, then drives `run_epochs` — the training loop, a generator that yields a record per optimizer step
+and one per finished epoch. `train` evaluates at each epoch end, keeps the best weights (early stopping on
+the eval metric), checkpoints for `--resume`, and finally writes the artifact directory.
+
+The loop is written once: later stages (distillation) reuse `run_epochs` with their own loss function and
+features. It is deterministic: shuffling is seeded by (seed, epoch) and torch's RNG is reseeded at every
+epoch start, so a resumed run continues exactly as an uninterrupted one would.
+"""
+
+from __future__ import annotations
+
+import math
+import resource
+import time
+from dataclasses import dataclass, replace
+from functools import partial
+from pathlib import Path
+from typing import Callable, Iterator
+
+import numpy as np
+
+from slmkit import artifacts
+from slmkit.base import resolve_base
+from slmkit.config import OptimConfig, TrainConfig, save_config
+from slmkit.data import check_labels, read_examples, stratified_split
+from slmkit.encoding import bucketed_order, derive_max_length, iterate, make_encoder, sorted_order
+from slmkit.hardware import native_bf16
+from slmkit.progress import StepProgress, stderr
+from slmkit.tasks import get_task
+
+
+@dataclass
+class Step:
+    """One optimizer step of the loop."""
+
+    epoch: int  # 1-based
+    step: int  # 1-based within the epoch
+    steps_per_epoch: int
+    loss: float
+    lr: float
+    examples_per_s: float
+
+
+@dataclass
+class EpochEnd:
+    epoch: int  # 1-based
+    train_loss: float  # mean over the epoch's steps
+    seconds: float
+    examples_per_s: float
+
+
+@dataclass
+class TrainResult:
+    out: Path
+    metrics: dict  # the metrics.json written into `out`
+
+
+# ------------------------------------------------------------------------------------------ the loop
+
+
+def make_optimizer(model, cfg: OptimConfig, total_steps: int):
+    """AdamW without weight decay on biases and LayerNorm weights; linear warmup, then linear decay to 0."""
+    import torch
+
+    decay, no_decay = [], []
+    for name, param in model.named_parameters():
+        if not param.requires_grad:
+            continue
+        (no_decay if param.ndim < 2 or "LayerNorm" in name or "layer_norm" in name else decay).append(param)
+    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    optimizer = torch.optim.AdamW(groups, lr=cfg.lr, fused=True)  # fused: 1.3x faster MiniLM steps on CPU
+    warmup = int(cfg.warmup * total_steps)
+
+    def schedule(step: int) -> float:  # multiplier of the peak learning rate
+        if step < warmup:
+            return (step + 1) / (warmup + 1)
+        return max(0.0, (total_steps - step) / max(1, total_steps - warmup))
+
+    return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+
+
+def run_epochs(
+    model,
+    optimizer,
+    scheduler,
+    features: list[dict],
+    collate: Callable[[list[dict]], dict],
+    loss_fn: Callable[[object, dict], object],
+    cfg: OptimConfig,
+    start_epoch: int = 0,
+) -> Iterator[Step | EpochEnd]:
+    """The training loop: yields a `Step` after each optimizer step and an `EpochEnd` after each epoch.
+
+    `loss_fn(model, batch) -> scalar tensor`. The caller evaluates, checkpoints and stops (by leaving the loop).
+    """
+    import torch
+
+    lengths = np.array([len(f["input_ids"]) for f in features])
+    for epoch in range(start_epoch + 1, cfg.epochs + 1):
+        rng = np.random.default_rng([cfg.seed, epoch])
+        torch.manual_seed(cfg.seed * 1000 + epoch)  # dropout masks depend on (seed, epoch) only
+        batches = bucketed_order(lengths, cfg.batch_size, rng)
+        model.train()
+        started, seen, losses = time.perf_counter(), 0, []
+        for i, batch in enumerate(iterate(features, batches, collate), start=1):
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.bf16):
+                loss = loss_fn(model, batch)
+            loss.backward()
+            if cfg.grad_clip > 0:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            seen += len(batch["input_ids"])
+            losses.append(loss.item())
+            elapsed = time.perf_counter() - started
+            yield Step(epoch, i, len(batches), losses[-1], scheduler.get_last_lr()[0], seen / elapsed)
+        elapsed = time.perf_counter() - started
+        yield EpochEnd(epoch, float(np.mean(losses)), elapsed, seen / elapsed)
+
+
+# ------------------------------------------------------------------------------------------ the stage
+
+
+def train(cfg: TrainConfig, overwrite: bool = False, resume: bool = False, progress: bool = True) -> TrainResult:
+    """Fine-tune `cfg.model.base` on `cfg.data` and write the model directory `cfg.out`."""
+    import torch
+    import transformers
+
+    transformers.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
+    cfg.validate()
+    o = cfg.train
+    out = Path(cfg.out)
+    artifacts.check_output(out, overwrite)
+    if o.threads:
+        torch.set_num_threads(o.threads)
+    if o.bf16 and not native_bf16():
+        stderr.print("warning: --bf16 on a CPU without native bf16 (AVX-512 BF16 or AMX): training will be much slower than fp32")
+    task = get_task(cfg.task)
+
+    # data: read, check, split
+    d = cfg.data
+    train_path = Path(d.train)
+    train_ex = read_examples(train_path, d.text_col, d.label_col, d.encoding, d.drop_empty)
+    if d.eval:
+        eval_path = Path(d.eval)
+        eval_ex = read_examples(eval_path, d.text_col, d.label_col, d.encoding, d.drop_empty)
+    else:
+        eval_path = train_path
+        train_ex, eval_ex = stratified_split(train_ex, d.eval_split, o.seed)
+    labels = check_labels(train_ex, train_path, eval_ex, eval_path)
+    label2id = {label: i for i, label in enumerate(labels)}
+
+    # model and features
+    base = resolve_base(cfg.model.base)
+    staging = artifacts.begin(out, overwrite, resume)  # only now: bad input above leaves nothing behind
+    max_length = cfg.model.max_length or derive_max_length(base.hf_tokenizer, [e.text for e in train_ex])
+    cfg = replace(cfg, model=replace(cfg.model, max_length=max_length))
+    encoder = make_encoder(base.hf_tokenizer, max_length)
+    train_feats = task.encode(train_ex, encoder, label2id)
+    eval_feats = task.encode(eval_ex, encoder, label2id)
+    torch.manual_seed(o.seed)  # the new head's initialization
+    model = task.build_model(base, labels, cfg.model.dropout)
+    token_types = getattr(model.config, "type_vocab_size", 0) > 0 and "token_type_ids" in base.hf_tokenizer.model_input_names
+    collate = partial(task.collate, pad_id=base.hf_tokenizer.pad_token_id or 0, token_types=token_types)
+    base.hf_tokenizer.model_max_length = max_length  # predict and transformers.pipeline truncate here
+
+    steps_per_epoch = math.ceil(len(train_feats) / o.batch_size)
+    optimizer, scheduler = make_optimizer(model, o, steps_per_epoch * o.epochs)
+    class_weights = None
+    if o.class_weights:
+        counts = np.bincount([f["label"] for f in train_feats], minlength=len(labels))
+        class_weights = torch.tensor(len(train_feats) / (len(labels) * np.maximum(counts, 1)), dtype=torch.float32)
+    loss_fn = partial(task.loss, class_weights=class_weights, label_smoothing=o.label_smoothing)
+
+    state = {"epoch": 0, "best": -1.0, "best_epoch": 0, "bad_epochs": 0, "history": [], "train_seconds": 0.0}
+    if resume:
+        state = artifacts.load_checkpoint(staging, model, optimizer)
+        # the optimizer's param groups carry the current learning rate; the schedule continues from here
+        scheduler.last_epoch = state["epoch"] * steps_per_epoch
+    save_config(cfg, staging / artifacts.CONFIG)
+
+    eval_y = np.array([f["label"] for f in eval_feats])
+    eval_batches = sorted_order(np.array([len(f["input_ids"]) for f in eval_feats]), o.eval_batch_size)
+
+    def eval_probs() -> np.ndarray:
+        model.eval()
+        logits = task.predict_logits(model, iterate(eval_feats, eval_batches, collate))
+        probs = np.empty_like(logits)
+        probs[np.concatenate(eval_batches)] = task.decode(logits)
+        return probs
+
+    stopped_early = False
+    with StepProgress(progress) as bar:
+        if state["epoch"] < o.epochs:
+            bar.start(f"epoch {state['epoch'] + 1}/{o.epochs}", steps_per_epoch)
+        for record in run_epochs(model, optimizer, scheduler, train_feats, collate, loss_fn, o, start_epoch=state["epoch"]):
+            if isinstance(record, Step):
+                bar.advance(record.loss, record.examples_per_s)
+                continue
+            scores = task.quick_metrics(eval_y, eval_probs())
+            is_best = scores[o.metric] > state["best"]
+            if is_best:
+                state.update(best=scores[o.metric], best_epoch=record.epoch, bad_epochs=0)
+                artifacts.save_model(model, base.hf_tokenizer, staging)
+            else:
+                state["bad_epochs"] += 1
+            state["epoch"] = record.epoch
+            state["train_seconds"] += record.seconds
+            state["history"].append(
+                {"epoch": record.epoch, "train_loss": record.train_loss, **scores, "seconds": record.seconds, "examples_per_s": record.examples_per_s}
+            )
+            artifacts.save_checkpoint(staging, model, optimizer, state)
+            bar.log(
+                f"epoch {record.epoch}: loss {record.train_loss:.4f}  eval {o.metric} {scores[o.metric]:.4f}"
+                f"{'  (best)' if is_best else ''}  {record.examples_per_s:.0f} ex/s"
+            )
+            if o.patience and state["bad_epochs"] >= o.patience and record.epoch < o.epochs:
+                stopped_early = True
+                break
+            if record.epoch < o.epochs:
+                bar.start(f"epoch {record.epoch + 1}/{o.epochs}", steps_per_epoch)
+
+    # restore the best epoch's weights and score them fully
+    from safetensors.torch import load_file
+
+    model.load_state_dict(load_file(str(staging / artifacts.WEIGHTS)), strict=False)
+    probs = eval_probs()
+    trained = sum(h["examples_per_s"] * h["seconds"] for h in state["history"])
+    result = {
+        "task": task.name,
+        "base": cfg.model.base,
+        "labels": labels,
+        "n_train": len(train_feats),
+        "n_eval": len(eval_feats),
+        "eval_source": str(eval_path) if d.eval else f"{d.eval_split:.0%} stratified split of {train_path}",
+        "max_length": max_length,
+        "parameters": sum(p.numel() for p in model.parameters()),
+        "best_epoch": state["best_epoch"],
+        "epochs_run": state["epoch"],
+        "stopped_early": stopped_early,
+        "train_seconds": state["train_seconds"],
+        "train_examples_per_s": trained / max(state["train_seconds"], 1e-9),
+        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "eval": task.metrics(eval_y, probs, labels, seed=o.seed),
+        "history": state["history"],
+    }
+    artifacts.write_json(staging / artifacts.METRICS, result)
+    artifacts.commit(staging, out)
+    return TrainResult(out, result)
