@@ -189,7 +189,8 @@ def fingerprint() -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--datasets", nargs="+", default=list(DATASETS), choices=list(DATASETS))
-    parser.add_argument("--limit", type=int, default=None, help="Use only the first N training examples (smoke runs).")
+    parser.add_argument("--limit", type=int, default=None, help="Train on a seeded random subset of N examples; 0 = the whole set.")
+    parser.add_argument("--trainers", nargs="+", default=["slmkit", "trainer"], choices=["slmkit", "trainer"], help="Which trainers to run.")
     parser.add_argument("--epochs", type=int, default=None, help="Override the per-dataset epochs.")
     parser.add_argument("--out", default=str(RESULTS / "teacher"), help="Results path without extension.")
     parser.add_argument("--worker", choices=["slmkit", "trainer"], help=argparse.SUPPRESS)
@@ -209,11 +210,11 @@ def main() -> None:
         epochs = args.epochs or spec["epochs"]
         with tempfile.TemporaryDirectory(prefix=f"bench-{name}-") as tmp:
             workdir = Path(tmp)
-            limit = args.limit or spec["limit"]
+            limit = spec["limit"] if args.limit is None else (args.limit or None)
             split_files(spec, limit, workdir)
             results = {}
-            for trainer in ("slmkit", "trainer"):  # slmkit first: the Trainer reuses its derived max length
-                extra = ["--max-length", str(results["slmkit"]["max_length"])] if trainer == "trainer" else []
+            for trainer in args.trainers:  # slmkit first: the Trainer reuses its derived max length
+                extra = ["--max-length", str(results["slmkit"]["max_length"] if "slmkit" in results else 128)] if trainer == "trainer" else []
                 cmd = [sys.executable, __file__, "--worker", trainer, "--dataset", name, "--workdir", tmp, "--epochs", str(epochs), *extra]
                 print(f"[{name}] {trainer}: training {epochs} epoch(s)...", flush=True)
                 subprocess.run(cmd, check=True)
@@ -252,6 +253,8 @@ def write_results(out: Path, rows: list[dict], command: str) -> None:
     ]
     for row in rows:
         for key in ("slmkit", "trainer"):
+            if key not in row:
+                continue
             r = row[key]
             lo, hi = r["accuracy_ci95"]
             lines.append(
@@ -260,7 +263,7 @@ def write_results(out: Path, rows: list[dict], command: str) -> None:
                 f"{r['wall_s'] / 60:.1f} min | {r['train_examples_per_s']:.0f} | {r['peak_rss_mb']:,.0f} MB |"
             )
     lines += ["", "| dataset | accuracy slmkit − Trainer (points) | wall time slmkit / Trainer |", "|---|---|---|"]
-    for row in rows:
+    for row in (r for r in rows if "slmkit" in r and "trainer" in r):
         s, t = row["slmkit"], row["trainer"]
         lines.append(f"| {row['dataset']} | {100 * (s['accuracy'] - t['accuracy']):+.2f} | {s['wall_s'] / t['wall_s']:.2f}× |")
     out.with_suffix(".md").write_text("\n".join(lines) + "\n")

@@ -127,6 +127,12 @@ def model_task(directory: Path) -> str:
     return (yaml.safe_load(path.read_text(encoding="utf-8")) or {}).get("task", "classification") if path.is_file() else "classification"
 
 
+def model_labels(directory: Path) -> list[str]:
+    """The label names of a trained classifier, in class-id order (from its config.json)."""
+    id2label = read_json(directory / HF_CONFIG)["id2label"]
+    return [id2label[str(i)] for i in range(len(id2label))]
+
+
 def check_model_dir(directory: Path) -> None:
     if not directory.is_dir():
         raise UserError(f"{directory}: model directory not found: pass the --out directory of slm train")

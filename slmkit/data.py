@@ -85,14 +85,17 @@ def check_labels(train: list[Example], train_path: Path, eval_: list[Example] | 
     labels = sorted({e.label for e in train})
     if len(labels) < 2:
         raise UserError(f"{train_path}: only one class ({labels[0]!r}): a classifier needs examples of at least two labels")
-    known = set(labels)
-    for e in eval_ or []:
-        if e.label not in known:
-            raise UserError(
-                f"{eval_path} line {e.line}: label {e.label!r} does not occur in the training data "
-                f"({', '.join(labels[:8])}{', ...' if len(labels) > 8 else ''}): fix the label or add training examples of it"
-            )
+    check_known_labels(eval_ or [], eval_path, labels, "does not occur in the training data", "fix the label or add training examples of it")
     return labels
+
+
+def check_known_labels(examples: list[Example], path: Path | None, known: list[str], problem: str, fix: str) -> None:
+    """Refuse the first example whose label is not in `known`, naming its line."""
+    allowed = set(known)
+    for e in examples:
+        if e.label not in allowed:
+            shown = ", ".join(known[:8]) + (", ..." if len(known) > 8 else "")
+            raise UserError(f"{path} line {e.line}: label {e.label!r} {problem} ({shown}): {fix}")
 
 
 def stratified_split(examples: list[Example], fraction: float, seed: int) -> tuple[list[Example], list[Example]]:

@@ -25,6 +25,11 @@ def make_encoder(hf_tokenizer, max_length: int):
     return encoder
 
 
+def uses_token_types(model, hf_tokenizer) -> bool:
+    """Whether the model takes token_type_ids (BERT does; DistilBERT and RoBERTa-style models do not need them)."""
+    return getattr(model.config, "type_vocab_size", 0) > 0 and "token_type_ids" in hf_tokenizer.model_input_names
+
+
 def derive_max_length(hf_tokenizer, texts: list[str], cap: int = MAX_LENGTH_CAP) -> int:
     """The 99th percentile of token counts (special tokens included), rounded up to a multiple of 8, capped."""
     encoder = make_encoder(hf_tokenizer, 512)

@@ -14,8 +14,7 @@ import numpy as np
 
 from slmkit import artifacts
 from slmkit.config import EvalConfig, save_config
-from slmkit.data import read_examples
-from slmkit.errors import UserError
+from slmkit.data import check_known_labels, read_examples
 from slmkit.predict import predict_probs
 from slmkit.tasks import get_task
 
@@ -33,14 +32,10 @@ def evaluate(cfg: EvalConfig) -> EvalResult:
     artifacts.check_model_dir(model_dir)
     d = cfg.data
     examples = read_examples(data_path, d.text_col, d.label_col, d.encoding, d.drop_empty)
-    probs, labels = predict_probs(model_dir, [e.text for e in examples], cfg.batch_size)
+    labels = artifacts.model_labels(model_dir)
+    check_known_labels(examples, data_path, labels, "is not one the model knows", "fix the label or retrain with it")
     index = {label: i for i, label in enumerate(labels)}
-    for e in examples:
-        if e.label not in index:
-            raise UserError(
-                f"{data_path} line {e.line}: label {e.label!r} is not one the model knows "
-                f"({', '.join(labels[:8])}{', ...' if len(labels) > 8 else ''}): fix the label or retrain with it"
-            )
+    probs, _ = predict_probs(model_dir, [e.text for e in examples], cfg.batch_size)
     y_true = np.array([index[e.label] for e in examples])
     task = get_task(artifacts.model_task(model_dir))
     report = {"model": str(model_dir), "data": str(data_path), **task.metrics(y_true, probs, labels, cfg.bootstrap, cfg.seed)}

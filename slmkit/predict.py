@@ -14,7 +14,7 @@ import numpy as np
 
 from slmkit import artifacts
 from slmkit.data import Example
-from slmkit.encoding import iterate, make_encoder, sorted_order
+from slmkit.encoding import make_encoder, uses_token_types
 from slmkit.tasks import get_task
 
 
@@ -40,13 +40,8 @@ def predict_probs(model_dir: str | Path, texts: list[str], batch_size: int = 64,
     labels = [model.config.id2label[i] for i in range(model.config.num_labels)]
     encoder = make_encoder(hf_tokenizer, hf_tokenizer.model_max_length)
     features = task.encode([Example(t, None, i) for i, t in enumerate(texts)], encoder, None)
-    token_types = "token_type_ids" in hf_tokenizer.model_input_names and getattr(model.config, "type_vocab_size", 0) > 0
-    collate = partial(task.collate, pad_id=hf_tokenizer.pad_token_id or 0, token_types=token_types)
-    batches = sorted_order(np.array([len(f["input_ids"]) for f in features]), batch_size)
-    logits = task.predict_logits(model, iterate(features, batches, collate))
-    probs = np.empty_like(logits)
-    probs[np.concatenate(batches)] = task.decode(logits)
-    return probs, labels
+    collate = partial(task.collate, pad_id=hf_tokenizer.pad_token_id or 0, token_types=uses_token_types(model, hf_tokenizer))
+    return task.predict_probs(model, features, collate, batch_size), labels
 
 
 def predict(model_dir: str | Path, texts: list[str], batch_size: int = 64, threads: int | None = None) -> list[Prediction]:

@@ -26,7 +26,7 @@ from slmkit import artifacts
 from slmkit.base import resolve_base
 from slmkit.config import OptimConfig, TrainConfig, save_config
 from slmkit.data import check_labels, read_examples, stratified_split
-from slmkit.encoding import bucketed_order, derive_max_length, iterate, make_encoder, sorted_order
+from slmkit.encoding import bucketed_order, derive_max_length, iterate, make_encoder, uses_token_types
 from slmkit.hardware import native_bf16
 from slmkit.progress import StepProgress, stderr
 from slmkit.tasks import get_task
@@ -165,8 +165,7 @@ def train(cfg: TrainConfig, overwrite: bool = False, resume: bool = False, progr
     eval_feats = task.encode(eval_ex, encoder, label2id)
     torch.manual_seed(o.seed)  # the new head's initialization
     model = task.build_model(base, labels, cfg.model.dropout)
-    token_types = getattr(model.config, "type_vocab_size", 0) > 0 and "token_type_ids" in base.hf_tokenizer.model_input_names
-    collate = partial(task.collate, pad_id=base.hf_tokenizer.pad_token_id or 0, token_types=token_types)
+    collate = partial(task.collate, pad_id=base.hf_tokenizer.pad_token_id or 0, token_types=uses_token_types(model, base.hf_tokenizer))
     base.hf_tokenizer.model_max_length = max_length  # predict and transformers.pipeline truncate here
 
     steps_per_epoch = math.ceil(len(train_feats) / o.batch_size)
@@ -185,14 +184,7 @@ def train(cfg: TrainConfig, overwrite: bool = False, resume: bool = False, progr
     save_config(cfg, staging / artifacts.CONFIG)
 
     eval_y = np.array([f["label"] for f in eval_feats])
-    eval_batches = sorted_order(np.array([len(f["input_ids"]) for f in eval_feats]), o.eval_batch_size)
-
-    def eval_probs() -> np.ndarray:
-        model.eval()
-        logits = task.predict_logits(model, iterate(eval_feats, eval_batches, collate))
-        probs = np.empty_like(logits)
-        probs[np.concatenate(eval_batches)] = task.decode(logits)
-        return probs
+    eval_probs = partial(task.predict_probs, model, eval_feats, collate, o.eval_batch_size)
 
     stopped_early = False
     with StepProgress(progress) as bar:
@@ -228,7 +220,7 @@ def train(cfg: TrainConfig, overwrite: bool = False, resume: bool = False, progr
     # restore the best epoch's weights and score them fully
     from safetensors.torch import load_file
 
-    model.load_state_dict(load_file(str(staging / artifacts.WEIGHTS)), strict=False)
+    model.load_state_dict(load_file(str(staging / artifacts.WEIGHTS)))
     probs = eval_probs()
     trained = sum(h["examples_per_s"] * h["seconds"] for h in state["history"])
     result = {

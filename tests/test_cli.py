@@ -31,6 +31,9 @@ def test_train_evaluate_predict_end_to_end(tiny_base, synthetic, tmp_path):
     assert metrics["accuracy"] >= 0.95 and metrics["n_examples"] == 60
     assert set(metrics) >= {"accuracy_ci95", "macro_f1", "macro_f1_ci95", "ece", "per_class", "confusion_matrix"}
     assert (out / "eval" / "test" / "config.yaml").is_file()
+    unknown = write_csv(tmp_path / "unknown.csv", [("refund", "billing"), ("sunny", "weather")])
+    result = slm("evaluate", "--model", out, "--data", unknown)
+    assert result.exit_code == 2 and "unknown.csv line 3: label 'weather' is not one the model knows (billing, delivery, login)" in result.stderr
 
     result = slm("predict", "--model", out, "refund that charge", "my parcel is lost")
     assert result.exit_code == 0, result.output

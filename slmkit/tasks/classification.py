@@ -7,12 +7,13 @@ which keeps the artifact loadable by `transformers.pipeline("text-classification
 
 from __future__ import annotations
 
-from typing import Any, Iterable
+from typing import Any, Callable
 
 import numpy as np
 
 from slmkit import metrics
 from slmkit.data import Example
+from slmkit.encoding import iterate, sorted_order
 
 
 class ClassificationTask:
@@ -76,16 +77,20 @@ class ClassificationTask:
         exp = np.exp(shifted)
         return exp / exp.sum(axis=1, keepdims=True)
 
-    def predict_logits(self, model: Any, batches: Iterable[dict]) -> np.ndarray:
-        """Logits (n, n_classes) of a PyTorch model over collated batches, in batch order."""
+    def predict_probs(self, model: Any, features: list[dict], collate: Callable[[list[dict]], dict], batch_size: int) -> np.ndarray:
+        """Class probabilities (n, n_classes) of a PyTorch model, in feature order (batched by length)."""
         import torch
 
-        out = []
+        batches = sorted_order(np.array([len(f["input_ids"]) for f in features]), batch_size)
+        logits = []
+        model.eval()
         with torch.inference_mode():
-            for batch in batches:
+            for batch in iterate(features, batches, collate):
                 inputs = {k: v for k, v in batch.items() if k != "labels"}
-                out.append(model(**inputs).logits.float().numpy())
-        return np.concatenate(out)
+                logits.append(model(**inputs).logits.float().numpy())
+        probs = np.empty((len(features), logits[0].shape[1]), dtype=np.float32)
+        probs[np.concatenate(batches)] = self.decode(np.concatenate(logits))
+        return probs
 
     def metrics(self, y_true: np.ndarray, probs: np.ndarray, labels: list[str], n_resamples: int = 1000, seed: int = 0) -> dict:
         return metrics.classification_report(y_true, probs, labels, n_resamples=n_resamples, seed=seed)
