@@ -262,8 +262,10 @@ def write_results(out: Path, rows: list[dict], command: str) -> None:
                 f"{100 * r['accuracy']:.2f} ({100 * lo:.1f}–{100 * hi:.1f}) | {100 * r['macro_f1']:.2f} | "
                 f"{r['wall_s'] / 60:.1f} min | {r['train_examples_per_s']:.0f} | {r['peak_rss_mb']:,.0f} MB |"
             )
-    lines += ["", "| dataset | accuracy slmkit − Trainer (points) | wall time slmkit / Trainer |", "|---|---|---|"]
-    for row in (r for r in rows if "slmkit" in r and "trainer" in r):
+    pairs = [r for r in rows if "slmkit" in r and "trainer" in r]
+    if pairs:
+        lines += ["", "| dataset | accuracy slmkit − Trainer (points) | wall time slmkit / Trainer |", "|---|---|---|"]
+    for row in pairs:
         s, t = row["slmkit"], row["trainer"]
         lines.append(f"| {row['dataset']} | {100 * (s['accuracy'] - t['accuracy']):+.2f} | {s['wall_s'] / t['wall_s']:.2f}× |")
     out.with_suffix(".md").write_text("\n".join(lines) + "\n")

@@ -195,12 +195,12 @@ def train(cfg: TrainConfig, overwrite: bool = False, resume: bool = False, progr
                 bar.advance(record.loss, record.examples_per_s)
                 continue
             scores = task.quick_metrics(eval_y, eval_probs())
-            is_best = scores[o.metric] > state["best"]
+            # a tie keeps the later (longer-trained, more confident) weights but does not count as progress
+            improved, is_best = scores[o.metric] > state["best"], scores[o.metric] >= state["best"]
+            state["bad_epochs"] = 0 if improved else state["bad_epochs"] + 1
             if is_best:
-                state.update(best=scores[o.metric], best_epoch=record.epoch, bad_epochs=0)
+                state.update(best=scores[o.metric], best_epoch=record.epoch)
                 artifacts.save_model(model, base.hf_tokenizer, staging)
-            else:
-                state["bad_epochs"] += 1
             state["epoch"] = record.epoch
             state["train_seconds"] += record.seconds
             state["history"].append(
