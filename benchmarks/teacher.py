@@ -180,10 +180,10 @@ def fingerprint() -> dict:
     import torch
     import transformers
 
-    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("model name")), platform.processor())
-    flags = next((line for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("flags")), "")
-    isa = [f for f in ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_bf16") if f" {f}" in flags]
-    return {"cpu": cpu, "isa": isa, "threads": torch.get_num_threads(), "python": platform.python_version(), "torch": torch.__version__, "transformers": transformers.__version__}
+    from slmkit.hardware import cpu_flags, cpu_name
+
+    isa = [f for f in ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_bf16") if f in cpu_flags()]
+    return {"cpu": cpu_name(), "isa": isa, "threads": torch.get_num_threads(), "python": platform.python_version(), "torch": torch.__version__, "transformers": transformers.__version__}
 
 
 def main() -> None:
