@@ -127,6 +127,13 @@ def model_task(directory: Path) -> str:
     return (yaml.safe_load(path.read_text(encoding="utf-8")) or {}).get("task", "classification") if path.is_file() else "classification"
 
 
+def load_weights(model: Any, directory: Path) -> None:
+    """Load `directory`'s model.safetensors into `model` in place (every key must match)."""
+    from safetensors.torch import load_file
+
+    model.load_state_dict(load_file(str(directory / WEIGHTS)))
+
+
 def model_labels(directory: Path) -> list[str]:
     """The label names of a trained classifier, in class-id order (from its config.json)."""
     id2label = read_json(directory / HF_CONFIG)["id2label"]

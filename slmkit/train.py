@@ -218,9 +218,7 @@ def train(cfg: TrainConfig, overwrite: bool = False, resume: bool = False, progr
                 bar.start(f"epoch {record.epoch + 1}/{o.epochs}", steps_per_epoch)
 
     # restore the best epoch's weights and score them fully
-    from safetensors.torch import load_file
-
-    model.load_state_dict(load_file(str(staging / artifacts.WEIGHTS)))
+    artifacts.load_weights(model, staging)
     probs = eval_probs()
     trained = sum(h["examples_per_s"] * h["seconds"] for h in state["history"])
     result = {
