@@ -21,6 +21,7 @@ import argparse
 import json
 import os
 import platform
+import shutil
 import resource
 import subprocess
 import sys
@@ -163,7 +164,7 @@ def run_trainer(spec: dict, train_csv: Path, held_csv: Path, epochs: int, workdi
 
 
 def worker(args) -> None:
-    spec = DATASETS[args.dataset]
+    spec = dict(DATASETS[args.dataset], **({"lr": args.lr} if args.lr else {}))
     workdir = Path(args.workdir)
     train_csv, held_csv = workdir / "train.csv", workdir / "held.csv"
     if args.worker == "slmkit":
@@ -192,6 +193,8 @@ def main() -> None:
     parser.add_argument("--limit", type=int, default=None, help="Train on a seeded random subset of N examples; 0 = the whole set.")
     parser.add_argument("--trainers", nargs="+", default=["slmkit", "trainer"], choices=["slmkit", "trainer"], help="Which trainers to run.")
     parser.add_argument("--epochs", type=int, default=None, help="Override the per-dataset epochs.")
+    parser.add_argument("--lr", type=float, default=None, help="Override the per-dataset learning rate.")
+    parser.add_argument("--keep", default=None, help="Copy each slmkit model to KEEP/<dataset> for later stages.")
     parser.add_argument("--out", default=str(RESULTS / "teacher"), help="Results path without extension.")
     parser.add_argument("--worker", choices=["slmkit", "trainer"], help=argparse.SUPPRESS)
     parser.add_argument("--dataset", help=argparse.SUPPRESS)
@@ -206,7 +209,7 @@ def main() -> None:
     command = "python benchmarks/teacher.py " + " ".join(sys.argv[1:])
     rows = []
     for name in args.datasets:
-        spec = DATASETS[name]
+        spec = dict(DATASETS[name], **({"lr": args.lr} if args.lr else {}))
         epochs = args.epochs or spec["epochs"]
         with tempfile.TemporaryDirectory(prefix=f"bench-{name}-") as tmp:
             workdir = Path(tmp)
@@ -216,10 +219,13 @@ def main() -> None:
             for trainer in args.trainers:  # slmkit first: the Trainer reuses its derived max length
                 extra = ["--max-length", str(results["slmkit"]["max_length"] if "slmkit" in results else 128)] if trainer == "trainer" else []
                 cmd = [sys.executable, __file__, "--worker", trainer, "--dataset", name, "--workdir", tmp, "--epochs", str(epochs), *extra]
+                cmd += ["--lr", str(args.lr)] if args.lr else []
                 print(f"[{name}] {trainer}: training {epochs} epoch(s)...", flush=True)
                 subprocess.run(cmd, check=True)
                 results[trainer] = json.loads((workdir / f"{trainer}.json").read_text())
                 print(f"[{name}] {trainer}: {json.dumps(results[trainer])}", flush=True)
+            if args.keep and "slmkit" in results:
+                shutil.copytree(workdir / "slmkit-model", Path(args.keep) / name, dirs_exist_ok=True)
         rows.append({"dataset": name, "split": spec["split"], "epochs": epochs, "lr": spec["lr"], "limit": limit, **results})
     write_results(Path(args.out), rows, command)
 

@@ -6,6 +6,7 @@ A trained model directory is a Hugging Face model directory plus slmkit's own re
     tokenizer.json, tokenizer_config.json     the tokenizer (transformers and `tokenizers` load it)
     config.yaml                               the resolved stage config that produced it
     metrics.json                              what the stage measured
+    pruned_bert.py                            (slm prune outputs) the model class, for trust_remote_code
 
 Outputs are built in a staging directory beside the destination (`.<name>.partial`) and renamed into place
 only when complete, so an interrupted or failed run never leaves a half-written output. The staging
@@ -35,6 +36,9 @@ CHECKPOINT = "checkpoint"  # inside the staging dir: the latest finished epoch, 
 CHECKPOINT_STATE = "state.json"
 OPTIMIZER = "optimizer.safetensors"
 EVAL_DIR = "eval"  # <model>/eval/<data name>/ holds `slm evaluate` outputs
+ONNX_MODEL = "model.onnx"  # an exported directory: the ONNX graph ...
+MANIFEST = "manifest.json"  # ... and what the runtime needs to serve it (labels, inputs, max length, source)
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt")  # never loaded: unpickling runs code
 
 
 # ------------------------------------------------------------------------------------------ output staging
@@ -140,9 +144,24 @@ def model_labels(directory: Path) -> list[str]:
     return [id2label[str(i)] for i in range(len(id2label))]
 
 
+def refuse_pickle(directory: Path, needed: str) -> None:
+    """A directory that holds weights only in pickle files is refused: loading them could run arbitrary code."""
+    if (directory / needed).is_file():
+        return
+    pickles = sorted(p.name for p in directory.iterdir() if p.suffix in PICKLE_SUFFIXES)
+    if pickles:
+        raise UserError(
+            f"{directory / pickles[0]}: pickle weights are never loaded (unpickling can run code): "
+            f"convert the model to {needed} (save_pretrained(..., safe_serialization=True))"
+        )
+
+
 def check_model_dir(directory: Path) -> None:
     if not directory.is_dir():
         raise UserError(f"{directory}: model directory not found: pass the --out directory of slm train")
+    if (directory / ONNX_MODEL).is_file() and not (directory / WEIGHTS).is_file():
+        raise UserError(f"{directory}: an exported ONNX model, not a PyTorch one: pass the slm train output (or use slmkit.runtime)")
+    refuse_pickle(directory, WEIGHTS)
     missing = [n for n in (HF_CONFIG, WEIGHTS, TOKENIZER) if not (directory / n).is_file()]
     if missing:
         raise UserError(f"{directory}: not a trained model (missing {', '.join(missing)}): pass the --out directory of slm train")
@@ -150,9 +169,14 @@ def check_model_dir(directory: Path) -> None:
 
 def load_model(directory: Path) -> tuple[Any, Any]:
     """The trained model (eval mode) and its `transformers` tokenizer, from safetensors only."""
+    import transformers
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
     check_model_dir(directory)
+    transformers.utils.logging.disable_progress_bar()
+    transformers.logging.set_verbosity_error()
+    if read_json(directory / HF_CONFIG).get("model_type") == "slm_pruned_bert":
+        import slmkit.pruned_bert  # noqa: F401  registers the pruned BERT class (the output of slm prune)
     model = AutoModelForSequenceClassification.from_pretrained(directory, use_safetensors=True)
     model.eval()
     return model, AutoTokenizer.from_pretrained(directory)

@@ -17,7 +17,10 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from slmkit.config import DataConfig, EvalConfig, ModelConfig, OptimConfig, TrainConfig, help_of, load_config
+from slmkit.config import (
+    DataConfig, EvalConfig, ExportConfig, ModelConfig, OptimConfig, PruneConfig, QuantizeConfig, TrainConfig, TrimConfig,
+    help_of, load_config,
+)
 from slmkit.errors import UserError
 
 DEMO_EPOCHS = 8  # the demo's 752 training messages: more passes than the default 5 give a more confident model
@@ -147,7 +150,7 @@ def evaluate(
 @_user_errors
 def predict(
     texts: Annotated[Optional[list[str]], typer.Argument(help="Texts to classify (or use --input).")] = None,
-    model: Annotated[str, typer.Option(help="Trained model directory (the output of slm train).")] = "",
+    model: Annotated[str, typer.Option(help="Model directory: the output of slm train, or of slm export / quantize (served without torch).")] = "",
     input: Annotated[Optional[Path], typer.Option(help="File of texts: .jsonl/.csv/.tsv (column --text-col) or .txt (one per line).")] = None,
     output: Annotated[Optional[Path], typer.Option(help="Write JSONL predictions here instead of printing them.")] = None,
     text_col: Annotated[str, typer.Option(help=_h(DataConfig, "text_col"))] = "text",
@@ -174,6 +177,158 @@ def predict(
     tmp.write_text("".join(line + "\n" for line in lines), encoding="utf-8")
     tmp.replace(output)
     err.print(f"{len(lines)} predictions written to {output}")
+
+
+# ------------------------------------------------------------------------------------------ compress
+
+ModelDir = Annotated[str, typer.Option("--model", help="Input model directory.")]
+OutDir = Annotated[str, typer.Option("--out", help="Output directory.")]
+Overwrite = Annotated[bool, typer.Option(help="Replace --out even if it is not a previous slmkit output.")]
+
+
+@app.command()
+@_user_errors
+def export(
+    model: ModelDir,
+    out_dir: OutDir,
+    opset: Annotated[Optional[int], typer.Option(help=_h(ExportConfig, "opset"))] = None,
+    probe_size: Annotated[Optional[int], typer.Option(help=_h(ExportConfig, "probe_size"))] = None,
+    probe_data: Annotated[Optional[str], typer.Option(help=_h(ExportConfig, "probe_data"))] = None,
+    tolerance: Annotated[Optional[float], typer.Option(help=_h(ExportConfig, "tolerance"))] = None,
+    overwrite: Overwrite = False,
+):
+    """Export a trained model to ONNX (dynamic batch and sequence axes) with its tokenizer and labels, and
+    prove parity with PyTorch on a probe batch: max |logit difference| and argmax, written to metrics.json.
+
+    Example: slm export --model runs/x --out runs/x-onnx
+    """
+    from slmkit.export import export as run_export
+
+    flags = {"model": model, "out": out_dir, "opset": opset, "probe_size": probe_size, "probe_data": probe_data, "tolerance": tolerance}
+    result = run_export(load_config(ExportConfig, None, None, **flags), overwrite=overwrite)
+    p, m = result.metrics["parity"], result.metrics
+    out.print(f"parity on {m['probe']['size']} probe texts: max |logit difference| {p['max_abs_logit_diff']:.2e} "
+              f"(allowed {p['tolerance']:.0e}), argmax identical; {m['onnx_bytes'] / 1e6:.1f} MB")
+    out.print(f"ONNX model saved to [bold]{result.out}[/bold]")
+
+
+@app.command()
+@_user_errors
+def quantize(
+    model: ModelDir,
+    out_dir: OutDir,
+    method: Annotated[Optional[str], typer.Option(help=_h(QuantizeConfig, "method"))] = None,
+    per_channel: Annotated[Optional[bool], typer.Option("--per-channel/--per-tensor", help=_h(QuantizeConfig, "per_channel"))] = None,
+    calib_size: Annotated[Optional[int], typer.Option(help=_h(QuantizeConfig, "calib_size"))] = None,
+    calib_data: Annotated[Optional[str], typer.Option(help=_h(QuantizeConfig, "calib_data"))] = None,
+    calib_method: Annotated[Optional[str], typer.Option(help=_h(QuantizeConfig, "calib_method"))] = None,
+    exclude: Annotated[Optional[list[str]], typer.Option(help=_h(QuantizeConfig, "exclude") + " Repeatable.")] = None,
+    max_drop: Annotated[Optional[float], typer.Option(help=_h(QuantizeConfig, "max_drop"))] = None,
+    eval_data: Annotated[Optional[str], typer.Option(help=_h(QuantizeConfig, "eval_data"))] = None,
+    qat_epochs: Annotated[Optional[int], typer.Option(help=_h(QuantizeConfig, "qat_epochs"))] = None,
+    qat_limit: Annotated[Optional[int], typer.Option(help=_h(QuantizeConfig, "qat_limit"))] = None,
+    set_: Sets = None,
+    overwrite: Overwrite = False,
+    quiet: Annotated[bool, typer.Option(help="No progress bars.")] = False,
+):
+    """Quantize an exported ONNX model to int8 (dynamic, static or QAT), optionally within an accuracy budget.
+
+    Example: slm quantize --model runs/x-onnx --method static --max-drop 0.5 --out runs/x-int8
+    """
+    from slmkit.quantize import quantize as run_quantize
+
+    flags = {
+        "model": model, "out": out_dir, "method": method, "per_channel": per_channel, "calib_size": calib_size,
+        "calib_data": calib_data, "calib_method": calib_method, "exclude": exclude, "max_drop": max_drop,
+        "eval_data": eval_data, "qat_epochs": qat_epochs, "qat_limit": qat_limit,
+    }
+    result = run_quantize(load_config(QuantizeConfig, None, set_, **flags), overwrite=overwrite, progress=not quiet)
+    m = result.metrics
+    if m["fp32_metric"] is not None:
+        table = Table(title="accuracy-aware steps" if m["max_drop"] is not None else "int8 vs fp32", show_header=True)
+        for column in ("step", "accuracy", "drop (points)", "agreement"):
+            table.add_column(column, justify="left" if column == "step" else "right")
+        table.add_row("fp32", f"{m['fp32_metric']:.4f}", "", "")
+        for row in m["tried"]:
+            table.add_row(row["step"], f"{row['metric']:.4f}", f"{row['drop_points']:.2f}", f"{row['agreement']:.4f}")
+        out.print(table)
+    out.print(f"{m['chosen']['method']} int8: {m['bytes'] / 1e6:.1f} MB ({m['size_ratio']:.2f}x the fp32 file)"
+              + (" — no int8 variant held the budget: the output is the fp32 model" if m["fell_back_to_fp32"] else ""))
+    if m["note"]:
+        err.print(f"note: {m['note']}")
+    out.print(f"quantized model saved to [bold]{result.out}[/bold]")
+
+
+@app.command()
+@_user_errors
+def prune(
+    model: ModelDir,
+    out_dir: OutDir,
+    heads: Annotated[Optional[float], typer.Option(help=_h(PruneConfig, "heads"))] = None,
+    ffn: Annotated[Optional[float], typer.Option(help=_h(PruneConfig, "ffn"))] = None,
+    data: Annotated[Optional[str], typer.Option(help=_h(PruneConfig, "data"))] = None,
+    eval: Annotated[Optional[str], typer.Option(help=_h(PruneConfig, "eval"))] = None,
+    recovery_epochs: Annotated[Optional[int], typer.Option(help=_h(PruneConfig, "recovery_epochs"))] = None,
+    recovery_limit: Annotated[Optional[int], typer.Option(help=_h(PruneConfig, "recovery_limit"))] = None,
+    distill: Annotated[Optional[bool], typer.Option("--distill/--no-distill", help=_h(PruneConfig, "distill"))] = None,
+    set_: Sets = None,
+    overwrite: Overwrite = False,
+    quiet: Annotated[bool, typer.Option(help="No progress bars.")] = False,
+):
+    """Remove the least important attention heads and FFN neurons (gradient importance), then recover with a
+    short fine-tune distilled from the unpruned model. The result is a smaller dense model.
+
+    Example: slm prune --model runs/x --heads 0.3 --ffn 0.3 --out runs/x-pruned
+    """
+    from slmkit.prune import prune as run_prune
+
+    flags = {
+        "model": model, "out": out_dir, "heads": heads, "ffn": ffn, "data": data, "eval": eval,
+        "recovery_epochs": recovery_epochs, "recovery_limit": recovery_limit, "distill": distill,
+    }
+    result = run_prune(load_config(PruneConfig, None, set_, **flags), overwrite=overwrite, progress=not quiet)
+    _print_flat("pruning", result.metrics)
+    out.print(f"pruned model saved to [bold]{result.out}[/bold]")
+
+
+@app.command("trim-vocab")
+@_user_errors
+def trim_vocab(
+    model: ModelDir,
+    out_dir: OutDir,
+    data: Annotated[Optional[list[str]], typer.Option(help=_h(TrimConfig, "data") + " Repeatable.")] = None,
+    text_col: Annotated[Optional[str], typer.Option(help=_h(TrimConfig, "text_col"))] = None,
+    extra_text: Annotated[Optional[list[str]], typer.Option(help=_h(TrimConfig, "extra_text") + " Repeatable.")] = None,
+    min_count: Annotated[Optional[int], typer.Option(help=_h(TrimConfig, "min_count"))] = None,
+    eval: Annotated[Optional[str], typer.Option(help=_h(TrimConfig, "eval"))] = None,
+    overwrite: Overwrite = False,
+):
+    """Keep only the vocabulary your data uses: rewrites tokenizer.json and the embedding matrix together, so
+    kept text tokenizes and predicts exactly as before; reports the eval set's out-of-vocabulary rate.
+
+    Example: slm trim-vocab --model runs/x --data train.csv --out runs/x-trimmed
+    """
+    from slmkit.trim import trim_vocab as run_trim
+
+    flags = {"model": model, "out": out_dir, "data": data, "text_col": text_col, "extra_text": extra_text, "min_count": min_count, "eval": eval}
+    result = run_trim(load_config(TrimConfig, None, None, **flags), overwrite=overwrite)
+    _print_flat("vocabulary trimming", result.metrics)
+    out.print(f"trimmed model saved to [bold]{result.out}[/bold]")
+
+
+def _print_flat(title: str, metrics: dict) -> None:
+    """The scalar entries of a stage's metrics as a two-column table."""
+    table = Table(title=title, show_header=False)
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    for key, value in metrics.items():
+        if isinstance(value, dict):
+            for sub, v in value.items():
+                if isinstance(v, (int, float, str)) and not isinstance(v, bool):
+                    table.add_row(f"{key}.{sub}", f"{v:.4g}" if isinstance(v, float) else str(v))
+        elif isinstance(value, (int, float, str)) and not isinstance(value, bool):
+            table.add_row(key, f"{value:.4g}" if isinstance(value, float) else str(value))
+    out.print(table)
 
 
 # --------------------------------------------------------------------------------------------- demo

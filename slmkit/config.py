@@ -133,6 +133,120 @@ class EvalConfig:
             raise UserError(f"setting bootstrap must be at least 100 resamples (got {self.bootstrap})")
 
 
+def _check(checks: list[tuple[bool, str, str]]) -> None:
+    for ok, key, message in checks:
+        if not ok:
+            raise UserError(f"setting {key} {message}" if "must" in message else f"setting {key}: {message}")
+
+
+@dataclass
+class ExportConfig:
+    """`slm export`: a trained model as ONNX with its tokenizer, labels and a parity check."""
+
+    model: str = _f("", "Trained model directory (the output of slm train, prune or trim-vocab).")
+    out: str = _f("", "Output directory for the ONNX model.")
+    opset: int = _f(18, "ONNX opset version (18 is what the exporter writes natively).")
+    probe_size: int = _f(64, "Training examples in the parity probe batch.")
+    probe_data: str | None = _f(None, "File to draw the probe batch from; default: the model's training file.")
+    tolerance: float = _f(1e-4, "Largest allowed |logit difference| between ONNX and PyTorch on the probe batch.")
+
+    def validate(self) -> None:
+        _check([
+            (bool(self.model), "model", "no model directory: pass --model DIR"),
+            (bool(self.out), "out", "no output directory: pass --out DIR"),
+            (14 <= self.opset <= 23, "opset", f"must be in [14, 23] (got {self.opset})"),
+            (self.probe_size >= 1, "probe_size", f"must be at least 1 (got {self.probe_size})"),
+            (self.tolerance > 0, "tolerance", f"must be positive (got {self.tolerance})"),
+        ])
+
+
+@dataclass
+class QuantizeConfig:
+    """`slm quantize`: an exported ONNX model to int8, checked against the fp32 model."""
+
+    model: str = _f("", "Exported ONNX model directory (the output of slm export).")
+    out: str = _f("", "Output directory for the quantized model.")
+    method: str = _f("dynamic", "dynamic (weights int8, activations quantized at run time), static (QDQ with calibration) or qat.")
+    per_channel: bool = _f(True, "Quantize weights per output channel (more accurate, same size and speed).")
+    calib_size: int = _f(256, "Training examples used to calibrate static quantization.")
+    calib_data: str | None = _f(None, "File of calibration texts; default: the model's training file.")
+    calib_method: str = _f("minmax", "Static calibration: minmax, entropy or percentile.")
+    exclude: list[str] = _f([], "Node names (or op types such as Gather) to keep in fp32.")
+    max_drop: float | None = _f(None, "Accuracy-aware: largest allowed drop of the eval metric, in points; back off until it holds.")
+    eval_data: str | None = _f(None, "Labeled file for the accuracy check; default: the model's eval data.")
+    qat_epochs: int = _f(1, "QAT: fine-tuning passes with fake quantization.")
+    qat_lr: float = _f(2e-5, "QAT: peak learning rate.")
+    qat_limit: int = _f(4000, "QAT: at most this many training examples per pass (0: all).")
+    seed: int = _f(42, "Seed of the calibration and probe sampling.")
+
+    def validate(self) -> None:
+        _check([
+            (bool(self.model), "model", "no model directory: pass --model DIR"),
+            (bool(self.out), "out", "no output directory: pass --out DIR"),
+            (self.method in ("dynamic", "static", "qat"), "method", f"must be dynamic, static or qat (got {self.method!r})"),
+            (self.calib_size >= 1, "calib_size", f"must be at least 1 (got {self.calib_size})"),
+            (self.calib_method in ("minmax", "entropy", "percentile"), "calib_method", f"must be minmax, entropy or percentile (got {self.calib_method!r})"),
+            (self.max_drop is None or self.max_drop >= 0, "max_drop", f"must be 0 or more points (got {self.max_drop})"),
+            (self.qat_epochs >= 1, "qat_epochs", f"must be at least 1 (got {self.qat_epochs})"),
+            (self.qat_lr > 0, "qat_lr", f"must be positive (got {self.qat_lr})"),
+            (self.qat_limit >= 0, "qat_limit", f"must be 0 or more (got {self.qat_limit})"),
+        ])
+
+
+@dataclass
+class PruneConfig:
+    """`slm prune`: remove the least important attention heads and FFN neurons, then recover by fine-tuning."""
+
+    model: str = _f("", "Trained model directory (the output of slm train).")
+    out: str = _f("", "Output directory for the pruned model.")
+    heads: float = _f(0.3, "Fraction of attention heads to remove, in [0, 1).")
+    ffn: float = _f(0.3, "Fraction of feed-forward neurons to remove, in [0, 1).")
+    data: str | None = _f(None, "Labeled training file for importance scores and recovery; default: the model's training file.")
+    eval: str | None = _f(None, "Labeled file for the before/after check; default: the model's eval data.")
+    importance_batches: int = _f(32, "Training batches used to score head and neuron importance.")
+    recovery_epochs: int = _f(1, "Recovery fine-tuning passes after pruning (0: none).")
+    recovery_lr: float = _f(5e-5, "Recovery peak learning rate.")
+    recovery_limit: int = _f(0, "At most this many training examples per recovery pass (0: all).")
+    distill: bool = _f(True, "Recover by distillation from the unpruned model (soft targets) plus the labels.")
+    temperature: float = _f(2.0, "Distillation temperature.")
+    batch_size: int = _f(32, "Examples per batch.")
+    seed: int = _f(42, "Random seed.")
+
+    def validate(self) -> None:
+        _check([
+            (bool(self.model), "model", "no model directory: pass --model DIR"),
+            (bool(self.out), "out", "no output directory: pass --out DIR"),
+            (0 <= self.heads < 1, "heads", f"must be a fraction in [0, 1) (got {self.heads})"),
+            (0 <= self.ffn < 1, "ffn", f"must be a fraction in [0, 1) (got {self.ffn})"),
+            (self.importance_batches >= 1, "importance_batches", f"must be at least 1 (got {self.importance_batches})"),
+            (self.recovery_epochs >= 0, "recovery_epochs", f"must be 0 or more (got {self.recovery_epochs})"),
+            (self.recovery_lr > 0, "recovery_lr", f"must be positive (got {self.recovery_lr})"),
+            (self.recovery_limit >= 0, "recovery_limit", f"must be 0 or more (got {self.recovery_limit})"),
+            (self.temperature > 0, "temperature", f"must be positive (got {self.temperature})"),
+            (self.batch_size >= 1, "batch_size", f"must be at least 1 (got {self.batch_size})"),
+        ])
+
+
+@dataclass
+class TrimConfig:
+    """`slm trim-vocab`: keep only the vocabulary the data uses, rewriting tokenizer and embeddings together."""
+
+    model: str = _f("", "Trained model directory (the output of slm train or prune).")
+    out: str = _f("", "Output directory for the trimmed model.")
+    data: list[str] = _f([], "Files whose texts decide the kept tokens (labeled files or .txt); default: the model's training file.")
+    text_col: str = _f("text", "Column (or JSON key) with the text in --data files.")
+    extra_text: list[str] = _f([], "More text files (.txt, one text per line) whose tokens are kept too: a coverage margin.")
+    min_count: int = _f(1, "Keep a token only if it occurs at least this many times.")
+    eval: str | None = _f(None, "Labeled file for the OOV rate and the before/after check; default: the model's eval data.")
+
+    def validate(self) -> None:
+        _check([
+            (bool(self.model), "model", "no model directory: pass --model DIR"),
+            (bool(self.out), "out", "no output directory: pass --out DIR"),
+            (self.min_count >= 1, "min_count", f"must be at least 1 (got {self.min_count})"),
+        ])
+
+
 # ---------------------------------------------------------------------------------------------- load / save
 
 
@@ -214,6 +328,11 @@ def _coerce(value: Any, kind: Any, key: str) -> Any:
             return None
         raise UserError(f"setting {key} needs a value")
     for option in options:
+        if typing.get_origin(option) is list:
+            items = [v for v in value.split(",") if v.strip()] if isinstance(value, str) else value
+            if isinstance(items, list) and all(isinstance(v, (str, int, float)) and not isinstance(v, bool) for v in items):
+                return [str(v).strip() for v in items]
+            continue
         if option is bool and isinstance(value, bool):
             return value
         if option is int and isinstance(value, int) and not isinstance(value, bool):
@@ -227,5 +346,5 @@ def _coerce(value: Any, kind: Any, key: str) -> Any:
                 pass
         if option is str and isinstance(value, (str, int, float)) and not isinstance(value, bool):
             return str(value)
-    names = " or ".join("none" if o is type(None) else o.__name__ for o in options)
+    names = " or ".join("none" if o is type(None) else "a list" if typing.get_origin(o) is list else o.__name__ for o in options)
     raise UserError(f"setting {key} must be {names} (got {value!r})")

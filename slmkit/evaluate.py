@@ -16,6 +16,7 @@ from slmkit import artifacts
 from slmkit.config import EvalConfig, save_config
 from slmkit.data import check_known_labels, read_examples
 from slmkit.predict import predict_probs
+from slmkit.runtime import load_manifest
 from slmkit.tasks import get_task
 
 
@@ -29,7 +30,10 @@ def evaluate(cfg: EvalConfig) -> EvalResult:
     """Predict every example of `cfg.data` with `cfg.model` and write the metrics."""
     cfg.validate()
     model_dir, data_path = Path(cfg.model), Path(cfg.data.eval)
-    artifacts.check_model_dir(model_dir)
+    if (model_dir / artifacts.ONNX_MODEL).is_file():
+        load_manifest(model_dir)  # an exported or quantized model, served by the torch-free runtime
+    else:
+        artifacts.check_model_dir(model_dir)
     d = cfg.data
     examples = read_examples(data_path, d.text_col, d.label_col, d.encoding, d.drop_empty)
     labels = artifacts.model_labels(model_dir)

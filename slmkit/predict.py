@@ -1,12 +1,12 @@
 """`slm predict`: labels and class probabilities for texts, from a trained model directory (PyTorch).
 
 Texts are tokenized exactly as in training (same tokenizer, same maximum length), batched by length for
-speed, and returned in input order. The torch-free runtime over ONNX comes with the export stage.
+speed, and returned in input order. A directory made by `slm export` or `slm quantize` is served by the
+torch-free runtime (`slmkit.runtime.Predictor`) instead.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 
@@ -15,33 +15,42 @@ import numpy as np
 from slmkit import artifacts
 from slmkit.data import Example
 from slmkit.encoding import make_encoder, uses_token_types
+from slmkit.runtime import Prediction, Predictor
 from slmkit.tasks import get_task
 
 
-@dataclass
-class Prediction:
-    text: str
-    label: str
-    score: float  # probability of `label`
-    scores: dict[str, float]  # probability of every label
+class TorchPredictor:
+    """A PyTorch model directory behind the same interface as the runtime's `Predictor`."""
+
+    def __init__(self, model_dir: str | Path, threads: int | None = None, batch_size: int = 64):
+        import torch
+
+        if threads:
+            torch.set_num_threads(threads)
+        self.directory = Path(model_dir)
+        self.model, hf_tokenizer = artifacts.load_model(self.directory)
+        self.task = get_task(artifacts.model_task(self.directory))
+        self.labels = [self.model.config.id2label[i] for i in range(self.model.config.num_labels)]
+        self.encoder = make_encoder(hf_tokenizer, hf_tokenizer.model_max_length)
+        self.collate = partial(self.task.collate, pad_id=hf_tokenizer.pad_token_id or 0, token_types=uses_token_types(self.model, hf_tokenizer))
+        self.batch_size = batch_size
+
+    def predict_proba(self, texts: list[str]) -> np.ndarray:
+        features = self.task.encode([Example(t, None, i) for i, t in enumerate(texts)], self.encoder, None)
+        return self.task.predict_probs(self.model, features, self.collate, self.batch_size)
+
+
+def open_predictor(model_dir: str | Path, threads: int | None = None, batch_size: int = 64) -> Predictor | TorchPredictor:
+    """The runtime `Predictor` for an exported (ONNX) directory, a `TorchPredictor` for a trained one."""
+    if (Path(model_dir) / artifacts.ONNX_MODEL).is_file():
+        return Predictor(model_dir, threads=threads, batch_size=batch_size)
+    return TorchPredictor(model_dir, threads=threads, batch_size=batch_size)
 
 
 def predict_probs(model_dir: str | Path, texts: list[str], batch_size: int = 64, threads: int | None = None) -> tuple[np.ndarray, list[str]]:
     """Class probabilities (n_texts, n_labels) in input order, and the label names of the columns."""
-    import torch
-    import transformers
-
-    transformers.logging.set_verbosity_error()
-    if threads:
-        torch.set_num_threads(threads)
-    model_dir = Path(model_dir)
-    model, hf_tokenizer = artifacts.load_model(model_dir)
-    task = get_task(artifacts.model_task(model_dir))
-    labels = [model.config.id2label[i] for i in range(model.config.num_labels)]
-    encoder = make_encoder(hf_tokenizer, hf_tokenizer.model_max_length)
-    features = task.encode([Example(t, None, i) for i, t in enumerate(texts)], encoder, None)
-    collate = partial(task.collate, pad_id=hf_tokenizer.pad_token_id or 0, token_types=uses_token_types(model, hf_tokenizer))
-    return task.predict_probs(model, features, collate, batch_size), labels
+    predictor = open_predictor(model_dir, threads, batch_size)
+    return predictor.predict_proba(texts), predictor.labels
 
 
 def predict(model_dir: str | Path, texts: list[str], batch_size: int = 64, threads: int | None = None) -> list[Prediction]:

@@ -181,7 +181,9 @@ def train(cfg: TrainConfig, overwrite: bool = False, resume: bool = False, progr
         state = artifacts.load_checkpoint(staging, model, optimizer)
         # the optimizer's param groups carry the current learning rate; the schedule continues from here
         scheduler.last_epoch = state["epoch"] * steps_per_epoch
-    save_config(cfg, staging / artifacts.CONFIG)
+    # recorded with absolute paths: later stages (export, quantize, prune) find the same data from anywhere
+    recorded = replace(d, train=str(train_path.resolve()), eval=str(Path(d.eval).resolve()) if d.eval else None)
+    save_config(replace(cfg, data=recorded), staging / artifacts.CONFIG)
 
     eval_y = np.array([f["label"] for f in eval_feats])
     eval_probs = partial(task.predict_probs, model, eval_feats, collate, o.eval_batch_size)

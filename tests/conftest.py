@@ -92,3 +92,20 @@ def tiny_config(tiny_base: Path, synthetic: dict, out: Path, **train_overrides):
         model=ModelConfig(base=str(tiny_base)),
         train=OptimConfig(**train),
     )
+
+
+@pytest.fixture(scope="session")
+def trained_tiny(tiny_base, synthetic, tmp_path_factory) -> Path:
+    """The tiny model trained once on the synthetic task (dev.csv as its eval file), shared by the stage tests."""
+    from slmkit.train import train
+
+    return train(tiny_config(tiny_base, synthetic, tmp_path_factory.mktemp("shared-runs") / "tiny"), progress=False).out
+
+
+@pytest.fixture(scope="session")
+def exported_tiny(trained_tiny, tmp_path_factory) -> Path:
+    """`trained_tiny` exported to ONNX."""
+    from slmkit.config import ExportConfig
+    from slmkit.export import export
+
+    return export(ExportConfig(model=str(trained_tiny), out=str(tmp_path_factory.mktemp("shared-onnx") / "tiny-onnx"))).out

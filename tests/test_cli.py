@@ -60,7 +60,7 @@ def test_config_file_with_set_overrides(tiny_base, synthetic, tmp_path):
     assert "epochs: 2" in saved and "lr: 0.005" in saved
 
 
-@pytest.mark.parametrize("command", [[], ["train"], ["evaluate"], ["predict"], ["demo"]])
+@pytest.mark.parametrize("command", [[], ["train"], ["evaluate"], ["predict"], ["demo"], ["export"], ["quantize"], ["prune"], ["trim-vocab"]])
 def test_help_explains_every_option(command):
     result = slm(*command, "--help")
     assert result.exit_code == 0
@@ -136,3 +136,37 @@ def test_evaluate_and_predict_errors(tiny_base, synthetic, tmp_path):
     assert result.exit_code == 2 and "give texts as arguments or --input FILE" in result.stderr
     result = slm("train", "--out", tmp_path / "r", "--resume")
     assert result.exit_code == 2 and "nothing to resume" in result.stderr
+
+
+def test_compress_commands_end_to_end(trained_tiny, tmp_path):
+    """export → quantize → predict/evaluate on the int8 model, then prune and trim-vocab, all through `slm`."""
+    onnx_dir, int8_dir = tmp_path / "onnx", tmp_path / "int8"
+    result = slm("export", "--model", trained_tiny, "--out", onnx_dir)
+    assert result.exit_code == 0, result.output
+    assert "argmax identical" in result.output
+    result = slm("quantize", "--model", onnx_dir, "--out", int8_dir, "--max-drop", "5")
+    assert result.exit_code == 0, result.output
+    assert "all int8" in result.output and "quantized model saved" in result.output
+    result = slm("predict", "--model", int8_dir, "my invoice is wrong")
+    assert result.exit_code == 0 and json.loads(result.output.splitlines()[0])["label"] == "billing"
+    result = slm("prune", "--model", trained_tiny, "--out", tmp_path / "pruned", "--heads", "0.5", "--ffn", "0.5", "--recovery-epochs", "0", "--quiet")
+    assert result.exit_code == 0, result.output
+    result = slm("trim-vocab", "--model", trained_tiny, "--out", tmp_path / "trimmed")
+    assert result.exit_code == 0, result.output
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["quantize", "--model", "{model}", "--out", "{tmp}/q"], "a PyTorch model, not an ONNX export"),
+        (["quantize", "--model", "{tmp}/nope", "--out", "{tmp}/q", "--max-drop", "-1"], "max_drop must be 0 or more"),
+        (["prune", "--model", "{model}", "--out", "{tmp}/p", "--heads", "1.0"], "heads must be a fraction in [0, 1)"),
+        (["export", "--model", "{tmp}/nope", "--out", "{tmp}/e"], "model directory not found"),
+        (["trim-vocab", "--model", "{model}", "--out", "{tmp}/t", "--data", "{tmp}/none.txt"], "none.txt: file not found"),
+    ],
+)
+def test_compress_bad_input_is_one_line_exit_2(args, message, trained_tiny, tmp_path):
+    result = slm(*[a.format(model=trained_tiny, tmp=tmp_path) for a in args])
+    assert result.exit_code == 2, result.output
+    assert message in result.output and len(result.output.strip().splitlines()) == 1
+    assert list(tmp_path.iterdir()) == []

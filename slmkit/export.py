@@ -1,0 +1,177 @@
+"""`slm export`: a trained model as an ONNX graph that the torch-free runtime serves, proven equal to PyTorch.
+
+Read top to bottom: `export(cfg)` loads the PyTorch model, draws a probe batch from its training texts,
+exports with `torch.onnx.export` (the dynamo exporter; the older TorchScript tracer exported a model whose
+logits differed by 0.1 once padding was involved), then runs the probe batch — padded, so that masking is
+exercised — through ONNX Runtime and PyTorch. The export fails, writing nothing, unless the largest
+|logit difference| is within `cfg.tolerance` and every argmax agrees.
+
+The output directory holds `model.onnx` (one file, dynamic batch and sequence axes), `tokenizer.json` set
+up for inference (truncation at the model's maximum length, no padding), the Hugging Face `config.json`
+(so optimum and transformers' config readers work), `manifest.json` (what the runtime needs: labels,
+input names, maximum length, opset, and the PyTorch source for later stages) and `metrics.json`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import shutil
+import time
+import warnings
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import numpy as np
+
+from slmkit import artifacts
+from slmkit.config import ExportConfig, save_config
+from slmkit.encoding import make_encoder, uses_token_types
+from slmkit.errors import UserError
+from slmkit.lineage import examples_from
+
+OUTPUT = "logits"
+
+
+@dataclass
+class ExportResult:
+    out: Path
+    metrics: dict
+
+
+def logits_module(model, token_types: bool):
+    """`model` as a module with named tensor inputs and the logits as its one output (what the graph holds)."""
+    import torch
+
+    class Logits(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.model = model
+
+        def forward(self, input_ids, attention_mask, token_type_ids=None):
+            extra = {"token_type_ids": token_type_ids} if token_types else {}
+            return self.model(input_ids=input_ids, attention_mask=attention_mask, **extra).logits
+
+    return Logits().eval()
+
+
+def export(cfg: ExportConfig, overwrite: bool = False) -> ExportResult:
+    """Export `cfg.model` to ONNX in `cfg.out` and prove parity on a probe batch."""
+    import torch
+    import transformers
+
+    transformers.logging.set_verbosity_error()
+    cfg.validate()
+    model_dir, out = Path(cfg.model), Path(cfg.out)
+    artifacts.check_output(out, overwrite)
+    model, hf_tokenizer = artifacts.load_model(model_dir)
+    labels = artifacts.model_labels(model_dir)
+    token_types = uses_token_types(model, hf_tokenizer)
+    inputs = ["input_ids", "attention_mask"] + (["token_type_ids"] if token_types else [])
+    max_length = int(hf_tokenizer.model_max_length)
+
+    # the probe batch: a seeded sample of training texts, padded together
+    examples, source = examples_from(cfg.probe_data, model_dir, "train", "--probe-data")
+    if not examples:
+        raise UserError(f"{source}: no texts to probe the export with: pass --probe-data FILE")
+    rng = np.random.default_rng(0)
+    texts = [examples[i].text for i in rng.choice(len(examples), min(cfg.probe_size, len(examples)), replace=False)]
+    encoder = make_encoder(hf_tokenizer, max_length)
+    encoder.enable_padding(pad_id=hf_tokenizer.pad_token_id or 0, pad_token=hf_tokenizer.pad_token or "[PAD]")
+    probe = _arrays(encoder.encode_batch(texts), inputs)
+
+    staging = artifacts.begin(out, overwrite)
+    try:
+        started = time.perf_counter()
+        onnx_path = staging / artifacts.ONNX_MODEL
+        dims = {name: {0: "batch", 1: "sequence"} for name in inputs}
+        with torch.no_grad(), _quiet():
+            torch.onnx.export(
+                logits_module(model, token_types), tuple(torch.from_numpy(probe[n]) for n in inputs), str(onnx_path),
+                input_names=inputs, output_names=[OUTPUT], dynamic_axes={**dims, OUTPUT: {0: "batch"}},
+                opset_version=cfg.opset, dynamo=True, external_data=False, verbose=False,
+            )
+            reference = model(**{n: torch.from_numpy(probe[n]) for n in inputs}).logits.float().numpy()
+        export_seconds = time.perf_counter() - started
+
+        parity = check_parity(onnx_path, probe, reference, cfg.tolerance)
+
+        encoder.no_padding()
+        encoder.save(str(staging / artifacts.TOKENIZER))
+        shutil.copy(model_dir / artifacts.HF_CONFIG, staging / artifacts.HF_CONFIG)
+        for name in (artifacts.TOKENIZER_CONFIG, "special_tokens_map.json", "vocab.txt"):
+            if (model_dir / name).is_file():
+                shutil.copy(model_dir / name, staging / name)
+        manifest = {
+            "format": "slmkit-onnx",
+            "task": artifacts.model_task(model_dir),
+            "labels": labels,
+            "inputs": inputs,
+            "output": OUTPUT,
+            "max_length": max_length,
+            "pad_id": int(hf_tokenizer.pad_token_id or 0),
+            "opset": cfg.opset,
+            "precision": "fp32",
+            "source": str(model_dir.resolve()),
+            "torch": torch.__version__,
+        }
+        artifacts.write_json(staging / artifacts.MANIFEST, manifest)
+        metrics = {
+            "parity": parity,
+            "probe": {"size": len(texts), "source": str(source), "sequence_length": int(probe["input_ids"].shape[1])},
+            "export_seconds": export_seconds,
+            "onnx_bytes": onnx_path.stat().st_size,
+            "pytorch_bytes": (model_dir / artifacts.WEIGHTS).stat().st_size,
+            "parameters": sum(p.numel() for p in model.parameters()),
+        }
+        save_config(replace(cfg, model=str(Path(cfg.model).resolve())), staging / artifacts.CONFIG)  # absolute: the lineage to the data
+        artifacts.write_json(staging / artifacts.METRICS, metrics)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    artifacts.commit(staging, out)
+    return ExportResult(out, metrics)
+
+
+@contextlib.contextmanager
+def _quiet():
+    """The exporter's deprecation warnings and progress prints are about its internals, not the user's model."""
+    import io
+    import logging
+
+    loggers = [logging.getLogger(n) for n in ("torch.onnx", "onnxscript", "torch.export", "torch._dynamo")]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        for lg, level in zip(loggers, levels):
+            lg.setLevel(level)
+
+
+def _arrays(encodings, inputs: list[str]) -> dict[str, np.ndarray]:
+    arrays = {
+        "input_ids": np.array([e.ids for e in encodings], dtype=np.int64),
+        "attention_mask": np.array([e.attention_mask for e in encodings], dtype=np.int64),
+    }
+    if "token_type_ids" in inputs:
+        arrays["token_type_ids"] = np.zeros_like(arrays["input_ids"])
+    return arrays
+
+
+def check_parity(onnx_path: Path, probe: dict[str, np.ndarray], reference: np.ndarray, tolerance: float) -> dict:
+    """Run the probe batch through ONNX Runtime; fail unless it matches `reference` within `tolerance`."""
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    logits = session.run([OUTPUT], probe)[0]
+    max_diff = float(np.abs(logits - reference).max())
+    same_argmax = bool((logits.argmax(1) == reference.argmax(1)).all())
+    if not (max_diff <= tolerance and same_argmax):
+        raise UserError(
+            f"{onnx_path.name}: parity check failed: max |logit difference| {max_diff:.2e} (allowed {tolerance:.0e}), "
+            f"argmax {'identical' if same_argmax else 'differs'}: nothing was written; report this model's architecture"
+        )
+    return {"max_abs_logit_diff": max_diff, "tolerance": tolerance, "argmax_identical": same_argmax}

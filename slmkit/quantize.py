@@ -1,0 +1,303 @@
+"""`slm quantize`: an exported ONNX model to int8, measured against the fp32 model it came from.
+
+Read top to bottom: `quantize(cfg)` checks the input is an exported directory, then makes one int8 model:
+
+- dynamic: weights int8 ahead of time, activations quantized per batch at run time (ONNX Runtime);
+- static: weights and activations int8 in QDQ format, activation ranges calibrated on `calib_size` of the
+  model's training texts (min-max, entropy or percentile);
+- qat: fake-quantization fine-tuning of the PyTorch source (the same int8 rounding that dynamic quantization
+  applies, simulated in the forward pass, gradients passed straight through), exported again and quantized
+  dynamically — for when post-training quantization loses more than the budget.
+
+With `max_drop` (accuracy-aware mode) it scores each candidate on the eval set and backs off while the drop of
+the task metric exceeds the budget: first the classifier head stays fp32, then also the embedding lookups,
+then whole encoder layers from the top down, and finally the fp32 model itself. `metrics.json` records every
+step tried. Operators named in `exclude` always stay fp32.
+
+This CPU matters: without VNNI or AMX, int8 kernels can be no faster than fp32; the metrics say which.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import tempfile
+from dataclasses import dataclass, replace
+from functools import partial
+from pathlib import Path
+
+import numpy as np
+
+from slmkit import artifacts
+from slmkit.config import ExportConfig, QuantizeConfig, save_config
+from slmkit.data import read_texts
+from slmkit.errors import UserError
+from slmkit.hardware import int8_speedup_expected
+from slmkit.lineage import examples_from
+from slmkit.runtime import Predictor, load_manifest
+
+WEIGHT_MATMULS_PER_LAYER = 6  # query, key, value, attention output, FFN in, FFN out
+
+
+@dataclass
+class QuantizeResult:
+    out: Path
+    metrics: dict
+
+
+def quantize(cfg: QuantizeConfig, overwrite: bool = False, progress: bool = True) -> QuantizeResult:
+    """Quantize the exported model `cfg.model` into `cfg.out` (see the module doc for the methods)."""
+    cfg.validate()
+    src, out = Path(cfg.model), Path(cfg.out)
+    if src.is_dir() and not (src / artifacts.ONNX_MODEL).is_file() and (src / artifacts.WEIGHTS).is_file():
+        raise UserError(f"{src}: a PyTorch model, not an ONNX export: run slm export --model {src} --out DIR first")
+    manifest = load_manifest(src)
+    if manifest.get("precision") != "fp32":
+        raise UserError(f"{src}: already quantized ({manifest.get('precision')}): quantize the fp32 export instead")
+    artifacts.check_output(out, overwrite)
+
+    # the data: calibration texts (static), and the eval set when the accuracy budget must be checked
+    calib = None
+    if cfg.method == "static":
+        if cfg.calib_data:
+            source = Path(cfg.calib_data)
+            texts = [t for t in read_texts(source) if t.strip()]
+        else:
+            examples, source = examples_from(None, src, "train", "--calib-data")
+            texts = [e.text for e in examples if e.text.strip()]
+        if not texts:
+            raise UserError(f"{source}: no usable calibration texts (every row is empty): pass another --calib-data FILE")
+        rng = np.random.default_rng(cfg.seed)
+        calib = [texts[i] for i in rng.choice(len(texts), min(cfg.calib_size, len(texts)), replace=False)]
+    evaluation = None
+    try:  # always measured when the eval set is known; required for the accuracy budget
+        examples, source = examples_from(cfg.eval_data, src, "eval", "--eval-data")
+    except UserError:
+        if cfg.max_drop is not None or cfg.eval_data:
+            raise
+        examples = None
+    if examples is not None:
+        unknown = sorted({e.label for e in examples} - set(manifest["labels"]))
+        if unknown:
+            raise UserError(f"{source}: labels the model does not know: {', '.join(unknown[:5])}: pass the eval file the model was trained for")
+        evaluation = ([e.text for e in examples], np.array([manifest["labels"].index(e.label) for e in examples]))
+
+    staging = artifacts.begin(out, overwrite)
+    try:
+        with tempfile.TemporaryDirectory(prefix=".slm-quantize-", dir=out.parent) as tmp:
+            work = Path(tmp)
+            fp32 = src
+            if cfg.method == "qat":
+                fp32 = qat_export(cfg, manifest, work, progress)
+            metrics = run_ladder(cfg, src, fp32, staging, work, calib, evaluation)
+        for name in (artifacts.TOKENIZER, artifacts.HF_CONFIG, artifacts.TOKENIZER_CONFIG, "special_tokens_map.json", "vocab.txt"):
+            if (src / name).is_file():
+                shutil.copy(src / name, staging / name)
+        precision = "fp32" if metrics["fell_back_to_fp32"] else "int8"
+        artifacts.write_json(staging / artifacts.MANIFEST, {**manifest, "precision": precision, "quantization": metrics["chosen"], "source": manifest.get("source")})
+        save_config(replace(cfg, model=str(Path(cfg.model).resolve())), staging / artifacts.CONFIG)  # absolute: the lineage to the data
+        artifacts.write_json(staging / artifacts.METRICS, metrics)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    artifacts.commit(staging, out)
+    return QuantizeResult(out, metrics)
+
+
+# ---------------------------------------------------------------------------------------- the ladder
+
+
+def run_ladder(cfg: QuantizeConfig, src: Path, fp32: Path, staging: Path, work: Path, calib, evaluation) -> dict:
+    """Quantize with fewer and fewer int8 nodes until the accuracy budget holds (one try without a budget)."""
+    import onnx
+
+    graph = onnx.load(str(fp32 / artifacts.ONNX_MODEL)).graph
+    steps = backoff_steps(graph, cfg.exclude) if cfg.max_drop is not None else [("as asked", list(cfg.exclude))]
+    reference = Predictor(src)
+    ref_scores = score(reference, evaluation) if evaluation else None
+    tried = []
+    for name, exclude in steps:
+        candidate = work / f"try{len(tried)}"
+        candidate.mkdir()
+        shutil.copy(src / artifacts.MANIFEST, candidate / artifacts.MANIFEST)
+        shutil.copy(src / artifacts.TOKENIZER, candidate / artifacts.TOKENIZER)
+        quantize_file(cfg, fp32 / artifacts.ONNX_MODEL, candidate / artifacts.ONNX_MODEL, exclude, calib)
+        record = {"step": name, "excluded_nodes": len(exclude), "bytes": (candidate / artifacts.ONNX_MODEL).stat().st_size}
+        if evaluation:
+            scores = score(Predictor(candidate), evaluation, ref_scores["pred"])
+            record.update(metric=scores["metric"], drop_points=100 * (ref_scores["metric"] - scores["metric"]), agreement=scores["agreement"])
+        tried.append(record)
+        if cfg.max_drop is None or record["drop_points"] <= cfg.max_drop + 1e-9:
+            shutil.move(candidate / artifacts.ONNX_MODEL, staging / artifacts.ONNX_MODEL)
+            return summary(cfg, src, staging, tried, ref_scores, exclude, fell_back=False)
+    shutil.copy(src / artifacts.ONNX_MODEL, staging / artifacts.ONNX_MODEL)  # nothing held the budget: keep fp32
+    tried.append({"step": "fp32 (no int8 variant within the budget)", "excluded_nodes": None, "metric": ref_scores["metric"], "drop_points": 0.0, "agreement": 1.0})
+    return summary(cfg, src, staging, tried, ref_scores, [], fell_back=True)
+
+
+def backoff_steps(graph, always: list[str]) -> list[tuple[str, list[str]]]:
+    """The accuracy-aware ladder: exclusion lists from none to everything but the encoder's lower layers."""
+    nodes = list(graph.node)
+    weights = {t.name for t in graph.initializer}
+    head = [n.name for n in nodes if n.op_type == "Gemm"]  # the pooler and classifier (nn.Linear on a 2-D input)
+    embeddings = [n.name for n in nodes if n.op_type == "Gather" and n.input and n.input[0] in weights]
+    matmuls = [n.name for n in nodes if n.op_type == "MatMul" and any(i in weights for i in n.input)]
+    layers = [matmuls[i : i + WEIGHT_MATMULS_PER_LAYER] for i in range(0, len(matmuls), WEIGHT_MATMULS_PER_LAYER)]
+    steps = [("all int8", list(always)), ("head fp32", always + head), ("head and embeddings fp32", always + head + embeddings)]
+    for k in range(1, len(layers)):
+        top = [name for layer in layers[-k:] for name in layer]
+        steps.append((f"head, embeddings and top {k} of {len(layers)} layers fp32", always + head + embeddings + top))
+    return steps
+
+
+def quantize_file(cfg: QuantizeConfig, src: Path, dst: Path, exclude: list[str], calib: list[str] | None) -> None:
+    """One ONNX Runtime quantization of `src` into `dst`, keeping the nodes (or op types) in `exclude` fp32."""
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_dynamic, quantize_static
+
+    logging.getLogger().setLevel(max(logging.getLogger().level, logging.ERROR))  # ORT's "consider pre-processing" advice
+    op_types = ["MatMul", "Gather", "Gemm"]
+    kept_types = {e for e in exclude if e in op_types}
+    op_types = [t for t in op_types if t not in kept_types]
+    nodes = [e for e in exclude if e not in kept_types]
+    if cfg.method in ("dynamic", "qat"):
+        quantize_dynamic(src, dst, per_channel=cfg.per_channel, weight_type=QuantType.QInt8, op_types_to_quantize=op_types, nodes_to_exclude=nodes)
+        return
+    method = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy, "percentile": CalibrationMethod.Percentile}[cfg.calib_method]
+    quantize_static(
+        src, dst, CalibrationReader(src.parent, calib), quant_format=QuantFormat.QDQ, per_channel=cfg.per_channel,
+        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, op_types_to_quantize=op_types,
+        nodes_to_exclude=nodes, calibrate_method=method, extra_options={"CalibMaxIntermediateOutputs": 64},
+    )
+
+
+class CalibrationReader:
+    """Feeds calibration texts to ONNX Runtime's calibrator in batches of 8, all padded to one width: the
+    histogram calibrators (entropy, percentile) stack every batch's activations and need equal shapes."""
+
+    BATCH = 8
+
+    def __init__(self, model_dir: Path, texts: list[str]):
+        predictor = Predictor(model_dir)
+        ids = [e.ids for e in predictor.tokenizer.encode_batch(texts)]
+        ids += ids[: -len(ids) % self.BATCH]  # fill the last batch with repeats
+        width = max(map(len, ids))
+        self.batches = iter([predictor.feed(ids[i : i + self.BATCH], width) for i in range(0, len(ids), self.BATCH)])
+
+    def get_next(self):
+        return next(self.batches, None)
+
+    def rewind(self):  # the calibrator's interface; each reader is used once
+        pass
+
+
+def score(predictor: Predictor, evaluation: tuple[list[str], np.ndarray], reference_pred: np.ndarray | None = None) -> dict:
+    """Accuracy on the eval set, and agreement of argmax with a reference model's predictions."""
+    texts, y = evaluation
+    pred = predictor.logits(texts).argmax(1)
+    agreement = float((pred == reference_pred).mean()) if reference_pred is not None else 1.0
+    return {"metric": float((pred == y).mean()), "pred": pred, "agreement": agreement}
+
+
+def summary(cfg: QuantizeConfig, src: Path, staging: Path, tried: list[dict], ref_scores: dict | None, exclude: list[str], fell_back: bool) -> dict:
+    fp32_bytes = (src / artifacts.ONNX_MODEL).stat().st_size
+    int8_bytes = (staging / artifacts.ONNX_MODEL).stat().st_size
+    chosen = {"method": cfg.method, "per_channel": cfg.per_channel, "step": tried[-1]["step"], "excluded_nodes": exclude}
+    if cfg.method == "static":
+        chosen.update(calib_size=cfg.calib_size, calib_method=cfg.calib_method)
+    return {
+        "chosen": chosen,
+        "fell_back_to_fp32": fell_back,
+        "metric_name": "accuracy",
+        "fp32_metric": ref_scores["metric"] if ref_scores else None,
+        "int8_metric": tried[-1].get("metric"),
+        "drop_points": tried[-1].get("drop_points"),
+        "agreement_with_fp32": tried[-1].get("agreement"),
+        "max_drop": cfg.max_drop,
+        "tried": tried,
+        "fp32_bytes": fp32_bytes,
+        "bytes": int8_bytes,
+        "size_ratio": int8_bytes / fp32_bytes,
+        "int8_instructions": int8_speedup_expected(),
+        "note": None if int8_speedup_expected() else "this CPU has no VNNI/AMX int8 instructions: int8 may be no faster than fp32 here",
+    }
+
+
+# ------------------------------------------------------------------------------------------------- QAT
+
+
+def qat_export(cfg: QuantizeConfig, manifest: dict, work: Path, progress: bool) -> Path:
+    """Fine-tune the PyTorch source with simulated int8 (fake quantization), then export it to ONNX in `work`."""
+    from slmkit.config import OptimConfig
+    from slmkit.encoding import make_encoder, uses_token_types
+    from slmkit.export import export
+    from slmkit.progress import StepProgress
+    from slmkit.tasks import get_task
+    from slmkit.train import EpochEnd, make_optimizer, run_epochs
+
+    source = Path(manifest.get("source") or "")
+    if not (source / artifacts.WEIGHTS).is_file():
+        raise UserError(f"{cfg.model}: QAT needs the PyTorch model this export came from ({source or 'not recorded'}): export it again from the slm train output")
+    model, hf_tokenizer = artifacts.load_model(source)
+    task = get_task(manifest.get("task", "classification"))
+    examples, data_path = examples_from(None, source, "train", "--calib-data")
+    label2id = {label: i for i, label in enumerate(manifest["labels"])}
+    examples = [e for e in examples if e.label in label2id]
+    if cfg.qat_limit and len(examples) > cfg.qat_limit:
+        rng = np.random.default_rng(cfg.seed)
+        examples = [examples[i] for i in sorted(rng.choice(len(examples), cfg.qat_limit, replace=False))]
+    features = task.encode(examples, make_encoder(hf_tokenizer, hf_tokenizer.model_max_length), label2id)
+    collate = partial(task.collate, pad_id=hf_tokenizer.pad_token_id or 0, token_types=uses_token_types(model, hf_tokenizer))
+    optim = OptimConfig(epochs=cfg.qat_epochs, lr=cfg.qat_lr, seed=cfg.seed, warmup=0.1)
+    steps = -(-len(features) // optim.batch_size)
+    optimizer, scheduler = make_optimizer(model, optim, steps * optim.epochs)
+    restore = fake_quantize(model)
+    with StepProgress(progress) as bar:
+        bar.start(f"QAT epoch 1/{optim.epochs}", steps)
+        for record in run_epochs(model, optimizer, scheduler, features, collate, task.loss, optim):
+            if isinstance(record, EpochEnd):
+                bar.log(f"QAT epoch {record.epoch}: loss {record.train_loss:.4f}")
+                if record.epoch < optim.epochs:
+                    bar.start(f"QAT epoch {record.epoch + 1}/{optim.epochs}", steps)
+                continue
+            bar.advance(record.loss, record.examples_per_s)
+    restore()
+    tuned = work / "qat-model"
+    tuned.mkdir()
+    model.eval()
+    artifacts.save_model(model, hf_tokenizer, tuned)
+    shutil.copy(source / artifacts.CONFIG, tuned / artifacts.CONFIG)  # keeps the lineage to the training data
+    exported = work / "qat-onnx"
+    export(ExportConfig(model=str(tuned), out=str(exported), probe_data=str(data_path)))
+    return exported
+
+
+def fake_quantize(model):
+    """Simulate dynamic int8 in every nn.Linear: weights symmetric per output channel, inputs asymmetric per
+    tensor with the batch's own range (what ONNX Runtime's dynamic quantization computes at run time); the
+    rounding's gradient passes straight through. Returns a function that restores the plain layers."""
+    import torch
+
+    layers = [m for m in model.modules() if isinstance(m, torch.nn.Linear)]
+    for layer in layers:
+        layer.forward = partial(_fake_quantized_linear, layer)
+
+    def restore() -> None:
+        for layer in layers:
+            del layer.forward  # back to nn.Linear.forward
+
+    return restore
+
+
+def _fake_quantized_linear(layer, x):
+    import torch
+    import torch.nn.functional as F
+
+    lo, hi = torch.aminmax(x.detach())
+    lo, hi = torch.clamp(lo, max=0.0), torch.clamp(hi, min=0.0)
+    scale = torch.clamp((hi - lo) / 255.0, min=1e-8).float()
+    zero = torch.round(-lo / scale).to(torch.int32)
+    x = torch.fake_quantize_per_tensor_affine(x, scale, zero, 0, 255)
+    w = layer.weight
+    w_scale = torch.clamp(w.detach().abs().amax(dim=1) / 127.0, min=1e-8).float()
+    w = torch.fake_quantize_per_channel_affine(w, w_scale, torch.zeros_like(w_scale, dtype=torch.int32), 0, -127, 127)
+    return F.linear(x, w, layer.bias)
