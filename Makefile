@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: run test bench-teacher clean
+.PHONY: run test bench-teacher bench-compress clean
 
 # torch is pinned and installed first: an unpinned torch would pull a multi-GB CUDA build.
 $(STAMP): pyproject.toml
@@ -24,7 +24,11 @@ test: $(STAMP)
 
 bench-teacher: $(STAMP)
 	$(BIN)/pip install --quiet -e ".[test,bench]"
-	$(BIN)/python benchmarks/teacher.py
+	$(BIN)/python benchmarks/teacher.py --keep runs/bench-models
+
+# needs the fine-tuned models that bench-teacher keeps in runs/bench-models
+bench-compress: $(STAMP)
+	$(BIN)/python benchmarks/compress.py --models runs/bench-models
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

@@ -194,6 +194,7 @@ def export(
     opset: Annotated[Optional[int], typer.Option(help=_h(ExportConfig, "opset"))] = None,
     probe_size: Annotated[Optional[int], typer.Option(help=_h(ExportConfig, "probe_size"))] = None,
     probe_data: Annotated[Optional[str], typer.Option(help=_h(ExportConfig, "probe_data"))] = None,
+    text_col: Annotated[Optional[str], typer.Option(help=_h(ExportConfig, "text_col"))] = None,
     tolerance: Annotated[Optional[float], typer.Option(help=_h(ExportConfig, "tolerance"))] = None,
     overwrite: Overwrite = False,
 ):
@@ -204,7 +205,7 @@ def export(
     """
     from slmkit.export import export as run_export
 
-    flags = {"model": model, "out": out_dir, "opset": opset, "probe_size": probe_size, "probe_data": probe_data, "tolerance": tolerance}
+    flags = {"model": model, "out": out_dir, "opset": opset, "probe_size": probe_size, "probe_data": probe_data, "text_col": text_col, "tolerance": tolerance}
     result = run_export(load_config(ExportConfig, None, None, **flags), overwrite=overwrite)
     p, m = result.metrics["parity"], result.metrics
     out.print(f"parity on {m['probe']['size']} probe texts: max |logit difference| {p['max_abs_logit_diff']:.2e} "
@@ -225,6 +226,8 @@ def quantize(
     exclude: Annotated[Optional[list[str]], typer.Option(help=_h(QuantizeConfig, "exclude") + " Repeatable.")] = None,
     max_drop: Annotated[Optional[float], typer.Option(help=_h(QuantizeConfig, "max_drop"))] = None,
     eval_data: Annotated[Optional[str], typer.Option(help=_h(QuantizeConfig, "eval_data"))] = None,
+    text_col: Annotated[Optional[str], typer.Option(help=_h(QuantizeConfig, "text_col"))] = None,
+    label_col: Annotated[Optional[str], typer.Option(help=_h(QuantizeConfig, "label_col"))] = None,
     qat_epochs: Annotated[Optional[int], typer.Option(help=_h(QuantizeConfig, "qat_epochs"))] = None,
     qat_limit: Annotated[Optional[int], typer.Option(help=_h(QuantizeConfig, "qat_limit"))] = None,
     set_: Sets = None,
@@ -240,7 +243,7 @@ def quantize(
     flags = {
         "model": model, "out": out_dir, "method": method, "per_channel": per_channel, "calib_size": calib_size,
         "calib_data": calib_data, "calib_method": calib_method, "exclude": exclude, "max_drop": max_drop,
-        "eval_data": eval_data, "qat_epochs": qat_epochs, "qat_limit": qat_limit,
+        "eval_data": eval_data, "qat_epochs": qat_epochs, "qat_limit": qat_limit, "text_col": text_col, "label_col": label_col,
     }
     result = run_quantize(load_config(QuantizeConfig, None, set_, **flags), overwrite=overwrite, progress=not quiet)
     m = result.metrics
@@ -268,6 +271,8 @@ def prune(
     ffn: Annotated[Optional[float], typer.Option(help=_h(PruneConfig, "ffn"))] = None,
     data: Annotated[Optional[str], typer.Option(help=_h(PruneConfig, "data"))] = None,
     eval: Annotated[Optional[str], typer.Option(help=_h(PruneConfig, "eval"))] = None,
+    text_col: Annotated[Optional[str], typer.Option(help=_h(PruneConfig, "text_col"))] = None,
+    label_col: Annotated[Optional[str], typer.Option(help=_h(PruneConfig, "label_col"))] = None,
     recovery_epochs: Annotated[Optional[int], typer.Option(help=_h(PruneConfig, "recovery_epochs"))] = None,
     recovery_limit: Annotated[Optional[int], typer.Option(help=_h(PruneConfig, "recovery_limit"))] = None,
     distill: Annotated[Optional[bool], typer.Option("--distill/--no-distill", help=_h(PruneConfig, "distill"))] = None,
@@ -285,6 +290,7 @@ def prune(
     flags = {
         "model": model, "out": out_dir, "heads": heads, "ffn": ffn, "data": data, "eval": eval,
         "recovery_epochs": recovery_epochs, "recovery_limit": recovery_limit, "distill": distill,
+        "text_col": text_col, "label_col": label_col,
     }
     result = run_prune(load_config(PruneConfig, None, set_, **flags), overwrite=overwrite, progress=not quiet)
     _print_flat("pruning", result.metrics)
@@ -298,6 +304,7 @@ def trim_vocab(
     out_dir: OutDir,
     data: Annotated[Optional[list[str]], typer.Option(help=_h(TrimConfig, "data") + " Repeatable.")] = None,
     text_col: Annotated[Optional[str], typer.Option(help=_h(TrimConfig, "text_col"))] = None,
+    label_col: Annotated[Optional[str], typer.Option(help=_h(TrimConfig, "label_col"))] = None,
     extra_text: Annotated[Optional[list[str]], typer.Option(help=_h(TrimConfig, "extra_text") + " Repeatable.")] = None,
     min_count: Annotated[Optional[int], typer.Option(help=_h(TrimConfig, "min_count"))] = None,
     eval: Annotated[Optional[str], typer.Option(help=_h(TrimConfig, "eval"))] = None,
@@ -310,7 +317,7 @@ def trim_vocab(
     """
     from slmkit.trim import trim_vocab as run_trim
 
-    flags = {"model": model, "out": out_dir, "data": data, "text_col": text_col, "extra_text": extra_text, "min_count": min_count, "eval": eval}
+    flags = {"model": model, "out": out_dir, "data": data, "text_col": text_col, "label_col": label_col, "extra_text": extra_text, "min_count": min_count, "eval": eval}
     result = run_trim(load_config(TrimConfig, None, None, **flags), overwrite=overwrite)
     _print_flat("vocabulary trimming", result.metrics)
     out.print(f"trimmed model saved to [bold]{result.out}[/bold]")

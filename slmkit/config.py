@@ -148,6 +148,7 @@ class ExportConfig:
     opset: int = _f(18, "ONNX opset version (18 is what the exporter writes natively).")
     probe_size: int = _f(64, "Training examples in the parity probe batch.")
     probe_data: str | None = _f(None, "File to draw the probe batch from; default: the model's training file.")
+    text_col: str = _f("text", "Column (or JSON key) with the text in --probe-data.")
     tolerance: float = _f(1e-4, "Largest allowed |logit difference| between ONNX and PyTorch on the probe batch.")
 
     def validate(self) -> None:
@@ -174,6 +175,8 @@ class QuantizeConfig:
     exclude: list[str] = _f([], "Node names (or op types such as Gather) to keep in fp32.")
     max_drop: float | None = _f(None, "Accuracy-aware: largest allowed drop of the eval metric, in points; back off until it holds.")
     eval_data: str | None = _f(None, "Labeled file for the accuracy check; default: the model's eval data.")
+    text_col: str = _f("text", "Column (or JSON key) with the text in the data files given on the command line.")
+    label_col: str = _f("label", "Column (or JSON key) with the label in the labeled files given on the command line.")
     qat_epochs: int = _f(1, "QAT: fine-tuning passes with fake quantization.")
     qat_lr: float = _f(2e-5, "QAT: peak learning rate.")
     qat_limit: int = _f(4000, "QAT: at most this many training examples per pass (0: all).")
@@ -203,6 +206,8 @@ class PruneConfig:
     ffn: float = _f(0.3, "Fraction of feed-forward neurons to remove, in [0, 1).")
     data: str | None = _f(None, "Labeled training file for importance scores and recovery; default: the model's training file.")
     eval: str | None = _f(None, "Labeled file for the before/after check; default: the model's eval data.")
+    text_col: str = _f("text", "Column (or JSON key) with the text in the data files given on the command line.")
+    label_col: str = _f("label", "Column (or JSON key) with the label in the labeled files given on the command line.")
     importance_batches: int = _f(32, "Training batches used to score head and neuron importance.")
     recovery_epochs: int = _f(1, "Recovery fine-tuning passes after pruning (0: none).")
     recovery_lr: float = _f(5e-5, "Recovery peak learning rate.")
@@ -234,7 +239,8 @@ class TrimConfig:
     model: str = _f("", "Trained model directory (the output of slm train or prune).")
     out: str = _f("", "Output directory for the trimmed model.")
     data: list[str] = _f([], "Files whose texts decide the kept tokens (labeled files or .txt); default: the model's training file.")
-    text_col: str = _f("text", "Column (or JSON key) with the text in --data files.")
+    text_col: str = _f("text", "Column (or JSON key) with the text in --data and --eval files.")
+    label_col: str = _f("label", "Column (or JSON key) with the label in the --eval file.")
     extra_text: list[str] = _f([], "More text files (.txt, one text per line) whose tokens are kept too: a coverage margin.")
     min_count: int = _f(1, "Keep a token only if it occurs at least this many times.")
     eval: str | None = _f(None, "Labeled file for the OOV rate and the before/after check; default: the model's eval data.")
@@ -244,6 +250,57 @@ class TrimConfig:
             (bool(self.model), "model", "no model directory: pass --model DIR"),
             (bool(self.out), "out", "no output directory: pass --out DIR"),
             (self.min_count >= 1, "min_count", f"must be at least 1 (got {self.min_count})"),
+        ])
+
+
+@dataclass
+class LossConfig:
+    """`slm distill` losses: each term's weight (0 turns it off)."""
+
+    kd: float = _f(0.5, "Weight of the soft-target KL divergence at temperature T (Hinton et al. 2015; DistilBERT).")
+    ce: float = _f(0.5, "Weight of the hard-label cross-entropy.")
+    mse: float = _f(0.0, "Weight of the logit mean squared error (Tang et al. 2019).")
+    hidden: float = _f(0.0, "Weight of the hidden-state transfer (TinyBERT), projected when widths differ.")
+    attention: float = _f(0.0, "Weight of the attention-map transfer (TinyBERT); students and teacher need equal head counts.")
+    temperature: float = _f(2.0, "Softmax temperature of the KD term.")
+    layer_map: list[str] = _f([], "Student layer → teacher layer pairs for hidden/attention transfer, e.g. 1:2,2:4; default: uniform.")
+
+
+@dataclass
+class DistillConfig:
+    """`slm distill`: train a small student to imitate a fine-tuned teacher."""
+
+    teacher: str = _f("", "Fine-tuned teacher model directory (the output of slm train).")
+    student: str = _f(
+        "transformer:layers=2,hidden=128,heads=2,ffn=512",
+        "Student: 'drop:layers=0,2,4' or 'drop:every=2' (the teacher's own layers), "
+        "'transformer:layers=4,hidden=312,heads=12,ffn=1200' (a small BERT), 'bilstm:hidden=300' or 'cnn:filters=256'.",
+    )
+    out: str = _f("", "Output directory for the student.")
+    data: DataConfig = field(default_factory=DataConfig)
+    unlabeled: str | None = _f(None, "In-domain texts without labels (.txt or a text column): labeled by the teacher's soft targets.")
+    augment: float = _f(0.0, "Generated augmentation: this many new texts per training text (e.g. 10 for 10x); 0 for none.")
+    trim_vocab: bool = _f(True, "Give the student only the vocabulary its training texts use (honest on-disk parameter counts).")
+    cache_dir: str | None = _f(None, "Where cached teacher outputs live; default: <teacher>/distill-cache.")
+    loss: LossConfig = field(default_factory=LossConfig)
+    train: OptimConfig = field(default_factory=lambda: OptimConfig(epochs=10, lr=1e-3, batch_size=32, patience=3))
+
+    def validate(self) -> None:
+        o, loss = self.train, self.loss
+        _check([
+            (bool(self.teacher), "teacher", "no teacher: pass --teacher DIR (the output of slm train)"),
+            (bool(self.out), "out", "no output directory: pass --out DIR"),
+            (bool(self.data.train), "data.train", "no training data: pass --data FILE"),
+            (self.augment >= 0, "augment", f"must be 0 or more (got {self.augment})"),
+            (min(loss.kd, loss.ce, loss.mse, loss.hidden, loss.attention) >= 0, "loss", "weights must be 0 or more"),
+            (loss.kd + loss.ce + loss.mse + loss.hidden + loss.attention > 0, "loss", "at least one loss weight must be positive"),
+            (loss.temperature > 0, "loss.temperature", f"must be positive (got {loss.temperature})"),
+            (o.epochs >= 1, "train.epochs", f"must be at least 1 (got {o.epochs})"),
+            (o.batch_size >= 1, "train.batch_size", f"must be at least 1 (got {o.batch_size})"),
+            (o.lr > 0, "train.lr", f"must be positive (got {o.lr})"),
+            (0 <= o.warmup < 1, "train.warmup", f"must be a fraction in [0, 1) (got {o.warmup})"),
+            (o.metric in ("accuracy", "macro_f1"), "train.metric", f"must be accuracy or macro_f1 (got {o.metric!r})"),
+            (0 < self.data.eval_split < 1, "data.eval_split", f"must be a fraction in (0, 1) (got {self.data.eval_split})"),
         ])
 
 
@@ -273,7 +330,10 @@ def from_dict(cls: type, values: dict, where: str = "") -> Any:
             raise UserError(f"unknown setting {where}{key}{hint}")
         kind = hints[key]
         if dataclasses.is_dataclass(kind):
-            kwargs[key] = from_dict(kind, value, f"{where}{key}.")
+            nested = from_dict(kind, value, f"{where}{key}.")
+            default = fields[key].default_factory() if fields[key].default_factory is not dataclasses.MISSING else kind()
+            given = {name: getattr(nested, name) for name in (value or {})}
+            kwargs[key] = dataclasses.replace(default, **given)  # a stage's own defaults (e.g. distill's lr) stay
         else:
             kwargs[key] = _coerce(value, kind, f"{where}{key}")
     return cls(**kwargs)

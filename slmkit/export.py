@@ -25,6 +25,7 @@ import numpy as np
 
 from slmkit import artifacts
 from slmkit.config import ExportConfig, save_config
+from slmkit.data import read_texts
 from slmkit.encoding import make_encoder, uses_token_types
 from slmkit.errors import UserError
 from slmkit.lineage import examples_from
@@ -70,11 +71,13 @@ def export(cfg: ExportConfig, overwrite: bool = False) -> ExportResult:
     max_length = int(hf_tokenizer.model_max_length)
 
     # the probe batch: a seeded sample of training texts, padded together
-    examples, source = examples_from(cfg.probe_data, model_dir, "train", "--probe-data")
-    if not examples:
-        raise UserError(f"{source}: no texts to probe the export with: pass --probe-data FILE")
+    if cfg.probe_data:
+        source, all_texts = Path(cfg.probe_data), read_texts(cfg.probe_data, cfg.text_col)
+    else:
+        examples, source = examples_from(None, model_dir, "train", "--probe-data")
+        all_texts = [e.text for e in examples]
     rng = np.random.default_rng(0)
-    texts = [examples[i].text for i in rng.choice(len(examples), min(cfg.probe_size, len(examples)), replace=False)]
+    texts = [all_texts[i] for i in rng.choice(len(all_texts), min(cfg.probe_size, len(all_texts)), replace=False)]
     encoder = make_encoder(hf_tokenizer, max_length)
     encoder.enable_padding(pad_id=hf_tokenizer.pad_token_id or 0, pad_token=hf_tokenizer.pad_token or "[PAD]")
     probe = _arrays(encoder.encode_batch(texts), inputs)

@@ -75,8 +75,8 @@ def prune(cfg: PruneConfig, overwrite: bool = False, progress: bool = True) -> P
     # data: the model's recorded training and eval examples unless --data / --eval say otherwise
     labels = artifacts.model_labels(model_dir)
     label2id = {label: i for i, label in enumerate(labels)}
-    train_ex, train_path = examples_from(cfg.data, model_dir, "train", "--data")
-    eval_ex, eval_path = examples_from(cfg.eval, model_dir, "eval", "--eval")
+    train_ex, train_path = examples_from(cfg.data, model_dir, "train", "--data", cfg.text_col, cfg.label_col)
+    eval_ex, eval_path = examples_from(cfg.eval, model_dir, "eval", "--eval", cfg.text_col, cfg.label_col)
     check_known_labels(train_ex, train_path, labels, "is not one the model knows", "fix the label or pass other --data")
     check_known_labels(eval_ex, eval_path, labels, "is not one the model knows", "fix the label or pass other --eval")
 

@@ -61,7 +61,7 @@ def quantize(cfg: QuantizeConfig, overwrite: bool = False, progress: bool = True
     if cfg.method == "static":
         if cfg.calib_data:
             source = Path(cfg.calib_data)
-            texts = [t for t in read_texts(source) if t.strip()]
+            texts = [t for t in read_texts(source, cfg.text_col) if t.strip()]
         else:
             examples, source = examples_from(None, src, "train", "--calib-data")
             texts = [e.text for e in examples if e.text.strip()]
@@ -71,7 +71,7 @@ def quantize(cfg: QuantizeConfig, overwrite: bool = False, progress: bool = True
         calib = [texts[i] for i in rng.choice(len(texts), min(cfg.calib_size, len(texts)), replace=False)]
     evaluation = None
     try:  # always measured when the eval set is known; required for the accuracy budget
-        examples, source = examples_from(cfg.eval_data, src, "eval", "--eval-data")
+        examples, source = examples_from(cfg.eval_data, src, "eval", "--eval-data", cfg.text_col, cfg.label_col)
     except UserError:
         if cfg.max_drop is not None or cfg.eval_data:
             raise

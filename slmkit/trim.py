@@ -32,7 +32,7 @@ from slmkit import artifacts
 from slmkit.config import TrimConfig, save_config
 from slmkit.data import check_known_labels, read_texts
 from slmkit.errors import UserError
-from slmkit.lineage import examples_from, recorded_examples, training_config
+from slmkit.lineage import examples_from, recorded_examples
 from slmkit.metrics import accuracy
 from slmkit.predict import predict_probs
 
@@ -73,8 +73,7 @@ def trim_vocab(cfg: TrimConfig, overwrite: bool = False) -> TrimResult:
         train_ex, train_path = recorded_examples(model_dir, "train", "--data")
         texts, data_source = [e.text for e in train_ex], [str(train_path)]
     extra = [t for path in cfg.extra_text for t in read_texts(path, cfg.text_col)]
-    label_col = str((training_config(model_dir).get("data") or {}).get("label_col", "label"))
-    eval_ex, eval_path = examples_from(cfg.eval, model_dir, "eval", "--eval", text_col=cfg.text_col, label_col=label_col)
+    eval_ex, eval_path = examples_from(cfg.eval, model_dir, "eval", "--eval", text_col=cfg.text_col, label_col=cfg.label_col)
     labels = artifacts.model_labels(model_dir)
     check_known_labels(eval_ex, eval_path, labels, "is not a label of the model", "fix the label or pass another --eval file")
 
