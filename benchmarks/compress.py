@@ -17,7 +17,6 @@ run are compared). It writes benchmarks/results/compress.md and .json with the e
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import os
 import sys
@@ -29,7 +28,7 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
-from teacher import DATA, DATASETS, RESULTS, SEED  # noqa: E402  the same data layout and held-out rule
+from teacher import DATA, DATASETS, RESULTS, SEED, write_csv  # noqa: E402  the same data layout and held-out rule
 
 from slmkit.config import ExportConfig, PruneConfig, QuantizeConfig, TrimConfig  # noqa: E402
 from slmkit.data import read_examples, stratified_split  # noqa: E402
@@ -47,15 +46,7 @@ def write_csvs(spec: dict, workdir: Path) -> tuple[Path, Path, list]:
     examples = read_examples(spec["train"], spec["text"], spec["label"])
     train, _ = stratified_split(examples, spec["holdout"], SEED)
     report = read_examples(spec["report"], spec["text"], spec["label"])
-    paths = []
-    for name, rows in (("train", train), ("eval", report)):
-        path = workdir / f"{name}.csv"
-        with open(path, "w", newline="", encoding="utf-8") as f:
-            writer = csv.writer(f)
-            writer.writerow(["text", "label"])
-            writer.writerows((e.text, e.label) for e in rows)
-        paths.append(path)
-    return paths[0], paths[1], report
+    return write_csv(workdir / "train.csv", train), write_csv(workdir / "eval.csv", report), report
 
 
 def build_variants(name: str, model: Path, work: Path, train_csv: Path, eval_csv: Path, recovery_limit: int, log) -> tuple[dict, dict]:

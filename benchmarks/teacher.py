@@ -54,8 +54,6 @@ def peak_rss_mb() -> float:
 def split_files(spec: dict, limit: int | None, workdir: Path) -> tuple[Path, Path]:
     """The common training examples (train minus the held-out slice, optionally the first `limit`) as CSV,
     and the held-out slice, so that both trainers see exactly the same data."""
-    import csv
-
     from slmkit.data import read_examples, stratified_split
 
     examples = read_examples(spec["train"], spec["text"], spec["label"])
@@ -67,15 +65,18 @@ def split_files(spec: dict, limit: int | None, workdir: Path) -> tuple[Path, Pat
         train = [train[i] for i in sorted(keep)]
         known = {e.label for e in train}
         held = [e for e in held if e.label in known][: max(50, limit // 10)]
-    paths = []
-    for name, rows in (("train", train), ("held", held)):
-        path = workdir / f"{name}.csv"
-        with open(path, "w", newline="", encoding="utf-8") as f:
-            writer = csv.writer(f)
-            writer.writerow(["text", "label"])
-            writer.writerows((e.text, e.label) for e in rows)
-        paths.append(path)
-    return paths[0], paths[1]
+    return write_csv(workdir / "train.csv", train), write_csv(workdir / "held.csv", held)
+
+
+def write_csv(path: Path, examples) -> Path:
+    """Examples as a text,label CSV (what the workers and later benchmarks read)."""
+    import csv
+
+    with open(path, "w", newline="", encoding="utf-8") as f:
+        writer = csv.writer(f)
+        writer.writerow(["text", "label"])
+        writer.writerows((e.text, e.label) for e in examples)
+    return path
 
 
 # ------------------------------------------------------------------------------------------ workers

@@ -7,6 +7,8 @@ A trained model directory is a Hugging Face model directory plus slmkit's own re
     config.yaml                               the resolved stage config that produced it
     metrics.json                              what the stage measured
     pruned_bert.py                            (slm prune outputs) the model class, for trust_remote_code
+    distill-cache/                            (teachers of slm distill) cached teacher outputs, safetensors
+    student_models.py                         (slm distill BiLSTM / CNN students) likewise
 
 Outputs are built in a staging directory beside the destination (`.<name>.partial`) and renamed into place
 only when complete, so an interrupted or failed run never leaves a half-written output. The staging
@@ -16,11 +18,13 @@ Weights are read and written with safetensors only; nothing is ever unpickled.
 
 from __future__ import annotations
 
+import contextlib
+import importlib
 import json
 import os
 import shutil
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 
@@ -38,6 +42,13 @@ OPTIMIZER = "optimizer.safetensors"
 EVAL_DIR = "eval"  # <model>/eval/<data name>/ holds `slm evaluate` outputs
 ONNX_MODEL = "model.onnx"  # an exported directory: the ONNX graph ...
 MANIFEST = "manifest.json"  # ... and what the runtime needs to serve it (labels, inputs, max length, source)
+DISTILL_CACHE = "distill-cache"  # <teacher>/distill-cache/<key>.safetensors: teacher outputs cached by slm distill
+# model_type -> the slmkit module whose import registers that model class with transformers' Auto* factories
+CUSTOM_MODEL_MODULES = {
+    "slm_pruned_bert": "slmkit.pruned_bert",  # slm prune outputs
+    "slm_bilstm": "slmkit.student_models",  # slm distill students
+    "slm_cnn": "slmkit.student_models",
+}
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt")  # never loaded: unpickling runs code
 
 
@@ -87,6 +98,19 @@ def commit(staging: Path, out: Path) -> Path:
     return out
 
 
+@contextlib.contextmanager
+def staged(out: Path, overwrite: bool) -> Iterator[Path]:
+    """A staging directory for a stage without resume: committed to `out` when the block completes, removed
+    when it raises, so a failed run leaves nothing behind."""
+    staging = begin(out, overwrite)
+    try:
+        yield staging
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    commit(staging, out)
+
+
 # ---------------------------------------------------------------------------------------- records
 
 
@@ -108,6 +132,16 @@ def _json_default(value: Any) -> Any:
     if isinstance(value, Path):
         return str(value)
     raise TypeError(f"not JSON serializable: {type(value).__name__}")
+
+
+SERVING_FILES = (TOKENIZER, HF_CONFIG, TOKENIZER_CONFIG, "special_tokens_map.json", "vocab.txt")
+
+
+def copy_serving_files(src: Path, dst: Path) -> None:
+    """The tokenizer and model config files an exported directory carries beside its graph."""
+    for name in SERVING_FILES:
+        if (src / name).is_file():
+            shutil.copy(src / name, dst / name)
 
 
 def eval_dir(model_dir: Path, data_path: Path) -> Path:
@@ -175,8 +209,9 @@ def load_model(directory: Path) -> tuple[Any, Any]:
     check_model_dir(directory)
     transformers.utils.logging.disable_progress_bar()
     transformers.logging.set_verbosity_error()
-    if read_json(directory / HF_CONFIG).get("model_type") == "slm_pruned_bert":
-        import slmkit.pruned_bert  # noqa: F401  registers the pruned BERT class (the output of slm prune)
+    module = CUSTOM_MODEL_MODULES.get(read_json(directory / HF_CONFIG).get("model_type"))
+    if module:
+        importlib.import_module(module)  # registers the class (pruned BERT, BiLSTM or CNN student)
     model = AutoModelForSequenceClassification.from_pretrained(directory, use_safetensors=True)
     model.eval()
     return model, AutoTokenizer.from_pretrained(directory)

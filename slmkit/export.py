@@ -15,7 +15,6 @@ input names, maximum length, opset, and the PyTorch source for later stages) and
 from __future__ import annotations
 
 import contextlib
-import shutil
 import time
 import warnings
 from dataclasses import dataclass, replace
@@ -82,8 +81,7 @@ def export(cfg: ExportConfig, overwrite: bool = False) -> ExportResult:
     encoder.enable_padding(pad_id=hf_tokenizer.pad_token_id or 0, pad_token=hf_tokenizer.pad_token or "[PAD]")
     probe = _arrays(encoder.encode_batch(texts), inputs)
 
-    staging = artifacts.begin(out, overwrite)
-    try:
+    with artifacts.staged(out, overwrite) as staging:
         started = time.perf_counter()
         onnx_path = staging / artifacts.ONNX_MODEL
         dims = {name: {0: "batch", 1: "sequence"} for name in inputs}
@@ -98,12 +96,9 @@ def export(cfg: ExportConfig, overwrite: bool = False) -> ExportResult:
 
         parity = check_parity(onnx_path, probe, reference, cfg.tolerance)
 
+        artifacts.copy_serving_files(model_dir, staging)
         encoder.no_padding()
-        encoder.save(str(staging / artifacts.TOKENIZER))
-        shutil.copy(model_dir / artifacts.HF_CONFIG, staging / artifacts.HF_CONFIG)
-        for name in (artifacts.TOKENIZER_CONFIG, "special_tokens_map.json", "vocab.txt"):
-            if (model_dir / name).is_file():
-                shutil.copy(model_dir / name, staging / name)
+        encoder.save(str(staging / artifacts.TOKENIZER))  # set up for inference: truncation on, padding off
         manifest = {
             "format": "slmkit-onnx",
             "task": artifacts.model_task(model_dir),
@@ -128,10 +123,6 @@ def export(cfg: ExportConfig, overwrite: bool = False) -> ExportResult:
         }
         save_config(replace(cfg, model=str(Path(cfg.model).resolve())), staging / artifacts.CONFIG)  # absolute: the lineage to the data
         artifacts.write_json(staging / artifacts.METRICS, metrics)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-    artifacts.commit(staging, out)
     return ExportResult(out, metrics)
 
 

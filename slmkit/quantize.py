@@ -82,25 +82,16 @@ def quantize(cfg: QuantizeConfig, overwrite: bool = False, progress: bool = True
             raise UserError(f"{source}: labels the model does not know: {', '.join(unknown[:5])}: pass the eval file the model was trained for")
         evaluation = ([e.text for e in examples], np.array([manifest["labels"].index(e.label) for e in examples]))
 
-    staging = artifacts.begin(out, overwrite)
-    try:
+    with artifacts.staged(out, overwrite) as staging:
         with tempfile.TemporaryDirectory(prefix=".slm-quantize-", dir=out.parent) as tmp:
             work = Path(tmp)
-            fp32 = src
-            if cfg.method == "qat":
-                fp32 = qat_export(cfg, manifest, work, progress)
+            fp32 = qat_export(cfg, manifest, work, progress) if cfg.method == "qat" else src
             metrics = run_ladder(cfg, src, fp32, staging, work, calib, evaluation)
-        for name in (artifacts.TOKENIZER, artifacts.HF_CONFIG, artifacts.TOKENIZER_CONFIG, "special_tokens_map.json", "vocab.txt"):
-            if (src / name).is_file():
-                shutil.copy(src / name, staging / name)
+        artifacts.copy_serving_files(src, staging)
         precision = "fp32" if metrics["fell_back_to_fp32"] else "int8"
-        artifacts.write_json(staging / artifacts.MANIFEST, {**manifest, "precision": precision, "quantization": metrics["chosen"], "source": manifest.get("source")})
+        artifacts.write_json(staging / artifacts.MANIFEST, {**manifest, "precision": precision, "quantization": metrics["chosen"]})
         save_config(replace(cfg, model=str(Path(cfg.model).resolve())), staging / artifacts.CONFIG)  # absolute: the lineage to the data
         artifacts.write_json(staging / artifacts.METRICS, metrics)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-    artifacts.commit(staging, out)
     return QuantizeResult(out, metrics)
 
 

@@ -97,8 +97,7 @@ def trim_vocab(cfg: TrimConfig, overwrite: bool = False) -> TrimResult:
         )
     parameters_before = sum(p.numel() for p in model.parameters())
 
-    staging = artifacts.begin(out, overwrite)  # only now: bad input above leaves nothing behind
-    try:
+    with artifacts.staged(out, overwrite) as staging:  # only now: bad input above leaves nothing behind
         # the tokenizer: edit the JSON, load it with transformers (which checks it), let save_model rewrite it
         new_tokenizer_json = _remap_tokenizer(tokenizer_json, old_to_new)
         new_vocab = _encoder(new_tokenizer_json).get_vocab(with_added_tokens=True)  # token -> new id
@@ -161,10 +160,6 @@ def trim_vocab(cfg: TrimConfig, overwrite: bool = False) -> TrimResult:
             "max_prob_diff_kept_texts": float(prob_diff[kept_texts].max()) if kept_texts.any() else 0.0,
         }
         artifacts.write_json(staging / artifacts.METRICS, result)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)  # no resume here: a failed run leaves nothing
-        raise
-    artifacts.commit(staging, out)
     return TrimResult(out, result)
 
 

@@ -77,20 +77,24 @@ class ClassificationTask:
         exp = np.exp(shifted)
         return exp / exp.sum(axis=1, keepdims=True)
 
-    def predict_probs(self, model: Any, features: list[dict], collate: Callable[[list[dict]], dict], batch_size: int) -> np.ndarray:
-        """Class probabilities (n, n_classes) of a PyTorch model, in feature order (batched by length)."""
+    def predict_logits(self, model: Any, features: list[dict], collate: Callable[[list[dict]], dict], batch_size: int) -> np.ndarray:
+        """Logits (n, n_classes) of a PyTorch model, in feature order (batched by length)."""
         import torch
 
         batches = sorted_order(np.array([len(f["input_ids"]) for f in features]), batch_size)
-        logits = []
+        rows = []
         model.eval()
         with torch.inference_mode():
             for batch in iterate(features, batches, collate):
-                inputs = {k: v for k, v in batch.items() if k != "labels"}
-                logits.append(model(**inputs).logits.float().numpy())
-        probs = np.empty((len(features), logits[0].shape[1]), dtype=np.float32)
-        probs[np.concatenate(batches)] = self.decode(np.concatenate(logits))
-        return probs
+                inputs = {k: v for k, v in batch.items() if k in ("input_ids", "attention_mask", "token_type_ids")}
+                rows.append(model(**inputs).logits.float().numpy())
+        logits = np.empty((len(features), rows[0].shape[1]), dtype=np.float32)
+        logits[np.concatenate(batches)] = np.concatenate(rows)
+        return logits
+
+    def predict_probs(self, model: Any, features: list[dict], collate: Callable[[list[dict]], dict], batch_size: int) -> np.ndarray:
+        """Class probabilities (n, n_classes) of a PyTorch model, in feature order."""
+        return self.decode(self.predict_logits(model, features, collate, batch_size))
 
     def metrics(self, y_true: np.ndarray, probs: np.ndarray, labels: list[str], n_resamples: int = 1000, seed: int = 0) -> dict:
         return metrics.classification_report(y_true, probs, labels, n_resamples=n_resamples, seed=seed)
