@@ -18,7 +18,7 @@ from rich.console import Console
 from rich.table import Table
 
 from slmkit.config import (
-    DataConfig, EvalConfig, ExportConfig, ModelConfig, OptimConfig, PruneConfig, QuantizeConfig, TrainConfig, TrimConfig,
+    DataConfig, DistillConfig, EvalConfig, ExportConfig, ModelConfig, OptimConfig, PruneConfig, QuantizeConfig, TrainConfig, TrimConfig,
     help_of, load_config,
 )
 from slmkit.errors import UserError
@@ -177,6 +177,61 @@ def predict(
     tmp.write_text("".join(line + "\n" for line in lines), encoding="utf-8")
     tmp.replace(output)
     err.print(f"{len(lines)} predictions written to {output}")
+
+
+# ------------------------------------------------------------------------------------------- distill
+
+
+@app.command()
+@_user_errors
+def distill(
+    teacher: Annotated[Optional[str], typer.Option(help=_h(DistillConfig, "teacher"))] = None,
+    student: Annotated[Optional[str], typer.Option(help=_h(DistillConfig, "student"))] = None,
+    data: Data = None,
+    eval: Eval = None,
+    out_dir: Annotated[Optional[str], typer.Option("--out", help=_h(DistillConfig, "out"))] = None,
+    text_col: TextCol = None,
+    label_col: LabelCol = None,
+    unlabeled: Annotated[Optional[str], typer.Option(help=_h(DistillConfig, "unlabeled"))] = None,
+    augment: Annotated[Optional[str], typer.Option(help=_h(DistillConfig, "augment") + " Written 10 or 10x.")] = None,
+    trim_vocab: Annotated[Optional[bool], typer.Option("--trim-vocab/--no-trim-vocab", help=_h(DistillConfig, "trim_vocab"))] = None,
+    cache_dir: Annotated[Optional[str], typer.Option(help=_h(DistillConfig, "cache_dir"))] = None,
+    epochs: Annotated[Optional[int], typer.Option(help=_h(OptimConfig, "epochs"))] = None,
+    lr: Annotated[Optional[float], typer.Option(help=_h(OptimConfig, "lr"))] = None,
+    threads: Annotated[Optional[int], typer.Option(help=_h(OptimConfig, "threads"))] = None,
+    config: Annotated[Optional[Path], typer.Option(help="YAML file of settings (teacher, student, data, loss, train, ...); flags and --set override it.")] = None,
+    set_: Sets = None,
+    overwrite: Annotated[bool, typer.Option(help="Replace --out even if it is not a previous slmkit output.")] = False,
+    quiet: Annotated[bool, typer.Option(help="No progress bars.")] = False,
+):
+    """Distill a fine-tuned teacher into a small student (layer-dropped, small transformer, BiLSTM or CNN).
+
+    Example: slm distill --teacher runs/x --data train.csv --student transformer:layers=2,hidden=128 --out runs/s
+    """
+    from slmkit.distill import distill as run_distill
+
+    if augment is not None:
+        try:
+            augment_value: float | None = float(augment.lower().removesuffix("x"))
+        except ValueError:
+            raise UserError(f"--augment {augment!r}: expected a number of new texts per training text, e.g. 10 or 10x") from None
+    else:
+        augment_value = None
+    flags = {
+        "teacher": teacher, "student": student, "out": out_dir, "data.train": data, "data.eval": eval,
+        "data.text_col": text_col, "data.label_col": label_col, "unlabeled": unlabeled, "augment": augment_value,
+        "trim_vocab": trim_vocab, "cache_dir": cache_dir, "train.epochs": epochs, "train.lr": lr, "train.threads": threads,
+    }
+    result = run_distill(load_config(DistillConfig, config, set_, **flags), overwrite=overwrite, progress=not quiet)
+    m = result.metrics
+    print_report(m["eval"], f"student ({m['student']}) on {m['eval_source']}")
+    out.print(
+        f"teacher accuracy {m['teacher_eval']['accuracy']:.4f}, student {m['student_eval']['accuracy']:.4f} "
+        f"(retention {100 * m['retention']:.1f}%, agreement {100 * m['agreement']:.1f}%); parameters "
+        f"{m['parameters']['teacher'] / 1e6:.2f}M → {m['parameters']['student'] / 1e6:.2f}M; teacher cache "
+        f"{'hit' if m['teacher_cache']['hit'] else 'miss'}"
+    )
+    out.print(f"student saved to [bold]{result.out}[/bold]")
 
 
 # ------------------------------------------------------------------------------------------ compress

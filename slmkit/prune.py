@@ -15,9 +15,9 @@ layers compare on one scale. The masks are forward pre-hooks, so any BERT layer 
     output.dense input            (batch, seq, neurons)             x  neuron mask
 
 Recovery uses slmkit's one training loop (`train.run_epochs`). With `distill` the loss is the mean of the
-distillation loss KL(teacher/T || student/T)·T² and the cross-entropy on the labels (0.5 each); the teacher's
-logits are computed once before the loop and travel in the features, since running the teacher in the loop
-makes each step 3-4x slower on a CPU.
+distillation loss KL(teacher/T || student/T)·T² and the cross-entropy on the labels (0.5 each, from
+`slmkit.losses`); the teacher's logits are computed once before the loop and travel in the features, since
+running the teacher in the loop makes each step 3-4x slower on a CPU.
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ from typing import Any, Callable, Iterator
 
 import numpy as np
 
-from slmkit import artifacts
+from slmkit import artifacts, losses
 from slmkit.config import OptimConfig, PruneConfig, save_config
 from slmkit.data import check_known_labels
 from slmkit.encoding import bucketed_order, iterate, make_encoder, sorted_order, uses_token_types
@@ -124,7 +124,7 @@ def prune(cfg: PruneConfig, overwrite: bool = False, progress: bool = True) -> P
             cached = _logits(teacher, features, collate, cfg.batch_size)
             features = [{**f, "teacher_logits": row} for f, row in zip(features, cached)]
             train_collate: Callable = partial(_collate_with_teacher, collate=collate)
-            loss_fn: Callable = partial(_distill_loss, temperature=cfg.temperature)
+            loss_fn: Callable = partial(_recovery_loss, temperature=cfg.temperature)
         else:
             train_collate, loss_fn = collate, task.loss
         o = OptimConfig(epochs=cfg.recovery_epochs, batch_size=cfg.batch_size, lr=cfg.recovery_lr, seed=cfg.seed)
@@ -331,18 +331,12 @@ def _collate_with_teacher(features: list[dict], collate: Callable[[list[dict]], 
     return batch
 
 
-def _distill_loss(model, batch: dict, temperature: float):
-    """DISTILL_WEIGHT * KL(teacher/T || student/T) * T² + (1 - DISTILL_WEIGHT) * cross-entropy on the labels.
-
-    T² keeps the soft-target gradients on the scale of the hard-label ones (Hinton et al. 2015)."""
-    import torch.nn.functional as F
-
+def _recovery_loss(model, batch: dict, temperature: float):
+    """DISTILL_WEIGHT * KL(teacher/T || student/T) * T² + (1 - DISTILL_WEIGHT) * cross-entropy on the labels."""
     inputs = {k: v for k, v in batch.items() if k not in ("labels", "teacher_logits")}
-    logits = model(**inputs).logits.float()  # (batch, n_classes)
-    kd = F.kl_div(
-        F.log_softmax(logits / temperature, dim=-1), F.log_softmax(batch["teacher_logits"] / temperature, dim=-1), log_target=True, reduction="batchmean"
-    ) * temperature**2
-    return DISTILL_WEIGHT * kd + (1 - DISTILL_WEIGHT) * F.cross_entropy(logits, batch["labels"])
+    logits = model(**inputs).logits  # (batch, n_classes)
+    kd = losses.kd_loss(logits, batch["teacher_logits"], temperature)
+    return DISTILL_WEIGHT * kd + (1 - DISTILL_WEIGHT) * losses.ce_loss(logits, batch["labels"])
 
 
 # ------------------------------------------------------------------------------------------ helpers

@@ -85,7 +85,7 @@ def tiny_config(tiny_base: Path, synthetic: dict, out: Path, **train_overrides):
     """A TrainConfig for the tiny model that learns the synthetic task in a few seconds."""
     from slmkit.config import DataConfig, ModelConfig, OptimConfig, TrainConfig
 
-    train = {"epochs": 4, "batch_size": 16, "lr": 3e-3, "warmup": 0.0, "seed": 7, "patience": 0, **train_overrides}
+    train = {"epochs": 4, "batch_size": 16, "lr": 3e-3, "warmup": 0.0, "seed": 7, "patience": 0, "threads": 1, **train_overrides}
     return TrainConfig(
         out=str(out),
         data=DataConfig(train=str(synthetic["train"]), eval=str(synthetic["dev"])),

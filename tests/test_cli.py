@@ -60,7 +60,7 @@ def test_config_file_with_set_overrides(tiny_base, synthetic, tmp_path):
     assert "epochs: 2" in saved and "lr: 0.005" in saved
 
 
-@pytest.mark.parametrize("command", [[], ["train"], ["evaluate"], ["predict"], ["demo"], ["export"], ["quantize"], ["prune"], ["trim-vocab"]])
+@pytest.mark.parametrize("command", [[], ["train"], ["evaluate"], ["predict"], ["demo"], ["distill"], ["export"], ["quantize"], ["prune"], ["trim-vocab"]])
 def test_help_explains_every_option(command):
     result = slm(*command, "--help")
     assert result.exit_code == 0
@@ -170,3 +170,18 @@ def test_compress_bad_input_is_one_line_exit_2(args, message, trained_tiny, tmp_
     assert result.exit_code == 2, result.output
     assert message in result.output and len(result.output.strip().splitlines()) == 1
     assert list(tmp_path.iterdir()) == []
+
+
+def test_distill_command(trained_tiny, synthetic, tmp_path):
+    out = tmp_path / "student"
+    args = ["distill", "--teacher", trained_tiny, "--data", synthetic["train"], "--eval", synthetic["dev"], "--out", out,
+            "--student", "transformer:layers=1,hidden=32,heads=2", "--epochs", "6", "--lr", "5e-3", "--threads", "1", "--augment", "1x", "--quiet"]
+    result = slm(*args)
+    assert result.exit_code == 0, result.output
+    assert "retention" in result.output and "student saved" in result.output
+    assert json.loads((out / "metrics.json").read_text())["n_augmented"] == 240
+    bad = slm("distill", "--teacher", trained_tiny, "--data", synthetic["train"], "--out", tmp_path / "x", "--student", "transformer:layers=1,hidden=30,heads=4")
+    assert bad.exit_code == 2 and "not divisible by heads" in bad.output and len(bad.output.strip().splitlines()) == 1
+    bad = slm("distill", "--teacher", trained_tiny, "--data", synthetic["train"], "--out", tmp_path / "x", "--augment", "lots")
+    assert bad.exit_code == 2 and "--augment 'lots'" in bad.output
+    assert not (tmp_path / "x").exists()
