@@ -52,7 +52,7 @@ from slmkit.encoding import make_encoder, sorted_order, uses_token_types
 from slmkit.errors import UserError
 from slmkit.progress import StepProgress, stderr
 from slmkit.tasks import get_task
-from slmkit.train import Step, make_optimizer, run_epochs
+from slmkit.train import Step, make_optimizer, run_epochs, track_epoch
 
 CACHE_FORMAT = "slmkit-teacher-cache-1"  # part of the key: a new layout never reads an old file
 CACHE_LIMIT_BYTES = 2 * 2**30  # hidden states + attention maps of one cache file (float16)
@@ -187,23 +187,11 @@ def distill(cfg: DistillConfig, overwrite: bool = False, progress: bool = True) 
                 if isinstance(record, Step):
                     bar.advance(record.loss, record.examples_per_s)
                     continue
-                scores = task.quick_metrics(eval_y, eval_probs())
-                # a tie keeps the later weights but does not count as progress (as in slm train)
-                improved, is_best = scores[o.metric] > state["best"], scores[o.metric] >= state["best"]
-                state["bad_epochs"] = 0 if improved else state["bad_epochs"] + 1
+                is_best, stop, line = track_epoch(state, record, task.quick_metrics(eval_y, eval_probs()), o)
                 if is_best:
-                    state.update(best=scores[o.metric], best_epoch=record.epoch)
                     artifacts.save_model(student, hf_tokenizer, staging)
-                state["epoch"] = record.epoch
-                state["train_seconds"] += record.seconds
-                state["history"].append(
-                    {"epoch": record.epoch, "train_loss": record.train_loss, **scores, "seconds": record.seconds, "examples_per_s": record.examples_per_s}
-                )
-                bar.log(
-                    f"epoch {record.epoch}: loss {record.train_loss:.4f}  eval {o.metric} {scores[o.metric]:.4f}"
-                    f"{'  (best)' if is_best else ''}  {record.examples_per_s:.0f} ex/s"
-                )
-                if o.patience and state["bad_epochs"] >= o.patience and record.epoch < o.epochs:
+                bar.log(line)
+                if stop:
                     stopped_early = True
                     break
                 if record.epoch < o.epochs:

@@ -122,6 +122,28 @@ def run_epochs(
         yield EpochEnd(epoch, float(np.mean(losses)), elapsed, seen / elapsed)
 
 
+def track_epoch(state: dict, record: EpochEnd, scores: dict, o: OptimConfig) -> tuple[bool, bool, str]:
+    """Early-stopping bookkeeping for a finished epoch scored `scores` on the eval set.
+
+    Updates `state` (best, best_epoch, bad_epochs, epoch, train_seconds, history) and returns (is_best, stop,
+    the progress line). A tie keeps the later (longer-trained, more confident) weights but is not progress."""
+    improved, is_best = scores[o.metric] > state["best"], scores[o.metric] >= state["best"]
+    state["bad_epochs"] = 0 if improved else state["bad_epochs"] + 1
+    if is_best:
+        state.update(best=scores[o.metric], best_epoch=record.epoch)
+    state["epoch"] = record.epoch
+    state["train_seconds"] += record.seconds
+    state["history"].append(
+        {"epoch": record.epoch, "train_loss": record.train_loss, **scores, "seconds": record.seconds, "examples_per_s": record.examples_per_s}
+    )
+    stop = bool(o.patience and state["bad_epochs"] >= o.patience and record.epoch < o.epochs)
+    line = (
+        f"epoch {record.epoch}: loss {record.train_loss:.4f}  eval {o.metric} {scores[o.metric]:.4f}"
+        f"{'  (best)' if is_best else ''}  {record.examples_per_s:.0f} ex/s"
+    )
+    return is_best, stop, line
+
+
 # ------------------------------------------------------------------------------------------ the stage
 
 
@@ -196,24 +218,12 @@ def train(cfg: TrainConfig, overwrite: bool = False, resume: bool = False, progr
             if isinstance(record, Step):
                 bar.advance(record.loss, record.examples_per_s)
                 continue
-            scores = task.quick_metrics(eval_y, eval_probs())
-            # a tie keeps the later (longer-trained, more confident) weights but does not count as progress
-            improved, is_best = scores[o.metric] > state["best"], scores[o.metric] >= state["best"]
-            state["bad_epochs"] = 0 if improved else state["bad_epochs"] + 1
+            is_best, stop, line = track_epoch(state, record, task.quick_metrics(eval_y, eval_probs()), o)
             if is_best:
-                state.update(best=scores[o.metric], best_epoch=record.epoch)
                 artifacts.save_model(model, base.hf_tokenizer, staging)
-            state["epoch"] = record.epoch
-            state["train_seconds"] += record.seconds
-            state["history"].append(
-                {"epoch": record.epoch, "train_loss": record.train_loss, **scores, "seconds": record.seconds, "examples_per_s": record.examples_per_s}
-            )
             artifacts.save_checkpoint(staging, model, optimizer, state)
-            bar.log(
-                f"epoch {record.epoch}: loss {record.train_loss:.4f}  eval {o.metric} {scores[o.metric]:.4f}"
-                f"{'  (best)' if is_best else ''}  {record.examples_per_s:.0f} ex/s"
-            )
-            if o.patience and state["bad_epochs"] >= o.patience and record.epoch < o.epochs:
+            bar.log(line)
+            if stop:
                 stopped_early = True
                 break
             if record.epoch < o.epochs:
