@@ -1,0 +1,159 @@
+"""Distillation benchmark: students of a few million parameters against their fine-tuned MiniLM teacher.
+
+For each dataset, starting from the teacher that `benchmarks/teacher.py --keep` saves, one run distills each
+student spec (`slm distill`, with augmentation) and trains the same student on the hard labels alone (no
+teacher), exports both to ONNX and quantizes them to int8, scores everything on the reporting split
+(SST-2 dev, banking77 test) and times everything in interleaved rounds (`slmkit.measure.compare`), the
+teacher in PyTorch fp32 included. It writes benchmarks/results/distill.md and .json with the command.
+
+    python benchmarks/distill.py --models runs/bench-models
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "benchmarks"))
+from teacher import DATA, DATASETS, RESULTS, SEED, write_csv  # noqa: E402  the teacher's data layout and held-out rule
+
+from slmkit.config import DataConfig, DistillConfig, ExportConfig, LossConfig, OptimConfig, QuantizeConfig, load_config  # noqa: E402
+from slmkit.data import read_examples, stratified_split  # noqa: E402
+from slmkit.distill import distill  # noqa: E402
+from slmkit.export import export  # noqa: E402
+from slmkit.measure import compare, environment, open_model  # noqa: E402
+from slmkit.quantize import quantize  # noqa: E402
+
+# ≤ 5M and ≤ 1.5M parameters with the trimmed vocabularies of both datasets
+STUDENTS = ["transformer:layers=4,hidden=192,heads=3,ffn=768", "bilstm:hidden=150,embed=64"]
+
+
+def split(spec: dict, workdir: Path, limit: int | None) -> tuple[Path, Path, list]:
+    """Train (minus the teacher's held-out slice), the held-out slice (epoch selection), the reporting split."""
+    examples = read_examples(spec["train"], spec["text"], spec["label"])
+    train, held = stratified_split(examples, spec["holdout"], SEED)
+    if limit:
+        keep = np.random.default_rng(SEED).permutation(len(train))[:limit]
+        train = [train[i] for i in sorted(keep)]
+    report = read_examples(spec["report"], spec["text"], spec["label"])
+    return write_csv(workdir / "train.csv", train), write_csv(workdir / "held.csv", held), report
+
+
+def student_runs(name: str, teacher: Path, work: Path, train_csv: Path, held_csv: Path, args, log) -> dict:
+    """Each student spec distilled and trained on hard labels, each exported and quantized: name → directories."""
+    runs = {}
+    for i, spec in enumerate(args.students):
+        for mode in ("distilled", "hard labels"):
+            loss = LossConfig(kd=0.5, ce=0.5) if mode == "distilled" else LossConfig(kd=0.0, ce=1.0)
+            cfg = DistillConfig(
+                teacher=str(teacher), student=spec, out=str(work / f"s{i}-{mode[:4]}"),
+                data=DataConfig(train=str(train_csv), eval=str(held_csv)),
+                augment=args.augment if mode == "distilled" else 0.0, loss=loss,
+                train=load_config(OptimConfig, None, None, epochs=args.epochs, lr=args.lr, patience=3, seed=SEED),
+            )
+            started = time.perf_counter()
+            result = distill(cfg, progress=False)
+            wall = time.perf_counter() - started
+            onnx = export(ExportConfig(model=str(result.out), out=str(work / f"s{i}-{mode[:4]}-onnx"), probe_data=str(train_csv))).out
+            int8 = quantize(QuantizeConfig(model=str(onnx), out=str(work / f"s{i}-{mode[:4]}-int8"), eval_data=str(held_csv)), progress=False).out
+            m = result.metrics
+            log(f"[{name}] {spec} {mode}: held-out accuracy {m['student_eval']['accuracy']:.4f} (teacher {m['teacher_eval']['accuracy']:.4f}), "
+                f"{m['parameters']['student'] / 1e6:.2f}M parameters, {wall:.0f} s")
+            runs[f"{spec} {mode}"] = {"fp32": onnx, "int8": int8, "wall_s": wall, "metrics": m}
+    return runs
+
+
+def accuracy(directory: Path, report: list) -> float:
+    model = open_model(directory, batch_size=64)
+    y = np.array([model.labels.index(e.label) for e in report])
+    return float((model.predict_proba([e.text for e in report]).argmax(1) == y).mean())
+
+
+def run_dataset(name: str, teacher: Path, args, log) -> dict:
+    spec = DATASETS[name]
+    with tempfile.TemporaryDirectory(prefix=f"distill-{name}-", dir=args.workdir) as tmp:
+        work = Path(tmp)
+        train_csv, held_csv, report = split(spec, work, args.limit)
+        runs = student_runs(name, teacher, work, train_csv, held_csv, args, log)
+        log(f"[{name}] scoring on {len(report)} {spec['split']} examples")
+        dirs = {"teacher (PyTorch fp32)": teacher}
+        for run, r in runs.items():
+            dirs[f"{run} fp32"], dirs[f"{run} int8"] = r["fp32"], r["int8"]
+        scores = {k: accuracy(d, report) for k, d in dirs.items()}
+        texts = [e.text for e in report]
+        sample = [texts[i] for i in np.random.default_rng(SEED).permutation(len(texts))[: args.speed_texts]]
+        log(f"[{name}] timing {len(dirs)} models, {args.rounds} interleaved rounds")
+        speed = compare(dirs, sample, rounds=args.rounds, latency_calls=args.latency_calls)
+    teacher_metrics = json.loads((teacher / "metrics.json").read_text())
+    return {
+        "dataset": name, "split": spec["split"], "n_eval": len(report), "n_train": runs[next(iter(runs))]["metrics"]["n_train"],
+        "teacher_train_seconds": teacher_metrics["train_seconds"],
+        "models": {k: {"accuracy": scores[k], **speed[k]} for k in dirs},
+        "runs": {k: {"wall_s": r["wall_s"], "metrics": r["metrics"]} for k, r in runs.items()},
+    }
+
+
+def write_results(out: Path, rows: list[dict], env: dict) -> None:
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.with_suffix(".json").write_text(json.dumps({"hardware": env, "rows": rows}, indent=2) + "\n")
+    lines = ["# Distillation benchmark", "", "Commands: " + "; ".join(sorted({f"`{r['command']}`" for r in rows})), "",
+             f"Hardware: {env['cpu']}, ISA {', '.join(env['isa']) or 'baseline'}, {env['cpus']} CPUs, onnxruntime {env.get('onnxruntime')}.",
+             "", "Retention = student accuracy / teacher accuracy on the reporting split. Throughput: texts/s at batch 32 "
+             "(torch-free runtime for students, PyTorch for the teacher), medians of interleaved rounds in this run."]
+    for row in rows:
+        t = row["models"]["teacher (PyTorch fp32)"]
+        lines += ["", f"## {row['dataset']} ({row['split']}, {row['n_eval']} examples; {row['n_train']} training examples)", "",
+                  "| model | accuracy | retention | parameters | size MB | texts/s (b32) | × teacher | p50 ms | training wall s |", "|---|---|---|---|---|---|---|---|---|"]
+        for k, v in row["models"].items():
+            run = row["runs"].get(k.rsplit(" ", 1)[0])
+            wall = f"{run['wall_s']:.0f}" if run and k.endswith("fp32") else ("" if run else f"{row['teacher_train_seconds']:.0f}")
+            lines.append(f"| {k} | {100 * v['accuracy']:.2f} | {100 * v['accuracy'] / t['accuracy']:.1f}% | {v['parameters'] / 1e6:.2f}M "
+                         f"| {v['bytes'] / 1e6:.1f} | {v['throughput_per_s']:.0f} | {v['throughput_per_s'] / t['throughput_per_s']:.1f}× | {v['p50_ms']:.2f} | {wall} |")
+    out.with_suffix(".md").write_text("\n".join(lines) + "\n")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--datasets", nargs="+", default=list(DATASETS), choices=list(DATASETS))
+    parser.add_argument("--models", default=str(ROOT / "runs" / "bench-models"), help="Directory with one fine-tuned teacher per dataset (teacher.py --keep).")
+    parser.add_argument("--students", nargs="+", default=STUDENTS, help="Student specs (slm distill --student).")
+    parser.add_argument("--epochs", type=int, default=6)
+    parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--augment", type=float, default=2.0, help="Augmented texts per training text for the distilled students.")
+    parser.add_argument("--limit", type=int, default=None, help="Train on a seeded subset of N examples.")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--speed-texts", type=int, default=512)
+    parser.add_argument("--latency-calls", type=int, default=200)
+    parser.add_argument("--workdir", default=None)
+    parser.add_argument("--out", default=str(RESULTS / "distill"))
+    args = parser.parse_args()
+    if not DATA.is_dir():
+        sys.exit(f"{DATA}: benchmark data not found (the shared data folder must sit beside the project)")
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    command = "python benchmarks/distill.py " + " ".join(sys.argv[1:])
+    started = time.perf_counter()
+
+    def log(message: str) -> None:
+        print(f"{time.perf_counter() - started:6.0f} s  {message}", flush=True)
+
+    previous = Path(args.out).with_suffix(".json")
+    rows = [r for r in json.loads(previous.read_text())["rows"] if r["dataset"] not in args.datasets] if previous.is_file() else []
+    for name in args.datasets:
+        teacher = Path(args.models) / name
+        if not (teacher / "model.safetensors").is_file():
+            sys.exit(f"{teacher}: no fine-tuned teacher: run python benchmarks/teacher.py --datasets {name} --trainers slmkit --keep {args.models}")
+        rows.append({**run_dataset(name, teacher, args, log), "command": command})
+        write_results(Path(args.out), rows, environment())
+    log("done")
+
+
+if __name__ == "__main__":
+    main()
