@@ -148,11 +148,13 @@ def targets(row: dict) -> list[tuple[str, str, bool]]:
 
 def write_results(out: Path, rows: list[dict], command: str, env: dict) -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.with_suffix(".json").write_text(json.dumps({"command": command, "hardware": env, "rows": rows}, indent=2) + "\n")
+    for row in rows:
+        row.setdefault("command", command)
+    out.with_suffix(".json").write_text(json.dumps({"hardware": env, "rows": rows}, indent=2) + "\n")
     lines = [
         "# Compression benchmark",
         "",
-        f"Command: `{command}`",
+        "Commands: " + "; ".join(sorted({f"`{r['command']}`" for r in rows})) + " (each dataset is measured within its own run).",
         "",
         f"Hardware: {env['cpu']}, ISA {', '.join(env['isa']) or 'baseline'}, {env['cpus']} CPUs, onnxruntime {env.get('onnxruntime')}; "
         f"int8 instructions (VNNI/AMX): {'yes' if env['int8_instructions'] else '**no** — int8 kernels emulate the dot products with AVX2 here'}.",
@@ -213,7 +215,10 @@ def main() -> None:
     def log(message: str) -> None:
         print(f"{time.perf_counter() - started:6.0f} s  {message}", flush=True)
 
-    rows = []
+    previous = Path(args.out).with_suffix(".json")
+    rows = []  # rows of datasets not run now are kept from the previous results file (each dataset is its own run)
+    if previous.is_file():
+        rows = [r for r in json.loads(previous.read_text())["rows"] if r["dataset"] not in args.datasets]
     for name in args.datasets:
         model = Path(args.models) / name
         if not (model / "model.safetensors").is_file():
