@@ -7,7 +7,12 @@ STAMP := $(VENV)/.installed
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: run test bench-teacher bench-compress clean
+# Debian's browser, for the bench report's render test
+CHROMIUM := /usr/bin/chromium
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+STUDENTS ?= runs/students/a runs/students/b
+
+.PHONY: run test bench-teacher bench-compress bench-report clean
 
 # torch is pinned and installed first: an unpinned torch would pull a multi-GB CUDA build.
 $(STAMP): pyproject.toml
@@ -19,8 +24,15 @@ $(STAMP): pyproject.toml
 run: $(STAMP)
 	$(BIN)/slm demo --out runs/demo
 
-test: $(STAMP)
-	$(BIN)/python -m pytest
+test: $(STAMP) $(CHROMIUM)
+	SLMKIT_REQUIRE_BROWSER=1 $(BIN)/python -m pytest
+
+# Installed only when missing (a file target: nothing runs once it exists). Playwright drives it; its own
+# browser download is never used. Without apt-get the render test skips locally (and fails in CI).
+$(CHROMIUM):
+	@if command -v apt-get >/dev/null; then \
+		$(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends chromium; \
+	else echo "no apt-get: install chromium at $(CHROMIUM) for the report render test"; fi
 
 bench-teacher: $(STAMP)
 	$(BIN)/pip install --quiet -e ".[test,bench]"
@@ -29,6 +41,11 @@ bench-teacher: $(STAMP)
 # needs the fine-tuned models that bench-teacher keeps in runs/bench-models
 bench-compress: $(STAMP)
 	$(BIN)/python benchmarks/compress.py --models runs/bench-models
+
+# needs the teacher that bench-teacher keeps and two student directories: make bench-report STUDENTS="DIR DIR"
+bench-report: $(STAMP)
+	$(BIN)/pip install --quiet -e ".[test,bench]"
+	$(BIN)/python benchmarks/bench_report.py --teacher runs/bench-models/banking77 --students $(STUDENTS)
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

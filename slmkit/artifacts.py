@@ -43,6 +43,12 @@ EVAL_DIR = "eval"  # <model>/eval/<data name>/ holds `slm evaluate` outputs
 ONNX_MODEL = "model.onnx"  # an exported directory: the ONNX graph ...
 MANIFEST = "manifest.json"  # ... and what the runtime needs to serve it (labels, inputs, max length, source)
 DISTILL_CACHE = "distill-cache"  # <teacher>/distill-cache/<key>.safetensors: teacher outputs cached by slm distill
+BENCH_RESULTS = "results.json"  # a bench report directory: the measurements (schema: slmkit/schemas/) ...
+BENCH_MARKDOWN = "report.md"  # ... rendered as markdown ...
+BENCH_HTML = "report.html"  # ... and as one self-contained HTML page (charts embedded)
+BENCH_CARDS = "models"  # <report>/models/<name>/model-card.md, one per slmkit model
+MODEL_CARD = "model-card.md"
+BENCH_CHARTS = {"pareto": "pareto.png", "throughput": "throughput.png", "size": "size.png"}
 # model_type -> the slmkit module whose import registers that model class with transformers' Auto* factories
 CUSTOM_MODEL_MODULES = {
     "slm_pruned_bert": "slmkit.pruned_bert",  # slm prune outputs
@@ -60,8 +66,8 @@ def staging_dir(out: Path) -> Path:
 
 
 def is_run_dir(path: Path) -> bool:
-    """A finished slmkit output: it has the stage config and its metrics."""
-    return (path / CONFIG).is_file() and (path / METRICS).is_file()
+    """A finished slmkit output: it has the stage config and its metrics (a bench report: its results)."""
+    return (path / CONFIG).is_file() and ((path / METRICS).is_file() or (path / BENCH_RESULTS).is_file())
 
 
 def check_output(out: Path, overwrite: bool) -> None:

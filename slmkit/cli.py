@@ -18,7 +18,7 @@ from rich.console import Console
 from rich.table import Table
 
 from slmkit.config import (
-    DataConfig, DistillConfig, EvalConfig, ExportConfig, ModelConfig, OptimConfig, PruneConfig, QuantizeConfig, TrainConfig, TrimConfig,
+    BenchConfig, DataConfig, DistillConfig, EvalConfig, ExportConfig, ModelConfig, OptimConfig, PruneConfig, QuantizeConfig, TrainConfig, TrimConfig,
     help_of, load_config,
 )
 from slmkit.errors import UserError
@@ -362,6 +362,7 @@ def trim_vocab(
     label_col: Annotated[Optional[str], typer.Option(help=_h(TrimConfig, "label_col"))] = None,
     extra_text: Annotated[Optional[list[str]], typer.Option(help=_h(TrimConfig, "extra_text") + " Repeatable.")] = None,
     min_count: Annotated[Optional[int], typer.Option(help=_h(TrimConfig, "min_count"))] = None,
+    keep_top: Annotated[Optional[int], typer.Option(help=_h(TrimConfig, "keep_top"))] = None,
     eval: Annotated[Optional[str], typer.Option(help=_h(TrimConfig, "eval"))] = None,
     overwrite: Overwrite = False,
 ):
@@ -372,7 +373,7 @@ def trim_vocab(
     """
     from slmkit.trim import trim_vocab as run_trim
 
-    flags = {"model": model, "out": out_dir, "data": data, "text_col": text_col, "label_col": label_col, "extra_text": extra_text, "min_count": min_count, "eval": eval}
+    flags = {"model": model, "out": out_dir, "data": data, "text_col": text_col, "label_col": label_col, "extra_text": extra_text, "min_count": min_count, "keep_top": keep_top, "eval": eval}
     result = run_trim(load_config(TrimConfig, None, None, **flags), overwrite=overwrite)
     _print_flat("vocabulary trimming", result.metrics)
     out.print(f"trimmed model saved to [bold]{result.out}[/bold]")
@@ -391,6 +392,72 @@ def _print_flat(title: str, metrics: dict) -> None:
         elif isinstance(value, (int, float, str)) and not isinstance(value, bool):
             table.add_row(key, f"{value:.4g}" if isinstance(value, float) else str(value))
     out.print(table)
+
+
+# -------------------------------------------------------------------------------------------- bench
+
+
+@app.command()
+@_user_errors
+def bench(
+    more_models: Annotated[Optional[list[str]], typer.Argument(help="More model directories, so that --models a b c works.", show_default=False)] = None,
+    models: Annotated[Optional[list[str]], typer.Option("--models", help=_h(BenchConfig, "models") + " Repeatable, or space-separated after one --models.")] = None,
+    data: Annotated[Optional[str], typer.Option(help=_h(BenchConfig, "data"))] = None,
+    out_dir: Annotated[Optional[str], typer.Option("--out", help=_h(BenchConfig, "out"))] = None,
+    baselines: Annotated[Optional[str], typer.Option(help=_h(BenchConfig, "baselines") + " Comma-separated.")] = None,
+    train: Annotated[Optional[str], typer.Option(help=_h(BenchConfig, "train"))] = None,
+    teacher: Annotated[Optional[str], typer.Option(help=_h(BenchConfig, "teacher"))] = None,
+    names: Annotated[Optional[str], typer.Option(help=_h(BenchConfig, "names") + " Comma-separated.")] = None,
+    text_col: Annotated[Optional[str], typer.Option(help=_h(BenchConfig, "text_col"))] = None,
+    label_col: Annotated[Optional[str], typer.Option(help=_h(BenchConfig, "label_col"))] = None,
+    label_map: Annotated[Optional[str], typer.Option(help=_h(BenchConfig, "label_map"))] = None,
+    drop_empty: Annotated[Optional[bool], typer.Option("--drop-empty", help=_h(BenchConfig, "drop_empty"))] = None,
+    threads: Annotated[Optional[str], typer.Option(help=_h(BenchConfig, "threads") + " Comma-separated, e.g. 1,all.")] = None,
+    rounds: Annotated[Optional[int], typer.Option(help=_h(BenchConfig, "rounds"))] = None,
+    latency_calls: Annotated[Optional[int], typer.Option(help=_h(BenchConfig, "latency_calls"))] = None,
+    speed_texts: Annotated[Optional[int], typer.Option(help=_h(BenchConfig, "speed_texts"))] = None,
+    bootstrap: Annotated[Optional[int], typer.Option(help=_h(BenchConfig, "bootstrap"))] = None,
+    rss: Annotated[Optional[bool], typer.Option("--rss/--no-rss", help=_h(BenchConfig, "rss"))] = None,
+    config: Annotated[Optional[Path], typer.Option(help="YAML file of bench settings; flags and --set override it.")] = None,
+    set_: Sets = None,
+    overwrite: Overwrite = False,
+    quiet: Annotated[bool, typer.Option(help="No progress bars.")] = False,
+):
+    """Benchmark models and baselines on one test set: accuracy and macro-F1 with 95% intervals, batch-1
+    latency p50/p95/p99 and batch throughput at 1 and all threads, size, parameters and peak RSS; writes
+    results.json, report.md, a self-contained report.html with charts, and a model card per slmkit model.
+
+    Example: slm bench --models runs/a runs/a-int8 --data test.csv --baselines tfidf,teacher-torch --train train.csv --teacher runs/t --out reports/x
+    """
+    from slmkit.bench import bench as run_bench
+
+    listed = [m for item in [*(models or []), *(more_models or [])] for m in item.split(",") if m.strip()]
+    flags = {
+        "models": listed or None, "data": data, "out": out_dir, "baselines": baselines, "train": train, "teacher": teacher,
+        "names": names, "text_col": text_col, "label_col": label_col, "label_map": label_map, "drop_empty": drop_empty,
+        "threads": threads, "rounds": rounds, "latency_calls": latency_calls, "speed_texts": speed_texts,
+        "bootstrap": bootstrap, "rss": rss,
+    }
+    result = run_bench(load_config(BenchConfig, config, set_, **flags), overwrite=overwrite, progress=not quiet)
+    r = result.results
+    first, last = r["timing"]["pareto_threads"], list(r["timing"]["threads"])[-1]
+    table = Table(title=f"{r['data']['n_examples']} examples of {r['data']['path']}", show_header=True)
+    for column in ("entry", "accuracy (95% CI)", f"p50 ms @{first}", f"texts/s @{last}", "MB", "Pareto"):
+        table.add_column(column, justify="left" if column == "entry" else "right")
+    for e in r["entries"]:
+        if e["status"] != "ok":
+            table.add_row(e["name"], f"[red]failed[/red]: {e['error']}", "", "", "", "")
+            continue
+        m, speed = e["metrics"], e["speed"]
+        table.add_row(
+            e["name"], f"{100 * m['accuracy']:.1f} ({100 * m['accuracy_ci95'][0]:.1f}–{100 * m['accuracy_ci95'][1]:.1f})",
+            f"{speed[first]['p50_ms']['median']:.3g}", f"{speed[last]['throughput_per_s']['median']:,.0f}",
+            f"{(e['bytes'] or 0) / 1e6:.1f}", "✓" if e["pareto"] else "",
+        )
+    out.print(table)
+    for line in r["warnings"]:
+        err.print(f"[yellow]warning:[/yellow] {line}", highlight=False, soft_wrap=True)
+    out.print(f"report written to [bold]{result.out}[/bold] (report.html, report.md, results.json)")
 
 
 # --------------------------------------------------------------------------------------------- demo

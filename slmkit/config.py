@@ -243,6 +243,7 @@ class TrimConfig:
     label_col: str = _f("label", "Column (or JSON key) with the label in the --eval file.")
     extra_text: list[str] = _f([], "More text files (.txt, one text per line) whose tokens are kept too: a coverage margin.")
     min_count: int = _f(1, "Keep a token only if it occurs at least this many times.")
+    keep_top: int = _f(0, "Also keep the N most frequent pieces of the original vocabulary (BERT-family vocabularies list them first): a margin for unseen words.")
     eval: str | None = _f(None, "Labeled file for the OOV rate and the before/after check; default: the model's eval data.")
 
     def validate(self) -> None:
@@ -250,6 +251,7 @@ class TrimConfig:
             (bool(self.model), "model", "no model directory: pass --model DIR"),
             (bool(self.out), "out", "no output directory: pass --out DIR"),
             (self.min_count >= 1, "min_count", f"must be at least 1 (got {self.min_count})"),
+            (self.keep_top >= 0, "keep_top", f"must be 0 or more (got {self.keep_top})"),
         ])
 
 
@@ -301,6 +303,59 @@ class DistillConfig:
             (0 <= o.warmup < 1, "train.warmup", f"must be a fraction in [0, 1) (got {o.warmup})"),
             (o.metric in ("accuracy", "macro_f1"), "train.metric", f"must be accuracy or macro_f1 (got {o.metric!r})"),
             (0 < self.data.eval_split < 1, "data.eval_split", f"must be a fraction in (0, 1) (got {self.data.eval_split})"),
+        ])
+
+
+BASELINES = ("tfidf", "fasttext", "teacher-torch", "teacher-int8")  # what `slm bench --baselines` accepts
+
+
+@dataclass
+class BenchConfig:
+    """`slm bench`: accuracy, speed and footprint of models and baselines on one test set, as a report."""
+
+    models: list[str] = _f([], "Model directories: outputs of slm train, distill, prune (PyTorch) or slm export, quantize (ONNX).")
+    names: list[str] = _f([], "Display names for --models, in the same order; default: each directory's name.")
+    data: str = _f("", "Labeled test file (.csv, .tsv or .jsonl) every model and baseline is scored on.")
+    out: str = _f("", "Output directory for results.json, report.md, report.html, the charts and model cards.")
+    text_col: str = _f("text", "Column (or JSON key) with the text in --data and --train.")
+    label_col: str = _f("label", "Column (or JSON key) with the label in --data and --train.")
+    encoding: str = _f("utf-8", "Text encoding of --data and --train.")
+    label_map: list[str] = _f([], "Rename data labels to the models' labels: old=new,other=new2 (applies to --data and --train).")
+    drop_empty: bool = _f(False, "Skip rows whose text is empty instead of stopping with an error.")
+    baselines: list[str] = _f([], "Baselines measured beside the models: tfidf, fasttext (trained on --train), teacher-torch, teacher-int8 (from --teacher).")
+    train: str | None = _f(None, "Labeled training file for the trained baselines (tfidf, fasttext).")
+    teacher: str | None = _f(None, "Fine-tuned teacher directory (slm train output) for teacher-torch and teacher-int8.")
+    threads: list[str] = _f(["1", "all"], "Thread counts every model is timed at: numbers, or 'all' for every CPU.")
+    rounds: int = _f(3, "Interleaved timing rounds; each figure is the median over rounds, reported with its min and max.")
+    latency_calls: int = _f(200, "Timed batch-1 calls per round (latency percentiles p50/p95/p99).")
+    warmup: int = _f(10, "Untimed batch-1 calls before each latency measurement.")
+    speed_texts: int = _f(512, "Test texts (a seeded sample) used for timing; all when the test set is smaller.")
+    batch_size: int = _f(32, "Texts per batch for the throughput figure (tokenization included).")
+    rss: bool = _f(True, "Measure peak RSS in a fresh process per model (loads the model and serves one request).")
+    bootstrap: int = _f(1000, "Bootstrap resamples for the 95% confidence intervals.")
+    seed: int = _f(0, "Seed of the bootstrap, the timing sample and the trained baselines.")
+
+    def validate(self) -> None:
+        unknown = [b for b in self.baselines if b not in BASELINES]
+        needs_train = [b for b in self.baselines if b in ("tfidf", "fasttext")]
+        needs_teacher = [b for b in self.baselines if b.startswith("teacher-")]
+        _check([
+            (bool(self.models) or bool(self.baselines), "models", "nothing to measure: pass --models DIR [DIR ...] and/or --baselines"),
+            (bool(self.data), "data", "no test data: pass --data FILE"),
+            (bool(self.out), "out", "no output directory: pass --out DIR"),
+            (not unknown, "baselines", f"unknown baseline {', '.join(unknown)}: valid ones are {', '.join(BASELINES)}"),
+            (len(set(self.baselines)) == len(self.baselines), "baselines", "lists a baseline twice"),
+            (not needs_train or bool(self.train), "train", f"baseline {', '.join(needs_train)} is trained here: pass --train FILE (labeled training data)"),
+            (not needs_teacher or bool(self.teacher), "teacher", f"baseline {', '.join(needs_teacher)} needs the teacher: pass --teacher DIR (an slm train output)"),
+            (not self.names or len(self.names) == len(self.models), "names", f"gives {len(self.names)} names for {len(self.models)} models: one per --models directory"),
+            (all("=" in m and m.split("=", 1)[0].strip() and m.split("=", 1)[1].strip() for m in self.label_map), "label_map", "entries must be old=new, e.g. --label-map weather=other,bill=billing"),
+            (bool(self.threads) and all(t == "all" or (t.isdigit() and int(t) >= 1) for t in self.threads), "threads", f"must be thread counts (1, 2, ...) or 'all' (got {','.join(self.threads)})"),
+            (self.rounds >= 1, "rounds", f"must be at least 1 (got {self.rounds})"),
+            (self.latency_calls >= 10, "latency_calls", f"must be at least 10 (got {self.latency_calls})"),
+            (self.warmup >= 0, "warmup", f"must be 0 or more (got {self.warmup})"),
+            (self.speed_texts >= 1, "speed_texts", f"must be at least 1 (got {self.speed_texts})"),
+            (self.batch_size >= 1, "batch_size", f"must be at least 1 (got {self.batch_size})"),
+            (self.bootstrap >= 100, "bootstrap", f"must be at least 100 resamples (got {self.bootstrap})"),
         ])
 
 

@@ -87,8 +87,10 @@ def parameters(directory: str | Path) -> int:
 
 
 _RSS_PROBE = """
-import json, sys
-from slmkit.measure import open_model, vm_hwm_mb
+import importlib, json, sys
+from slmkit.measure import vm_hwm_mb
+module, name = sys.argv[3].split(":")
+open_model = getattr(importlib.import_module(module), name)
 model = open_model(sys.argv[1], threads=int(sys.argv[2]) if sys.argv[2] != "0" else None)
 model.predict_proba(["is this thing on? a short request to serve"])
 print(json.dumps({"peak_rss_mb": vm_hwm_mb(), "torch_imported": "torch" in sys.modules}))
@@ -105,9 +107,13 @@ def vm_hwm_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def peak_rss(directory: str | Path, threads: int | None = None) -> dict:
-    """Peak RSS (MB) of a fresh process that loads `directory` and serves one batch-1 request."""
-    done = subprocess.run([sys.executable, "-c", _RSS_PROBE, str(directory), str(threads or 0)], capture_output=True, text=True, check=True)
+def peak_rss(directory: str | Path, threads: int | None = None, opener: str = "slmkit.measure:open_model") -> dict:
+    """Peak RSS (MB) of a fresh process that loads `directory` and serves one batch-1 request.
+
+    `opener` ("module:function", called as `function(directory, threads=...)`) loads it in the child; the
+    default serves slmkit model directories, and benchmarks pass their own (e.g. `slmkit.baselines:open_baseline`)."""
+    argv = [sys.executable, "-c", _RSS_PROBE, str(directory), str(threads or 0), opener]
+    done = subprocess.run(argv, capture_output=True, text=True, check=True)
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 

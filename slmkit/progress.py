@@ -51,3 +51,39 @@ class StepProgress:
     def log(self, line: str) -> None:
         if self._progress is not None:
             self._progress.console.print(line)
+
+
+class TaskProgress:
+    """One bar over a known number of mixed steps (a benchmark's loads, scorings and timing rounds), showing
+    the step in progress: `start(total)`, `step(description)` before each, `advance()` after it."""
+
+    def __init__(self, enabled: bool = True):
+        self.enabled = enabled
+        self._progress: Progress | None = None
+        self._task = None
+
+    def __enter__(self) -> "TaskProgress":
+        if self.enabled:
+            self._progress = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=stderr)
+            self._progress.__enter__()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._progress is not None:
+            self._progress.__exit__(*exc)
+
+    def start(self, total: int) -> None:
+        if self._progress is not None:
+            self._task = self._progress.add_task("starting", total=total)
+
+    def step(self, description: str) -> None:
+        if self._progress is not None and self._task is not None:
+            self._progress.update(self._task, description=description)
+
+    def advance(self) -> None:
+        if self._progress is not None and self._task is not None:
+            self._progress.update(self._task, advance=1)
+
+    def log(self, line: str) -> None:
+        if self._progress is not None:
+            self._progress.console.print(line)

@@ -22,6 +22,7 @@ rounding), and the OOV rate.
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -36,6 +37,7 @@ from slmkit.lineage import examples_from, recorded_examples
 from slmkit.metrics import accuracy
 from slmkit.predict import predict_probs
 
+UNUSED = re.compile(r"^\[unused\d+\]$")  # BERT's reserved placeholder entries
 SPECIAL_TOKENS_MAP = "special_tokens_map.json"  # older transformers save one; it names tokens, never ids
 TOKENIZER_CONFIG_TOKEN_KEYS = ("unk_token", "pad_token", "cls_token", "sep_token", "mask_token", "bos_token", "eos_token")
 
@@ -83,6 +85,9 @@ def trim_vocab(cfg: TrimConfig, overwrite: bool = False) -> TrimResult:
     size = max(old_vocab.values()) + 1
     keep_mask = _count_ids(old_encoder, texts, size) >= cfg.min_count
     keep_mask |= _count_ids(old_encoder, extra, size) > 0
+    if cfg.keep_top:  # the most frequent pieces first (placeholder [unusedN] entries are not pieces)
+        ranked = [i for token, i in sorted(old_vocab.items(), key=lambda item: item[1]) if not UNUSED.match(token)]
+        keep_mask[ranked[: cfg.keep_top]] = True
     for token in _required_tokens(tokenizer_json, tokenizer_config) & old_vocab.keys():
         keep_mask[old_vocab[token]] = True
     keep = np.flatnonzero(keep_mask)  # (new_vocab,) old ids, ascending: the new id of keep[i] is i
@@ -138,6 +143,7 @@ def trim_vocab(cfg: TrimConfig, overwrite: bool = False) -> TrimResult:
             "data": data_source,
             "extra_text": list(cfg.extra_text),
             "min_count": cfg.min_count,
+            "keep_top": cfg.keep_top,
             "n_texts": len(texts),
             "n_extra_texts": len(extra),
             "vocab_before": len(old_vocab),

@@ -130,6 +130,16 @@ def test_extra_text_and_min_count_decide_the_kept_tokens(minilm_model, tmp_path)
     assert m["oov_token_rate"] > 0.5 and m["oov_text_rate"] == 1.0  # every eval text has a filler word now unknown
 
 
+def test_keep_top_keeps_the_most_frequent_pieces_but_no_placeholders(minilm_model, tmp_path):
+    data = tmp_path / "data.txt"
+    data.write_text("refund\n", encoding="utf-8")
+    result = trim_vocab(TrimConfig(model=str(minilm_model), out=str(tmp_path / "out"), data=[str(data)], keep_top=1100))
+    vocab = _tokenizer(result.out).get_vocab(with_added_tokens=True)
+    # BERT's vocabulary: [PAD], 998 [unusedN] placeholders, the special tokens, single characters, then frequent words
+    assert {"the", "of", "and", "a", "ref", "##und"} <= set(vocab) and not any(t.startswith("[unused") for t in vocab)
+    assert result.metrics["keep_top"] == 1100 and len(vocab) < 1200
+
+
 def test_oov_rate_is_the_share_of_newly_unknown_tokens(minilm_model, synthetic, tmp_path):
     """Dropping 'invoice' (in ##vo ##ice, no piece of which another word uses) makes exactly its occurrences [UNK]."""
     import csv
