@@ -90,9 +90,20 @@ def _mask(input_ids: torch.Tensor, attention_mask: torch.Tensor | None) -> torch
     return torch.ones_like(input_ids, dtype=torch.bool) if attention_mask is None else attention_mask.bool()
 
 
-class BiLSTMForSequenceClassification(PreTrainedModel):
-    config_class = BiLSTMConfig
+class _EmbeddingClassifier(PreTrainedModel):
+    """What both students share: a word-embedding table (`self.embeddings`) read by input ids."""
+
     main_input_name = "input_ids"
+
+    def get_input_embeddings(self) -> nn.Embedding:
+        return self.embeddings
+
+    def set_input_embeddings(self, value: nn.Embedding) -> None:
+        self.embeddings = value
+
+
+class BiLSTMForSequenceClassification(_EmbeddingClassifier):
+    config_class = BiLSTMConfig
 
     def __init__(self, config: BiLSTMConfig):
         super().__init__(config)
@@ -104,12 +115,6 @@ class BiLSTMForSequenceClassification(PreTrainedModel):
         self.dense = nn.Linear(2 * config.hidden_size, config.dense_size)
         self.classifier = nn.Linear(config.dense_size, config.num_labels)
         self.post_init()
-
-    def get_input_embeddings(self) -> nn.Embedding:
-        return self.embeddings
-
-    def set_input_embeddings(self, value: nn.Embedding) -> None:
-        self.embeddings = value
 
     def forward(self, input_ids, attention_mask=None, token_type_ids=None, labels=None, **kwargs) -> SequenceClassifierOutput:
         """`token_type_ids` and the output_* flags are accepted and ignored (no token types, no layers)."""
@@ -134,9 +139,8 @@ def _gather_time(x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
     return torch.gather(x, 1, index.unsqueeze(-1).expand(-1, -1, x.shape[-1]))
 
 
-class CNNForSequenceClassification(PreTrainedModel):
+class CNNForSequenceClassification(_EmbeddingClassifier):
     config_class = CNNConfig
-    main_input_name = "input_ids"
 
     def __init__(self, config: CNNConfig):
         super().__init__(config)
@@ -146,12 +150,6 @@ class CNNForSequenceClassification(PreTrainedModel):
         self.dropout = nn.Dropout(config.dropout)
         self.classifier = nn.Linear(config.hidden_size * len(config.widths), config.num_labels)
         self.post_init()
-
-    def get_input_embeddings(self) -> nn.Embedding:
-        return self.embeddings
-
-    def set_input_embeddings(self, value: nn.Embedding) -> None:
-        self.embeddings = value
 
     def forward(self, input_ids, attention_mask=None, token_type_ids=None, labels=None, **kwargs) -> SequenceClassifierOutput:
         """`token_type_ids` and the output_* flags are accepted and ignored (no token types, no layers)."""
