@@ -33,7 +33,8 @@ from teacher import DATA, DATASETS, RESULTS, SEED, write_csv  # noqa: E402  the 
 from slmkit.config import ExportConfig, PruneConfig, QuantizeConfig, TrimConfig  # noqa: E402
 from slmkit.data import read_examples, stratified_split  # noqa: E402
 from slmkit.export import export  # noqa: E402
-from slmkit.measure import compare, environment, open_model, runtime_overhead  # noqa: E402
+from slmkit.hardware import fingerprint  # noqa: E402
+from slmkit.measure import compare, open_model, runtime_overhead  # noqa: E402
 from slmkit.prune import prune  # noqa: E402
 from slmkit.quantize import quantize  # noqa: E402
 from slmkit.trim import trim_vocab  # noqa: E402
@@ -224,7 +225,7 @@ def main() -> None:
         if not (model / "model.safetensors").is_file():
             sys.exit(f"{model}: no fine-tuned model: run python benchmarks/teacher.py --datasets {name} --trainers slmkit --keep {args.models}")
         rows.append(run_dataset(name, model, args, log))
-        write_results(Path(args.out), rows, command, environment())
+        write_results(Path(args.out), rows, command, fingerprint())
     log("done")
 
 

@@ -29,7 +29,8 @@ from slmkit.config import DataConfig, DistillConfig, ExportConfig, LossConfig, O
 from slmkit.data import read_examples, stratified_split  # noqa: E402
 from slmkit.distill import distill  # noqa: E402
 from slmkit.export import export  # noqa: E402
-from slmkit.measure import compare, environment, open_model  # noqa: E402
+from slmkit.hardware import fingerprint  # noqa: E402
+from slmkit.measure import compare, open_model  # noqa: E402
 from slmkit.quantize import quantize  # noqa: E402
 
 # ≤ 5M and ≤ 1.5M parameters with the trimmed vocabularies of both datasets
@@ -151,7 +152,7 @@ def main() -> None:
         if not (teacher / "model.safetensors").is_file():
             sys.exit(f"{teacher}: no fine-tuned teacher: run python benchmarks/teacher.py --datasets {name} --trainers slmkit --keep {args.models}")
         rows.append({**run_dataset(name, teacher, args, log), "command": command})
-        write_results(Path(args.out), rows, environment())
+        write_results(Path(args.out), rows, fingerprint())
     log("done")
 
 

@@ -22,7 +22,6 @@ from typing import Callable
 import numpy as np
 
 from slmkit import artifacts
-from slmkit.hardware import fingerprint
 
 
 def open_model(directory: str | Path, threads: int | None = None, batch_size: int = 32):
@@ -153,7 +152,3 @@ def compare(models: dict[str, str | Path], texts: list[str], rounds: int = 3, th
         median = {key: float(np.median([r[key] for r in runs[name]])) for key in runs[name][0]}
         results[name] = {**median, "bytes": size_bytes(path), "parameters": parameters(path), **peak_rss(path, threads)}
     return results
-
-
-def environment(threads: int | None = None) -> dict:
-    return fingerprint(threads)

@@ -35,7 +35,7 @@ import numpy as np
 from slmkit import artifacts, losses
 from slmkit.config import OptimConfig, PruneConfig, save_config
 from slmkit.data import check_known_labels
-from slmkit.encoding import bucketed_order, iterate, make_encoder, sorted_order, uses_token_types
+from slmkit.encoding import bucketed_order, iterate, make_encoder, uses_token_types
 from slmkit.errors import UserError
 from slmkit.lineage import examples_from
 from slmkit.progress import StepProgress
@@ -92,7 +92,7 @@ def prune(cfg: PruneConfig, overwrite: bool = False, progress: bool = True) -> P
     save_config(replace(cfg, model=str(Path(cfg.model).resolve())), staging / artifacts.CONFIG)  # absolute: the lineage to the data
 
     eval_y = np.array([f["label"] for f in eval_feats])
-    teacher_eval = _logits(teacher, eval_feats, collate, cfg.batch_size)  # (n_eval, n_classes)
+    teacher_eval = task.predict_logits(teacher, eval_feats, collate, cfg.batch_size)  # (n_eval, n_classes)
 
     # 1. score every head and neuron on training batches, keep the most important ones
     rng = np.random.default_rng([cfg.seed, 0])
@@ -110,7 +110,7 @@ def prune(cfg: PruneConfig, overwrite: bool = False, progress: bool = True) -> P
     parity = _max_logit_diff(teacher, student, probe, keep_heads, keep_neurons)
     if parity > PARITY_TOLERANCE:  # a bug in slicing, not bad input
         raise RuntimeError(f"sliced model differs from the masked model by {parity:.2e} in logits (tolerance {PARITY_TOLERANCE:.0e})")
-    pruned_eval = _logits(student, eval_feats, collate, cfg.batch_size)
+    pruned_eval = task.predict_logits(student, eval_feats, collate, cfg.batch_size)
 
     # 3. recover with the training loop: distillation from the cached teacher logits plus the labels
     history, recovery_seconds, n_recovery = [], 0.0, 0
@@ -121,7 +121,7 @@ def prune(cfg: PruneConfig, overwrite: bool = False, progress: bool = True) -> P
             features = [features[i] for i in subset]  # the same seeded subset in every pass
         n_recovery = len(features)
         if cfg.distill:
-            cached = _logits(teacher, features, collate, cfg.batch_size)
+            cached = task.predict_logits(teacher, features, collate, cfg.batch_size)
             features = [{**f, "teacher_logits": row} for f, row in zip(features, cached)]
             train_collate: Callable = partial(_collate_with_teacher, collate=collate)
             loss_fn: Callable = partial(_recovery_loss, temperature=cfg.temperature)
@@ -137,14 +137,14 @@ def prune(cfg: PruneConfig, overwrite: bool = False, progress: bool = True) -> P
                     bar.advance(record.loss, record.examples_per_s)
                     continue
                 assert isinstance(record, EpochEnd)
-                scores = task.quick_metrics(eval_y, task.decode(_logits(student, eval_feats, collate, cfg.batch_size)))
+                scores = task.quick_metrics(eval_y, task.decode(task.predict_logits(student, eval_feats, collate, cfg.batch_size)))
                 recovery_seconds += record.seconds
                 history.append({"epoch": record.epoch, "train_loss": record.train_loss, **scores, "seconds": record.seconds})
                 bar.log(f"recovery {record.epoch}: loss {record.train_loss:.4f}  eval accuracy {scores['accuracy']:.4f}")
                 if record.epoch < o.epochs:
                     bar.start(f"recovery {record.epoch + 1}/{o.epochs}", steps_per_epoch)
     student.eval()
-    recovered_eval = _logits(student, eval_feats, collate, cfg.batch_size) if cfg.recovery_epochs else None
+    recovered_eval = task.predict_logits(student, eval_feats, collate, cfg.batch_size) if cfg.recovery_epochs else None
 
     # 4. write the smaller model and what changed
     artifacts.save_model(student, hf_tokenizer, staging)
@@ -340,22 +340,6 @@ def _recovery_loss(model, batch: dict, temperature: float):
 
 
 # ------------------------------------------------------------------------------------------ helpers
-
-
-def _logits(model, features: list[dict], collate, batch_size: int) -> np.ndarray:
-    """Logits (n, n_classes) in feature order, batched by length."""
-    import torch
-
-    batches = sorted_order(np.array([len(f["input_ids"]) for f in features]), batch_size)
-    rows = []
-    model.eval()
-    with torch.inference_mode():
-        for batch in iterate(features, batches, collate):
-            inputs = {k: v for k, v in batch.items() if k != "labels"}
-            rows.append(model(**inputs).logits.float().numpy())
-    logits = np.empty((len(features), rows[0].shape[1]), dtype=np.float32)
-    logits[np.concatenate(batches)] = np.concatenate(rows)
-    return logits
 
 
 def _count(model) -> int:
