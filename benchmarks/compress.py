@@ -147,11 +147,18 @@ def targets(row: dict) -> list[tuple[str, str, bool]]:
     return out
 
 
+def slim(record):
+    """Stage metrics without their bulkiest parts (full eval reports, confusion matrices, importance scores)."""
+    if isinstance(record, dict):
+        return {k: slim(v) for k, v in record.items() if k not in ("eval", "confusion_matrix", "per_class", "importance")}
+    return [slim(v) for v in record] if isinstance(record, list) else record
+
+
 def write_results(out: Path, rows: list[dict], command: str, env: dict) -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     for row in rows:
         row.setdefault("command", command)
-    out.with_suffix(".json").write_text(json.dumps({"hardware": env, "rows": rows}, indent=2) + "\n")
+    out.with_suffix(".json").write_text(json.dumps(slim({"hardware": env, "rows": rows}), indent=2) + "\n")
     lines = [
         "# Compression benchmark",
         "",

@@ -102,9 +102,16 @@ def run_dataset(name: str, teacher: Path, args, log) -> dict:
     }
 
 
+def slim(record):
+    """Stage metrics without their bulkiest parts (full eval reports, confusion matrices, importance scores)."""
+    if isinstance(record, dict):
+        return {k: slim(v) for k, v in record.items() if k not in ("eval", "confusion_matrix", "per_class", "importance")}
+    return [slim(v) for v in record] if isinstance(record, list) else record
+
+
 def write_results(out: Path, rows: list[dict], env: dict) -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.with_suffix(".json").write_text(json.dumps({"hardware": env, "rows": rows}, indent=2) + "\n")
+    out.with_suffix(".json").write_text(json.dumps(slim({"hardware": env, "rows": rows}), indent=2) + "\n")
     lines = ["# Distillation benchmark", "", "Commands: " + "; ".join(sorted({f"`{r['command']}`" for r in rows})), "",
              f"Hardware: {env['cpu']}, ISA {', '.join(env['isa']) or 'baseline'}, {env['cpus']} CPUs, onnxruntime {env.get('onnxruntime')}.",
              "", "Retention = student accuracy / teacher accuracy on the reporting split. Throughput: texts/s at batch 32 "
