@@ -28,7 +28,7 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
-from teacher import DATA, DATASETS, RESULTS, SEED, write_csv  # noqa: E402  the same data layout and held-out rule
+from teacher import DATA, DATASETS, RESULTS, SEED, previous_rows, write_csv  # noqa: E402  the same data layout and held-out rule
 
 from slmkit.config import ExportConfig, PruneConfig, QuantizeConfig, TrimConfig  # noqa: E402
 from slmkit.data import read_examples, stratified_split  # noqa: E402
@@ -223,10 +223,7 @@ def main() -> None:
     def log(message: str) -> None:
         print(f"{time.perf_counter() - started:6.0f} s  {message}", flush=True)
 
-    previous = Path(args.out).with_suffix(".json")
-    rows = []  # rows of datasets not run now are kept from the previous results file (each dataset is its own run)
-    if previous.is_file():
-        rows = [r for r in json.loads(previous.read_text())["rows"] if r["dataset"] not in args.datasets]
+    rows = previous_rows(args.out, args.datasets)
     for name in args.datasets:
         model = Path(args.models) / name
         if not (model / "model.safetensors").is_file():

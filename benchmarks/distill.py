@@ -23,7 +23,7 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
-from teacher import DATA, DATASETS, RESULTS, SEED, write_csv  # noqa: E402  the teacher's data layout and held-out rule
+from teacher import DATA, DATASETS, RESULTS, SEED, previous_rows, write_csv  # noqa: E402  the teacher's data layout and held-out rule
 
 from slmkit.config import DataConfig, DistillConfig, ExportConfig, LossConfig, OptimConfig, QuantizeConfig, load_config  # noqa: E402
 from slmkit.data import read_examples, stratified_split  # noqa: E402
@@ -152,8 +152,7 @@ def main() -> None:
     def log(message: str) -> None:
         print(f"{time.perf_counter() - started:6.0f} s  {message}", flush=True)
 
-    previous = Path(args.out).with_suffix(".json")
-    rows = [r for r in json.loads(previous.read_text())["rows"] if r["dataset"] not in args.datasets] if previous.is_file() else []
+    rows = previous_rows(args.out, args.datasets)
     for name in args.datasets:
         teacher = Path(args.models) / name
         if not (teacher / "model.safetensors").is_file():

@@ -68,6 +68,12 @@ def split_files(spec: dict, limit: int | None, workdir: Path) -> tuple[Path, Pat
     return write_csv(workdir / "train.csv", train), write_csv(workdir / "held.csv", held)
 
 
+def previous_rows(out: str | Path, rerun: list[str]) -> list[dict]:
+    """Rows of a results file for the datasets not run again now (each dataset is measured in its own run)."""
+    previous = Path(out).with_suffix(".json")
+    return [r for r in json.loads(previous.read_text())["rows"] if r["dataset"] not in rerun] if previous.is_file() else []
+
+
 def write_csv(path: Path, examples) -> Path:
     """Examples as a text,label CSV (what the workers and later benchmarks read)."""
     import csv

@@ -183,7 +183,7 @@ def distill(cfg: DistillConfig, overwrite: bool = False, progress: bool = True) 
         stopped_early = False
         with StepProgress(progress) as bar:
             bar.start(f"epoch 1/{o.epochs}", steps_per_epoch)
-            for record in run_epochs(model, optimizer, scheduler, train_feats, partial(_collate_with_teacher, collate=collate), loss_fn, o):
+            for record in run_epochs(model, optimizer, scheduler, train_feats, partial(collate_with_teacher, collate=collate), loss_fn, o):
                 if isinstance(record, Step):
                     bar.advance(record.loss, record.examples_per_s)
                     continue
@@ -494,7 +494,7 @@ def _with_projections(student, n_hidden_pairs: int, student_width: int, teacher_
     return model
 
 
-def _collate_with_teacher(features: list[dict], collate: Callable[[list[dict]], dict]) -> dict:
+def collate_with_teacher(features: list[dict], collate: Callable[[list[dict]], dict]) -> dict:
     """The task's batch plus the teacher's outputs: logits (batch, classes), and when cached, per mapped layer,
     hidden states (batch, seq, width) and attention maps (batch, heads, seq, seq), zero-padded like the batch."""
     import torch

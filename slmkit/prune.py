@@ -35,6 +35,7 @@ import numpy as np
 from slmkit import artifacts, losses
 from slmkit.config import OptimConfig, PruneConfig, save_config
 from slmkit.data import check_known_labels
+from slmkit.distill import collate_with_teacher
 from slmkit.encoding import bucketed_order, iterate, make_encoder, uses_token_types
 from slmkit.errors import UserError
 from slmkit.lineage import examples_from
@@ -123,7 +124,7 @@ def prune(cfg: PruneConfig, overwrite: bool = False, progress: bool = True) -> P
         if cfg.distill:
             cached = task.predict_logits(teacher, features, collate, cfg.batch_size)
             features = [{**f, "teacher_logits": row} for f, row in zip(features, cached)]
-            train_collate: Callable = partial(_collate_with_teacher, collate=collate)
+            train_collate: Callable = partial(collate_with_teacher, collate=collate)
             loss_fn: Callable = partial(_recovery_loss, temperature=cfg.temperature)
         else:
             train_collate, loss_fn = collate, task.loss
@@ -320,15 +321,6 @@ def _max_logit_diff(model, pruned, batch: dict, keep_heads, keep_neurons) -> flo
 
 
 # ------------------------------------------------------------------------------------------ recovery
-
-
-def _collate_with_teacher(features: list[dict], collate: Callable[[list[dict]], dict]) -> dict:
-    """The task's batch plus the cached teacher logits (batch, n_classes)."""
-    import torch
-
-    batch = collate(features)
-    batch["teacher_logits"] = torch.from_numpy(np.stack([f["teacher_logits"] for f in features]))
-    return batch
 
 
 def _recovery_loss(model, batch: dict, temperature: float):
