@@ -88,7 +88,7 @@ def write_csv(path: Path, examples) -> Path:
 # ------------------------------------------------------------------------------------------ workers
 
 
-def run_slmkit(spec: dict, train_csv: Path, held_csv: Path, epochs: int, workdir: Path) -> dict:
+def run_slmkit(spec: dict, train_csv: Path, held_csv: Path, epochs: int, workdir: Path, device: str, seed: int = 42, bucket: bool = True) -> dict:
     from slmkit.config import DataConfig, EvalConfig, OptimConfig, TrainConfig
     from slmkit.evaluate import evaluate
     from slmkit.hardware import native_bf16
@@ -99,7 +99,7 @@ def run_slmkit(spec: dict, train_csv: Path, held_csv: Path, epochs: int, workdir
         data=DataConfig(train=str(train_csv), eval=str(held_csv)),
         train=OptimConfig(
             epochs=epochs, batch_size=BATCH_SIZE, lr=spec["lr"], weight_decay=WEIGHT_DECAY, warmup=WARMUP,
-            grad_clip=GRAD_CLIP, seed=SEED, bf16=native_bf16(), patience=0,
+            grad_clip=GRAD_CLIP, seed=seed, bucket=bucket, bf16=device == "cpu" and native_bf16(), patience=0, device=device,
         ),
     )
     started = time.perf_counter()
@@ -115,7 +115,7 @@ def run_slmkit(spec: dict, train_csv: Path, held_csv: Path, epochs: int, workdir
     }
 
 
-def run_trainer(spec: dict, train_csv: Path, held_csv: Path, epochs: int, workdir: Path, max_length: int) -> dict:
+def run_trainer(spec: dict, train_csv: Path, held_csv: Path, epochs: int, workdir: Path, max_length: int, device: str) -> dict:
     import numpy as np
     import torch
     import transformers
@@ -151,7 +151,7 @@ def run_trainer(spec: dict, train_csv: Path, held_csv: Path, epochs: int, workdi
         output_dir=str(workdir / "trainer"), per_device_train_batch_size=BATCH_SIZE, per_device_eval_batch_size=64,
         learning_rate=spec["lr"], weight_decay=WEIGHT_DECAY, num_train_epochs=epochs, warmup_steps=WARMUP,
         lr_scheduler_type="linear", max_grad_norm=GRAD_CLIP, seed=SEED, eval_strategy="no", save_strategy="no",
-        report_to=[], logging_strategy="no", use_cpu=True, dataloader_num_workers=0, disable_tqdm=True,
+        report_to=[], logging_strategy="no", use_cpu=device == "cpu", dataloader_num_workers=0, disable_tqdm=True,
     )
     trainer = Trainer(model=model, args=args, train_dataset=Rows(train_ex), processing_class=tokenizer)
     started = time.perf_counter()
@@ -175,23 +175,24 @@ def worker(args) -> None:
     workdir = Path(args.workdir)
     train_csv, held_csv = workdir / "train.csv", workdir / "held.csv"
     if args.worker == "slmkit":
-        result = run_slmkit(spec, train_csv, held_csv, args.epochs, workdir)
+        result = run_slmkit(spec, train_csv, held_csv, args.epochs, workdir, args.device, args.seed, not args.random_batches)
     else:
-        result = run_trainer(spec, train_csv, held_csv, args.epochs, workdir, args.max_length)
+        result = run_trainer(spec, train_csv, held_csv, args.epochs, workdir, args.max_length, args.device)
     (workdir / f"{args.worker}.json").write_text(json.dumps(result))
 
 
 # ------------------------------------------------------------------------------------------ driver
 
 
-def fingerprint() -> dict:
+def fingerprint(device: str = "cpu") -> dict:
     import torch
     import transformers
 
     from slmkit.hardware import cpu_flags, cpu_name
 
     isa = [f for f in ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_bf16") if f in cpu_flags()]
-    return {"cpu": cpu_name(), "isa": isa, "threads": torch.get_num_threads(), "python": platform.python_version(), "torch": torch.__version__, "transformers": transformers.__version__}
+    gpu = {"gpu": torch.cuda.get_device_name(torch.device(device))} if device != "cpu" else {}
+    return {"cpu": cpu_name(), "isa": isa, "threads": torch.get_num_threads(), **gpu, "python": platform.python_version(), "torch": torch.__version__, "transformers": transformers.__version__}
 
 
 def main() -> None:
@@ -203,6 +204,10 @@ def main() -> None:
     parser.add_argument("--lr", type=float, default=None, help="Override the per-dataset learning rate.")
     parser.add_argument("--keep", default=None, help="Copy each slmkit model to KEEP/<dataset> for later stages.")
     parser.add_argument("--out", default=str(RESULTS / "teacher"), help="Results path without extension.")
+    parser.add_argument("--device", default="cpu", help="cpu, or cuda where PyTorch sees a GPU (both trainers).")
+    parser.add_argument("--seed", type=int, default=SEED, help="slmkit's training seed (data split and the Trainer keep 42).")
+    parser.add_argument("--random-batches", action="store_true", help="slmkit without length bucketing.")
+    parser.add_argument("--note", default="", help="A sentence about the run's setup, written into the results.")
     parser.add_argument("--worker", choices=["slmkit", "trainer"], help=argparse.SUPPRESS)
     parser.add_argument("--dataset", help=argparse.SUPPRESS)
     parser.add_argument("--workdir", help=argparse.SUPPRESS)
@@ -225,7 +230,8 @@ def main() -> None:
             results = {}
             for trainer in args.trainers:  # slmkit first: the Trainer reuses its derived max length
                 extra = ["--max-length", str(results["slmkit"]["max_length"] if "slmkit" in results else 128)] if trainer == "trainer" else []
-                cmd = [sys.executable, __file__, "--worker", trainer, "--dataset", name, "--workdir", tmp, "--epochs", str(epochs), *extra]
+                cmd = [sys.executable, __file__, "--worker", trainer, "--dataset", name, "--workdir", tmp, "--epochs", str(epochs), "--device", args.device, "--seed", str(args.seed), *extra]
+                cmd += ["--random-batches"] if args.random_batches else []
                 cmd += ["--lr", str(args.lr)] if args.lr else []
                 print(f"[{name}] {trainer}: training {epochs} epoch(s)...", flush=True)
                 subprocess.run(cmd, check=True)
@@ -234,13 +240,13 @@ def main() -> None:
             if args.keep and "slmkit" in results:
                 shutil.copytree(workdir / "slmkit-model", Path(args.keep) / name, dirs_exist_ok=True)
         rows.append({"dataset": name, "split": spec["split"], "epochs": epochs, "lr": spec["lr"], "limit": limit, **results})
-    write_results(Path(args.out), rows, command)
+    write_results(Path(args.out), rows, command, args.device, args.note)
 
 
-def write_results(out: Path, rows: list[dict], command: str) -> None:
+def write_results(out: Path, rows: list[dict], command: str, device: str = "cpu", note: str = "") -> None:
     from slmkit.hardware import native_bf16
 
-    info, native = fingerprint(), native_bf16()
+    info, native = fingerprint(device), device == "cpu" and native_bf16()
     subsets = [f"{r['dataset']}: a seeded random subset of {r['limit']:,} training examples" for r in rows if r["limit"]]
     out.parent.mkdir(parents=True, exist_ok=True)
     out.with_suffix(".json").write_text(json.dumps({"command": command, "hardware": info, "rows": rows}, indent=2) + "\n")
@@ -248,14 +254,16 @@ def write_results(out: Path, rows: list[dict], command: str) -> None:
         "# Teacher fine-tuning: slmkit vs the Hugging Face Trainer",
         "",
         f"Command: `{command}` (from the project root; data read in place from `../shared/data`).",
-        f"Hardware: {info['cpu']}, ISA {', '.join(info['isa'])}, {info['threads']} torch threads; "
+        f"Hardware: {'both trainers on the GPU, ' + info['gpu'] + ', ' if 'gpu' in info else ''}"
+        f"{info['cpu']}, ISA {', '.join(info['isa'])}, {info['threads']} torch threads; "
         f"Python {info['python']}, torch {info['torch']}, transformers {info['transformers']}.",
+        *([note] if note else []),
         "",
         "Both trainers fine-tune the packaged all-MiniLM-L6-v2 on the same examples (the training file minus a seeded, "
         "stratified held-out slice that slmkit uses to pick its best epoch) with the same hyperparameters: AdamW, "
         f"batch {BATCH_SIZE}, weight decay {WEIGHT_DECAY}, {WARMUP:.0%} linear warmup then linear decay, gradient clipping "
         f"{GRAD_CLIP}, seed {SEED}, the same maximum length, fused AdamW (the Trainer's default). slmkit uses length-bucketed "
-        f"batches{' and bf16 autocast' if native else ' in fp32 (this CPU has no native bf16, where autocast is far slower)'}; "
+        f"batches{' and bf16 autocast' if native else ' in fp32' if device != 'cpu' else ' in fp32 (this CPU has no native bf16, where autocast is far slower)'}; "
         "the Trainer uses `DataCollatorWithPadding` (dynamic padding, random batches) in fp32, its default. Wall time is the "
         "whole `slmkit.train.train()` call (data reading, per-epoch evaluation and checkpoints included) and the "
         "`Trainer.train()` call. Peak RSS is that of the run's own process.",

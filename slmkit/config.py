@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -72,6 +73,8 @@ class OptimConfig:
     seed: int = _f(42, "Random seed: the same seed and data give the same model and metrics.")
     bf16: bool = _f(False, "Run forward and backward passes under bfloat16 autocast on the CPU (faster on AVX-512 CPUs).")
     threads: int | None = _f(None, "Torch CPU threads; default: torch's own choice.")
+    bucket: bool = _f(True, "Batch examples of similar length together (less padding, faster); false: random batches.")
+    device: str = _f("cpu", "Where to train: cpu, or cuda / cuda:N where PyTorch sees a GPU.")
     eval_batch_size: int = _f(64, "Examples per batch when evaluating.")
 
 
@@ -93,6 +96,7 @@ class TrainConfig:
             (o.epochs >= 1, "train.epochs", f"must be at least 1 (got {o.epochs})"),
             (o.batch_size >= 1, "train.batch_size", f"must be at least 1 (got {o.batch_size})"),
             (o.eval_batch_size >= 1, "train.eval_batch_size", f"must be at least 1 (got {o.eval_batch_size})"),
+            (re.fullmatch(r"cpu|cuda(:\d+)?", o.device) is not None, "train.device", f"must be cpu, cuda or cuda:N (got {o.device!r})"),
             (o.lr > 0, "train.lr", f"must be positive (got {o.lr})"),
             (o.weight_decay >= 0, "train.weight_decay", f"must be 0 or more (got {o.weight_decay})"),
             (0 <= o.warmup < 1, "train.warmup", f"must be a fraction in [0, 1) (got {o.warmup})"),

@@ -38,10 +38,12 @@ def derive_max_length(hf_tokenizer, texts: list[str], cap: int = MAX_LENGTH_CAP)
     return int(min(cap, max(16, -(-p99 // 8) * 8)))
 
 
-def bucketed_order(lengths: np.ndarray, batch_size: int, rng: np.random.Generator) -> list[np.ndarray]:
-    """Training batches as index arrays: shuffle, sort pools of POOL_BATCHES batches by length, shuffle batches."""
+def bucketed_order(lengths: np.ndarray, batch_size: int, rng: np.random.Generator, pool_batches: int = POOL_BATCHES) -> list[np.ndarray]:
+    """Training batches as index arrays: shuffle, sort pools of `pool_batches` batches by length, shuffle batches.
+
+    `pool_batches=1` gives plain random batches."""
     order = rng.permutation(len(lengths))
-    pool = batch_size * POOL_BATCHES
+    pool = batch_size * pool_batches
     batches = []
     for start in range(0, len(order), pool):
         chunk = order[start : start + pool]

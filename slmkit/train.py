@@ -26,7 +26,8 @@ from slmkit import artifacts
 from slmkit.base import resolve_base
 from slmkit.config import OptimConfig, TrainConfig, save_config
 from slmkit.data import check_labels, read_examples, stratified_split
-from slmkit.encoding import bucketed_order, derive_max_length, iterate, make_encoder, uses_token_types
+from slmkit.encoding import POOL_BATCHES, bucketed_order, derive_max_length, iterate, make_encoder, uses_token_types
+from slmkit.errors import UserError
 from slmkit.hardware import native_bf16
 from slmkit.progress import StepProgress, stderr
 from slmkit.tasks import get_task
@@ -59,6 +60,11 @@ class TrainResult:
 
 
 # ------------------------------------------------------------------------------------------ the loop
+
+
+def on_device(collate: Callable[[list[dict]], dict], device: str, rows: list[dict]) -> dict:
+    """`collate`, with the batch's tensors moved to `device`."""
+    return {k: v.to(device, non_blocking=True) if hasattr(v, "to") else v for k, v in collate(rows).items()}
 
 
 def make_optimizer(model, cfg: OptimConfig, total_steps: int):
@@ -102,11 +108,11 @@ def run_epochs(
     for epoch in range(start_epoch + 1, cfg.epochs + 1):
         rng = np.random.default_rng([cfg.seed, epoch])
         torch.manual_seed(cfg.seed * 1000 + epoch)  # dropout masks depend on (seed, epoch) only
-        batches = bucketed_order(lengths, cfg.batch_size, rng)
+        batches = bucketed_order(lengths, cfg.batch_size, rng, POOL_BATCHES if cfg.bucket else 1)
         model.train()
         started, seen, losses = time.perf_counter(), 0, []
         for i, batch in enumerate(iterate(features, batches, collate), start=1):
-            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.bf16):
+            with torch.autocast(cfg.device.split(":")[0], dtype=torch.bfloat16, enabled=cfg.bf16):
                 loss = loss_fn(model, batch)
             loss.backward()
             if cfg.grad_clip > 0:
@@ -160,7 +166,9 @@ def train(cfg: TrainConfig, overwrite: bool = False, resume: bool = False, progr
     artifacts.check_output(out, overwrite)
     if o.threads:
         torch.set_num_threads(o.threads)
-    if o.bf16 and not native_bf16():
+    if o.device != "cpu" and not torch.cuda.is_available():
+        raise UserError(f"train.device: {o.device} was asked for, but PyTorch sees no GPU here; use --set train.device=cpu")
+    if o.bf16 and o.device == "cpu" and not native_bf16():
         stderr.print("warning: --bf16 on a CPU without native bf16 (AVX-512 BF16 or AMX): training will be much slower than fp32")
     task = get_task(cfg.task)
 
@@ -186,8 +194,10 @@ def train(cfg: TrainConfig, overwrite: bool = False, resume: bool = False, progr
     train_feats = task.encode(train_ex, encoder, label2id)
     eval_feats = task.encode(eval_ex, encoder, label2id)
     torch.manual_seed(o.seed)  # the new head's initialization
-    model = task.build_model(base, labels, cfg.model.dropout)
+    model = task.build_model(base, labels, cfg.model.dropout).to(o.device)
     collate = partial(task.collate, pad_id=base.hf_tokenizer.pad_token_id or 0, token_types=uses_token_types(model, base.hf_tokenizer))
+    if o.device != "cpu":
+        collate = partial(on_device, collate, o.device)
     base.hf_tokenizer.model_max_length = max_length  # predict and transformers.pipeline truncate here
 
     steps_per_epoch = math.ceil(len(train_feats) / o.batch_size)
@@ -195,7 +205,7 @@ def train(cfg: TrainConfig, overwrite: bool = False, resume: bool = False, progr
     class_weights = None
     if o.class_weights:
         counts = np.bincount([f["label"] for f in train_feats], minlength=len(labels))
-        class_weights = torch.tensor(len(train_feats) / (len(labels) * np.maximum(counts, 1)), dtype=torch.float32)
+        class_weights = torch.tensor(len(train_feats) / (len(labels) * np.maximum(counts, 1)), dtype=torch.float32, device=o.device)
     loss_fn = partial(task.loss, class_weights=class_weights, label_smoothing=o.label_smoothing)
 
     state = {"epoch": 0, "best": -1.0, "best_epoch": 0, "bad_epochs": 0, "history": [], "train_seconds": 0.0}

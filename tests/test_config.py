@@ -30,6 +30,7 @@ def test_saved_config_round_trips(tmp_path):
         ("train.epochs=two", "setting train.epochs must be int"),
         ("train.lr=-1", "setting train.lr must be positive"),
         ("train.metric=f1", "setting train.metric must be accuracy or macro_f1"),
+        ("train.device=gpu", "setting train.device must be cpu, cuda or cuda:N"),
         ("lr", "expected key=value"),
     ],
 )

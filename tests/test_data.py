@@ -109,3 +109,16 @@ def test_reads_the_real_benchmark_files():
     assert len(banking) == 3080 and len({e.label for e in banking}) == 77
     sst2 = read_examples(SHARED_DATA / "sst2" / "dev.tsv", "sentence", "label")
     assert len(sst2) == 872 and {e.label for e in sst2} == {"0", "1"}
+
+
+def test_length_buckets_cover_every_example_once():
+    import numpy as np
+
+    from slmkit.encoding import bucketed_order
+
+    lengths = np.random.default_rng(0).integers(3, 60, size=1000)
+    for pool, max_spread in ((50, 3), (1, 30)):  # sorted pools: batches of near-equal length; pool 1: random batches
+        batches = bucketed_order(lengths, 16, np.random.default_rng(1), pool)
+        assert sorted(np.concatenate(batches).tolist()) == list(range(1000))
+        spread = np.median([np.ptp(lengths[b]) for b in batches])
+        assert (spread <= max_spread) if pool > 1 else (spread >= max_spread)

@@ -9,6 +9,7 @@ import yaml
 
 from conftest import tiny_config
 from slmkit import artifacts
+from slmkit.errors import UserError
 from slmkit.predict import predict
 from slmkit.train import train
 
@@ -90,6 +91,16 @@ def test_training_options_and_held_out_split(tiny_base, synthetic, tmp_path):
     assert m["n_train"] == 192 and m["n_eval"] == 48 and m["max_length"] == 16
     assert m["eval"]["macro_f1"] >= 0.9
     assert json.loads((tmp_path / "opts" / "config.json").read_text())["hidden_dropout_prob"] == 0.05
+
+
+def test_gpu_asked_for_where_there_is_none(tiny_base, synthetic, tmp_path):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    with pytest.raises(UserError, match="train.device: cuda was asked for, but PyTorch sees no GPU here"):
+        train(tiny_config(tiny_base, synthetic, tmp_path / "gpu", device="cuda"), progress=False)
+    assert not (tmp_path / "gpu").exists()
 
 
 def test_hugging_face_pipeline_gives_the_same_predictions(trained, synthetic):

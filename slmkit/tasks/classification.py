@@ -87,7 +87,7 @@ class ClassificationTask:
         with torch.inference_mode():
             for batch in iterate(features, batches, collate):
                 inputs = {k: v for k, v in batch.items() if k in ("input_ids", "attention_mask", "token_type_ids")}
-                rows.append(model(**inputs).logits.float().numpy())
+                rows.append(model(**inputs).logits.float().cpu().numpy())
         logits = np.empty((len(features), rows[0].shape[1]), dtype=np.float32)
         logits[np.concatenate(batches)] = np.concatenate(rows)
         return logits
