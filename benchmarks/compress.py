@@ -5,7 +5,8 @@ saves), one run builds with slmkit's own stages:
 
     fp32 PyTorch → fp32 ONNX (slm export) → dynamic int8 (per channel, per tensor) and static int8 (slm quantize)
     pruned 30% heads + 30% FFN (slm prune, distilled recovery) → ONNX → dynamic int8
-    vocabulary-trimmed to the training texts (slm trim-vocab) → ONNX → dynamic int8
+    vocabulary-trimmed to the training texts plus the 3,000 most frequent pieces, removed pieces aliased to their
+    nearest kept piece (slm trim-vocab) → ONNX → dynamic int8
 
 then scores each on the reporting split (SST-2 dev, banking77 test) and measures all of them in interleaved
 rounds with `slmkit.measure.compare` (these VMs drift between fast and slow states, so only ratios within one
@@ -40,6 +41,7 @@ from slmkit.quantize import quantize  # noqa: E402
 from slmkit.trim import trim_vocab  # noqa: E402
 
 RECOVERY_LIMIT = {"sst2": 12000, "banking77": 0}  # examples per recovery pass (0: the whole training set)
+TRIM_KEEP_TOP = 3000  # a margin of frequent pieces for words the training texts lack
 
 
 def write_csvs(spec: dict, workdir: Path) -> tuple[Path, Path, list]:
@@ -73,7 +75,7 @@ def build_variants(name: str, model: Path, work: Path, train_csv: Path, eval_csv
     dirs["pruned fp32 ONNX"] = pruned_onnx
     dirs["pruned + int8"] = step("pruned int8", lambda: quantize(QuantizeConfig(model=str(pruned_onnx), out=str(work / "pruned-int8"), **q), progress=False))
 
-    trimmed = step("trim-vocab", lambda: trim_vocab(TrimConfig(model=str(model), out=str(work / "trimmed"), data=[str(train_csv)], eval=str(eval_csv))))
+    trimmed = step("trim-vocab", lambda: trim_vocab(TrimConfig(model=str(model), out=str(work / "trimmed"), data=[str(train_csv)], eval=str(eval_csv), keep_top=TRIM_KEEP_TOP)))
     trimmed_onnx = step("trimmed export", lambda: export(ExportConfig(model=str(trimmed), out=str(work / "trimmed-onnx"), probe_data=str(train_csv))))
     dirs["trimmed fp32 ONNX"] = trimmed_onnx
     dirs["trimmed + int8"] = step("trimmed int8", lambda: quantize(QuantizeConfig(model=str(trimmed_onnx), out=str(work / "trimmed-int8"), **q), progress=False))
@@ -194,8 +196,10 @@ def write_results(out: Path, rows: list[dict], command: str, env: dict) -> None:
             f"accuracy unpruned {100 * pr['compare']['unpruned']['accuracy']:.2f}, after slicing {100 * pr['compare']['pruned']['accuracy']:.2f}, "
             f"after recovery ({pr['recovery']['n_examples']} examples × {pr['recovery']['epochs']} epoch, distilled) "
             f"{100 * pr['compare']['recovered']['accuracy']:.2f}. "
-            f"Vocabulary: {tr['vocab_before']} → {tr['vocab_after']} tokens, eval OOV token rate {100 * tr['oov_token_rate']:.2f}% "
-            f"({100 * tr['oov_text_rate']:.1f}% of texts).",
+            f"Vocabulary: {tr['vocab_before']} → {tr['vocab_after']} tokens (the training texts' pieces plus the {tr['keep_top']:,} most "
+            f"frequent), {tr['aliases']:,} removed pieces kept as aliases of their nearest kept piece ({tr['fallback']}); "
+            f"{100 * tr['aliased_token_rate']:.2f}% of the eval tokens ({100 * tr['aliased_text_rate']:.1f}% of texts) are such aliases, "
+            f"{100 * tr['oov_token_rate']:.2f}% newly [UNK].",
         ]
         o = row["runtime_overhead"]
         lines += ["", "Runtime overhead (batch 32): " + "; ".join(

@@ -158,9 +158,20 @@ def eval_dir(model_dir: Path, data_path: Path) -> Path:
 
 
 def save_model(model: Any, hf_tokenizer: Any, directory: Path) -> None:
-    """Write a Hugging Face-loadable model (safetensors) and tokenizer into `directory`."""
+    """Write a Hugging Face-loadable model (safetensors) and tokenizer into `directory`.
+
+    A trimmed vocabulary's aliases (several pieces sharing one id, see slmkit.trim) do not survive the
+    tokenizers library's own saving, which keeps one piece per id: they are carried over from the tokenizer.json
+    the tokenizer was loaded from."""
+    source = Path(hf_tokenizer.name_or_path or "") / TOKENIZER
+    vocab = read_json(source)["model"].get("vocab") if source.is_file() else None
     model.save_pretrained(directory, safe_serialization=True)
     hf_tokenizer.save_pretrained(directory)
+    if isinstance(vocab, dict) and len(set(vocab.values())) < len(vocab):
+        saved = read_json(Path(directory) / TOKENIZER)
+        if all(vocab.get(token) == i for token, i in saved["model"]["vocab"].items()):  # the same vocabulary, less the aliases
+            saved["model"]["vocab"] = vocab
+            write_json(Path(directory) / TOKENIZER, saved)
 
 
 def model_task(directory: Path) -> str:

@@ -364,6 +364,7 @@ def trim_vocab(
     min_count: Annotated[Optional[int], typer.Option(help=_h(TrimConfig, "min_count"))] = None,
     keep_top: Annotated[Optional[int], typer.Option(help=_h(TrimConfig, "keep_top"))] = None,
     eval: Annotated[Optional[str], typer.Option(help=_h(TrimConfig, "eval"))] = None,
+    fallback: Annotated[Optional[str], typer.Option(help=_h(TrimConfig, "fallback"))] = None,
     overwrite: Overwrite = False,
 ):
     """Keep only the vocabulary your data uses: rewrites tokenizer.json and the embedding matrix together, so
@@ -373,7 +374,7 @@ def trim_vocab(
     """
     from slmkit.trim import trim_vocab as run_trim
 
-    flags = {"model": model, "out": out_dir, "data": data, "text_col": text_col, "label_col": label_col, "extra_text": extra_text, "min_count": min_count, "keep_top": keep_top, "eval": eval}
+    flags = {"model": model, "out": out_dir, "data": data, "text_col": text_col, "label_col": label_col, "extra_text": extra_text, "min_count": min_count, "keep_top": keep_top, "eval": eval, "fallback": fallback}
     result = run_trim(load_config(TrimConfig, None, None, **flags), overwrite=overwrite)
     _print_flat("vocabulary trimming", result.metrics)
     out.print(f"trimmed model saved to [bold]{result.out}[/bold]")

@@ -249,9 +249,16 @@ class TrimConfig:
     min_count: int = _f(1, "Keep a token only if it occurs at least this many times.")
     keep_top: int = _f(0, "Also keep the N most frequent pieces of the original vocabulary (BERT-family vocabularies list them first): a margin for unseen words.")
     eval: str | None = _f(None, "Labeled file for the OOV rate and the before/after check; default: the model's eval data.")
+    fallback: str = _f(
+        "nearest",
+        "What a removed piece becomes: nearest (the kept piece whose embedding is closest by cosine; words keep their "
+        "segmentation), unk ([UNK], segmentation kept) or none (a plain vocabulary: WordPiece re-segments the word "
+        "with kept pieces, or makes it [UNK]).",
+    )
 
     def validate(self) -> None:
         _check([
+            (self.fallback in ("nearest", "unk", "none"), "fallback", f"must be nearest, unk or none (got {self.fallback!r})"),
             (bool(self.model), "model", "no model directory: pass --model DIR"),
             (bool(self.out), "out", "no output directory: pass --out DIR"),
             (self.min_count >= 1, "min_count", f"must be at least 1 (got {self.min_count})"),

@@ -16,10 +16,16 @@ POOL_BATCHES = 50  # bucketing pool: this many batches are sorted by length toge
 
 
 def make_encoder(hf_tokenizer, max_length: int):
-    """A `tokenizers.Tokenizer` that adds special tokens, truncates to `max_length` and never pads."""
+    """A `tokenizers.Tokenizer` that adds special tokens, truncates to `max_length` and never pads.
+
+    Read from the directory's tokenizer.json where there is one: serializing the loaded tokenizer would drop a
+    trimmed vocabulary's aliases (see slmkit.trim)."""
+    from pathlib import Path
+
     from tokenizers import Tokenizer
 
-    encoder = Tokenizer.from_str(hf_tokenizer.backend_tokenizer.to_str())
+    source = Path(hf_tokenizer.name_or_path or "") / "tokenizer.json"
+    encoder = Tokenizer.from_file(str(source)) if source.is_file() else Tokenizer.from_str(hf_tokenizer.backend_tokenizer.to_str())
     encoder.no_padding()
     encoder.enable_truncation(max_length)
     return encoder

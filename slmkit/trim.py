@@ -11,8 +11,16 @@ directory.
 Why this is exact: WordPiece segments each word longest-match-first, and trimming only removes entries. At
 every position the piece the old vocabulary chose is still there and no longer match was added, so a word whose
 pieces are all kept is segmented identically, each id is mapped old → new, and its embedding row is the same
-row: the trimmed model's outputs equal the original's on such text. A word with a removed piece falls back to
-other kept pieces or to [UNK]. BPE and Unigram merges have no such guarantee, so only WordPiece is supported.
+row: the trimmed model's outputs equal the original's on such text. BPE and Unigram merges have no such
+guarantee, so only WordPiece is supported.
+
+A removed piece still occurs in new text. `fallback` decides what it becomes. `nearest` (the default) and `unk`
+keep every removed piece in the WordPiece vocabulary as an alias: an entry whose id is that of a kept token, so
+every word is segmented exactly as before and only the removed pieces' embeddings change. `nearest` points the
+alias at the kept piece of the same kind (word start or ##continuation) whose original embedding is closest by
+cosine; `unk` points it at [UNK]. With `none`, the vocabulary holds the kept pieces only: WordPiece segments the
+word again with the pieces that are left, or makes the whole word [UNK]. Aliases live in tokenizer.json (the
+tokenizers library and transformers encode with them); their number is in metrics.json.
 
 The parity proof goes into `metrics.json`: on the eval set, accuracy before and after, the fraction of
 identical predictions, the largest probability change on texts whose tokens are all kept (0 up to float
@@ -101,10 +109,12 @@ def trim_vocab(cfg: TrimConfig, overwrite: bool = False) -> TrimResult:
             "the tokenizer does not belong to this model"
         )
     parameters_before = sum(p.numel() for p in model.parameters())
+    special = _required_tokens(tokenizer_json, tokenizer_config)
+    aliases = _aliases(tokenizer_json["model"], keep_mask, old_to_new, special, old_embeddings.weight.detach(), cfg.fallback)
 
     with artifacts.staged(out, overwrite) as staging:  # only now: bad input above leaves nothing behind
         # the tokenizer: edit the JSON, load it with transformers (which checks it), let save_model rewrite it
-        new_tokenizer_json = _remap_tokenizer(tokenizer_json, old_to_new)
+        new_tokenizer_json = _remap_tokenizer(tokenizer_json, old_to_new, aliases)
         new_vocab = _encoder(new_tokenizer_json).get_vocab(with_added_tokens=True)  # token -> new id
         artifacts.write_json(staging / artifacts.TOKENIZER, new_tokenizer_json)
         artifacts.write_json(staging / artifacts.TOKENIZER_CONFIG, _remap_tokenizer_config(tokenizer_config, new_vocab))
@@ -121,10 +131,10 @@ def trim_vocab(cfg: TrimConfig, overwrite: bool = False) -> TrimResult:
         model.config.vocab_size = len(keep)
         if getattr(model.config, "pad_token_id", None) is not None:
             model.config.pad_token_id = pad_id
-        artifacts.save_model(model, hf_tokenizer, staging)
+        artifacts.save_model(model, hf_tokenizer, staging)  # keeps the aliases of the tokenizer.json written above
         save_config(replace(cfg, model=str(Path(cfg.model).resolve())), staging / artifacts.CONFIG)  # absolute: the lineage to the data
         saved_vocab = _encoder(artifacts.read_json(staging / artifacts.TOKENIZER)).get_vocab(with_added_tokens=True)
-        if saved_vocab != new_vocab or len(hf_tokenizer) != len(keep):  # a bug, not bad input
+        if saved_vocab != new_vocab or len(set(new_vocab.values())) != len(keep):  # a bug, not bad input
             raise RuntimeError(f"the saved tokenizer ({len(saved_vocab)} tokens) does not match the {len(keep)} embedding rows")
 
         # the parity proof on the eval set
@@ -135,7 +145,9 @@ def trim_vocab(cfg: TrimConfig, overwrite: bool = False) -> TrimResult:
         new_encoder = _encoder(new_tokenizer_json)
         lost = _newly_unknown(old_encoder, new_encoder, tokenizer_json["model"]["unk_token"], eval_texts)  # (n_eval,)
         n_tokens = sum(len(e.ids) - sum(e.special_tokens_mask) for e in new_encoder.encode_batch(eval_texts))
-        kept_texts = np.array([keep_mask[e.ids].all() for e in old_encoder.encode_batch(eval_texts)])  # (n_eval,)
+        old_encodings = old_encoder.encode_batch(eval_texts)
+        kept_texts = np.array([keep_mask[e.ids].all() for e in old_encodings])  # (n_eval,)
+        removed_tokens = np.array([(~keep_mask[e.ids]).sum() if aliases else 0 for e in old_encodings])  # (n_eval,)
         prob_diff = np.abs(probs_after - probs_before).max(axis=1)  # (n_eval,)
         bytes_before, bytes_after = (d / artifacts.WEIGHTS for d in (model_dir, staging))
         result = {
@@ -148,6 +160,11 @@ def trim_vocab(cfg: TrimConfig, overwrite: bool = False) -> TrimResult:
             "n_extra_texts": len(extra),
             "vocab_before": len(old_vocab),
             "vocab_after": len(keep),
+            "fallback": cfg.fallback,
+            "aliases": len(aliases),
+            # tokens (special ones excluded) of removed pieces, now an alias of a kept piece or [UNK]
+            "aliased_token_rate": float(removed_tokens.sum() / max(n_tokens, 1)),
+            "aliased_text_rate": float(np.mean(removed_tokens > 0)),
             "parameters_before": parameters_before,
             "parameters_after": sum(p.numel() for p in model.parameters()),
             "model_bytes_before": bytes_before.stat().st_size,
@@ -249,10 +266,40 @@ def _newly_unknown(old_encoder, new_encoder, unk: str, texts: list[str]) -> np.n
 # ------------------------------------------------------------------------------------------ rewriting
 
 
-def _remap_tokenizer(tokenizer_json: dict, old_to_new: dict[int, int]) -> dict:
-    """A copy of tokenizer.json over the kept ids: vocabulary, added tokens, post-processor and padding ids."""
+def _aliases(wordpiece: dict, keep_mask: np.ndarray, old_to_new: dict[int, int], special: set[str], embeddings, fallback: str) -> dict[str, int]:
+    """The removed WordPiece pieces (placeholders aside) → the new id each one stands for: the kept piece of the
+    same kind (word start or ##continuation, special tokens excluded) with the closest embedding by cosine
+    (`nearest`), or [UNK] (`unk`); none for `none`."""
+    import torch
+
+    if fallback == "none":
+        return {}
+    vocab, unk = wordpiece["vocab"], wordpiece["unk_token"]
+    prefix = wordpiece.get("continuing_subword_prefix", "##")
+    removed = [(t, i) for t, i in vocab.items() if not keep_mask[i] and not UNUSED.match(t)]
+    if fallback == "unk":
+        return {t: old_to_new[vocab[unk]] for t, _ in removed}
+    unit = torch.nn.functional.normalize(embeddings.float(), dim=1)  # (old_vocab, hidden)
+    aliases = {}
+    for continuing in (False, True):
+        kind = lambda t: t.startswith(prefix) == continuing  # noqa: E731
+        kept = np.array([i for t, i in vocab.items() if keep_mask[i] and kind(t) and t not in special], dtype=np.int64)
+        todo = [(t, i) for t, i in removed if kind(t)]
+        if not len(kept):
+            aliases.update({t: old_to_new[vocab[unk]] for t, _ in todo})
+            continue
+        for start in range(0, len(todo), 2048):  # (chunk, kept) similarities, a few MB at a time
+            chunk = todo[start : start + 2048]
+            nearest = (unit[[i for _, i in chunk]] @ unit[kept].T).argmax(dim=1).numpy()
+            aliases.update({t: old_to_new[int(kept[j])] for (t, _), j in zip(chunk, nearest)})
+    return aliases
+
+
+def _remap_tokenizer(tokenizer_json: dict, old_to_new: dict[int, int], aliases: dict[str, int]) -> dict:
+    """A copy of tokenizer.json over the kept ids: vocabulary (plus the aliases), added tokens, post-processor
+    and padding ids."""
     t = json.loads(json.dumps(tokenizer_json))
-    t["model"]["vocab"] = {token: old_to_new[i] for token, i in t["model"]["vocab"].items() if i in old_to_new}
+    t["model"]["vocab"] = {token: old_to_new[i] for token, i in t["model"]["vocab"].items() if i in old_to_new} | aliases
     for added in t.get("added_tokens") or []:
         added["id"] = old_to_new[added["id"]]
     ids = {**t["model"]["vocab"], **{a["content"]: a["id"] for a in t.get("added_tokens") or []}}

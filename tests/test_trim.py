@@ -1,6 +1,7 @@
 """Vocabulary trimming on tiny models: the rewritten tokenizer and embeddings agree, text whose tokens are kept
-tokenizes and scores exactly as before, unseen words become [UNK] the same way in `tokenizers` and
-`transformers`, the model shrinks, stays loadable and exportable, and bad input leaves nothing behind."""
+tokenizes and scores exactly as before, removed pieces become their nearest kept piece or [UNK] with the
+segmentation kept (or, with a plain vocabulary, [UNK] words) the same way in `tokenizers` and `transformers`,
+the model shrinks, stays loadable and exportable, and bad input leaves nothing behind."""
 
 import json
 import shutil
@@ -34,6 +35,12 @@ def trimmed(minilm_model, tmp_path_factory):
     return trim_vocab(TrimConfig(model=str(minilm_model), out=str(tmp_path_factory.mktemp("trim") / "trimmed")))
 
 
+@pytest.fixture(scope="module")
+def plain(minilm_model, tmp_path_factory):
+    """The same, with a plain vocabulary (no aliases for the removed pieces)."""
+    return trim_vocab(TrimConfig(model=str(minilm_model), out=str(tmp_path_factory.mktemp("trim") / "plain"), fallback="none"))
+
+
 def _tokenizer(directory):
     from tokenizers import Tokenizer
 
@@ -53,7 +60,7 @@ def _hf_logits(directory, texts):
         return model(**tokenizer(texts, padding=True, return_tensors="pt")).logits.numpy()
 
 
-def test_artifact_files_and_metrics(trimmed, minilm_model):
+def test_artifact_files_and_metrics(trimmed, plain, minilm_model):
     out, m = trimmed.out, trimmed.metrics
     assert sorted(p.name for p in out.iterdir()) == [
         "config.json", "config.yaml", "metrics.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json",
@@ -63,10 +70,14 @@ def test_artifact_files_and_metrics(trimmed, minilm_model):
     assert yaml.safe_load((out / "config.yaml").read_text())["model"] == str(minilm_model)  # lineage for later stages
 
     # the vocabulary: the synthetic task's pieces plus the 5 special tokens, a tiny fraction of 30,522
-    vocab = _tokenizer(out).get_vocab(with_added_tokens=True)
-    assert m["vocab_before"] == 30522 and m["vocab_after"] == len(vocab) < 60
+    vocab = _tokenizer(plain.out).get_vocab(with_added_tokens=True)  # the kept pieces alone
+    all_pieces = _tokenizer(out).get_vocab(with_added_tokens=True)  # and their aliases
+    assert all(all_pieces[t] == i for t, i in vocab.items())
+    assert m["vocab_before"] == 30522 and m["vocab_after"] == len(vocab) == len(set(all_pieces.values())) < 60
     assert {"[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "in", "##vo", "##ice"} <= set(vocab)
     assert sorted(vocab.values()) == list(range(len(vocab)))  # dense ids, no holes
+    # every other piece but BERT's [unusedN] placeholders stays as an alias of a kept id
+    assert m["fallback"] == "nearest" and m["aliases"] == len(all_pieces) - len(vocab) == 30522 - 994 - len(vocab)
     hf_config = json.loads((out / "config.json").read_text())
     assert hf_config["vocab_size"] == len(vocab) and hf_config["pad_token_id"] == vocab["[PAD]"]
     from safetensors import safe_open
@@ -81,14 +92,14 @@ def test_artifact_files_and_metrics(trimmed, minilm_model):
     assert m["parameters_after"] < m["parameters_before"] and m["model_bytes_after"] < m["model_bytes_before"]
     assert m["size_ratio"] == pytest.approx(m["model_bytes_after"] / m["model_bytes_before"]) and m["size_ratio"] < 0.1
     assert m["n_eval"] == 60 and m["eval_source"].endswith("dev.csv")
-    assert m["oov_token_rate"] == 0.0 and m["oov_text_rate"] == 0.0
+    assert m["oov_token_rate"] == 0.0 and m["oov_text_rate"] == 0.0 and m["aliased_token_rate"] == 0.0
     assert m["identical_predictions"] == 1.0 and m["accuracy_after"] == m["accuracy_before"] >= 0.9  # it learned the task
     assert m["n_kept_texts"] == 60 and m["max_prob_diff_kept_texts"] <= 1e-6
 
 
-def test_kept_text_tokenizes_and_scores_identically(trimmed, minilm_model):
+def test_kept_text_tokenizes_and_scores_identically(trimmed, plain, minilm_model):
     old, new = _tokenizer(minilm_model), _tokenizer(trimmed.out)
-    old_vocab, new_vocab = old.get_vocab(with_added_tokens=True), new.get_vocab(with_added_tokens=True)
+    old_vocab, new_vocab = old.get_vocab(with_added_tokens=True), _tokenizer(plain.out).get_vocab(with_added_tokens=True)
     old_to_new = dict(sorted((old_vocab[t], i) for t, i in new_vocab.items()))
     assert list(old_to_new.values()) == list(range(len(new_vocab)))  # new ids follow the old id order
     for before, after in zip(old.encode_batch(KEPT_TEXTS), new.encode_batch(KEPT_TEXTS)):
@@ -99,9 +110,53 @@ def test_kept_text_tokenizes_and_scores_identically(trimmed, minilm_model):
     np.testing.assert_allclose(_hf_logits(trimmed.out, KEPT_TEXTS), _hf_logits(minilm_model, KEPT_TEXTS), atol=1e-6, rtol=0)
 
 
-def test_unseen_words_become_unknown_alike_in_tokenizers_and_transformers(trimmed):
+def test_removed_pieces_keep_the_segmentation_and_become_their_nearest_kept_piece(trimmed, plain, minilm_model):
+    import torch
     from transformers import AutoTokenizer
 
+    from slmkit.artifacts import load_model
+
+    text = "my xylophone has usernames and passwords"
+    old, new = _tokenizer(minilm_model).encode(text), _tokenizer(trimmed.out).encode(text)
+    assert new.tokens == old.tokens and "[UNK]" not in new.tokens  # the same pieces, now aliases
+    kept = _tokenizer(plain.out).get_vocab(with_added_tokens=True)
+    old_vocab = _tokenizer(minilm_model).get_vocab(with_added_tokens=True)
+    weights = torch.nn.functional.normalize(load_model(minilm_model)[0].get_input_embeddings().weight.detach(), dim=1)
+    special = {"[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"}
+    for token, i in zip(new.tokens, new.ids):
+        if token in kept:
+            assert i == kept[token]
+            continue
+        same_kind = [t for t in kept if t.startswith("##") == token.startswith("##") and t not in special]
+        scores = [float(weights[old_vocab[token]] @ weights[old_vocab[t]]) for t in same_kind]
+        assert i == kept[same_kind[int(np.argmax(scores))]]
+    hf = AutoTokenizer.from_pretrained(trimmed.out)  # transformers agrees, aliases included
+    assert hf(text)["input_ids"] == new.ids and hf.get_vocab() == _tokenizer(trimmed.out).get_vocab(with_added_tokens=True)
+
+
+def test_aliases_survive_resaving(trimmed, tmp_path):
+    from transformers import AutoTokenizer
+
+    from slmkit.artifacts import load_model, save_model
+
+    save_model(load_model(trimmed.out)[0], AutoTokenizer.from_pretrained(trimmed.out), tmp_path)
+    assert _tokenizer(tmp_path).get_vocab(with_added_tokens=True) == _tokenizer(trimmed.out).get_vocab(with_added_tokens=True)
+
+
+def test_unk_fallback_keeps_the_segmentation(minilm_model, plain, tmp_path):
+    result = trim_vocab(TrimConfig(model=str(minilm_model), out=str(tmp_path / "out"), fallback="unk"))
+    text = "my xylophone has usernames and passwords"
+    old, new = _tokenizer(minilm_model).encode(text), _tokenizer(result.out).encode(text)
+    kept = _tokenizer(plain.out).get_vocab(with_added_tokens=True)
+    assert new.tokens == old.tokens
+    assert new.ids == [kept[t] if t in kept else kept["[UNK]"] for t in new.tokens]
+    assert result.metrics["fallback"] == "unk" and result.metrics["oov_token_rate"] == 0.0  # its eval words were all seen
+
+
+def test_unseen_words_become_unknown_alike_in_tokenizers_and_transformers(plain):
+    from transformers import AutoTokenizer
+
+    trimmed = plain
     text = "my xylophone has usernames and passwords"
     encoding = _tokenizer(trimmed.out).encode(text)
     # no kept piece starts 'xylophone'; 'usernames' = user ##name + an unkept ##s: whole words become [UNK]
@@ -120,7 +175,7 @@ def test_extra_text_and_min_count_decide_the_kept_tokens(minilm_model, tmp_path)
     data.write_text("refund refund refund\nplease refund my parcel\n", encoding="utf-8")
     extra = tmp_path / "extra.txt"
     extra.write_text("Xylophone\n", encoding="utf-8")
-    result = trim_vocab(TrimConfig(model=str(minilm_model), out=str(tmp_path / "out"), data=[str(data)], extra_text=[str(extra)], min_count=3))
+    result = trim_vocab(TrimConfig(model=str(minilm_model), out=str(tmp_path / "out"), data=[str(data)], extra_text=[str(extra)], min_count=3, fallback="none"))
     vocab = _tokenizer(result.out).get_vocab(with_added_tokens=True)
     # 'ref' and '##und' occur 4 times (kept), the other words once (dropped); the margin's pieces are kept at any count
     assert set(vocab) == {"[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "ref", "##und", "x", "##yl", "##ophone"}
@@ -133,7 +188,7 @@ def test_extra_text_and_min_count_decide_the_kept_tokens(minilm_model, tmp_path)
 def test_keep_top_keeps_the_most_frequent_pieces_but_no_placeholders(minilm_model, tmp_path):
     data = tmp_path / "data.txt"
     data.write_text("refund\n", encoding="utf-8")
-    result = trim_vocab(TrimConfig(model=str(minilm_model), out=str(tmp_path / "out"), data=[str(data)], keep_top=1100))
+    result = trim_vocab(TrimConfig(model=str(minilm_model), out=str(tmp_path / "out"), data=[str(data)], keep_top=1100, fallback="none"))
     vocab = _tokenizer(result.out).get_vocab(with_added_tokens=True)
     # BERT's vocabulary: [PAD], 998 [unusedN] placeholders, the special tokens, single characters, then frequent words
     assert {"the", "of", "and", "a", "ref", "##und"} <= set(vocab) and not any(t.startswith("[unused") for t in vocab)
@@ -147,7 +202,7 @@ def test_oov_rate_is_the_share_of_newly_unknown_tokens(minilm_model, synthetic, 
     words = sorted(({w for ws in CUES.values() for w in ws} | set(FILLER)) - {"invoice"})
     data = tmp_path / "words.txt"
     data.write_text("\n".join(words) + "\n", encoding="utf-8")
-    result = trim_vocab(TrimConfig(model=str(minilm_model), out=str(tmp_path / "out"), data=[str(data)]))
+    result = trim_vocab(TrimConfig(model=str(minilm_model), out=str(tmp_path / "out"), data=[str(data)], fallback="none"))
     m = result.metrics
 
     dev = [row["text"] for row in csv.DictReader(open(synthetic["dev"], encoding="utf-8"))]
@@ -204,6 +259,7 @@ def _bpe_model(src, dst):
         ("missing_extra", "nowhere.txt: file not found"),
         ("bpe", "supports WordPiece vocabularies only"),
         ("min_count", "setting min_count must be at least 1"),
+        ("fallback", "setting fallback must be nearest, unk or none"),
         ("out_is_model", "--out is the --model directory"),
     ],
 )
@@ -228,6 +284,8 @@ def test_bad_input_is_one_line_and_leaves_nothing(case, message, minilm_model, t
         cfg.model = str(_bpe_model(minilm_model, tmp_path / "bpe"))
     elif case == "min_count":
         cfg.min_count = 0
+    elif case == "fallback":
+        cfg.fallback = "closest"
     elif case == "out_is_model":
         cfg.out = str(minilm_model)
     with pytest.raises(UserError, match=message) as error:
