@@ -105,9 +105,15 @@ def commit(staging: Path, out: Path) -> Path:
 
 
 @contextlib.contextmanager
-def staged(out: Path, overwrite: bool) -> Iterator[Path]:
+def staged(out: Path, overwrite: bool, writer: bool = True) -> Iterator[Path]:
     """A staging directory for a stage without resume: committed to `out` when the block completes, removed
-    when it raises, so a failed run leaves nothing behind."""
+    when it raises, so a failed run leaves nothing behind.
+
+    `writer=False` (the processes of a torchrun other than rank 0): the same directory, to read what rank 0
+    writes there; it is neither created, committed nor removed."""
+    if not writer:
+        yield staging_dir(out)
+        return
     staging = begin(out, overwrite)
     try:
         yield staging

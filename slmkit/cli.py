@@ -17,6 +17,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from slmkit import distributed
 from slmkit.config import (
     BenchConfig, DataConfig, DistillConfig, EvalConfig, ExportConfig, ModelConfig, OptimConfig, PruneConfig, QuantizeConfig, TrainConfig, TrimConfig,
     help_of, load_config,
@@ -110,6 +111,8 @@ def train(
         }
         cfg = load_config(TrainConfig, config, set_, **flags)
     result = run_train(cfg, overwrite=overwrite, resume=resume, progress=not quiet)
+    if not distributed.is_main():  # under torchrun, rank 0 reports
+        return
     print_report(result.metrics["eval"], f"eval ({result.metrics['eval_source']})")
     out.print(f"model saved to [bold]{result.out}[/bold]")
 
@@ -223,6 +226,8 @@ def distill(
         "trim_vocab": trim_vocab, "cache_dir": cache_dir, "train.epochs": epochs, "train.lr": lr, "train.threads": threads,
     }
     result = run_distill(load_config(DistillConfig, config, set_, **flags), overwrite=overwrite, progress=not quiet)
+    if not distributed.is_main():  # under torchrun, rank 0 reports
+        return
     m = result.metrics
     print_report(m["eval"], f"student ({m['student']}) on {m['eval_source']}")
     out.print(

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import os
 import re
 import types
 import typing
@@ -74,7 +75,7 @@ class OptimConfig:
     bf16: bool = _f(False, "Run forward and backward passes under bfloat16 autocast on the CPU (faster on AVX-512 CPUs).")
     threads: int | None = _f(None, "Torch CPU threads; default: torch's own choice.")
     bucket: bool = _f(True, "Batch examples of similar length together (less padding, faster); false: random batches.")
-    device: str = _f("cpu", "Where to train: cpu, or cuda / cuda:N where PyTorch sees a GPU.")
+    device: str = _f("cpu", "Where to train: cpu, or cuda / cuda:N where PyTorch sees a GPU (under torchrun: cuda:LOCAL_RANK).")
     eval_batch_size: int = _f(64, "Examples per batch when evaluating.")
 
 
@@ -433,7 +434,10 @@ def load_config(cls: type, path: str | Path | None = None, overrides: list[str] 
 
 
 def save_config(cfg: Any, path: Path) -> None:
-    path.write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False), encoding="utf-8")
+    """Write `cfg` as YAML, atomically: a reader (another process of a torchrun --resume) never sees half a file."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False), encoding="utf-8")
+    os.replace(tmp, path)
 
 
 def _set_dotted(values: dict, key: str, value: Any) -> None:

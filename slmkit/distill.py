@@ -30,12 +30,17 @@ unlabeled and augmented texts, so the student's embedding matrix holds only rows
 those texts (same token ids up to renumbering, same sequence lengths), and honest about on-disk size.
 trim-vocab proves its parity on the eval texts (it runs the teacher and the trimmed teacher over them); that
 proof goes into metrics.json under `vocab`.
+
+Under `torchrun` the student trains data-parallel (`slmkit.distributed`). Rank 0 fills the teacher cache and
+trims the vocabulary first, and the other processes then read its files; only rank 0 evaluates, logs and writes
+the model directory.
 """
 
 from __future__ import annotations
 
 import hashlib
 import math
+import os
 import shutil
 import time
 from dataclasses import dataclass, replace
@@ -45,7 +50,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from slmkit import artifacts, augment, losses, students
+from slmkit import artifacts, augment, distributed, losses, students
 from slmkit.config import DistillConfig, LossConfig, TrimConfig, save_config
 from slmkit.data import Example, read_examples, read_texts, stratified_split
 from slmkit.encoding import make_encoder, sorted_order, uses_token_types
@@ -57,6 +62,7 @@ from slmkit.train import Step, make_optimizer, run_epochs, track_epoch
 CACHE_FORMAT = "slmkit-teacher-cache-1"  # part of the key: a new layout never reads an old file
 CACHE_LIMIT_BYTES = 2 * 2**30  # hidden states + attention maps of one cache file (float16)
 WORK_DIR = "work"  # inside the staging directory: the trimmed teacher and its inputs; removed before commit
+TRIMMED_TEACHER = "teacher"  # inside WORK_DIR
 HASH_CHUNK = 2**20  # bytes read at a time when hashing the teacher's weights
 
 
@@ -86,6 +92,9 @@ def distill(cfg: DistillConfig, overwrite: bool = False, progress: bool = True) 
         raise UserError(f"{out}: --out is the --teacher directory: write the student to a new directory")
     if o.threads:
         torch.set_num_threads(o.threads)
+    distributed.init("cpu")  # under torchrun: join the other processes (the student trains on the CPU)
+    main = distributed.is_main()  # rank 0 alone writes the model directory and logs
+    progress = progress and main
     task = get_task("classification")
     labels = artifacts.model_labels(teacher_dir)
     label2id = {label: i for i, label in enumerate(labels)}
@@ -142,20 +151,24 @@ def distill(cfg: DistillConfig, overwrite: bool = False, progress: bool = True) 
     lookup = partial(
         _cached_teacher_outputs, teacher, teacher_collate, o.eval_batch_size, cache_dir, weights_hash, tokenizer_bytes, max_length, progress=progress
     )
-    train_outputs, train_hit, train_key = lookup(teacher_feats, [e.text for e in rows], hidden_layers, attention_layers)
-    eval_outputs, eval_hit, eval_key = lookup(teacher_eval_feats, [e.text for e in eval_ex], [], [])
+    with distributed.main_first():  # under torchrun the others find rank 0's fresh cache files
+        train_outputs, train_hit, train_key = lookup(teacher_feats, [e.text for e in rows], hidden_layers, attention_layers)
+        eval_outputs, eval_hit, eval_key = lookup(teacher_eval_feats, [e.text for e in eval_ex], [], [])
     cache_seconds = time.perf_counter() - cache_started
 
-    # only now is anything written: bad input above leaves nothing behind, and a failure below removes the staging
-    with artifacts.staged(out, overwrite) as staging:
+    # only now is anything written: bad input above leaves nothing behind, and a failure below removes the staging.
+    # Under torchrun only rank 0 writes it; the others read the trimmed teacher there
+    with artifacts.staged(out, overwrite, writer=main) as staging:
         # the vocabulary: trimmed to the student's training texts, then the student built over it
         work = staging / WORK_DIR
-        work.mkdir()
+        if main:
+            work.mkdir()
         vocab_before = len(hf_tokenizer)
         trim_metrics = None
         source = teacher
         if cfg.trim_vocab:
-            trimmed_dir = _trim(teacher_dir, work, rows, eval_ex)
+            with distributed.main_first():  # rank 0 trims; the others then load its trimmed teacher
+                trimmed_dir = _trim(teacher_dir, work, rows, eval_ex) if main else work / TRIMMED_TEACHER
             trim_metrics = artifacts.read_json(trimmed_dir / artifacts.METRICS)
             source, hf_tokenizer = artifacts.load_model(trimmed_dir)
         torch.manual_seed(o.seed)  # the student's and the projections' initialization
@@ -187,8 +200,10 @@ def distill(cfg: DistillConfig, overwrite: bool = False, progress: bool = True) 
                 if isinstance(record, Step):
                     bar.advance(record.loss, record.examples_per_s)
                     continue
-                is_best, stop, line = track_epoch(state, record, task.quick_metrics(eval_y, eval_probs()), o)
-                if is_best:
+                # rank 0 scores the epoch; every process takes the same best/stop decisions from its scores
+                scores = distributed.from_main(lambda: task.quick_metrics(eval_y, eval_probs()))
+                is_best, stop, line = track_epoch(state, record, scores, o)
+                if is_best and main:
                     artifacts.save_model(student, hf_tokenizer, staging)
                 bar.log(line)
                 if stop:
@@ -196,6 +211,9 @@ def distill(cfg: DistillConfig, overwrite: bool = False, progress: bool = True) 
                     break
                 if record.epoch < o.epochs:
                     bar.start(f"epoch {record.epoch + 1}/{o.epochs}", steps_per_epoch)
+
+        if not main:  # rank 0 scores, writes and commits; the others return its metrics once it has
+            return DistillResult(out, distributed.broadcast(None))
 
         # the best epoch's weights, scored against the labels and the teacher
         artifacts.load_weights(student, staging)
@@ -236,6 +254,7 @@ def distill(cfg: DistillConfig, overwrite: bool = False, progress: bool = True) 
             "retention": student_scores["accuracy"] / max(teacher_scores["accuracy"], 1e-12),  # student / teacher accuracy
             "agreement": agreement,  # fraction of eval texts where the student's argmax is the teacher's
             "parameters": {"teacher": _count(teacher), "student": _count(student)},
+            "processes": distributed.world_size(),  # under torchrun: each took a share of every batch
             "bytes": {"teacher": (teacher_dir / artifacts.WEIGHTS).stat().st_size, "student": (staging / artifacts.WEIGHTS).stat().st_size},
             "vocab": {
                 "trimmed": cfg.trim_vocab,
@@ -265,7 +284,7 @@ def distill(cfg: DistillConfig, overwrite: bool = False, progress: bool = True) 
             "seconds": time.perf_counter() - started,
         }
         artifacts.write_json(staging / artifacts.METRICS, result)
-    return DistillResult(out, result)
+    return DistillResult(out, distributed.broadcast(result))
 
 
 # ------------------------------------------------------------------------------------------ checks
@@ -351,13 +370,13 @@ def _check_cache_size(features: list[dict], config: Any, hidden_layers: list[int
 
 
 def _trim(teacher_dir: Path, work: Path, rows: list[Example], eval_ex: list[Example]) -> Path:
-    """The teacher with its vocabulary trimmed to the tokens of `rows`, in `work/teacher`; its parity checked on `eval_ex`."""
+    """The teacher with its vocabulary trimmed to the tokens of `rows`, in `work/TRIMMED_TEACHER`; its parity checked on `eval_ex`."""
     from slmkit.trim import trim_vocab
 
     texts, labeled = work / "texts.jsonl", work / "eval.jsonl"
     _write_jsonl(texts, [{"text": e.text} for e in rows])  # JSONL: texts may hold newlines and commas
     _write_jsonl(labeled, [{"text": e.text, "label": e.label} for e in eval_ex])
-    return trim_vocab(TrimConfig(model=str(teacher_dir), out=str(work / "teacher"), data=[str(texts)], eval=str(labeled))).out
+    return trim_vocab(TrimConfig(model=str(teacher_dir), out=str(work / TRIMMED_TEACHER), data=[str(texts)], eval=str(labeled))).out
 
 
 def _write_jsonl(path: Path, rows: list[dict]) -> None:
@@ -413,7 +432,7 @@ def _cached_teacher_outputs(
     outputs = _teacher_forward(teacher, features, collate, batch_size, hidden_layers, attention_layers)
     try:
         cache_dir.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + ".tmp")
+        tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")  # per process: concurrent writers never share a file
         save_file(outputs, str(tmp), metadata={"format": CACHE_FORMAT, "texts": str(len(texts))})
         tmp.replace(path)
     except OSError as e:  # a read-only teacher directory: the run goes on, the next one recomputes

@@ -8,6 +8,9 @@ the eval metric), checkpoints for `--resume`, and finally writes the artifact di
 The loop is written once: later stages (distillation) reuse `run_epochs` with their own loss function and
 features. It is deterministic: shuffling is seeded by (seed, epoch) and torch's RNG is reseeded at every
 epoch start, so a resumed run continues exactly as an uninterrupted one would.
+
+Under `torchrun` the same code trains data-parallel (`slmkit.distributed`: each global batch split across the
+processes, gradients averaged by DistributedDataParallel); only rank 0 evaluates, writes and logs.
 """
 
 from __future__ import annotations
@@ -22,11 +25,11 @@ from typing import Callable, Iterator
 
 import numpy as np
 
-from slmkit import artifacts
+from slmkit import artifacts, distributed
 from slmkit.base import resolve_base
 from slmkit.config import OptimConfig, TrainConfig, save_config
 from slmkit.data import check_labels, read_examples, stratified_split
-from slmkit.encoding import POOL_BATCHES, bucketed_order, derive_max_length, iterate, make_encoder, uses_token_types
+from slmkit.encoding import POOL_BATCHES, bucketed_order, derive_max_length, make_encoder, uses_token_types
 from slmkit.errors import UserError
 from slmkit.hardware import native_bf16
 from slmkit.progress import StepProgress, stderr
@@ -40,7 +43,7 @@ class Step:
     epoch: int  # 1-based
     step: int  # 1-based within the epoch
     steps_per_epoch: int
-    loss: float
+    loss: float  # this process's share of the batch, under torchrun
     lr: float
     examples_per_s: float
 
@@ -48,7 +51,7 @@ class Step:
 @dataclass
 class EpochEnd:
     epoch: int  # 1-based
-    train_loss: float  # mean over the epoch's steps
+    train_loss: float  # mean over the epoch's steps (of the whole batches', under torchrun)
     seconds: float
     examples_per_s: float
 
@@ -101,31 +104,38 @@ def run_epochs(
     """The training loop: yields a `Step` after each optimizer step and an `EpochEnd` after each epoch.
 
     `loss_fn(model, batch) -> scalar tensor`. The caller evaluates, checkpoints and stops (by leaving the loop).
+    Under torchrun every process runs this loop on its share of each batch (`distributed.shard`); `Step` and
+    `EpochEnd` count the examples of all processes.
     """
     import torch
 
+    rank, world = distributed.rank(), distributed.world_size()
+    batch_loss = distributed.wrap(model, loss_fn)  # loss_fn(model, ·); under torchrun through DDP
     lengths = np.array([len(f["input_ids"]) for f in features])
     for epoch in range(start_epoch + 1, cfg.epochs + 1):
-        rng = np.random.default_rng([cfg.seed, epoch])
-        torch.manual_seed(cfg.seed * 1000 + epoch)  # dropout masks depend on (seed, epoch) only
+        rng = np.random.default_rng([cfg.seed, epoch])  # the same global batches on every process
+        torch.manual_seed((cfg.seed * 1000 + epoch) * world + rank)  # dropout masks depend on (seed, epoch, rank) only
         batches = bucketed_order(lengths, cfg.batch_size, rng, POOL_BATCHES if cfg.bucket else 1)
         model.train()
         started, seen, losses = time.perf_counter(), 0, []
-        for i, batch in enumerate(iterate(features, batches, collate), start=1):
+        for i, idx in enumerate(batches, start=1):
+            rows, weight = distributed.shard(idx, rank, world)  # all of idx at weight 1 in a single process
+            batch = collate([features[j] for j in rows])
             with torch.autocast(cfg.device.split(":")[0], dtype=torch.bfloat16, enabled=cfg.bf16):
-                loss = loss_fn(model, batch)
-            loss.backward()
+                loss = batch_loss(batch)
+            (loss if weight == 1.0 else loss * weight).backward()
             if cfg.grad_clip > 0:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)  # of the averaged gradients
             optimizer.step()
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
-            seen += len(batch["input_ids"])
-            losses.append(loss.item())
+            seen += len(idx)
+            value = loss.item()
+            losses.append(value * weight)  # the whole batch's loss: the mean over processes of the weighted shares
             elapsed = time.perf_counter() - started
-            yield Step(epoch, i, len(batches), losses[-1], scheduler.get_last_lr()[0], seen / elapsed)
+            yield Step(epoch, i, len(batches), value, scheduler.get_last_lr()[0], seen / elapsed)
         elapsed = time.perf_counter() - started
-        yield EpochEnd(epoch, float(np.mean(losses)), elapsed, seen / elapsed)
+        yield EpochEnd(epoch, float(np.mean(distributed.mean_across(losses))), elapsed, seen / elapsed)
 
 
 def track_epoch(state: dict, record: EpochEnd, scores: dict, o: OptimConfig) -> tuple[bool, bool, str]:
@@ -168,7 +178,9 @@ def train(cfg: TrainConfig, overwrite: bool = False, resume: bool = False, progr
         torch.set_num_threads(o.threads)
     if o.device != "cpu" and not torch.cuda.is_available():
         raise UserError(f"train.device: {o.device} was asked for, but PyTorch sees no GPU here; use --set train.device=cpu")
-    if o.bf16 and o.device == "cpu" and not native_bf16():
+    o = replace(o, device=distributed.init(o.device))  # under torchrun: join the other processes (cuda: one GPU each)
+    main = distributed.is_main()  # rank 0 alone writes the artifact and logs
+    if o.bf16 and o.device == "cpu" and not native_bf16() and main:
         stderr.print("warning: --bf16 on a CPU without native bf16 (AVX-512 BF16 or AMX): training will be much slower than fp32")
     task = get_task(cfg.task)
 
@@ -187,7 +199,9 @@ def train(cfg: TrainConfig, overwrite: bool = False, resume: bool = False, progr
 
     # model and features
     base = resolve_base(cfg.model.base)
-    staging = artifacts.begin(out, overwrite, resume)  # only now: bad input above leaves nothing behind
+    # only now: bad input above leaves nothing behind. The other processes write nothing; with --resume they
+    # read the checkpoint too (then `begin` only checks it is there)
+    staging = artifacts.begin(out, overwrite, resume) if main or resume else artifacts.staging_dir(out)
     max_length = cfg.model.max_length or derive_max_length(base.hf_tokenizer, [e.text for e in train_ex])
     cfg = replace(cfg, model=replace(cfg.model, max_length=max_length))
     encoder = make_encoder(base.hf_tokenizer, max_length)
@@ -215,29 +229,36 @@ def train(cfg: TrainConfig, overwrite: bool = False, resume: bool = False, progr
         scheduler.last_epoch = state["epoch"] * steps_per_epoch
     # recorded with absolute paths: later stages (export, quantize, prune) find the same data from anywhere
     recorded = replace(d, train=str(train_path.resolve()), eval=str(Path(d.eval).resolve()) if d.eval else None)
-    save_config(replace(cfg, data=recorded), staging / artifacts.CONFIG)
+    if main:
+        save_config(replace(cfg, data=recorded), staging / artifacts.CONFIG)
 
     eval_y = np.array([f["label"] for f in eval_feats])
     eval_probs = partial(task.predict_probs, model, eval_feats, collate, o.eval_batch_size)
 
     stopped_early = False
-    with StepProgress(progress) as bar:
+    with StepProgress(progress and main) as bar:
         if state["epoch"] < o.epochs:
             bar.start(f"epoch {state['epoch'] + 1}/{o.epochs}", steps_per_epoch)
         for record in run_epochs(model, optimizer, scheduler, train_feats, collate, loss_fn, o, start_epoch=state["epoch"]):
             if isinstance(record, Step):
                 bar.advance(record.loss, record.examples_per_s)
                 continue
-            is_best, stop, line = track_epoch(state, record, task.quick_metrics(eval_y, eval_probs()), o)
-            if is_best:
-                artifacts.save_model(model, base.hf_tokenizer, staging)
-            artifacts.save_checkpoint(staging, model, optimizer, state)
+            # rank 0 scores the epoch; every process takes the same best/stop decisions from its scores
+            scores = distributed.from_main(lambda: task.quick_metrics(eval_y, eval_probs()))
+            is_best, stop, line = track_epoch(state, record, scores, o)
+            if main:
+                if is_best:
+                    artifacts.save_model(model, base.hf_tokenizer, staging)
+                artifacts.save_checkpoint(staging, model, optimizer, state)
             bar.log(line)
             if stop:
                 stopped_early = True
                 break
             if record.epoch < o.epochs:
                 bar.start(f"epoch {record.epoch + 1}/{o.epochs}", steps_per_epoch)
+
+    if not main:  # rank 0 scores, writes and commits; the others return its metrics once it has
+        return TrainResult(out, distributed.broadcast(None))
 
     # restore the best epoch's weights and score them fully
     artifacts.load_weights(model, staging)
@@ -252,6 +273,7 @@ def train(cfg: TrainConfig, overwrite: bool = False, resume: bool = False, progr
         "eval_source": str(eval_path) if d.eval else f"{d.eval_split:.0%} stratified split of {train_path}",
         "max_length": max_length,
         "parameters": sum(p.numel() for p in model.parameters()),
+        "processes": distributed.world_size(),  # under torchrun: each took a share of every batch
         "best_epoch": state["best_epoch"],
         "epochs_run": state["epoch"],
         "stopped_early": stopped_early,
@@ -263,4 +285,4 @@ def train(cfg: TrainConfig, overwrite: bool = False, resume: bool = False, progr
     }
     artifacts.write_json(staging / artifacts.METRICS, result)
     artifacts.commit(staging, out)
-    return TrainResult(out, result)
+    return TrainResult(out, distributed.broadcast(result))
