@@ -22,7 +22,7 @@ from __future__ import annotations
 import html
 import mmap
 import shutil
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 from slmkit import artifacts, npm
@@ -92,7 +92,7 @@ def export_web(cfg: ExportWebConfig, overwrite: bool = False) -> ExportWebResult
             "labels": len(page_manifest["labels"]),
             "vendored": page_manifest["vendored"],
         }
-        save_config(replace(cfg, model=str(model_dir.resolve())), staging / artifacts.CONFIG)
+        save_config(cfg, staging / artifacts.CONFIG)  # paths as given: the site may be published, absolute paths stay private
         artifacts.write_json(staging / artifacts.METRICS, metrics)
     return ExportWebResult(out, metrics)
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import functools
 import json
 import os
+import random
 import re
 import shutil
 import threading
@@ -35,11 +36,28 @@ ALIASES = {"hi": "hello", "thx": "thanks", "parcels": "parcel", "refunds": "refu
 LONG = " ".join(["my parcel is still not here and the courier is not answering, why?"] * 30)  # truncated
 TOKENIZER_TEXTS = [
     "where is my parcel?", "Héllo wörld, ça va? naïve café résumé", "ÉCOLE Ångström", "straße", "İstanbul",
-    "日本語のテキスト 中文字符", "emoji 🙂 and 👩‍💻 zwj", "tabs\tand\nnewlines\r\n", "\u200bzero\u200dwidth\ufeff",
+    "日本語のテキスト 中文字符", "rare 𠀀𠁊ideographs𪚥 and 說 compatibility", "emoji 🙂 and 👩‍💻 zwj", "tabs\tand\nnewlines\r\n", "\u200bzero\u200dwidth\ufeff",
     "don't stop-believing... (really)!", "$100 + 5% <tag> ~x^2 | `code`", "[CLS] literal [SEP] [MASK] tokens",
     "", "   ", "a", LONG, "unaffable quickly refund invoices", "hi thx, my parcels and refunds", "HI Thx parcel",
 ]
+# Unicode blocks the random texts draw from: Latin with accents, combining marks, Greek, Cyrillic, Hebrew and
+# Arabic, Devanagari, Thai, Hangul jamo and syllables, punctuation and format characters, CJK (BMP, compatibility
+# and Extension B), presentation forms, full-width forms, emoji, mathematical letters, control and private use
+BLOCKS = [(0x20, 0x7E), (0xA0, 0x17F), (0x300, 0x36F), (0x370, 0x3FF), (0x400, 0x4FF), (0x590, 0x6FF), (0x900, 0x97F),
+          (0xE00, 0xE7F), (0x1100, 0x11FF), (0x2000, 0x206F), (0x3000, 0x30FF), (0x4E00, 0x4E80), (0xAC00, 0xAC80),
+          (0xF900, 0xF9FF), (0xFB00, 0xFB4F), (0xFF00, 0xFFEF), (0x1F300, 0x1F64F), (0x1D400, 0x1D4FF), (0x20000, 0x20080),
+          (0x0, 0x1F), (0xE000, 0xE010)]
 runner = CliRunner()
+
+
+def random_texts(n: int, seed: int = 0) -> list[str]:
+    """Short texts of characters from BLOCKS, some separated by spaces (seeded)."""
+    rng = random.Random(seed)
+    texts = []
+    for _ in range(n):
+        chars = [chr(rng.randint(*rng.choice(BLOCKS))) + (" " if rng.random() < 0.3 else "") for _ in range(rng.randint(1, 10))]
+        texts.append("".join(chars))
+    return texts
 
 
 # ------------------------------------------------------------------------------------------------ sites
@@ -255,11 +273,13 @@ def test_site_files_manifest_and_no_cdn(tiny_site, exported_tiny):
 
 
 def test_token_ids_equal_the_python_tokenizers(sites, pages):
-    """Special tokens, truncation at max_length, accents, CJK, emoji, control characters, aliases, byte-level BPE."""
+    """Special tokens, truncation at max_length, accents, CJK, emoji, control characters, aliases, byte-level BPE,
+    and 500 random texts across Unicode."""
+    texts = TOKENIZER_TEXTS + random_texts(500)
     for name, (site, model_dir) in sites.items():
-        expected = [e.ids for e in Predictor(model_dir).tokenizer.encode_batch(TOKENIZER_TEXTS)]
-        got = pages(name).encode(TOKENIZER_TEXTS)
-        for text, g, e in zip(TOKENIZER_TEXTS, got, expected):
+        expected = [e.ids for e in Predictor(model_dir).tokenizer.encode_batch(texts)]
+        got = pages(name).encode(texts)
+        for text, g, e in zip(texts, got, expected):
             assert g == e, f"{name}: {text!r}"
         max_length = json.loads((site / "model" / "manifest.json").read_text())["max_length"]
         assert len(got[TOKENIZER_TEXTS.index(LONG)]) == max_length, name  # the long text was truncated, not dropped
@@ -299,6 +319,13 @@ def test_a_file_url_says_how_to_serve_the_folder(browser, tiny_site):
 
 
 # -------------------------------------------------------------------------------------------- bad input
+
+
+def test_help_explains_every_option():
+    result = runner.invoke(app, ["export-web", "--help"])
+    assert result.exit_code == 0
+    for option in ("--out", "--npm-cache", "--registry", "--batch-size", "--overwrite", "http.server"):
+        assert option in result.stdout
 
 
 def _without(exported: Path, name: str, out: Path) -> Path:
@@ -341,6 +368,7 @@ def test_the_cache_serves_offline_and_a_tampered_download_is_refused(exported_ti
     shutil.copytree(npm.default_cache(), cache)
     offline = ExportWebConfig(model=str(exported_tiny), out=str(tmp_path / "site"), npm_cache=str(cache), registry="http://127.0.0.1:9")
     assert (export_web(offline).out / "vendor" / "tokenizers.min.js").is_file()  # no network needed
+    assert (export_web(offline).out / "vendor" / "tokenizers.min.js").is_file()  # an earlier site is replaced without --overwrite
 
     # a mirror serving other bytes: refused, nothing kept in the cache
     tarball = tmp_path / "mirror" / npm.TOKENIZERS_JS.tarball

@@ -15,6 +15,10 @@ import * as ort from "./vendor/ort.wasm.bundle.min.js";
 import { Tokenizer } from "./vendor/tokenizers.min.js";
 
 const here = (path) => new URL(path, import.meta.url);
+// CJK ideographs outside the Basic Multilingual Plane (Extensions B-F, Compatibility Supplement), which BERT's
+// normalizer surrounds with spaces. tokenizers.js 0.2.0 looks for them one UTF-16 code unit at a time and so
+// never finds these (surrogate pairs); isolating them first gives the Rust library's ids.
+const ASTRAL_CJK = /[\u{20000}-\u{2A6DF}\u{2A700}-\u{2B73F}\u{2B740}-\u{2B81F}\u{2B820}-\u{2CEAF}\u{2F800}-\u{2FA1F}]/gu;
 
 async function get(path, kind) {
   const response = await fetch(here(path));
@@ -35,6 +39,8 @@ export class Classifier {
     this.session = session;
     const post = tokenizer.post_processor;
     this.specialCount = post ? post([], null, true).tokens.length : 0; // [CLS] and [SEP] for BERT
+    const normalizer = tokenizer.normalizer?.config;
+    this.isolateAstralCJK = normalizer?.type === "BertNormalizer" && Boolean(normalizer.handle_chinese_chars);
     this.timing = { tokenize_ms: 0, model_ms: 0 }; // of the last classify() call
   }
 
@@ -55,6 +61,7 @@ export class Classifier {
   // The token ids of one text, as `tokenizers` with truncation at max_length and no padding gives them.
   encodeOne(text) {
     const tokenizer = this.tokenizer;
+    if (this.isolateAstralCJK) text = text.replace(ASTRAL_CJK, " $& ");
     const body = tokenizer.tokenize(text); // the text's own tokens, no special tokens yet
     const kept = body.slice(0, Math.max(0, this.maxLength - this.specialCount));
     const tokens = tokenizer.post_processor ? tokenizer.post_processor(kept, null, true).tokens : kept;
