@@ -337,7 +337,7 @@ def export_web(
     from slmkit.export_web import export_web as run_export_web
 
     flags = {"model": model, "out": out_dir, "npm_cache": npm_cache, "registry": registry, "batch_size": batch_size}
-    result = run_export_web(load_config(ExportWebConfig, None, None, **flags), overwrite=overwrite)
+    result = run_export_web(load_config(ExportWebConfig, None, None, **flags), overwrite=overwrite, notify=lambda line: err.print(line, highlight=False, soft_wrap=True))
     m = result.metrics
     out.print(f"{m['labels']} labels; {m['total_bytes'] / 1e6:.1f} MB in all (model {m['bytes']['model/model.onnx'] / 1e6:.1f} MB, "
               f"ONNX Runtime Web {m['vendored']['onnxruntime-web']} {m['bytes']['vendor/ort-wasm-simd-threaded.wasm'] / 1e6:.1f} MB)")

@@ -24,6 +24,7 @@ import mmap
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 from slmkit import artifacts, npm
 from slmkit.config import ExportWebConfig, save_config
@@ -43,15 +44,18 @@ class ExportWebResult:
     metrics: dict  # the metrics.json written into `out`: bytes per file, vendored versions
 
 
-def export_web(cfg: ExportWebConfig, overwrite: bool = False) -> ExportWebResult:
-    """Write a static site into `cfg.out` that classifies text with `cfg.model` in the browser."""
+def export_web(cfg: ExportWebConfig, overwrite: bool = False, notify: Callable[[str], None] | None = None) -> ExportWebResult:
+    """Write a static site into `cfg.out` that classifies text with `cfg.model` in the browser. `notify` hears
+    of downloads (the first build on a machine fetches about 33 MB from the npm registry)."""
     cfg.validate()
     model_dir, out = Path(cfg.model), Path(cfg.out)
     manifest = load_manifest(model_dir)  # the runtime's checks: an exported model, no pickle, no outside data
     tokenizer_type = _check_servable(model_dir, manifest)
+    if model_dir.resolve().is_relative_to(out.resolve()):
+        raise UserError(f"{out}: --out holds the model directory {model_dir}, which the site would replace: choose another --out")
     artifacts.check_output(out, overwrite)
     cache = Path(cfg.npm_cache).expanduser() if cfg.npm_cache else npm.default_cache()
-    vendored = [(package, npm.fetch(package, cache, cfg.registry)) for package in PACKAGES]  # before writing anything
+    vendored = [(package, npm.fetch(package, cache, cfg.registry, notify)) for package in PACKAGES]  # before writing anything
 
     page_manifest = {
         "format": "slmkit-web",

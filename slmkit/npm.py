@@ -28,6 +28,7 @@ import urllib.error
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 from slmkit.errors import UserError
 
@@ -75,10 +76,13 @@ def default_cache() -> Path:
     return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "slmkit" / "npm"
 
 
-def fetch(package: Package, cache: Path, registry: str = REGISTRY) -> dict[str, Path]:
-    """The package's listed files in the cache (downloaded and verified first if missing): name -> path."""
+def fetch(package: Package, cache: Path, registry: str = REGISTRY, notify: Callable[[str], None] | None = None) -> dict[str, Path]:
+    """The package's listed files in the cache (downloaded and verified first if missing): name -> path.
+    `notify` is told before a download starts."""
     directory = cache / f"{package.name}@{package.version}"
     if not _cached(package, directory):
+        if notify:
+            notify(f"downloading {package.name}@{package.version} from {registry.rstrip('/')} into {cache} (once)")
         _download(package, directory, registry)
     return {name: directory / name for name in package.files.values()}
 

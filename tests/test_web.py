@@ -344,20 +344,23 @@ def bad_cases(exported: Path, trained: Path, tmp: Path) -> dict:
         "a trained, not exported, model": ([str(trained)], "not an exported model (missing model.onnx, manifest.json): export it first"),
         "no tokenizer.json": ([str(_without(exported, artifacts.TOKENIZER, tmp / "no-tok"))], "not an exported model (missing tokenizer.json)"),
         "unigram tokenizer": ([str(with_tokenizer(exported, unigram, tmp / "unigram"))], "a Unigram tokenizer is not supported by export-web (WordPiece and BPE are)"),
+        "output holds the model": ([str(exported), "--out", str(exported.parent)], "--out holds the model directory"),
         "output exists": ([str(exported), "--out", str(tmp / "busy")], "busy: exists and is not a previous slmkit run: choose another --out or pass --overwrite"),
         "registry unreachable": ([str(exported), "--npm-cache", str(tmp / "empty-cache"), "--registry", "http://127.0.0.1:9"],
                                  f"cannot download onnxruntime-web@{npm.ONNXRUNTIME_WEB.version} from http://127.0.0.1:9/onnxruntime-web/-/"),
     }
 
 
-@pytest.mark.parametrize("case", ["not a model", "a trained, not exported, model", "no tokenizer.json", "unigram tokenizer", "output exists", "registry unreachable"])
+@pytest.mark.parametrize("case", ["not a model", "a trained, not exported, model", "no tokenizer.json", "unigram tokenizer", "output holds the model", "output exists", "registry unreachable"])
 def test_bad_input_is_one_line_exit_2_and_leaves_nothing(case, exported_tiny, trained_tiny, tmp_path):
     args, expected = bad_cases(exported_tiny, trained_tiny, tmp_path)[case]
     if "--out" not in args:
         args += ["--out", str(tmp_path / "site")]
     result = runner.invoke(app, ["export-web", *args])
     assert result.exit_code == 2, result.output
-    assert result.output.count("\n") == 1 and expected in result.output, result.output
+    *notices, error = result.output.splitlines()
+    assert error.startswith("error: ") and expected in error, result.output
+    assert all(line.startswith("downloading ") for line in notices), result.output  # an empty cache says what it fetches
     assert not (tmp_path / "site").exists() and not list(tmp_path.glob(".*partial"))
     assert sorted(p.name for p in (tmp_path / "busy").iterdir()) == ["notes.txt"]
 
