@@ -19,7 +19,7 @@ from rich.table import Table
 
 from slmkit import distributed
 from slmkit.config import (
-    BenchConfig, DataConfig, DistillConfig, EvalConfig, ExportConfig, ModelConfig, OptimConfig, PruneConfig, QuantizeConfig, TrainConfig, TrimConfig,
+    BenchConfig, DataConfig, DistillConfig, EvalConfig, ExportConfig, ExportWebConfig, ModelConfig, OptimConfig, PruneConfig, QuantizeConfig, TrainConfig, TrimConfig,
     help_of, load_config,
 )
 from slmkit.errors import UserError
@@ -320,6 +320,34 @@ def quantize(
     if m["note"]:
         err.print(f"note: {m['note']}")
     out.print(f"quantized model saved to [bold]{result.out}[/bold]")
+
+
+@app.command("export-web")
+@_user_errors
+def export_web(
+    model: Annotated[str, typer.Argument(help=_h(ExportWebConfig, "model"))],
+    out_dir: Annotated[str, typer.Option("--out", help=_h(ExportWebConfig, "out"))],
+    npm_cache: Annotated[Optional[str], typer.Option(help=_h(ExportWebConfig, "npm_cache"))] = None,
+    registry: Annotated[Optional[str], typer.Option(help=_h(ExportWebConfig, "registry"))] = None,
+    batch_size: Annotated[Optional[int], typer.Option(help=_h(ExportWebConfig, "batch_size"))] = None,
+    overwrite: Overwrite = False,
+):
+    """Write a static web page that classifies text entirely in the browser: a text box with live predictions
+    and latency. ONNX Runtime Web and tokenizers.js are downloaded once from the npm registry (pinned, integrity
+    checked, cached) and copied into the site; nothing is fetched from a CDN. Serve the folder with any static
+    server: python -m http.server -d site 8000.
+
+    Example: slm export-web runs/x-int8 --out site
+    """
+    from slmkit.export_web import export_web as run_export_web
+
+    flags = {"model": model, "out": out_dir, "npm_cache": npm_cache, "registry": registry, "batch_size": batch_size}
+    result = run_export_web(load_config(ExportWebConfig, None, None, **flags), overwrite=overwrite, notify=lambda line: err.print(line, highlight=False, soft_wrap=True))
+    m = result.metrics
+    out.print(f"{m['labels']} labels; {m['total_bytes'] / 1e6:.1f} MB in all (model {m['bytes']['model/model.onnx'] / 1e6:.1f} MB, "
+              f"ONNX Runtime Web {m['vendored']['onnxruntime-web']} {m['bytes']['vendor/ort-wasm-simd-threaded.wasm'] / 1e6:.1f} MB)")
+    out.print(f"site written to [bold]{result.out}[/bold]; serve it with any static server (file:// URLs do not run it):")
+    out.print(f"  python -m http.server -d {result.out} 8000   # then open http://localhost:8000", soft_wrap=True, highlight=False)
 
 
 @app.command()

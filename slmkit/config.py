@@ -268,6 +268,25 @@ class TrimConfig:
 
 
 @dataclass
+class ExportWebConfig:
+    """`slm export-web`: an exported model as a static page that classifies text in the browser."""
+
+    model: str = _f("", "Exported model directory (the output of slm export or slm quantize, or a pipeline's deploy directory).")
+    out: str = _f("", "Output directory for the site (index.html and its assets).")
+    npm_cache: str | None = _f(None, "Where the pinned JavaScript packages are kept after their one download; default: ~/.cache/slmkit/npm.")
+    registry: str = _f("https://registry.npmjs.org", "npm registry (or mirror) the pinned packages are downloaded from; their integrity is checked either way.")
+    batch_size: int = _f(32, "Texts per model call in the page (as slmkit.runtime.Predictor batches them).")
+
+    def validate(self) -> None:
+        _check([
+            (bool(self.model), "model", "no model directory: pass the exported directory, e.g. slm export-web runs/x-onnx --out site"),
+            (bool(self.out), "out", "no output directory: pass --out DIR"),
+            (self.registry.startswith(("https://", "http://", "file://")), "registry", f"must be an http(s) or file URL (got {self.registry!r})"),
+            (self.batch_size >= 1, "batch_size", f"must be at least 1 (got {self.batch_size})"),
+        ])
+
+
+@dataclass
 class LossConfig:
     """`slm distill` losses: each term's weight (0 turns it off)."""
 
