@@ -280,6 +280,7 @@ def quantize(
     out_dir: OutDir,
     method: Annotated[Optional[str], typer.Option(help=_h(QuantizeConfig, "method"))] = None,
     per_channel: Annotated[Optional[bool], typer.Option("--per-channel/--per-tensor", help=_h(QuantizeConfig, "per_channel"))] = None,
+    reduce_range: Annotated[Optional[bool], typer.Option("--reduce-range/--full-range", help=_h(QuantizeConfig, "reduce_range"))] = None,
     calib_size: Annotated[Optional[int], typer.Option(help=_h(QuantizeConfig, "calib_size"))] = None,
     calib_data: Annotated[Optional[str], typer.Option(help=_h(QuantizeConfig, "calib_data"))] = None,
     calib_method: Annotated[Optional[str], typer.Option(help=_h(QuantizeConfig, "calib_method"))] = None,
@@ -301,7 +302,7 @@ def quantize(
     from slmkit.quantize import quantize as run_quantize
 
     flags = {
-        "model": model, "out": out_dir, "method": method, "per_channel": per_channel, "calib_size": calib_size,
+        "model": model, "out": out_dir, "method": method, "per_channel": per_channel, "reduce_range": reduce_range, "calib_size": calib_size,
         "calib_data": calib_data, "calib_method": calib_method, "exclude": exclude, "max_drop": max_drop,
         "eval_data": eval_data, "qat_epochs": qat_epochs, "qat_limit": qat_limit, "text_col": text_col, "label_col": label_col,
     }

@@ -174,6 +174,11 @@ class QuantizeConfig:
     out: str = _f("", "Output directory for the quantized model.")
     method: str = _f("dynamic", "dynamic (weights int8, activations quantized at run time), static (QDQ with calibration) or qat.")
     per_channel: bool = _f(True, "Quantize weights per output channel (more accurate, same size and speed).")
+    reduce_range: bool = _f(
+        True,
+        "Quantize weights to 7 bits. CPUs without VNNI (AVX2 only) saturate sums of 8-bit products, so full-range "
+        "weights give results that differ from other machines and from the browser; 7-bit weights are exact everywhere.",
+    )
     calib_size: int = _f(256, "Training examples used to calibrate static quantization.")
     calib_data: str | None = _f(None, "File of calibration texts; default: the model's training file.")
     calib_method: str = _f("minmax", "Static calibration: minmax, entropy or percentile.")

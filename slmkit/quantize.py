@@ -151,11 +151,14 @@ def quantize_file(cfg: QuantizeConfig, src: Path, dst: Path, exclude: list[str],
     op_types = [t for t in op_types if t not in kept_types]
     nodes = [e for e in exclude if e not in kept_types]
     if cfg.method in ("dynamic", "qat"):
-        quantize_dynamic(src, dst, per_channel=cfg.per_channel, weight_type=QuantType.QInt8, op_types_to_quantize=op_types, nodes_to_exclude=nodes)
+        quantize_dynamic(
+            src, dst, per_channel=cfg.per_channel, reduce_range=cfg.reduce_range, weight_type=QuantType.QInt8,
+            op_types_to_quantize=op_types, nodes_to_exclude=nodes,
+        )
         return
     method = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy, "percentile": CalibrationMethod.Percentile}[cfg.calib_method]
     quantize_static(
-        src, dst, CalibrationReader(src.parent, calib), quant_format=QuantFormat.QDQ, per_channel=cfg.per_channel,
+        src, dst, CalibrationReader(src.parent, calib), quant_format=QuantFormat.QDQ, per_channel=cfg.per_channel, reduce_range=cfg.reduce_range,
         activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, op_types_to_quantize=op_types,
         nodes_to_exclude=nodes, calibrate_method=method, extra_options={"CalibMaxIntermediateOutputs": 64},
     )
@@ -241,7 +244,7 @@ def qat_export(cfg: QuantizeConfig, manifest: dict, work: Path, progress: bool) 
     optim = OptimConfig(epochs=cfg.qat_epochs, lr=cfg.qat_lr, seed=cfg.seed, warmup=0.1)
     steps = -(-len(features) // optim.batch_size)
     optimizer, scheduler = make_optimizer(model, optim, steps * optim.epochs)
-    restore = fake_quantize(model)
+    restore = fake_quantize(model, cfg.reduce_range)
     with StepProgress(progress) as bar:
         bar.start(f"QAT epoch 1/{optim.epochs}", steps)
         for record in run_epochs(model, optimizer, scheduler, features, collate, task.loss, optim):
@@ -262,15 +265,16 @@ def qat_export(cfg: QuantizeConfig, manifest: dict, work: Path, progress: bool) 
     return exported
 
 
-def fake_quantize(model):
-    """Simulate dynamic int8 in every nn.Linear: weights symmetric per output channel, inputs asymmetric per
-    tensor with the batch's own range (what ONNX Runtime's dynamic quantization computes at run time); the
-    rounding's gradient passes straight through. Returns a function that restores the plain layers."""
+def fake_quantize(model, reduce_range: bool = True):
+    """Simulate dynamic int8 in every nn.Linear: weights symmetric per output channel (±64 with
+    `reduce_range`, else ±127), inputs asymmetric per tensor with the batch's own range (what ONNX Runtime's
+    dynamic quantization computes at run time); the rounding's gradient passes straight through. Returns a
+    function that restores the plain layers."""
     import torch
 
     layers = [m for m in model.modules() if isinstance(m, torch.nn.Linear)]
     for layer in layers:
-        layer.forward = partial(_fake_quantized_linear, layer)
+        layer.forward = partial(_fake_quantized_linear, layer, qmax=64 if reduce_range else 127)
 
     def restore() -> None:
         for layer in layers:
@@ -279,7 +283,7 @@ def fake_quantize(model):
     return restore
 
 
-def _fake_quantized_linear(layer, x):
+def _fake_quantized_linear(layer, x, qmax: int = 127):
     import torch
     import torch.nn.functional as F
 
@@ -289,6 +293,6 @@ def _fake_quantized_linear(layer, x):
     zero = torch.round(-lo / scale).to(torch.int32)
     x = torch.fake_quantize_per_tensor_affine(x, scale, zero, 0, 255)
     w = layer.weight
-    w_scale = torch.clamp(w.detach().abs().amax(dim=1) / 127.0, min=1e-8).float()
-    w = torch.fake_quantize_per_channel_affine(w, w_scale, torch.zeros_like(w_scale, dtype=torch.int32), 0, -127, 127)
+    w_scale = torch.clamp(w.detach().abs().amax(dim=1) / qmax, min=1e-8).float()
+    w = torch.fake_quantize_per_channel_affine(w, w_scale, torch.zeros_like(w_scale, dtype=torch.int32), 0, -qmax, qmax)
     return F.linear(x, w, layer.bias)

@@ -114,6 +114,9 @@ def test_fake_quantization_rounds_like_int8_and_restores():
     assert 0 < (simulated - plain).abs().max() < 0.1
     restore()
     assert torch.equal(model(x), plain)
+    restore = fake_quantize(model, reduce_range=False)  # 8-bit weights: finer steps, a smaller error
+    assert (model(x) - plain).abs().max() < (simulated - plain).abs().max()
+    restore()
 
 
 def test_quantize_bad_input_is_one_line_and_writes_nothing(trained_tiny, exported_tiny, dynamic, tmp_path):

@@ -95,17 +95,15 @@ def int8_aliased_model(exported_tiny, tmp_path_factory) -> Path:
     """exported_tiny quantized to int8, with aliases in its vocabulary (several pieces, one id: what
     slm trim-vocab writes for the pieces it removes).
 
-    Quantized with reduce_range (7-bit weights) rather than by slm quantize: on x86 CPUs without VNNI, ONNX
-    Runtime's native u8×s8 kernel adds pairs of products in saturating 16-bit arithmetic, so a full-range int8
-    model gives the Python runtime logits that differ from exact int8 math (which the page's WebAssembly
-    kernel does) by about 0.1 on this tiny model. 7-bit weights cannot saturate: both sides are exact."""
-    from onnxruntime.quantization import QuantType, quantize_dynamic
+    slm quantize writes 7-bit weights by default (reduce_range): on x86 CPUs without VNNI, ONNX Runtime's native
+    u8×s8 kernel adds pairs of products in saturating 16-bit arithmetic, so a full-range int8 model gives the
+    Python runtime logits that differ from exact int8 math (which the page's WebAssembly kernel does) by about 0.1
+    on this tiny model. 7-bit weights cannot saturate: both sides are exact."""
+    from slmkit.config import QuantizeConfig
+    from slmkit.quantize import quantize
 
-    out = tmp_path_factory.mktemp("int8-aliased") / "model"
-    shutil.copytree(exported_tiny, out)
-    quantize_dynamic(exported_tiny / artifacts.ONNX_MODEL, out / artifacts.ONNX_MODEL, per_channel=True, reduce_range=True, weight_type=QuantType.QInt8)
-    manifest = artifacts.read_json(out / artifacts.MANIFEST)
-    artifacts.write_json(out / artifacts.MANIFEST, {**manifest, "precision": "int8"})
+    out = quantize(QuantizeConfig(model=str(exported_tiny), out=str(tmp_path_factory.mktemp("int8-aliased") / "model")), progress=False).out
+    assert artifacts.read_json(out / artifacts.MANIFEST)["precision"] == "int8"
     tokenizer = artifacts.read_json(out / artifacts.TOKENIZER)
     vocab = tokenizer["model"]["vocab"]
     for alias, word in ALIASES.items():
