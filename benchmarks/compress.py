@@ -188,6 +188,15 @@ def write_results(out: Path, rows: list[dict], command: str, env: dict) -> None:
         s = row["stages"]
         pr = s["prune"]
         tr = s["trim-vocab"]
+        vocabulary = (
+            f"Vocabulary: {tr['vocab_before']} → {tr['vocab_after']} tokens (the training texts' pieces plus the {tr['keep_top']:,} most "
+            f"frequent), {tr['aliases']:,} removed pieces kept as aliases of their nearest kept piece ({tr['fallback']}); "
+            f"{100 * tr['aliased_token_rate']:.2f}% of the eval tokens ({100 * tr['aliased_text_rate']:.1f}% of texts) are such aliases, "
+            f"{100 * tr['oov_token_rate']:.2f}% newly [UNK]."
+            if "aliases" in tr else  # rows measured before trim-vocab kept aliases
+            f"Vocabulary: {tr['vocab_before']} → {tr['vocab_after']} tokens (the training texts' pieces, no aliases), eval OOV "
+            f"token rate {100 * tr['oov_token_rate']:.2f}% ({100 * tr['oov_text_rate']:.1f}% of texts)."
+        )
         lines += [
             "",
             f"Export parity (max |logit difference| on the probe batch): {s['export']['parity']['max_abs_logit_diff']:.1e}. "
@@ -196,10 +205,7 @@ def write_results(out: Path, rows: list[dict], command: str, env: dict) -> None:
             f"accuracy unpruned {100 * pr['compare']['unpruned']['accuracy']:.2f}, after slicing {100 * pr['compare']['pruned']['accuracy']:.2f}, "
             f"after recovery ({pr['recovery']['n_examples']} examples × {pr['recovery']['epochs']} epoch, distilled) "
             f"{100 * pr['compare']['recovered']['accuracy']:.2f}. "
-            f"Vocabulary: {tr['vocab_before']} → {tr['vocab_after']} tokens (the training texts' pieces plus the {tr['keep_top']:,} most "
-            f"frequent), {tr['aliases']:,} removed pieces kept as aliases of their nearest kept piece ({tr['fallback']}); "
-            f"{100 * tr['aliased_token_rate']:.2f}% of the eval tokens ({100 * tr['aliased_text_rate']:.1f}% of texts) are such aliases, "
-            f"{100 * tr['oov_token_rate']:.2f}% newly [UNK].",
+            + vocabulary,
         ]
         o = row["runtime_overhead"]
         lines += ["", "Runtime overhead (batch 32): " + "; ".join(

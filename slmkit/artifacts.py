@@ -168,20 +168,25 @@ def eval_dir(model_dir: Path, data_path: Path) -> Path:
 
 
 def save_model(model: Any, hf_tokenizer: Any, directory: Path) -> None:
-    """Write a Hugging Face-loadable model (safetensors) and tokenizer into `directory`.
-
-    A trimmed vocabulary's aliases (several pieces sharing one id, see slmkit.trim) do not survive the
-    tokenizers library's own saving, which keeps one piece per id: they are carried over from the tokenizer.json
-    the tokenizer was loaded from."""
+    """Write a Hugging Face-loadable model (safetensors) and tokenizer into `directory`."""
     source = Path(hf_tokenizer.name_or_path or "") / TOKENIZER
-    vocab = read_json(source)["model"].get("vocab") if source.is_file() else None
     model.save_pretrained(directory, safe_serialization=True)
-    hf_tokenizer.save_pretrained(directory)
+    with keeping_aliases(source, Path(directory) / TOKENIZER):
+        hf_tokenizer.save_pretrained(directory)
+
+
+@contextlib.contextmanager
+def keeping_aliases(source: Path, target: Path):
+    """Around a save of `source`'s tokenizer to `target`: put back the aliases of a trimmed vocabulary (several
+    pieces sharing one id, see slmkit.trim). The tokenizers library saves one piece per id, and which one is
+    arbitrary, so the vocabulary is restored from `source` when the saved one is that vocabulary less the aliases."""
+    vocab = read_json(source)["model"].get("vocab") if source.is_file() else None
+    yield
     if isinstance(vocab, dict) and len(set(vocab.values())) < len(vocab):
-        saved = read_json(Path(directory) / TOKENIZER)
-        if all(vocab.get(token) == i for token, i in saved["model"]["vocab"].items()):  # the same vocabulary, less the aliases
+        saved = read_json(target)
+        if all(vocab.get(token) == i for token, i in saved["model"]["vocab"].items()):
             saved["model"]["vocab"] = vocab
-            write_json(Path(directory) / TOKENIZER, saved)
+            write_json(target, saved)
 
 
 def model_task(directory: Path) -> str:

@@ -98,7 +98,8 @@ def export(cfg: ExportConfig, overwrite: bool = False) -> ExportResult:
 
         artifacts.copy_serving_files(model_dir, staging)
         encoder.no_padding()
-        encoder.save(str(staging / artifacts.TOKENIZER))  # set up for inference: truncation on, padding off
+        with artifacts.keeping_aliases(model_dir / artifacts.TOKENIZER, staging / artifacts.TOKENIZER):
+            encoder.save(str(staging / artifacts.TOKENIZER))  # set up for inference: truncation on, padding off
         manifest = {
             "format": "slmkit-onnx",
             "task": artifacts.model_task(model_dir),
@@ -113,6 +114,8 @@ def export(cfg: ExportConfig, overwrite: bool = False) -> ExportResult:
             "torch": torch.__version__,
         }
         artifacts.write_json(staging / artifacts.MANIFEST, manifest)
+        # the same texts through what was written, as a user loads it: tokenizer.json, manifest and graph
+        parity["runtime_max_abs_logit_diff"] = check_runtime(staging, texts, reference, cfg.tolerance)
         metrics = {
             "parity": parity,
             "probe": {"size": len(texts), "source": str(source), "sequence_length": int(probe["input_ids"].shape[1])},
@@ -153,6 +156,21 @@ def _arrays(encodings, inputs: list[str]) -> dict[str, np.ndarray]:
     if "token_type_ids" in inputs:
         arrays["token_type_ids"] = np.zeros_like(arrays["input_ids"])
     return arrays
+
+
+def check_runtime(directory: Path, texts: list[str], reference: np.ndarray, tolerance: float) -> float:
+    """Run the probe texts through the torch-free runtime over the written directory; fail unless its logits
+    match `reference` (a tokenizer.json that encodes differently fails here)."""
+    from slmkit.runtime import Predictor
+
+    logits = Predictor(directory).logits(texts)
+    max_diff = float(np.abs(logits - reference).max())
+    if not (max_diff <= tolerance and (logits.argmax(1) == reference.argmax(1)).all()):
+        raise UserError(
+            f"{directory.name}: the written model fails its parity check through slmkit.runtime: max |logit difference| "
+            f"{max_diff:.2e} (allowed {tolerance:.0e}): nothing was written; report this model's tokenizer"
+        )
+    return max_diff
 
 
 def check_parity(onnx_path: Path, probe: dict[str, np.ndarray], reference: np.ndarray, tolerance: float) -> dict:

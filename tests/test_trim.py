@@ -293,3 +293,15 @@ def test_bad_input_is_one_line_and_leaves_nothing(case, message, minilm_model, t
     assert "\n" not in str(error.value)
     assert not out.exists() and not artifacts.staging_dir(out).exists()
     assert not artifacts.staging_dir(minilm_model).exists() and (minilm_model / "model.safetensors").is_file()
+
+
+def test_slm_export_keeps_the_aliases(trimmed, tmp_path):
+    from slmkit.config import ExportConfig
+    from slmkit.export import export
+    from slmkit.predict import predict_probs
+
+    result = export(ExportConfig(model=str(trimmed.out), out=str(tmp_path / "onnx")))
+    assert _tokenizer(result.out).get_vocab(with_added_tokens=True) == _tokenizer(trimmed.out).get_vocab(with_added_tokens=True)
+    texts = ["my xylophone has usernames and passwords", *KEPT_TEXTS]  # removed pieces, and kept ones
+    np.testing.assert_allclose(predict_probs(result.out, texts)[0], predict_probs(trimmed.out, texts)[0], atol=1e-5, rtol=0)
+    assert result.metrics["parity"]["runtime_max_abs_logit_diff"] <= 1e-4
