@@ -385,7 +385,7 @@ class ServeConfig:
     max_texts: int = _f(64, "Most texts in one request; more get 422.")
     max_chars: int = _f(2000, "Most characters in one text; a longer one gets 422, or is cut when truncate is on.")
     truncate: bool = _f(False, "Cut texts longer than max_chars instead of refusing the request (each result says whether it was cut).")
-    queue_size: int = _f(256, "Most texts admitted and not yet answered (waiting or in the model); a request that would exceed it gets 429 with Retry-After.")
+    queue_size: int = _f(128, "Most requests admitted and not yet answered; more get 429 with Retry-After at once (before their body is read).")
     timeout_s: float = _f(10.0, "Deadline of one request in seconds: past it the answer is 503, never a late result.")
     threads: int | None = _f(1, "ONNX Runtime threads per worker; 1 leaves the other cores to HTTP handling and other workers.")
     access_log: bool = _f(False, "Log every request (costs throughput under load).")
@@ -401,7 +401,7 @@ class ServeConfig:
             (self.max_body_bytes >= 1024, "max_body_bytes", f"must be at least 1024 (got {self.max_body_bytes})"),
             (self.max_texts >= 1, "max_texts", f"must be at least 1 (got {self.max_texts})"),
             (self.max_chars >= 1, "max_chars", f"must be at least 1 (got {self.max_chars})"),
-            (self.queue_size >= self.max_texts, "queue_size", f"must be at least max_texts ({self.max_texts}), or a full request could never be admitted (got {self.queue_size})"),
+            (self.queue_size >= 1, "queue_size", f"must be at least 1 (got {self.queue_size})"),
             (self.timeout_s > 0, "timeout_s", f"must be positive (got {self.timeout_s})"),
             (self.threads is None or self.threads >= 1, "threads", f"must be at least 1 (got {self.threads})"),
         ])

@@ -18,8 +18,8 @@ top to bottom, this module owns:
   exception — its activation scales are computed over the whole batch — so such a model runs each text on its
   own within the batch (`"batching": "per-text"` in /v1/models).
 - **limits and errors**: body size (413), texts per request and characters per text (422, or truncation),
-  a bounded queue (429 with Retry-After), a per-request deadline (503, never a late answer), an optional API
-  key (401). Every error body is `{"error": {"code", "message"}}` with a code from `ERROR_CODES`; no stack
+  a bounded queue of requests (429 with Retry-After, decided before the body is read, so that refusing stays
+  cheap under overload), a per-request deadline (503, never a late answer), an optional API key (401). Every error body is `{"error": {"code", "message"}}` with a code from `ERROR_CODES`; no stack
   trace or internal name ever reaches a client.
 - **shutdown**: SIGTERM turns readiness and every new request to 503, lets the admitted requests finish,
   then stops uvicorn; the process exits 0.
@@ -80,7 +80,7 @@ ERROR_CODES = {
     "too_many_texts": "more than max_texts texts (422)",
     "text_too_long": "a text exceeds max_chars characters and truncation is off (422)",
     "invalid_text": "a text is not valid Unicode (a lone surrogate) (422)",
-    "queue_full": "the queue is full: retry after Retry-After seconds (429)",
+    "queue_full": "queue_size requests are already being answered: retry after Retry-After seconds (429)",
     "internal": "a server fault; details are in the server log only (500)",
     "not_ready": "the model is still loading (503)",
     "shutting_down": "the server is draining after SIGTERM (503)",
@@ -200,21 +200,16 @@ class _Job:
     cancelled: bool = False
 
 
-class QueueFull(Exception):
-    pass
-
-
 class Batcher:
     """One queue of texts in front of the model; one task merges them into batches and runs each batch on the
-    model thread. `capacity` bounds the texts admitted and not yet answered."""
+    model thread. (The queue is bounded upstream: the gate admits at most queue_size requests.)"""
 
     def __init__(self, predict: Callable[[list[str]], np.ndarray], n_labels: int, executor: ThreadPoolExecutor,
-                 max_batch: int, max_wait_s: float, capacity: int, on_batch: Callable[[int, float], None]):
+                 max_batch: int, max_wait_s: float, on_batch: Callable[[int, float], None]):
         self.predict, self.n_labels, self.executor = predict, n_labels, executor
-        self.max_batch, self.max_wait_s, self.capacity, self.on_batch = max_batch, max_wait_s, capacity, on_batch
+        self.max_batch, self.max_wait_s, self.on_batch = max_batch, max_wait_s, on_batch
         self.jobs: deque[_Job] = deque()
-        self.waiting = 0  # texts queued, not yet in the model
-        self.admitted = 0  # texts queued or in the model
+        self.waiting = 0  # texts queued, not yet in the model (the queue depth)
         self.wakeup = asyncio.Event()
         self.task: asyncio.Task | None = None
 
@@ -231,21 +226,16 @@ class Batcher:
                 job.future.set_exception(ApiError(503, "shutting_down", "the server is shutting down: retry on another instance"))
 
     async def classify(self, texts: list[str]) -> np.ndarray:
-        """Class probabilities (n_texts, n_labels) of `texts`; raises QueueFull when they do not fit."""
-        if self.admitted + len(texts) > self.capacity:
-            raise QueueFull
+        """Class probabilities (n_texts, n_labels) of `texts`, in order."""
         loop = asyncio.get_running_loop()
         job = _Job(texts, loop.create_future(), np.empty((len(texts), self.n_labels), dtype=np.float32), loop.time())
         self.jobs.append(job)
         self.waiting += len(texts)
-        self.admitted += len(texts)
         self.wakeup.set()
         try:
             return await job.future
         except asyncio.CancelledError:  # the request's deadline passed: its texts not yet in the model leave now
-            left = len(job.texts) - job.taken
-            self.waiting -= left
-            self.admitted -= left
+            self.waiting -= len(job.texts) - job.taken
             job.taken, job.cancelled = len(job.texts), True
             raise
 
@@ -288,7 +278,6 @@ class Batcher:
             self.on_batch(len(texts), time.perf_counter() - started)
             row = 0
             for job, start, stop in batch:
-                self.admitted -= stop - start
                 if not job.future.done():
                     if probs is None:
                         job.future.set_exception(failure)
@@ -301,7 +290,7 @@ class Batcher:
 
 
 class _Throughput:
-    """Texts per second over the last THROUGHPUT_WINDOW_S seconds."""
+    """Events (texts, requests) per second over the last THROUGHPUT_WINDOW_S seconds."""
 
     def __init__(self):
         self.events: deque[tuple[float, int]] = deque()
@@ -345,8 +334,7 @@ class _Metrics:
         )
         self.texts = Counter("slm_texts", "Texts classified.", registry=r)
         Gauge("slm_queue_texts", "Texts waiting for the model (queue depth).", registry=r).set_function(lambda: service.batcher.waiting if service.batcher else 0)
-        Gauge("slm_admitted_texts", "Texts admitted and not yet answered (bounded by queue_size).", registry=r).set_function(lambda: service.batcher.admitted if service.batcher else 0)
-        Gauge("slm_in_flight_requests", "Requests being answered.", registry=r).set_function(lambda: service.in_flight)
+        Gauge("slm_in_flight_requests", "Requests admitted and not yet answered (bounded by queue_size).", registry=r).set_function(lambda: service.in_flight)
         Gauge("slm_texts_per_second", f"Texts classified per second over the last {THROUGHPUT_WINDOW_S:g} s.", registry=r).set_function(service.throughput.rate)
         Gauge("slm_ready", "1 when the model is loaded and warmed up and the server is not draining.", registry=r).set_function(lambda: float(service.ready))
         info = Gauge("slm_model_info", "The model served (value 1).", ["name", "version", "sha256"], registry=r)
@@ -370,11 +358,12 @@ class Service:
         self.api_key = api_key.encode() if api_key else None
         self.state = "loading"  # loading → ready, or failed
         self.draining = False
-        self.in_flight = 0  # admitted requests not yet answered
+        self.in_flight = 0  # admitted requests not yet answered (at most cfg.queue_size)
         self.last_request = 0.0  # monotonic time of the last request seen, for the drain's quiet period
         self.batcher: Batcher | None = None
         self.executor = ThreadPoolExecutor(1, thread_name_prefix="slm-model")
-        self.throughput = _Throughput()
+        self.throughput = _Throughput()  # texts/s
+        self.answered = _Throughput()  # admitted requests/s, for Retry-After
         self.metrics = _Metrics(self)
         self.model_ref = bundle.ref()
         self._uvicorn_sigterm: Any = None
@@ -417,8 +406,7 @@ class Service:
             self.state = "failed"
             return
         self.throughput.add(0)
-        self.batcher = Batcher(predictor.predict_proba, len(bundle.labels), self.executor, cfg.max_batch, cfg.max_wait_ms / 1000,
-                               cfg.queue_size, self._on_batch)
+        self.batcher = Batcher(predictor.predict_proba, len(bundle.labels), self.executor, cfg.max_batch, cfg.max_wait_ms / 1000, self._on_batch)
         self.batcher.start()
         self.state = "ready"
         log.info("model %s (version %s, sha256 %s…, %s, batching %s) loaded and warmed up in %.1f s: ready",
@@ -428,11 +416,10 @@ class Service:
         self.metrics.batch(texts, seconds)
         self.throughput.add(texts)
 
-    def retry_after(self) -> str:
-        """Seconds until the queue has drained at the recent rate (1 to 60)."""
-        rate = self.throughput.rate()
-        admitted = self.batcher.admitted if self.batcher else 0
-        return str(min(60, max(1, math.ceil(admitted / rate)))) if rate > 0 else "1"
+    def retry_after(self) -> bytes:
+        """Seconds until the admitted requests are answered at the recent rate (1 to 60)."""
+        rate = self.answered.rate()
+        return str(min(60, max(1, math.ceil(self.in_flight / rate))) if rate > 0 else 1).encode()
 
     # ------------------------------------------------------------------------------------------ draining
 
@@ -470,7 +457,10 @@ class Service:
 
 
 class _Gate:
-    """Pure ASGI middleware in front of every route: metrics, the API key, and 503 while draining."""
+    """Pure ASGI middleware in front of the whole application: metrics, the API key, 503 while draining, and the
+    bounded queue: at most queue_size requests admitted at once, the excess refused before its body is read.
+    It sits outside FastAPI's own middleware (see `_App`): under overload a refusal must cost as little as
+    possible, or refusing the excess alone saturates the CPU."""
 
     def __init__(self, app: Any, service: Service):
         self.app, self.service = app, service
@@ -503,13 +493,26 @@ class _Gate:
                 await _send_error(send_and_record, 503, "shutting_down", "the server is shutting down: retry on another instance",
                                   [(b"connection", b"close")])
                 return
+            if service.in_flight >= service.cfg.queue_size and path != "/metrics":
+                await _send_error(send_and_record, 429, "queue_full", "too many requests in progress: retry after Retry-After seconds",
+                                  [(b"retry-after", service.retry_after())])
+                return
             admitted = True
             service.in_flight += 1
             await self.app(scope, receive, send_and_record)
         finally:
             if admitted:
                 service.in_flight -= 1
+                service.answered.add(1)
             service.metrics.request(path if path in ENDPOINTS else "other", status, time.perf_counter() - started)
+
+
+class _App(FastAPI):
+    """FastAPI with `_Gate` outermost (FastAPI puts `add_middleware` middleware inside its error and telemetry
+    layers, which a refused request need not pass)."""
+
+    def build_middleware_stack(self) -> Any:
+        return _Gate(super().build_middleware_stack(), self.state.service)
 
 
 def _authorized(headers: list[tuple[bytes, bytes]], key: bytes) -> bool:
@@ -634,14 +637,13 @@ def create_app(cfg: ServeConfig) -> FastAPI:
     cfg.validate()
     bundle = open_bundle(Path(cfg.model))
     service = Service(cfg, bundle, read_api_key(cfg.api_key_file) if cfg.api_key_file else None)
-    app = FastAPI(
+    app = _App(
         title="slmkit serve", version="1",
         description=f"Text classification with **{bundle.name}** ({len(bundle.labels)} labels). Errors: "
                     + ", ".join(f"`{c}`" for c in ERROR_CODES) + ".",
         lifespan=service.lifespan, redoc_url=None,
     )
     app.state.service = service
-    app.add_middleware(_Gate, service=service)
 
     @app.exception_handler(ApiError)
     async def api_error(request: Request, e: ApiError) -> Response:
@@ -678,8 +680,6 @@ def create_app(cfg: ServeConfig) -> FastAPI:
             async with asyncio.timeout(cfg.timeout_s):
                 texts, cut = parse_texts(await _read_body(request, cfg.max_body_bytes), cfg)
                 probs = await service.batcher.classify(texts)
-        except QueueFull:
-            raise ApiError(429, "queue_full", "too many texts waiting: retry after Retry-After seconds", {"retry-after": service.retry_after()}) from None
         except TimeoutError:
             raise ApiError(503, "timeout", f"no answer within {cfg.timeout_s:g} s: retry later or send fewer texts") from None
         labels, best = bundle.labels, probs.argmax(axis=1)
