@@ -148,8 +148,17 @@ def open_bundle(directory: Path) -> Bundle:
         precision=manifest.get("precision", "fp32"),
         max_length=int(manifest["max_length"]),
         batching="per-text" if _has_dynamic_quantization(model) else "padded",
-        metrics=metrics,
+        metrics=_without_paths(metrics),
     )
+
+
+def _without_paths(value: Any) -> Any:
+    """The bundle's records as served: absolute paths of the machine that made them are left out."""
+    if isinstance(value, dict):
+        return {k: _without_paths(v) for k, v in value.items() if not (isinstance(v, str) and Path(v).is_absolute())}
+    if isinstance(value, list):
+        return [_without_paths(v) for v in value]
+    return value
 
 
 def _sha256(path: Path) -> str:
@@ -162,6 +171,8 @@ def _sha256(path: Path) -> str:
 
 def _has_dynamic_quantization(path: Path) -> bool:
     """Whether the graph quantizes activations at run time (op names are stored as plain bytes in the file)."""
+    if path.stat().st_size == 0:
+        return False
     with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as view:
         return any(view.find(op) >= 0 for op in DYNAMIC_QUANT_OPS)
 
@@ -729,7 +740,15 @@ def app_from_env() -> FastAPI:
 def serve(cfg: ServeConfig) -> None:
     """Check the bundle and the settings, then serve until SIGTERM or Ctrl-C."""
     cfg.validate()
-    bundle = open_bundle(Path(cfg.model))  # a bad bundle is one line here, not a crash in every worker
+    bundle = open_bundle(Path(cfg.model))  # a bad bundle is one line here, not a failed load in every worker
+    try:
+        from slmkit.runtime import Predictor
+
+        Predictor(bundle.directory, threads=1)
+    except UserError:
+        raise
+    except Exception as e:  # a file ONNX Runtime cannot read
+        raise UserError(f"{bundle.directory}: ONNX Runtime cannot load the model ({type(e).__name__}): export it again with slm export") from None
     if cfg.api_key_file:
         read_api_key(cfg.api_key_file)
     try:

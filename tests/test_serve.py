@@ -108,7 +108,9 @@ def test_health_models_metrics_and_docs(exported_tiny):
         docs = client.get("/docs")
     (model,) = models["models"]
     assert model["labels"] == ["billing", "delivery", "login"] and model["batching"] == "padded" and model["precision"] == "fp32"
-    assert model["metrics"] == json.loads((exported_tiny / "metrics.json").read_text())  # the bundle's own records
+    recorded = json.loads((exported_tiny / "metrics.json").read_text())
+    assert model["metrics"]["parity"] == recorded["parity"] and model["metrics"]["onnx_bytes"] == recorded["onnx_bytes"]  # the bundle's records ...
+    assert Path(recorded["probe"]["source"]).is_absolute() and "source" not in model["metrics"]["probe"]  # ... less this machine's paths
     assert models["limits"]["max_texts"] == 64 and models["limits"]["queue_size"] == 128
     text = metrics.text
     assert metrics.headers["content-type"].startswith("text/plain")
@@ -395,6 +397,10 @@ def test_cli_serve_bad_input_is_one_line(exported_tiny, tmp_path):
     (tampered / "manifest.json").write_text(json.dumps({**manifest, "sha256": "0" * 64}))
     result = runner.invoke(cli, ["serve", str(tampered)])
     assert result.exit_code == 2 and "SHA-256 differs" in result.stderr
+    (tampered / "manifest.json").write_text(json.dumps(manifest))
+    (tampered / "model.onnx").write_bytes(b"\x08\x07" + b"\x00" * 64)  # parses as a protobuf, not a model
+    result = runner.invoke(cli, ["serve", str(tampered)])
+    assert result.exit_code == 2 and "ONNX Runtime cannot load the model" in result.stderr, result.output
 
 
 def test_readme_serve_example_runs_as_written(exported_tiny):
