@@ -377,7 +377,7 @@ class Service:
         self.answered = _Throughput()  # admitted requests/s, for Retry-After
         self.metrics = _Metrics(self)
         self.model_ref = bundle.ref()
-        self._uvicorn_sigterm: Any = None
+        self._previous_sigterm: Any = None  # the SIGTERM handler the drain took over (uvicorn's)
         self._drain_task: asyncio.Task | None = None
 
     @property
@@ -394,8 +394,8 @@ class Service:
             loading.cancel()
             if self.batcher:
                 await self.batcher.stop()
-            if self._uvicorn_sigterm is not None:
-                signal.signal(signal.SIGTERM, self._uvicorn_sigterm)
+            if self._previous_sigterm is not None:
+                signal.signal(signal.SIGTERM, self._previous_sigterm)
             self.executor.shutdown(wait=False)
 
     async def _load(self) -> None:
@@ -416,7 +416,6 @@ class Service:
             log.exception("loading %s failed", bundle.directory)
             self.state = "failed"
             return
-        self.throughput.add(0)
         self.batcher = Batcher(predictor.predict_proba, len(bundle.labels), self.executor, cfg.max_batch, cfg.max_wait_ms / 1000, self._on_batch)
         self.batcher.start()
         self.state = "ready"
@@ -435,14 +434,15 @@ class Service:
     # ------------------------------------------------------------------------------------------ draining
 
     def _take_over_sigterm(self) -> None:
-        """Replace uvicorn's SIGTERM handler (which stops at once) with the drain; uvicorn's is called when done.
+        """Replace the server's SIGTERM handler (uvicorn's closes the port at once) with the drain, which hands the
+        signal back to it when done.
 
         Only the main thread can set signal handlers: under TestClient (another thread) `begin_drain` is called
         directly by the tests."""
         if threading.current_thread() is not threading.main_thread():
             return
         loop = asyncio.get_running_loop()
-        self._uvicorn_sigterm = signal.getsignal(signal.SIGTERM)
+        self._previous_sigterm = signal.getsignal(signal.SIGTERM)
         signal.signal(signal.SIGTERM, lambda sig, frame: loop.call_soon_threadsafe(self.begin_drain))
 
     def begin_drain(self) -> None:
@@ -463,8 +463,10 @@ class Service:
         self._stop_server()
 
     def _stop_server(self) -> None:
-        if callable(self._uvicorn_sigterm):
-            self._uvicorn_sigterm(signal.SIGTERM, None)
+        """SIGTERM again, now to the handler the drain took it from: uvicorn's graceful stop."""
+        if self._previous_sigterm is not None:
+            signal.signal(signal.SIGTERM, self._previous_sigterm)
+            signal.raise_signal(signal.SIGTERM)
 
 
 class _Gate:
