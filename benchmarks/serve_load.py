@@ -178,17 +178,29 @@ def http_request(body: bytes, path: str = "/v1/classify") -> bytes:
 
 
 class Connection:
-    """One keep-alive HTTP/1.1 connection; `send` returns (status, body), reconnecting after a close."""
+    """One keep-alive HTTP/1.1 connection; `send` returns (status, body), reconnecting after a close.
 
-    def __init__(self, port: int):
-        self.port, self.reader, self.writer = port, None, None
+    With `retry`, like common HTTP clients, it sends a request again, once, on a fresh connection when a reused
+    one turns out to have been closed by the server before a byte of the answer came (the server closes
+    connections idle for uvicorn's keep-alive timeout, 5 s; a request written at that moment is never read).
+    The paced phases, whose connections idle, use it; the closed-loop ones (SIGTERM included) do not."""
+
+    def __init__(self, port: int, retry: bool = False):
+        self.port, self.retry, self.reader, self.writer = port, retry, None, None
 
     async def send(self, raw: bytes) -> tuple[int, bytes]:
-        if self.writer is None:
+        reused = self.writer is not None
+        if not reused:
             self.reader, self.writer = await asyncio.open_connection("127.0.0.1", self.port)
         self.writer.write(raw)
         try:
             head = await self.reader.readuntil(b"\r\n\r\n")
+        except (asyncio.IncompleteReadError, ConnectionResetError) as e:
+            self.close()
+            if self.retry and reused and not getattr(e, "partial", b""):
+                return await self.send(raw)
+            raise
+        try:
             length = int(re.search(rb"(?i)\r\ncontent-length: *(\d+)", head).group(1))
             body = await self.reader.readexactly(length)
         except BaseException:
@@ -237,7 +249,7 @@ async def closed_loop(port: int, bodies: list[bytes], concurrency: int, seconds:
 async def open_loop(port: int, bodies: list[bytes], rate: float, seconds: float, connections: int) -> tuple[list[tuple[float, float, int]], int]:
     """Requests at a fixed arrival rate, whatever the answers (open loop), over a pool of connections; returns the
     records and how many arrivals found no idle connection (the client could not offer them)."""
-    pool = [Connection(port) for _ in range(connections)]
+    pool = [Connection(port, retry=True) for _ in range(connections)]
     for conn in pool:  # connect up front: connecting is not what is measured
         conn.reader, conn.writer = await asyncio.open_connection("127.0.0.1", port)
     idle, records, unsent, tasks = list(pool), [], 0, set()
@@ -425,11 +437,13 @@ def phase_soak(bundle: Path, bodies: list[bytes], minutes: float, rate: float, p
     try:
         run(closed_loop(port, bodies, CONCURRENCY, 2.0, 10**9))
         end = time.monotonic() + 60 * minutes
-        ok = failed = 0
+        ok, failed = 0, {}
         while time.monotonic() < end:
             records, _ = run(open_loop(port, bodies, rate, min(10.0, end - time.monotonic()), connections=64))
             ok += sum(1 for r in records if r[2] == 200)
-            failed += sum(1 for r in records if r[2] != 200)
+            for r in records:
+                if r[2] != 200:
+                    failed[str(r[2])] = failed.get(str(r[2]), 0) + 1
             samples.append({"t_s": round(60 * minutes - (end - time.monotonic())), **{k: round(v, 1) for k, v in server.usage().items() if k != "cpu_s"}})
     finally:
         server.stop()
@@ -528,7 +542,8 @@ def markdown(r: dict) -> str:
     mark = lambda ok: "✓" if ok else "✗"  # noqa: E731
     lines = [
         "# `slm serve` under load, overload, soak, SIGTERM and fuzzing", "",
-        f"Command: `{r['command']}`", "",
+        "Command" + ("s (the later ones replaced the phases they ran)" if len(r["commands"]) > 1 else "") + ":", "",
+        *(f"    {c}" for c in r["commands"]), "",
         f"Bundle: `{r['bundle']}`: {r['manifest']} model.onnx {r['model_bytes'] / 1e6:.2f} MB, whole bundle {r['bundle_bytes'] / 1e6:.2f} MB "
         f"(target ≤ {MAX_BUNDLE_BYTES / 1e6:.0f} MB {mark(r['bundle_bytes'] <= MAX_BUNDLE_BYTES)}). "
         f"Machine: {hw['cpu']}, {hw['cpus']} vCPUs ({', '.join(hw['isa'])}), onnxruntime {hw.get('onnxruntime')}. "
@@ -559,7 +574,7 @@ def markdown(r: dict) -> str:
     if "soak" in ph:
         v = ph["soak"]
         lines += [f"## Soak: {v['minutes']:g} minutes at {v['rate']:g} requests/s", "",
-                  f"{v['ok']:,} answered, {v['failed']:,} failed. RSS {v['start']['rss_mb']} MB at {v['start']['t_s']} s → {v['end']['rss_mb']} MB at "
+                  f"{v['ok']:,} answered, failed: {v['failed'] or 0}. RSS {v['start']['rss_mb']} MB at {v['start']['t_s']} s → {v['end']['rss_mb']} MB at "
                   f"{v['end']['t_s']} s (max {v['rss_mb_max']} MB); open file descriptors {v['start']['fds']} → {v['end']['fds']} (max {v['fds_max']}).", ""]
     if "sigterm" in ph:
         v = ph["sigterm"]
@@ -592,6 +607,7 @@ def main() -> None:
     parser.add_argument("--phases", default="load,overload,soak,sigterm,fuzz")
     parser.add_argument("--port", type=int, default=18400)
     parser.add_argument("--out", type=Path, default=RESULTS / "serve")
+    parser.add_argument("--update", action="store_true", help="replace only the phases run in an existing --out JSON (its other phases stay)")
     args = parser.parse_args()
     LOGS.mkdir(parents=True, exist_ok=True)
     bundle = build_bundle(args.build, args.teacher) if args.build else args.bundle
@@ -604,7 +620,8 @@ def main() -> None:
     texts = demo_texts()
     bodies = [json.dumps({"texts": [t]}).encode() for t in texts]
     phases = args.phases.split(",")
-    results = {"command": "python benchmarks/serve_load.py " + " ".join(shlex.quote(a) for a in sys.argv[1:]), "bundle": str(bundle),
+    command = "python benchmarks/serve_load.py " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+    results = {"commands": [command], "bundle": str(bundle),
                "model_bytes": model_bytes, "bundle_bytes": bundle_bytes, "manifest": json.loads((bundle / "manifest.json").read_text()).get("precision"),
                "hardware": fingerprint(), "concurrency": CONCURRENCY, "phases": {}}
     port = args.port
@@ -633,6 +650,9 @@ def main() -> None:
         port += 1
         results["phases"]["fuzz"] = r = phase_fuzz(bundle, texts[:8], args.fuzz, port)
         say("fuzz", r)
+    if args.update and args.out.with_suffix(".json").is_file():
+        previous = json.loads(args.out.with_suffix(".json").read_text())
+        results = {**previous, "commands": [*previous["commands"], command], "phases": {**previous["phases"], **results["phases"]}}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.with_suffix(".json").write_text(json.dumps(results, indent=2) + "\n")
     args.out.with_suffix(".md").write_text(markdown(results))

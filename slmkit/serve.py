@@ -678,8 +678,10 @@ def create_app(cfg: ServeConfig) -> FastAPI:
         return Response(error_body("internal", "internal error: the server log has the details"), 500, media_type="application/json")
 
     def require_ready() -> None:
-        if service.state != "ready":
+        if service.state == "loading":
             raise ApiError(503, "not_ready", "the model is still loading: retry shortly", {"retry-after": "1"})
+        if service.state == "failed":
+            raise ApiError(503, "not_ready", "the model failed to load: the server log says why")
 
     @app.post(
         "/v1/classify", response_model=None, summary="Classify texts",

@@ -311,12 +311,17 @@ def post(port: int, texts: list[str], timeout: float = 30) -> tuple[int, dict]:
         return e.code, json.loads(e.read())
 
 
+def in_flight(port: int) -> float:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as response:
+        return float(re.search(r"^slm_in_flight_requests (\S+)", response.read().decode(), re.M).group(1))
+
+
 def test_sigterm_finishes_admitted_requests_refuses_new_ones_and_exits_0(exported_tiny):
     port = free_port()
     env = {**os.environ, "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
-    # batches wait up to 1.5 s to fill: the first requests are still in flight when SIGTERM arrives
+    # batches wait up to 3 s to fill: the first requests are still in flight when SIGTERM arrives
     server = subprocess.Popen([sys.executable, "-m", "slmkit.cli", "serve", str(exported_tiny), "--port", str(port), "--max-batch", "64",
-                               "--max-wait-ms", "1500"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                               "--max-wait-ms", "3000"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         deadline = time.monotonic() + 120
         while True:
@@ -329,7 +334,8 @@ def test_sigterm_finishes_admitted_requests_refuses_new_ones_and_exits_0(exporte
                 time.sleep(0.1)
         with ThreadPoolExecutor(4) as pool:
             admitted = [pool.submit(post, port, [t]) for t in TEXTS[:4]]
-            time.sleep(0.5)
+            while in_flight(port) < 4 + 1:  # the four, and the scrape itself
+                time.sleep(0.05)
             server.send_signal(signal.SIGTERM)
             time.sleep(0.2)
             status, body = post(port, TEXTS[:1])
