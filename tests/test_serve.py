@@ -420,3 +420,11 @@ def test_readme_serve_example_runs_as_written(exported_tiny):
     shown = json.loads(re.search(r"<!-- serve-response -->\s*```json\n(.*?)```", README.read_text(), re.S).group(1))
     assert set(shown) == set(response.json()) and set(shown["results"][0]) == set(response.json()["results"][0])
     assert set(shown["model"]) == set(response.json()["model"])
+
+
+def test_cli_serve_help_explains_every_option():
+    result = CliRunner().invoke(cli, ["serve", "--help"])
+    assert result.exit_code == 0
+    for option in ("--host", "--port", "--workers", "--api-key-file", "--max-batch", "--max-wait-ms", "--max-body-bytes", "--max-texts",
+                   "--max-chars", "--truncate", "--queue-size", "--timeout", "--threads", "--access-log", "--config", "--set"):
+        assert option in result.stdout, option
