@@ -19,8 +19,8 @@ from rich.table import Table
 
 from slmkit import distributed
 from slmkit.config import (
-    BenchConfig, DataConfig, DistillConfig, EvalConfig, ExportConfig, ExportWebConfig, ModelConfig, OptimConfig, PruneConfig, QuantizeConfig, TrainConfig, TrimConfig,
-    help_of, load_config,
+    BenchConfig, DataConfig, DistillConfig, EvalConfig, ExportConfig, ExportWebConfig, ModelConfig, OptimConfig, PruneConfig, QuantizeConfig,
+    ServeConfig, TrainConfig, TrimConfig, help_of, load_config,
 )
 from slmkit.errors import UserError
 
@@ -493,6 +493,45 @@ def bench(
     for line in r["warnings"]:
         err.print(f"[yellow]warning:[/yellow] {line}", highlight=False, soft_wrap=True)
     out.print(f"report written to [bold]{result.out}[/bold] (report.html, report.md, results.json)")
+
+
+# -------------------------------------------------------------------------------------------- serve
+
+
+@app.command()
+@_user_errors
+def serve(
+    model: Annotated[str, typer.Argument(help=_h(ServeConfig, "model"), show_default=False)],
+    host: Annotated[Optional[str], typer.Option(help=_h(ServeConfig, "host"))] = None,
+    port: Annotated[Optional[int], typer.Option(help=_h(ServeConfig, "port"))] = None,
+    workers: Annotated[Optional[int], typer.Option(help=_h(ServeConfig, "workers"))] = None,
+    api_key_file: Annotated[Optional[str], typer.Option(help=_h(ServeConfig, "api_key_file"))] = None,
+    max_batch: Annotated[Optional[int], typer.Option(help=_h(ServeConfig, "max_batch"))] = None,
+    max_wait_ms: Annotated[Optional[float], typer.Option(help=_h(ServeConfig, "max_wait_ms"))] = None,
+    max_body_bytes: Annotated[Optional[int], typer.Option(help=_h(ServeConfig, "max_body_bytes"))] = None,
+    max_texts: Annotated[Optional[int], typer.Option(help=_h(ServeConfig, "max_texts"))] = None,
+    max_chars: Annotated[Optional[int], typer.Option(help=_h(ServeConfig, "max_chars"))] = None,
+    truncate: Annotated[Optional[bool], typer.Option("--truncate/--no-truncate", help=_h(ServeConfig, "truncate"))] = None,
+    queue_size: Annotated[Optional[int], typer.Option(help=_h(ServeConfig, "queue_size"))] = None,
+    timeout: Annotated[Optional[float], typer.Option("--timeout", help=_h(ServeConfig, "timeout_s"))] = None,
+    threads: Annotated[Optional[int], typer.Option(help=_h(ServeConfig, "threads"))] = None,
+    access_log: Annotated[Optional[bool], typer.Option("--access-log/--no-access-log", help=_h(ServeConfig, "access_log"))] = None,
+    config: Annotated[Optional[Path], typer.Option(help="YAML file of serve settings; flags and --set override it.")] = None,
+    set_: Sets = None,
+):
+    """Serve a model over HTTP: POST /v1/classify (micro-batched), /v1/models, /health/live, /health/ready,
+    Prometheus /metrics and OpenAPI docs at /docs. SIGTERM drains: admitted requests finish, new ones get 503.
+
+    Example: slm serve runs/x-int8 --port 8000 --workers 2
+    """
+    from slmkit.serve import serve as run_serve
+
+    flags = {
+        "model": model, "host": host, "port": port, "workers": workers, "api_key_file": api_key_file, "max_batch": max_batch,
+        "max_wait_ms": max_wait_ms, "max_body_bytes": max_body_bytes, "max_texts": max_texts, "max_chars": max_chars,
+        "truncate": truncate, "queue_size": queue_size, "timeout_s": timeout, "threads": threads, "access_log": access_log,
+    }
+    run_serve(load_config(ServeConfig, config, set_, **flags))  # uvicorn logs the address; the model logs "ready"
 
 
 # --------------------------------------------------------------------------------------------- demo

@@ -395,6 +395,43 @@ class BenchConfig:
         ])
 
 
+@dataclass
+class ServeConfig:
+    """`slm serve`: an exported model behind HTTP, with micro-batching, limits and a graceful shutdown."""
+
+    model: str = _f("", "Model bundle: an slm export or slm quantize output, or a run's deploy/ directory.")
+    host: str = _f("127.0.0.1", "Interface to listen on; 0.0.0.0 opens the server to other machines.")
+    port: int = _f(8000, "TCP port to listen on.")
+    workers: int = _f(1, "Server processes (uvicorn workers) sharing the port; each loads its own copy of the model.")
+    api_key_file: str | None = _f(None, "File whose first line is the API key every request but the health checks must send (Authorization: Bearer KEY or X-API-Key: KEY).")
+    max_batch: int = _f(32, "Most texts per model call: texts of concurrent requests are merged into batches up to this size.")
+    max_wait_ms: float = _f(2.0, "How long the first waiting text waits for others to fill its batch (ms).")
+    max_body_bytes: int = _f(1_000_000, "Largest request body in bytes; a larger one gets 413.")
+    max_texts: int = _f(64, "Most texts in one request; more get 422.")
+    max_chars: int = _f(2000, "Most characters in one text; a longer one gets 422, or is cut when truncate is on.")
+    truncate: bool = _f(False, "Cut texts longer than max_chars instead of refusing the request (each result says whether it was cut).")
+    queue_size: int = _f(128, "Most requests admitted and not yet answered; more get 429 with Retry-After at once (before their body is read).")
+    timeout_s: float = _f(10.0, "Deadline of one request in seconds: past it the answer is 503, never a late result.")
+    threads: int | None = _f(1, "ONNX Runtime threads per worker; 1 leaves the other cores to HTTP handling and other workers.")
+    access_log: bool = _f(False, "Log every request (costs throughput under load).")
+
+    def validate(self) -> None:
+        _check([
+            (bool(self.model), "model", "no model: pass the bundle directory, e.g. slm serve runs/x-int8"),
+            (bool(self.host), "host", "must be an interface address such as 127.0.0.1"),
+            (0 <= self.port <= 65535, "port", f"must be in [0, 65535] (got {self.port})"),
+            (self.workers >= 1, "workers", f"must be at least 1 (got {self.workers})"),
+            (self.max_batch >= 1, "max_batch", f"must be at least 1 (got {self.max_batch})"),
+            (self.max_wait_ms >= 0, "max_wait_ms", f"must be 0 or more (got {self.max_wait_ms})"),
+            (self.max_body_bytes >= 1024, "max_body_bytes", f"must be at least 1024 (got {self.max_body_bytes})"),
+            (self.max_texts >= 1, "max_texts", f"must be at least 1 (got {self.max_texts})"),
+            (self.max_chars >= 1, "max_chars", f"must be at least 1 (got {self.max_chars})"),
+            (self.queue_size >= 1, "queue_size", f"must be at least 1 (got {self.queue_size})"),
+            (self.timeout_s > 0, "timeout_s", f"must be positive (got {self.timeout_s})"),
+            (self.threads is None or self.threads >= 1, "threads", f"must be at least 1 (got {self.threads})"),
+        ])
+
+
 # ---------------------------------------------------------------------------------------------- load / save
 
 
