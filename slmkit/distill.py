@@ -376,7 +376,9 @@ def _trim(teacher_dir: Path, work: Path, rows: list[Example], eval_ex: list[Exam
     texts, labeled = work / "texts.jsonl", work / "eval.jsonl"
     _write_jsonl(texts, [{"text": e.text} for e in rows])  # JSONL: texts may hold newlines and commas
     _write_jsonl(labeled, [{"text": e.text, "label": e.label} for e in eval_ex])
-    return trim_vocab(TrimConfig(model=str(teacher_dir), out=str(work / TRIMMED_TEACHER), data=[str(texts)], eval=str(labeled))).out
+    # a plain vocabulary (no aliases): the student trains on these texts' pieces alone and reads others as [UNK]
+    config = TrimConfig(model=str(teacher_dir), out=str(work / TRIMMED_TEACHER), data=[str(texts)], eval=str(labeled), fallback="none")
+    return trim_vocab(config).out
 
 
 def _write_jsonl(path: Path, rows: list[dict]) -> None:
