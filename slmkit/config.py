@@ -363,6 +363,133 @@ class BenchConfig:
         ])
 
 
+# The default ladder of `slm run`: from a ~0.5M-parameter BiLSTM to half of the teacher's layers (DistilBERT's
+# recipe). Parameter counts shrink with the trimmed vocabulary (a few thousand word pieces on the demo); the
+# shapes are cheap enough that the demo's whole run fits in 15 minutes on 2 vCPUs. An entry may end with
+# training overrides for that student alone (`lr=1e-4 epochs=4`): a student that starts from the teacher's
+# own layers needs a fine-tuning learning rate, not the 1e-3 of students built from scratch.
+DEFAULT_STUDENTS = [
+    "bilstm:hidden=128,embed=64",
+    "transformer:layers=2,hidden=128,heads=2,ffn=512",
+    "transformer:layers=4,hidden=256,heads=4,ffn=1024",
+    "drop:every=2 lr=1e-4 epochs=6",
+]
+PIPELINE_BASELINES = ("tfidf", "fasttext", "teacher-torch")  # slm run measures the teacher's int8 itself
+
+
+@dataclass
+class LadderConfig:
+    """`slm run` students: how every student of the ladder is distilled (`slm distill` settings)."""
+
+    augment: float = _f(0.0, "Generated augmentation: new texts per training text for the students (0 for none).")
+    trim_vocab: bool = _f(True, "Give each student only the vocabulary its training texts use (smaller on disk).")
+    loss: LossConfig = field(default_factory=LossConfig)
+    train: OptimConfig = field(default_factory=lambda: OptimConfig(epochs=10, lr=1e-3, batch_size=32, patience=3))
+
+
+@dataclass
+class RunQuantizeConfig:
+    """`slm run` int8: how every candidate (students and the teacher) is quantized (`slm quantize` settings)."""
+
+    method: str = _f("dynamic", "dynamic, static or qat (see slm quantize).")
+    max_drop: float | None = _f(1.0, "Accuracy-aware int8: largest drop vs the same model in fp32, in points, on the eval set (none: no check).")
+    per_channel: bool = _f(True, "Quantize weights per output channel.")
+
+
+@dataclass
+class RunBenchConfig:
+    """`slm run` benchmark: how the candidates and baselines are measured (`slm bench` settings)."""
+
+    baselines: list[str] = _f(list(PIPELINE_BASELINES), "Baselines measured beside the candidates: tfidf, fasttext, teacher-torch.")
+    threads: list[str] = _f(["1", "all"], "Thread counts timed; the latency budget reads the first one.")
+    rounds: int = _f(3, "Interleaved timing rounds (each figure is the median over rounds).")
+    latency_calls: int = _f(200, "Timed batch-1 calls per round.")
+    speed_texts: int = _f(512, "Test texts used for timing.")
+    rss: bool = _f(True, "Measure each candidate's peak RSS in a fresh process.")
+    bootstrap: int = _f(1000, "Bootstrap resamples for the 95% intervals.")
+
+
+@dataclass
+class BudgetConfig:
+    """`slm run` budgets: what the chosen model must meet; none turns a budget off."""
+
+    size: str | None = _f("5MB", "Largest model file on disk, like 5MB, 500kB or 1.5GB (decimal units; KiB/MiB/GiB binary).")
+    latency: str | None = _f("1ms", "Largest batch-1 p50 latency on this CPU at the bench's first thread setting, like 1ms or 500us.")
+    max_drop: float | None = _f(3.0, "Largest test-accuracy drop vs the teacher, in points.")
+
+
+@dataclass
+class RunConfig:
+    """`slm run`: fine-tune a teacher, distill a ladder of students, compress, benchmark, select and ship."""
+
+    out: str = _f("", "Run directory: cached stages, the benchmark report and the deployable bundle (deploy/).")
+    data: DataConfig = field(default_factory=DataConfig)
+    test: str | None = _f(None, "Labeled test file for the benchmark and the budgets; default: a held-out split of --data.")
+    test_split: float = _f(0.2, "Fraction of --data held out as the test set when no --test file is given (seeded, stratified).")
+    seed: int = _f(42, "Seed of the eval and test splits.")
+    teacher: str | None = _f(None, "A fine-tuned teacher (slm train output) to reuse instead of training one.")
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: OptimConfig = field(default_factory=OptimConfig)
+    students: list[str] = _f(list(DEFAULT_STUDENTS), "The student ladder: slm distill --student specs, each optionally followed by training overrides (`drop:every=2 lr=1e-4 epochs=6`).")
+    distill: LadderConfig = field(default_factory=LadderConfig)
+    quantize: RunQuantizeConfig = field(default_factory=RunQuantizeConfig)
+    bench: RunBenchConfig = field(default_factory=RunBenchConfig)
+    budget: BudgetConfig = field(default_factory=BudgetConfig)
+    strict: bool = _f(False, "Exit with code 1 when no candidate meets every budget (default: explain and exit 0).")
+
+    def validate(self) -> None:
+        from slmkit.selection import parse_latency, parse_size  # the budget formats live with the selection rule
+        from slmkit.students import parse_student
+
+        b, q, bench = self.budget, self.quantize, self.bench
+        unknown = [x for x in bench.baselines if x not in PIPELINE_BASELINES]
+        _check([
+            (bool(self.data.train), "data.train", "no training data: pass --data FILE"),
+            (bool(self.out), "out", "no output directory: pass --out DIR"),
+            (0 < self.data.eval_split < 1, "data.eval_split", f"must be a fraction in (0, 1) (got {self.data.eval_split})"),
+            (0 < self.test_split < 1, "test_split", f"must be a fraction in (0, 1) (got {self.test_split})"),
+            (bool(self.students), "students", "the ladder is empty: give at least one --student SPEC"),
+            (len(set(self.students)) == len(self.students), "students", "lists a student twice"),
+            (q.method in ("dynamic", "static", "qat"), "quantize.method", f"must be dynamic, static or qat (got {q.method!r})"),
+            (q.max_drop is None or q.max_drop >= 0, "quantize.max_drop", f"must be 0 or more points (got {q.max_drop})"),
+            (b.max_drop is None or b.max_drop >= 0, "budget.max_drop", f"must be 0 or more points (got {b.max_drop}); --max-drop none turns it off"),
+            (not unknown, "bench.baselines", f"unknown baseline {', '.join(unknown)}: valid ones are {', '.join(PIPELINE_BASELINES)}"),
+            (bool(bench.threads) and all(t == "all" or (t.isdigit() and int(t) >= 1) for t in bench.threads), "bench.threads", f"must be thread counts (1, 2, ...) or 'all' (got {','.join(bench.threads)})"),
+            (bench.rounds >= 1, "bench.rounds", f"must be at least 1 (got {bench.rounds})"),
+            (bench.latency_calls >= 10, "bench.latency_calls", f"must be at least 10 (got {bench.latency_calls})"),
+            (bench.speed_texts >= 1, "bench.speed_texts", f"must be at least 1 (got {bench.speed_texts})"),
+            (bench.bootstrap >= 100, "bench.bootstrap", f"must be at least 100 resamples (got {bench.bootstrap})"),
+        ])
+        parse_size(b.size, "--budget-size")
+        parse_latency(b.latency, "--budget-latency")
+        for entry in self.students:
+            parse_student(ladder_entry(entry)[0])
+        TrainConfig(out=self.out, data=self.data, model=self.model, train=self.train).validate()
+        for entry in self.students:
+            spec, train = ladder_entry(entry, self.distill.train)
+            DistillConfig(teacher="-", student=spec, out=self.out, data=self.data, augment=self.distill.augment, loss=self.distill.loss, train=train).validate()
+
+
+def ladder_entry(entry: str, train: OptimConfig | None = None) -> tuple[str, OptimConfig]:
+    """A ladder entry `"SPEC [key=value ...]"` as its student spec and its training settings: `train` (the
+    ladder's) with the entry's own overrides, e.g. `"drop:every=2 lr=1e-4 epochs=6"`."""
+    spec, *overrides = entry.split()
+    if not spec:
+        raise UserError("setting students: an empty entry: give a student spec such as transformer:layers=2,hidden=128")
+    values = {}
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        if not sep or key not in {f.name for f in dataclasses.fields(OptimConfig)}:
+            raise UserError(
+                f"--student {entry!r}: {item!r} is not a training override: write key=value after the spec with a "
+                f"distill.train key (epochs, lr, batch_size, patience, ...), e.g. 'drop:every=2 lr=1e-4 epochs=6'"
+            )
+        values[key] = yaml.safe_load(raw)
+    own = from_dict(OptimConfig, values, f"students[{spec}].")
+    base = train or OptimConfig()
+    return spec, dataclasses.replace(base, **{k: getattr(own, k) for k in values})
+
+
 # ---------------------------------------------------------------------------------------------- load / save
 
 
