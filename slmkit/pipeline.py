@@ -110,12 +110,13 @@ def run(cfg: RunConfig, fresh: bool = False, progress: bool = True) -> RunResult
         for name in (artifacts.STAGES_DIR, artifacts.DEPLOY_DIR, artifacts.DISTILL_CACHE):
             shutil.rmtree(out / name, ignore_errors=True)
         (out / artifacts.RUN_RECORD).unlink(missing_ok=True)
-    out.mkdir(parents=True, exist_ok=True)
-    save_config(cfg, out / artifacts.CONFIG)
     stages, bench_stage, names = plan(cfg, out, splits, teacher_given)
     total = len(stages) + 2  # + select, deploy
     record = {"format": PIPELINE_FORMAT, "dataset": {k: {"path": splits.sources[k], "sha256": v} for k, v in splits.sha256.items()},
               "stages": [], "finished": False}
+    out.mkdir(parents=True, exist_ok=True)
+    artifacts.write_json(out / artifacts.RUN_RECORD, record)  # first: from now on this is a run directory of this dataset
+    save_config(cfg, out / artifacts.CONFIG)
 
     for i, stage in enumerate(stages, start=1):
         started = time.perf_counter()
@@ -279,50 +280,24 @@ def student_name(entry: str) -> str:
     return "-".join(parts + [o.replace("=", "") for o in overrides])
 
 
+@dataclass
+class Upstream:
+    """What the candidate stages read: the run, the data splits and the teacher, each with its key."""
+
+    cfg: RunConfig
+    out: Path
+    data_key: str
+    split_files: dict[str, Path]  # train / eval / test JSONL (columns text and label)
+    teacher_key: str
+    teacher_dir: Path
+
+
 def plan(cfg: RunConfig, out: Path, splits: Splits, teacher_given: Path | None) -> tuple[list[Stage], Stage, dict[str, Stage]]:
-    """Every stage in order, keyed by its inputs; also the bench stage and each candidate's producing stage."""
-    from slmkit.bench import bench
-    from slmkit.distill import distill
-    from slmkit.export import export
-    from slmkit.quantize import quantize
-    from slmkit.train import train
+    """Every stage in order, keyed by its inputs; also the bench stage and each candidate's producing stage.
 
-    stages: list[Stage] = []
-
-    # data: the splits as files every later stage reads
-    data_key = _key("data", splits.sha256, _settings(cfg.data, "train", "eval"), cfg.test_split, cfg.seed)
-    data_dir = artifacts.stage_dir(out, "data", data_key)
-    split_files = {name: data_dir / filename for name, filename in artifacts.SPLITS.items()}
-    stages.append(Stage("data", "data", data_key, data_dir, lambda progress: _write_splits(splits, cfg, data_dir)))
-    data = DataConfig(train=str(split_files["train"]), eval=str(split_files["eval"]))  # JSONL: columns text and label
-
-    # the teacher: trained here, or given
-    if teacher_given is not None:
-        teacher_key = _key("teacher-given", *(artifacts.file_sha256(teacher_given / n) for n in (artifacts.WEIGHTS, artifacts.TOKENIZER, artifacts.HF_CONFIG)))
-        stages.append(Stage(f"teacher (given: {teacher_given})", "teacher", teacher_key, teacher_given, None))
-        teacher_dir = teacher_given
-    else:
-        teacher_key = _key("teacher", data_key, to_dict(cfg.model), to_dict(cfg.train))
-        teacher_dir = artifacts.stage_dir(out, "teacher", teacher_key)
-        teacher_cfg = TrainConfig(out=str(teacher_dir), data=data, model=cfg.model, train=cfg.train)
-        stages.append(Stage("teacher: fine-tune", "teacher", teacher_key, teacher_dir,
-                            lambda progress: train(teacher_cfg, resume=_interrupted_training(teacher_dir), progress=progress)))
-
-    def compress(name: str, source: Stage) -> tuple[Stage, Stage]:
-        """export then quantize `source`'s model: the candidates `name` (fp32 ONNX) and `name`-int8."""
-        export_cfg = ExportConfig(model=str(source.out), out="", probe_data=str(split_files["train"]))
-        export_key = _key("export", source.key, data_key, _settings(export_cfg, "model", "out", "probe_data"))
-        export_cfg = replace(export_cfg, out=str(artifacts.stage_dir(out, f"export-{name}", export_key)))
-        exported = Stage(f"export {name} to ONNX", "export", export_key, Path(export_cfg.out), lambda progress: export(export_cfg))
-        q = cfg.quantize
-        quantize_cfg = QuantizeConfig(model=export_cfg.out, out="", method=q.method, per_channel=q.per_channel, max_drop=q.max_drop,
-                                      eval_data=str(split_files["eval"]), calib_data=str(split_files["train"]))
-        quantize_key = _key("quantize", export_key, data_key, _settings(quantize_cfg, "model", "out", "eval_data", "calib_data"))
-        quantize_cfg = replace(quantize_cfg, out=str(artifacts.stage_dir(out, f"quantize-{name}", quantize_key)))
-        quantized = Stage(f"quantize {name} to int8", "quantize", quantize_key, Path(quantize_cfg.out), lambda progress: quantize(quantize_cfg, progress=progress))
-        return exported, quantized
-
-    # the students: distilled, exported, quantized
+    A search over students (Optuna) reuses the pieces: `base_stages` once, `student_stages` per trial, then
+    `bench_stage` over the trials' candidates and `selection.select`."""
+    stages, up = base_stages(cfg, out, splits, teacher_given)
     candidates: list[tuple[str, Stage]] = []
     seen: dict[str, str] = {}
     for entry in cfg.students:
@@ -330,36 +305,88 @@ def plan(cfg: RunConfig, out: Path, splits: Splits, teacher_given: Path | None) 
         if name in seen:
             raise UserError(f"setting students: {seen[name]!r} and {entry!r} are the same student: list it once")
         seen[name] = entry
-        spec, optim = ladder_entry(entry, cfg.distill.train)
-        distill_cfg = DistillConfig(teacher=str(teacher_dir), student=spec, out="", data=data, augment=cfg.distill.augment,
-                                    trim_vocab=cfg.distill.trim_vocab, cache_dir=str(out / artifacts.DISTILL_CACHE), loss=cfg.distill.loss, train=optim)
-        distill_key = _key("distill", teacher_key, data_key, _settings(distill_cfg, "teacher", "out", "data.train", "data.eval", "cache_dir"))
-        distill_cfg = replace(distill_cfg, out=str(artifacts.stage_dir(out, f"distill-{name}", distill_key)))
-        distilled = Stage(f"distill {name}", "distill", distill_key, Path(distill_cfg.out), lambda progress, c=distill_cfg: distill(c, progress=progress))
-        exported, quantized = compress(name, distilled)
+        distilled, exported, quantized = student_stages(up, entry)
         stages += [distilled, exported, quantized]
         candidates += [(name, exported), (name + INT8_SUFFIX, quantized)]
-
-    # the teacher as a candidate (and the reference every accuracy drop is measured against)
-    teacher_stage = next(s for s in stages if s.kind == "teacher")
-    exported, quantized = compress(TEACHER, teacher_stage)
+    # the teacher as a candidate too, and the reference every accuracy drop is measured against
+    exported, quantized = compress_stages(up, TEACHER, stages[1])
     stages += [exported, quantized]
     candidates = [(TEACHER, exported), (TEACHER + INT8_SUFFIX, quantized)] + candidates
+    bench = bench_stage(up, candidates)
+    return stages + [bench], bench, dict(candidates)
 
-    # the benchmark: every candidate and the baselines, timed in one run on the test split
-    b = cfg.bench
+
+def base_stages(cfg: RunConfig, out: Path, splits: Splits, teacher_given: Path | None) -> tuple[list[Stage], Upstream]:
+    """The data splits, and the teacher fine-tuned on them (or the one given)."""
+    from slmkit.train import train
+
+    data_key = _key("data", splits.sha256, _settings(cfg.data, "train", "eval"), cfg.test_split, cfg.seed)
+    data_dir = artifacts.stage_dir(out, "data", data_key)
+    split_files = {name: data_dir / filename for name, filename in artifacts.SPLITS.items()}
+    data = Stage("data", "data", data_key, data_dir, lambda progress: _write_splits(splits, cfg, data_dir))
+    if teacher_given is not None:
+        key = _key("teacher-given", *(artifacts.file_sha256(teacher_given / n) for n in (artifacts.WEIGHTS, artifacts.TOKENIZER, artifacts.HF_CONFIG)))
+        teacher = Stage(f"teacher (given: {teacher_given})", "teacher", key, teacher_given, None)
+    else:
+        key = _key("teacher", data_key, to_dict(cfg.model), to_dict(cfg.train))
+        teacher_dir = artifacts.stage_dir(out, "teacher", key)
+        train_cfg = TrainConfig(out=str(teacher_dir), data=_data(split_files), model=cfg.model, train=cfg.train)
+        teacher = Stage("teacher: fine-tune", "teacher", key, teacher_dir,
+                        lambda progress: train(train_cfg, resume=_interrupted_training(teacher_dir), progress=progress))
+    return [data, teacher], Upstream(cfg, out, data_key, split_files, teacher.key, teacher.out)
+
+
+def student_stages(up: Upstream, entry: str) -> tuple[Stage, Stage, Stage]:
+    """Distill, export and quantize the ladder entry `entry` (a student spec with optional training overrides)."""
+    from slmkit.distill import distill
+
+    name = student_name(entry)
+    spec, optim = ladder_entry(entry, up.cfg.distill.train)
+    d = up.cfg.distill
+    distill_cfg = DistillConfig(teacher=str(up.teacher_dir), student=spec, out="", data=_data(up.split_files), augment=d.augment, trim_vocab=d.trim_vocab,
+                                cache_dir=str(up.out / artifacts.DISTILL_CACHE), loss=d.loss, train=optim)
+    key = _key("distill", up.teacher_key, up.data_key, _settings(distill_cfg, "teacher", "out", "data.train", "data.eval", "cache_dir"))
+    distill_cfg = replace(distill_cfg, out=str(artifacts.stage_dir(up.out, f"distill-{name}", key)))
+    distilled = Stage(f"distill {name}", "distill", key, Path(distill_cfg.out), lambda progress: distill(distill_cfg, progress=progress))
+    return (distilled, *compress_stages(up, name, distilled))
+
+
+def compress_stages(up: Upstream, name: str, source: Stage) -> tuple[Stage, Stage]:
+    """Export `source`'s model to ONNX, then quantize it: the candidates `name` (fp32) and `name`-int8."""
+    from slmkit.export import export
+    from slmkit.quantize import quantize
+
+    export_cfg = ExportConfig(model=str(source.out), out="", probe_data=str(up.split_files["train"]))
+    export_key = _key("export", source.key, up.data_key, _settings(export_cfg, "model", "out", "probe_data"))
+    export_cfg = replace(export_cfg, out=str(artifacts.stage_dir(up.out, f"export-{name}", export_key)))
+    exported = Stage(f"export {name} to ONNX", "export", export_key, Path(export_cfg.out), lambda progress: export(export_cfg))
+    q = up.cfg.quantize
+    quantize_cfg = QuantizeConfig(model=export_cfg.out, out="", method=q.method, per_channel=q.per_channel, max_drop=q.max_drop,
+                                  eval_data=str(up.split_files["eval"]), calib_data=str(up.split_files["train"]))
+    quantize_key = _key("quantize", export_key, up.data_key, _settings(quantize_cfg, "model", "out", "eval_data", "calib_data"))
+    quantize_cfg = replace(quantize_cfg, out=str(artifacts.stage_dir(up.out, f"quantize-{name}", quantize_key)))
+    quantized = Stage(f"quantize {name} to int8", "quantize", quantize_key, Path(quantize_cfg.out), lambda progress: quantize(quantize_cfg, progress=progress))
+    return exported, quantized
+
+
+def bench_stage(up: Upstream, candidates: list[tuple[str, Stage]]) -> Stage:
+    """slm bench over the candidates (name, producing stage) and the baselines, on the test split."""
+    from slmkit.bench import bench
+
+    b = up.cfg.bench
     bench_cfg = BenchConfig(
-        models=[str(s.out) for _, s in candidates], names=[n for n, _ in candidates], data=str(split_files["test"]), out="",
-        baselines=list(b.baselines), train=str(split_files["train"]), teacher=str(teacher_dir), threads=list(b.threads), rounds=b.rounds,
+        models=[str(s.out) for _, s in candidates], names=[n for n, _ in candidates], data=str(up.split_files["test"]), out="",
+        baselines=list(b.baselines), train=str(up.split_files["train"]), teacher=str(up.teacher_dir), threads=list(b.threads), rounds=b.rounds,
         latency_calls=b.latency_calls, speed_texts=b.speed_texts, rss=b.rss, bootstrap=b.bootstrap,
     )
-    bench_key = _key("bench", [s.key for _, s in candidates], teacher_key, data_key, _settings(bench_cfg, "models", "data", "out", "train", "teacher"))
-    bench_cfg = replace(bench_cfg, out=str(artifacts.stage_dir(out, "bench", bench_key)))
+    key = _key("bench", [s.key for _, s in candidates], up.teacher_key, up.data_key, _settings(bench_cfg, "models", "data", "out", "train", "teacher"))
+    bench_cfg = replace(bench_cfg, out=str(artifacts.stage_dir(up.out, "bench", key)))
     what = f"{len(candidates)} candidates" + (f" and {len(b.baselines)} baseline{'s' if len(b.baselines) > 1 else ''}" if b.baselines else "")
-    bench_stage = Stage(f"benchmark {what}", "bench", bench_key, Path(bench_cfg.out),
-                        lambda progress: bench(bench_cfg, progress=progress))
-    stages.append(bench_stage)
-    return stages, bench_stage, dict(candidates)
+    return Stage(f"benchmark {what}", "bench", key, Path(bench_cfg.out), lambda progress: bench(bench_cfg, progress=progress))
+
+
+def _data(split_files: dict[str, Path]) -> DataConfig:
+    return DataConfig(train=str(split_files["train"]), eval=str(split_files["eval"]))  # the JSONL splits' columns: text, label
 
 
 def _interrupted_training(out: Path) -> bool:
@@ -459,6 +486,7 @@ def model_card(chosen: Candidate, entry: dict, teacher: Candidate, results: dict
     lo, hi = m["accuracy_ci95"]
     shown = ", ".join(splits.labels[:10]) + (f", … ({len(splits.labels)} in all)" if len(splits.labels) > 10 else "")
     provenance = entry.get("provenance") or {}
+    teacher_base = (next(e for e in results["entries"] if e["name"] == TEACHER).get("provenance") or {}).get("base")
     lines = [
         f"# {chosen.name}: a text classifier chosen by `slm run`", "",
         f"{len(splits.labels)} labels: {shown}. ONNX Runtime, {entry['precision']}, {chosen.parameters or 0:,} parameters, "
@@ -474,7 +502,7 @@ def model_card(chosen: Candidate, entry: dict, teacher: Candidate, results: dict
         "", "## Accuracy, speed and size", "",
         "| | test accuracy (95% CI) | batch-1 p50 | size on disk |", "|---|---:|---:|---:|",
         f"| this model | {100 * chosen.accuracy:.2f}% ({100 * lo:.1f}–{100 * hi:.1f}) | {chosen.latency_ms:.3g} ms | {chosen.bytes / 1e6:.2f} MB |",
-        f"| teacher ({provenance.get('base') or 'fine-tuned'}, ONNX fp32) | {100 * teacher.accuracy:.2f}% | {teacher.latency_ms:.3g} ms | {teacher.bytes / 1e6:.2f} MB |",
+        f"| teacher ({teacher_base or 'fine-tuned'}, ONNX fp32) | {100 * teacher.accuracy:.2f}% | {teacher.latency_ms:.3g} ms | {teacher.bytes / 1e6:.2f} MB |",
         "",
         f"Accuracy drop vs the teacher: {chosen.drop_points:.2f} points; {teacher.latency_ms / chosen.latency_ms:.1f}× faster and "
         f"{teacher.bytes / chosen.bytes:.1f}× smaller. Latency: median over {t['rounds']} rounds of {t['latency_calls']} batch-1 calls at "
