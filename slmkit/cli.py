@@ -526,8 +526,9 @@ def _print_run(result) -> None:
     """One row per candidate (the chosen one marked), the baselines, then the verdict and where things are."""
     s, teacher, threads = result.selection, result.teacher, result.latency_threads
     table = Table(
-        title=f"{result.n_test} test examples · budgets: {describe(result.budgets)} · p50: batch-1 latency at {threads} thread{'s' if threads != 1 else ''}",
-        box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False, collapse_padding=True, title_justify="left",
+        title=f"{result.n_test} test examples · budgets: {describe(result.budgets)}",
+        caption=f"p50: batch-1 latency at {threads} thread{'s' if threads != 1 else ''} · drop: accuracy points below the teacher",
+        box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False, collapse_padding=True, title_justify="left", caption_justify="left",
     )
     table.add_column("candidate", no_wrap=True)
     for column in ("params", "acc %", "drop", "p50 ms", "MB", "budgets"):

@@ -341,9 +341,9 @@ def student_stages(up: Upstream, entry: str) -> tuple[Stage, Stage, Stage]:
     from slmkit.distill import distill
 
     name = student_name(entry)
-    spec, optim = ladder_entry(entry, up.cfg.distill.train)
+    spec, optim, augment = ladder_entry(entry, up.cfg.distill)
     d = up.cfg.distill
-    distill_cfg = DistillConfig(teacher=str(up.teacher_dir), student=spec, out="", data=_data(up.split_files), augment=d.augment, trim_vocab=d.trim_vocab,
+    distill_cfg = DistillConfig(teacher=str(up.teacher_dir), student=spec, out="", data=_data(up.split_files), augment=augment, trim_vocab=d.trim_vocab,
                                 cache_dir=str(up.out / artifacts.DISTILL_CACHE), loss=d.loss, train=optim)
     key = _key("distill", up.teacher_key, up.data_key, _settings(distill_cfg, "teacher", "out", "data.train", "data.eval", "cache_dir"))
     distill_cfg = replace(distill_cfg, out=str(artifacts.stage_dir(up.out, f"distill-{name}", key)))
@@ -492,7 +492,7 @@ def model_card(chosen: Candidate, entry: dict, teacher: Candidate, results: dict
         f"{len(splits.labels)} labels: {shown}. ONNX Runtime, {entry['precision']}, {chosen.parameters or 0:,} parameters, "
         f"{chosen.bytes / 1e6:.2f} MB. Why this one: {selection.explanation}", "",
         "## Data", "",
-        f"- Training: {splits.sources['train']} ({len(splits.train)} examples after holding out the sets below)",
+        f"- Training: {splits.sources['train']} ({len(splits.train)} examples trained on)",
         f"- Eval (epoch selection, int8 checks): {splits.sources['eval']} ({len(splits.eval)} examples)",
         f"- Test (every figure below): {splits.sources['test']} ({len(splits.test)} examples)",
     ]
@@ -504,7 +504,8 @@ def model_card(chosen: Candidate, entry: dict, teacher: Candidate, results: dict
         f"| this model | {100 * chosen.accuracy:.2f}% ({100 * lo:.1f}–{100 * hi:.1f}) | {chosen.latency_ms:.3g} ms | {chosen.bytes / 1e6:.2f} MB |",
         f"| teacher ({teacher_base or 'fine-tuned'}, ONNX fp32) | {100 * teacher.accuracy:.2f}% | {teacher.latency_ms:.3g} ms | {teacher.bytes / 1e6:.2f} MB |",
         "",
-        f"Accuracy drop vs the teacher: {chosen.drop_points:.2f} points; {teacher.latency_ms / chosen.latency_ms:.1f}× faster and "
+        f"{abs(chosen.drop_points):.2f} points {'below' if chosen.drop_points > 0 else 'above'} the teacher's accuracy; "
+        f"{teacher.latency_ms / chosen.latency_ms:.1f}× faster and "
         f"{teacher.bytes / chosen.bytes:.1f}× smaller. Latency: median over {t['rounds']} rounds of {t['latency_calls']} batch-1 calls at "
         f"{threads} thread{'s' if threads != 1 else ''} on {hw['cpu']} (tokenization included).", "",
         "## Budgets", "",

@@ -48,7 +48,7 @@ def run_config(tiny_base: Path, synthetic: dict, out: Path, **overrides) -> RunC
         "model": ModelConfig(base=str(tiny_base)),
         "train": OptimConfig(epochs=4, **optim),
         "students": list(STUDENTS),
-        "distill": LadderConfig(train=OptimConfig(epochs=3, **optim)),
+        "distill": LadderConfig(augment=0.0, train=OptimConfig(epochs=3, **optim)),
         "bench": QUICK_BENCH,
         "budget": NO_BUDGETS,
         **overrides,
@@ -251,6 +251,14 @@ def test_the_cli_prints_every_candidate_the_choice_and_where_things_are(copy_of_
         assert name in result.stdout
     assert "0 stages ran, 12 cached" in text and "chosen:" in text and "faster" in text and "smaller" in text
     assert f"bundle: {copy_of_first.out}/deploy" in text and "report.html" in text
+
+
+def test_help_lists_every_option():
+    result = slm("run", "--help")
+    assert result.exit_code == 0
+    for option in ("--data", "--eval", "--test", "--out", "--budget-size", "--budget-latency", "--max-drop", "--teacher", "--student",
+                   "--fresh", "--strict", "--text-col", "--label-col", "--config", "--set", "--quiet"):
+        assert option in result.stdout
 
 
 def test_no_candidate_within_the_budgets_is_explained_and_strict_fails(copy_of_first):
