@@ -468,6 +468,11 @@ class RunConfig:
         TrainConfig(out=self.out, data=self.data, model=self.model, train=self.train).validate()
         for entry in self.students:
             spec, train, augment = ladder_entry(entry, self.distill)
+            if "=" in spec.split(":")[0]:  # `--set students=cnn:filters=128,embed=64` split at the spec's own commas
+                raise UserError(
+                    f"setting students: {entry!r} is not a student spec: specs hold commas, so give each with --student SPEC "
+                    "or as a YAML list (--set 'students=[\"cnn:filters=128,embed=64\"]')"
+                )
             parse_student(spec)
             DistillConfig(teacher="-", student=spec, out=self.out, data=self.data, augment=augment, loss=self.distill.loss, train=train).validate()
 

@@ -153,12 +153,13 @@ def run(cfg: RunConfig, fresh: bool = False, progress: bool = True) -> RunResult
         key = _key("deploy", chosen_stage.key, bench_stage.key, describe(budgets))
         cached = (deploy / artifacts.MANIFEST).is_file() and artifacts.read_json(deploy / artifacts.MANIFEST).get("bundle", {}).get("key") == key
         _say(progress, f"[bold]stage {total} of {total}[/bold]: deploy {selection.chosen.name}" + (": cached" if cached else ""))
+        started = time.perf_counter()
         if not cached:
             with artifacts.staged(deploy, overwrite=True) as staging:
                 write_bundle(staging, key, selection, teacher, results, bench_stage.out, splits, cfg, budgets)
         bundle = deploy
         record["stages"].append({"name": f"deploy {selection.chosen.name}", "kind": "deploy", "key": key, "dir": str(deploy),
-                                 "status": "cached" if cached else "ran", "seconds": 0.0})
+                                 "status": "cached" if cached else "ran", "seconds": round(time.perf_counter() - started, 3)})
     record.update(finished=True, bundle=str(bundle) if bundle else None, report=str(bench_stage.out / artifacts.BENCH_HTML))
     artifacts.write_json(out / artifacts.RUN_RECORD, record)
     return RunResult(
@@ -326,7 +327,7 @@ def base_stages(cfg: RunConfig, out: Path, splits: Splits, teacher_given: Path |
     data = Stage("data", "data", data_key, data_dir, lambda progress: _write_splits(splits, cfg, data_dir))
     if teacher_given is not None:
         key = _key("teacher-given", *(artifacts.file_sha256(teacher_given / n) for n in (artifacts.WEIGHTS, artifacts.TOKENIZER, artifacts.HF_CONFIG)))
-        teacher = Stage(f"teacher (given: {teacher_given})", "teacher", key, teacher_given, None)
+        teacher = Stage(f"teacher {teacher_given}", "teacher", key, teacher_given, None)
     else:
         key = _key("teacher", data_key, to_dict(cfg.model), to_dict(cfg.train))
         teacher_dir = artifacts.stage_dir(out, "teacher", key)

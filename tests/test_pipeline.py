@@ -307,6 +307,8 @@ def test_bad_input_is_refused_before_anything_is_written(copy_of_first, syntheti
         (["run", "--data", synthetic["train"], "--out", tmp_path / "new", "--student", "transformer:layers=2"], "--student transformer:layers=2: missing hidden"),
         (["run", "--data", synthetic["train"], "--out", tmp_path / "new", "--student", "bilstm:hidden=16 speed=3"], "'speed=3' is not a training override"),
         (["run", "--data", synthetic["train"], "--out", tmp_path / "new", "--teacher", tmp_path / "mine"], "mine: not a trained model"),
+        (["run", "--data", synthetic["train"], "--out", tmp_path / "new", "--set", "students=cnn:filters=16,embed=16"],
+         "'embed=16' is not a student spec: specs hold commas, so give each with --student SPEC"),
     ]
     for args, expected in cases:
         result = slm(*args, "--quiet")
@@ -317,16 +319,19 @@ def test_bad_input_is_refused_before_anything_is_written(copy_of_first, syntheti
     assert stage_mtimes(out) == before
 
 
-def test_fresh_reruns_every_stage_even_on_another_dataset(copy_of_first, synthetic, tmp_path):
+def test_fresh_reruns_every_stage_even_on_another_dataset_and_a_given_teacher_is_reused(copy_of_first, first, synthetic, tmp_path):
     out = Path(copy_of_first.out)
     old = set(stage_mtimes(out))
     other = write_csv(tmp_path / "other.csv", synthetic_rows(240, seed=9))
-    cfg = replace(copy_of_first, data=replace(copy_of_first.data, train=str(other)), students=[STUDENTS[0]])
+    teacher = next(r["dir"] for r in first[1].stages if r["kind"] == "teacher")  # the first run's, outside this directory
+    cfg = replace(copy_of_first, data=replace(copy_of_first.data, train=str(other)), students=[STUDENTS[0]], teacher=teacher)
     with pytest.raises(UserError, match="made from a different dataset"):
         run(cfg, progress=False)
     result = run(cfg, fresh=True, progress=False)
-    assert set(statuses(result).values()) == {"ran"}
+    assert [(r["kind"], r["status"]) for r in result.stages] == [("teacher", "given") if k == "teacher" else (k, "ran") for k in
+                                                                  ["data", "teacher", "distill", "export", "quantize", "export", "quantize", "bench", "deploy"]]
     assert not any((out / "stages" / name).exists() for name in old)  # the old dataset's stages are gone
+    assert not list((out / "stages").glob("teacher-*"))  # the given teacher is used where it is
     assert json.loads((out / "run.json").read_text())["dataset"]["train"]["sha256"] == artifacts.file_sha256(other)
 
 
