@@ -21,8 +21,9 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install --quiet -e ".[test]"
 	touch $(STAMP)
 
+# the main job: `slm run` on the bundled demo with the default budgets (cached: a rerun reuses finished stages)
 run: $(STAMP)
-	$(BIN)/slm demo --out runs/demo
+	$(BIN)/slm run --data slmkit/demo/train.csv --test slmkit/demo/test.csv --out runs/demo-run
 
 test: $(STAMP) $(CHROMIUM)
 	SLMKIT_REQUIRE_BROWSER=1 $(BIN)/python -m pytest

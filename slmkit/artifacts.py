@@ -19,6 +19,7 @@ Weights are read and written with safetensors only; nothing is ever unpickled.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import importlib
 import json
 import os
@@ -52,6 +53,13 @@ WEB_PAGE = "index.html"  # an export-web site: the page (a text box with live pr
 WEB_SCRIPT = "slmkit.js"  # ... the script that classifies in the browser ...
 WEB_MODEL = "model"  # ... model/ holding the ONNX graph, tokenizer.json and the page's manifest.json ...
 WEB_VENDOR = "vendor"  # ... and vendor/ the pinned JavaScript packages with their licenses (THIRD_PARTY.md)
+RUN_RECORD = "run.json"  # a `slm run` directory: the dataset fingerprint, every stage's record, the selection
+STAGES_DIR = "stages"  # <run>/stages/<stage>-<key>/: finished stage outputs, keyed by a hash of their inputs
+DEPLOY_DIR = "deploy"  # <run>/deploy/: the bundle to ship
+SPLITS = {"train": "train.jsonl", "eval": "eval.jsonl", "test": "test.jsonl"}  # the data stage's files
+LABELS = "labels.txt"  # a bundle's labels, one per line in class-id order
+BUNDLE_README = "README.md"  # a bundle's model card
+BUNDLE_REPORT = "report"  # a bundle's copy of the bench report
 BENCH_CHARTS = {"pareto": "pareto.png", "throughput": "throughput.png", "size": "size.png"}
 # model_type -> the slmkit module whose import registers that model class with transformers' Auto* factories
 CUSTOM_MODEL_MODULES = {
@@ -158,6 +166,20 @@ def copy_serving_files(src: Path, dst: Path) -> None:
     for name in SERVING_FILES:
         if (src / name).is_file():
             shutil.copy(src / name, dst / name)
+
+
+def stage_dir(run_dir: Path, name: str, key: str) -> Path:
+    """Where `slm run` keeps the output of stage `name` whose inputs hash to `key`."""
+    return run_dir / STAGES_DIR / f"{name}-{key}"
+
+
+def file_sha256(path: Path) -> str:
+    """Hex SHA-256 of a file's bytes, read in 1 MiB chunks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(2**20):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 def eval_dir(model_dir: Path, data_path: Path) -> Path:

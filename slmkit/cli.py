@@ -14,15 +14,17 @@ from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
+from rich import box
 from rich.console import Console
 from rich.table import Table
 
 from slmkit import distributed
 from slmkit.config import (
-    BenchConfig, DataConfig, DistillConfig, EvalConfig, ExportConfig, ExportWebConfig, ModelConfig, OptimConfig, PruneConfig, QuantizeConfig,
-    ServeConfig, TrainConfig, TrimConfig, help_of, load_config,
+    BenchConfig, BudgetConfig, DataConfig, DistillConfig, EvalConfig, ExportConfig, ExportWebConfig, ModelConfig, OptimConfig, PruneConfig,
+    QuantizeConfig, RunConfig, ServeConfig, TrainConfig, TrimConfig, help_of, load_config,
 )
 from slmkit.errors import UserError
+from slmkit.selection import describe
 
 DEMO_EPOCHS = 8  # the demo's 752 training messages: more passes than the default 5 give a more confident model
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="slmkit: small, fast language models from labeled text.")
@@ -532,6 +534,108 @@ def serve(
         "truncate": truncate, "queue_size": queue_size, "timeout_s": timeout, "threads": threads, "access_log": access_log,
     }
     run_serve(load_config(ServeConfig, config, set_, **flags))  # uvicorn logs the address; the model logs "ready"
+
+
+# ---------------------------------------------------------------------------------------------- run
+
+
+@app.command("run")
+@_user_errors
+def run_pipeline(
+    data: Data = None,
+    eval: Eval = None,
+    test: Annotated[Optional[str], typer.Option(help=_h(RunConfig, "test"))] = None,
+    out_dir: Annotated[Optional[str], typer.Option("--out", help=_h(RunConfig, "out"))] = None,
+    budget_size: Annotated[Optional[str], typer.Option("--budget-size", help=_h(BudgetConfig, "size") + " Default 5MB; none: no budget.")] = None,
+    budget_latency: Annotated[Optional[str], typer.Option("--budget-latency", help=_h(BudgetConfig, "latency") + " Default 1ms; none: no budget.")] = None,
+    max_drop: Annotated[Optional[str], typer.Option("--max-drop", help=_h(BudgetConfig, "max_drop") + " Default 3.0; none: no budget.")] = None,
+    teacher: Annotated[Optional[str], typer.Option(help=_h(RunConfig, "teacher"))] = None,
+    student: Annotated[Optional[list[str]], typer.Option("--student", help="A student of the ladder (slm distill --student spec, optionally followed by overrides: 'drop:every=2 lr=1e-4'). Repeatable; replaces the default ladder.")] = None,
+    base: Annotated[Optional[str], typer.Option(help=_h(ModelConfig, "base"))] = None,
+    text_col: TextCol = None,
+    label_col: LabelCol = None,
+    drop_empty: DropEmpty = None,
+    encoding: Encoding = None,
+    fresh: Annotated[bool, typer.Option(help="Ignore the cache: rerun every stage (also in a run directory made from another dataset).")] = False,
+    strict: Annotated[Optional[bool], typer.Option("--strict", help=_h(RunConfig, "strict"))] = None,
+    config: Annotated[Optional[Path], typer.Option(help="YAML file of settings (data, model, train, students, distill, quantize, bench, budget); flags and --set override it.")] = None,
+    set_: Sets = None,
+    quiet: Annotated[bool, typer.Option(help="No progress lines or bars.")] = False,
+):
+    """The whole job: fine-tune a teacher, distill a ladder of students, export and quantize them, benchmark
+    everything, pick the most accurate model within the budgets and write a deployable bundle (deploy/).
+    Finished stages are cached: rerunning reuses them, and an interrupted run continues where it stopped.
+
+    Example: slm run --data train.csv --test test.csv --out runs/project --budget-size 5MB --budget-latency 1ms --max-drop 1.0
+    """
+    from slmkit.pipeline import run as run_stages
+
+    overrides = list(set_ or [])
+    if max_drop is not None and max_drop.strip().lower() in ("none", "off"):
+        overrides.insert(0, "budget.max_drop=")  # before the user's --set, which still wins
+        max_drop = None
+    elif max_drop is not None:
+        try:
+            float(max_drop)
+        except ValueError:
+            raise UserError(f"--max-drop {max_drop!r}: not a number of accuracy points: write it like 1.0 or 0.5, or none for no budget") from None
+    flags = {
+        "out": out_dir, "data.train": data, "data.eval": eval, "test": test, "data.text_col": text_col, "data.label_col": label_col,
+        "data.drop_empty": drop_empty, "data.encoding": encoding, "model.base": base, "teacher": teacher, "students": student or None,
+        "budget.size": budget_size, "budget.latency": budget_latency, "budget.max_drop": float(max_drop) if max_drop is not None else None,
+        "strict": strict,
+    }
+    cfg = load_config(RunConfig, config, overrides, **flags)
+    try:
+        result = run_stages(cfg, fresh=fresh, progress=not quiet)
+    except KeyboardInterrupt:
+        err.print("interrupted: finished stages are kept; run the same command again to continue where it stopped")
+        raise typer.Exit(130) from None
+    _print_run(result)
+    if result.selection.chosen is None and cfg.strict:
+        raise typer.Exit(1)
+
+
+def _print_run(result) -> None:
+    """One row per candidate (the chosen one marked), the baselines, then the verdict and where things are."""
+    s, teacher, threads = result.selection, result.teacher, result.latency_threads
+    table = Table(
+        title=f"{result.n_test} test examples · budgets: {describe(result.budgets)}",
+        caption=f"p50: batch-1 latency at {threads} thread{'s' if threads != 1 else ''} · drop: accuracy points below the teacher",
+        box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False, collapse_padding=True, title_justify="left", caption_justify="left",
+    )
+    table.add_column("candidate", no_wrap=True)
+    for column in ("params", "acc %", "drop", "p50 ms", "MB", "budgets"):
+        table.add_column(column, justify="left" if column == "budgets" else "right", no_wrap=column != "budgets")
+    for check in s.checks:
+        c = check.candidate
+        verdict = "[green]met[/green]" if check.meets else "misses " + ", ".join(check.missed)
+        name = f"[bold green]→ {c.name}[/bold green]" if s.chosen is not None and c.name == s.chosen.name else f"  {c.name}"
+        table.add_row(name, f"{(c.parameters or 0) / 1e6:.2f}M", f"{100 * c.accuracy:.2f}", f"{c.drop_points:+.2f}", f"{c.latency_ms:.3g}", f"{c.bytes / 1e6:.2f}", verdict)
+    for b in result.baselines:
+        if b["error"]:
+            table.add_row(f"[dim]  {b['name']} (baseline)[/dim]", "", "", "", "", "", f"[red]failed[/red]: {b['error']}")
+            continue
+        table.add_row(f"[dim]  {b['name']} (baseline)[/dim]", "", f"{100 * b['accuracy']:.2f}", f"{100 * (teacher.accuracy - b['accuracy']):+.2f}",
+                      f"{b['latency_ms']:.3g}", f"{(b['bytes'] or 0) / 1e6:.2f}", "[dim]not deployable[/dim]")
+    out.print(table)
+    ran = sum(r["status"] == "ran" for r in result.stages)
+    cached = sum(r["status"] == "cached" for r in result.stages)
+    out.print(f"{ran} stage{'s' if ran != 1 else ''} ran, {cached} cached (run directory {result.out})")
+    c = s.chosen
+    if c is None:
+        out.print(f"[yellow]no candidate meets every budget[/yellow]: {s.explanation}", soft_wrap=True)
+        if result.stale_bundle is not None:
+            out.print(f"{result.stale_bundle} still holds an earlier run's bundle, chosen under that run's budgets")
+    else:
+        out.print(
+            f"chosen: [bold]{c.name}[/bold]: accuracy {100 * c.accuracy:.2f}% vs the teacher's {100 * teacher.accuracy:.2f}% "
+            f"({-c.drop_points:+.2f} points), {teacher.latency_ms / c.latency_ms:.1f}× faster ({c.latency_ms:.3g} ms vs "
+            f"{teacher.latency_ms:.3g} ms batch-1 p50 at {threads} thread{'s' if threads != 1 else ''}), {c.bytes / 1e6:.2f} MB "
+            f"({teacher.bytes / c.bytes:.0f}× smaller than the teacher's {teacher.bytes / 1e6:.1f} MB)", soft_wrap=True,
+        )
+        out.print(f"bundle: [bold]{result.bundle}[/bold] (load it with slmkit.runtime.Predictor)", soft_wrap=True)
+    out.print(f"report: [bold]{result.report}[/bold]" + (f" (a copy is in {result.bundle}/report)" if result.bundle else ""), soft_wrap=True)
 
 
 # --------------------------------------------------------------------------------------------- demo

@@ -63,7 +63,6 @@ CACHE_FORMAT = "slmkit-teacher-cache-1"  # part of the key: a new layout never r
 CACHE_LIMIT_BYTES = 2 * 2**30  # hidden states + attention maps of one cache file (float16)
 WORK_DIR = "work"  # inside the staging directory: the trimmed teacher and its inputs; removed before commit
 TRIMMED_TEACHER = "teacher"  # inside WORK_DIR
-HASH_CHUNK = 2**20  # bytes read at a time when hashing the teacher's weights
 
 
 @dataclass
@@ -145,7 +144,7 @@ def distill(cfg: DistillConfig, overwrite: bool = False, progress: bool = True) 
     if attention_layers:
         teacher.set_attn_implementation("eager")  # sdpa kernels do not return attention maps
     cache_dir = Path(cfg.cache_dir) if cfg.cache_dir else teacher_dir / artifacts.DISTILL_CACHE
-    weights_hash = _file_hash(teacher_dir / artifacts.WEIGHTS)
+    weights_hash = artifacts.file_sha256(teacher_dir / artifacts.WEIGHTS)
     tokenizer_bytes = (teacher_dir / artifacts.TOKENIZER).read_bytes()
     cache_started = time.perf_counter()
     lookup = partial(
@@ -388,14 +387,6 @@ def _write_jsonl(path: Path, rows: list[dict]) -> None:
 
 
 # ------------------------------------------------------------------------------------------ teacher cache
-
-
-def _file_hash(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(HASH_CHUNK):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def cache_key(weights_hash: str, tokenizer_json: bytes, max_length: int, texts: list[str], hidden_layers: list[int], attention_layers: list[int]) -> str:

@@ -1,0 +1,530 @@
+"""`slm run`: the whole job — fine-tune a teacher, distill a ladder of students, compress them, benchmark
+everything, pick the model that meets the budgets and write a bundle ready to ship.
+
+Read top to bottom: `run(cfg)` checks every input before it writes anything (the settings, the data files and
+their splits, a given teacher, whether the run directory was made from this dataset), then plans the stages and
+runs them in order:
+
+    data              the data as JSONL train / eval / test splits (held out from --data, seeded and
+                      stratified, when --eval / --test are not given)
+    teacher           slm train on the splits (or the --teacher given)
+    per student       distill (which also trims the student's vocabulary), export to ONNX, quantize to int8
+    teacher           export, quantize: the teacher is a candidate too, and the accuracy reference
+    bench             slm bench on the test split: every candidate (fp32 and int8) and the baselines
+    select            `selection.select` over the measured candidates and the budgets (a pure function)
+    deploy            the chosen ONNX model, tokenizer, labels, model card and bench report, with checksums
+
+Caching: a stage's output lives in `stages/<stage>-<key>/`, where the key hashes everything the output depends
+on — the data files' contents, the stage's own settings and the keys of the stages it reads. Rerunning reuses
+every stage whose inputs are unchanged ("cached"); a changed setting reruns only the stages downstream of it.
+Every stage module writes into a staging directory and renames it into place when complete, so an interrupted
+or failed stage never looks finished: the same command resumes with it (an interrupted teacher continues from
+its last finished epoch). `run.json` records the dataset's hashes, each stage's key, status and time, and the
+selection. A search over student shapes (Optuna) fits on top: its trials are more distill → export → quantize
+chains planned the same way, and its pick is the same `select` over their measurements.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any, Callable
+
+import yaml
+
+from slmkit import artifacts
+from slmkit.config import (
+    BenchConfig, DataConfig, DistillConfig, ExportConfig, QuantizeConfig, RunConfig, TrainConfig, ladder_entry, save_config, to_dict,
+)
+from slmkit.data import Example, check_known_labels, check_labels, read_examples, stratified_split
+from slmkit.errors import UserError
+from slmkit.progress import stderr
+from slmkit.selection import Budgets, Candidate, Selection, describe, parse_latency, parse_size, select
+from slmkit.students import parse_student
+
+PIPELINE_FORMAT = "slmkit-run-1"  # part of every key: a new layout never reuses an old stage
+KEY_LENGTH = 12  # hex digits of a stage key in its directory name
+TEACHER = "teacher"  # the teacher's candidate names: "teacher" (fp32 ONNX) and "teacher-int8"
+INT8_SUFFIX = "-int8"
+ABBREVIATIONS = {"layers": "L", "hidden": "H", "heads": "A", "ffn": "F", "embed": "E", "filters": "F", "widths": "W"}
+
+
+@dataclass
+class Splits:
+    """The examples every stage trains, selects epochs and is tested on, and where they came from."""
+
+    train: list[Example]
+    eval: list[Example]
+    test: list[Example]
+    labels: list[str]
+    sources: dict[str, str]  # split -> the file it is, or the split it was held out as
+    sha256: dict[str, str]  # given file -> content hash ("train", and "eval" / "test" when given)
+
+
+@dataclass
+class Stage:
+    """One step of the plan: `make(progress)` writes `out` (staged, renamed into place when complete)."""
+
+    name: str  # what the progress line shows: "distill bilstm-H128-E64"
+    kind: str  # data, teacher, distill, export, quantize or bench
+    key: str  # hash of every input: the same key means the same output
+    out: Path
+    make: Callable[[bool], Any] | None  # None: given by the user (--teacher), never made here
+
+
+@dataclass
+class RunResult:
+    out: Path
+    stages: list[dict]  # per stage: name, kind, key, dir, status (ran / cached / given), seconds
+    selection: Selection
+    teacher: Candidate  # the teacher's fp32 ONNX model: the accuracy and speed reference
+    baselines: list[dict]  # per baseline: name, accuracy, latency_ms, bytes (or error)
+    budgets: Budgets
+    n_test: int  # test examples every figure is measured on
+    latency_threads: int  # threads of the latency figure the budget reads
+    report: Path  # the bench report (report.html) of this run
+    bundle: Path | None  # deploy/, when a candidate met every budget
+    stale_bundle: Path | None  # an earlier run's deploy/ left in place when none met this run's budgets
+
+
+# ------------------------------------------------------------------------------------------ the stage
+
+
+def run(cfg: RunConfig, fresh: bool = False, progress: bool = True) -> RunResult:
+    """Run (or resume) the pipeline into `cfg.out` and return what was chosen and measured."""
+    cfg.validate()
+    out = Path(cfg.out)
+    budgets = Budgets(parse_size(cfg.budget.size, "--budget-size"), parse_latency(cfg.budget.latency, "--budget-latency"), cfg.budget.max_drop)
+    splits = read_splits(cfg)
+    teacher_given = Path(cfg.teacher) if cfg.teacher else None
+    if teacher_given is not None:
+        _check_teacher(teacher_given, splits)
+    _check_run_dir(out, splits, fresh)
+
+    # only now is anything written: bad input above leaves the run directory as it was
+    if fresh:
+        for name in (artifacts.STAGES_DIR, artifacts.DEPLOY_DIR, artifacts.DISTILL_CACHE):
+            shutil.rmtree(out / name, ignore_errors=True)
+        (out / artifacts.RUN_RECORD).unlink(missing_ok=True)
+    stages, bench_stage, names = plan(cfg, out, splits, teacher_given)
+    total = len(stages) + 2  # + select, deploy
+    record = {"format": PIPELINE_FORMAT, "dataset": {k: {"path": splits.sources[k], "sha256": v} for k, v in splits.sha256.items()},
+              "stages": [], "finished": False}
+    out.mkdir(parents=True, exist_ok=True)
+    artifacts.write_json(out / artifacts.RUN_RECORD, record)  # first: from now on this is a run directory of this dataset
+    save_config(cfg, out / artifacts.CONFIG)
+
+    for i, stage in enumerate(stages, start=1):
+        started = time.perf_counter()
+        if stage.make is None:
+            status = "given"
+        elif artifacts.is_run_dir(stage.out):
+            status = "cached"
+        else:
+            _say(progress, f"[bold]stage {i} of {total}[/bold]: {stage.name}")
+            stage.make(progress)
+            status = "ran"
+        if status != "ran":
+            _say(progress, f"[bold]stage {i} of {total}[/bold]: {stage.name}: {status}")
+        record["stages"].append({"name": stage.name, "kind": stage.kind, "key": stage.key, "dir": str(stage.out), "status": status,
+                                 "seconds": round(time.perf_counter() - started, 3)})
+        artifacts.write_json(out / artifacts.RUN_RECORD, record)  # after every stage: an interrupted run shows how far it got
+
+    # select: the most accurate candidate within every budget, from the benchmark's figures
+    _say(progress, f"[bold]stage {total - 1} of {total}[/bold]: select ({describe(budgets)})")
+    results = artifacts.read_json(bench_stage.out / artifacts.BENCH_RESULTS)
+    candidates, teacher, baselines = candidates_from_bench(results)
+    selection = select(candidates, budgets)
+    record["selection"] = {"chosen": selection.chosen.name if selection.chosen else None, "explanation": selection.explanation,
+                           "budgets": describe(budgets), "teacher_accuracy": teacher.accuracy}
+
+    # deploy: the chosen model as a bundle, rebuilt only when the choice or its measurements changed
+    deploy = out / artifacts.DEPLOY_DIR
+    bundle = stale = None
+    if selection.chosen is None:
+        _say(progress, f"[bold]stage {total} of {total}[/bold]: deploy: skipped (no candidate meets every budget)")
+        stale = deploy if deploy.is_dir() else None
+    else:
+        chosen_stage = names[selection.chosen.name]
+        key = _key("deploy", chosen_stage.key, bench_stage.key, describe(budgets))
+        cached = (deploy / artifacts.MANIFEST).is_file() and artifacts.read_json(deploy / artifacts.MANIFEST).get("bundle", {}).get("key") == key
+        _say(progress, f"[bold]stage {total} of {total}[/bold]: deploy {selection.chosen.name}" + (": cached" if cached else ""))
+        started = time.perf_counter()
+        if not cached:
+            with artifacts.staged(deploy, overwrite=True) as staging:
+                write_bundle(staging, key, selection, teacher, results, bench_stage.out, splits, cfg, budgets)
+        bundle = deploy
+        record["stages"].append({"name": f"deploy {selection.chosen.name}", "kind": "deploy", "key": key, "dir": str(deploy),
+                                 "status": "cached" if cached else "ran", "seconds": round(time.perf_counter() - started, 3)})
+    record.update(finished=True, bundle=str(bundle) if bundle else None, report=str(bench_stage.out / artifacts.BENCH_HTML))
+    artifacts.write_json(out / artifacts.RUN_RECORD, record)
+    return RunResult(
+        out, record["stages"], selection, teacher, baselines, budgets, len(splits.test), int(results["timing"]["threads"][results["timing"]["pareto_threads"]]),
+        bench_stage.out / artifacts.BENCH_HTML, bundle, stale,
+    )
+
+
+def _say(progress: bool, line: str) -> None:
+    if progress:
+        stderr.print(line, highlight=False)
+
+
+# ------------------------------------------------------------------------------------------ inputs
+
+
+def read_splits(cfg: RunConfig) -> Splits:
+    """Read --data (and --eval / --test), holding out what is not given, with one-line errors for bad data."""
+    d = cfg.data
+    read = lambda path: read_examples(path, d.text_col, d.label_col, d.encoding, d.drop_empty)  # noqa: E731
+    train_path = Path(d.train)
+    examples = read(train_path)
+    check_labels(examples, train_path)
+    sha256, sources = {"train": artifacts.file_sha256(train_path)}, {"train": str(train_path)}
+    held_out = [name for name, given in (("eval", d.eval), ("test", cfg.test)) if not given]
+    _check_size(examples, train_path, held_out)
+    if cfg.test:
+        test_path = Path(cfg.test)
+        test = read(test_path)
+        sha256["test"], sources["test"] = artifacts.file_sha256(test_path), str(test_path)
+    else:
+        examples, test = stratified_split(examples, cfg.test_split, cfg.seed)
+        sources["test"] = f"{cfg.test_split:.0%} stratified split of {train_path}"
+    if d.eval:
+        eval_path = Path(d.eval)
+        eval_ = read(eval_path)
+        sha256["eval"], sources["eval"] = artifacts.file_sha256(eval_path), str(eval_path)
+    else:
+        eval_path = train_path
+        examples, eval_ = stratified_split(examples, d.eval_split, cfg.seed)
+        sources["eval"] = f"{d.eval_split:.0%} stratified split of the rest of {train_path}"
+    labels = check_labels(examples, train_path, eval_, eval_path)
+    check_known_labels(test, Path(cfg.test) if cfg.test else train_path, labels, "does not occur in the training data", "fix the label or add training examples of it")
+    return Splits(examples, eval_, test, labels, sources, sha256)
+
+
+def _check_size(examples: list[Example], path: Path, held_out: list[str]) -> None:
+    """Each label needs one example to train on plus one per held-out split, or some split lacks it entirely."""
+    if not held_out:
+        return
+    need = 1 + len(held_out)
+    counts: dict[str, int] = {}
+    for e in examples:
+        counts[e.label] = counts.get(e.label, 0) + 1
+    label, n = min(counts.items(), key=lambda item: (item[1], item[0]))
+    if n < need:
+        flags = " and ".join(f"--{name}" for name in held_out)
+        raise UserError(
+            f"{path}: too small to hold out {' and '.join(held_out)} set{'s' if len(held_out) > 1 else ''}: label {label!r} has {n} example{'s' if n != 1 else ''} "
+            f"and each label needs at least {need} (1 to train on, 1 per held-out set): add examples or pass {flags} FILE"
+        )
+
+
+def _check_teacher(teacher: Path, splits: Splits) -> None:
+    artifacts.check_model_dir(teacher)
+    id2label = artifacts.read_json(teacher / artifacts.HF_CONFIG).get("id2label")
+    if not id2label:
+        raise UserError(f"{teacher}: not a fine-tuned classifier (its config.json has no labels): pass --teacher, the --out directory of slm train")
+    missing = sorted(set(splits.labels) - set(artifacts.model_labels(teacher)))
+    if missing:
+        raise UserError(
+            f"{teacher}: the teacher does not know the label(s) {', '.join(map(repr, missing[:5]))} of {splits.sources['train']}: "
+            "pass a teacher trained on these labels, or leave out --teacher to train one"
+        )
+
+
+def _check_run_dir(out: Path, splits: Splits, fresh: bool) -> None:
+    """The run directory is new, or a previous `slm run` on the same training data (unless --fresh)."""
+    if out.exists() and not out.is_dir():
+        raise UserError(f"{out}: exists and is a file: choose another --out")
+    record_path = out / artifacts.RUN_RECORD
+    if out.is_dir() and any(out.iterdir()) and not record_path.is_file():
+        raise UserError(f"{out}: exists and is not a slm run directory (no {artifacts.RUN_RECORD}): choose another --out")
+    if record_path.is_file() and not fresh:
+        recorded = (artifacts.read_json(record_path).get("dataset") or {}).get("train") or {}
+        if recorded.get("sha256") != splits.sha256["train"]:
+            raise UserError(
+                f"{out}: made from a different dataset ({recorded.get('path', 'unknown')} then, {splits.sources['train']} now, "
+                "with other contents): pass --fresh to start this run directory over, or choose another --out"
+            )
+
+
+# ------------------------------------------------------------------------------------------ the plan
+
+
+def _key(*parts: Any) -> str:
+    blob = json.dumps([PIPELINE_FORMAT, *parts], sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:KEY_LENGTH]
+
+
+def _settings(cfg: Any, *paths: str) -> dict:
+    """The config as a dict without its path-valued fields (`paths`, dotted): a key hashes what those paths
+    hold (file contents, upstream keys), not where they are."""
+    values = to_dict(cfg)
+    for path in paths:
+        *parents, leaf = path.split(".")
+        node = values
+        for part in parents:
+            node = node[part]
+        node.pop(leaf)
+    return values
+
+
+def student_name(entry: str) -> str:
+    """A ladder entry as a short, path-safe name: 'transformer:layers=2,hidden=128 lr=1e-4' -> 'transformer-L2-H128-lr1e-4'."""
+    spec, *overrides = entry.split()
+    kind, params = parse_student(spec)
+    parts = [kind] + [f"{ABBREVIATIONS.get(k, k)}{'-'.join(map(str, v)) if isinstance(v, list) else v}" for k, v in params.items()]
+    return "-".join(parts + [o.replace("=", "") for o in overrides])
+
+
+@dataclass
+class Upstream:
+    """What the candidate stages read: the run, the data splits and the teacher, each with its key."""
+
+    cfg: RunConfig
+    out: Path
+    data_key: str
+    split_files: dict[str, Path]  # train / eval / test JSONL (columns text and label)
+    teacher_key: str
+    teacher_dir: Path
+
+
+def plan(cfg: RunConfig, out: Path, splits: Splits, teacher_given: Path | None) -> tuple[list[Stage], Stage, dict[str, Stage]]:
+    """Every stage in order, keyed by its inputs; also the bench stage and each candidate's producing stage.
+
+    A search over students (Optuna) reuses the pieces: `base_stages` once, `student_stages` per trial, then
+    `bench_stage` over the trials' candidates and `selection.select`."""
+    stages, up = base_stages(cfg, out, splits, teacher_given)
+    candidates: list[tuple[str, Stage]] = []
+    seen: dict[str, str] = {}
+    for entry in cfg.students:
+        name = student_name(entry)
+        if name in seen:
+            raise UserError(f"setting students: {seen[name]!r} and {entry!r} are the same student: list it once")
+        seen[name] = entry
+        distilled, exported, quantized = student_stages(up, entry)
+        stages += [distilled, exported, quantized]
+        candidates += [(name, exported), (name + INT8_SUFFIX, quantized)]
+    # the teacher as a candidate too, and the reference every accuracy drop is measured against
+    exported, quantized = compress_stages(up, TEACHER, stages[1])
+    stages += [exported, quantized]
+    candidates = [(TEACHER, exported), (TEACHER + INT8_SUFFIX, quantized)] + candidates
+    bench = bench_stage(up, candidates)
+    return stages + [bench], bench, dict(candidates)
+
+
+def base_stages(cfg: RunConfig, out: Path, splits: Splits, teacher_given: Path | None) -> tuple[list[Stage], Upstream]:
+    """The data splits, and the teacher fine-tuned on them (or the one given)."""
+    from slmkit.train import train
+
+    data_key = _key("data", splits.sha256, _settings(cfg.data, "train", "eval"), cfg.test_split, cfg.seed)
+    data_dir = artifacts.stage_dir(out, "data", data_key)
+    split_files = {name: data_dir / filename for name, filename in artifacts.SPLITS.items()}
+    data = Stage("data", "data", data_key, data_dir, lambda progress: _write_splits(splits, cfg, data_dir))
+    if teacher_given is not None:
+        key = _key("teacher-given", *(artifacts.file_sha256(teacher_given / n) for n in (artifacts.WEIGHTS, artifacts.TOKENIZER, artifacts.HF_CONFIG)))
+        teacher = Stage(f"teacher {teacher_given}", "teacher", key, teacher_given, None)
+    else:
+        key = _key("teacher", data_key, to_dict(cfg.model), to_dict(cfg.train))
+        teacher_dir = artifacts.stage_dir(out, "teacher", key)
+        train_cfg = TrainConfig(out=str(teacher_dir), data=_data(split_files), model=cfg.model, train=cfg.train)
+        teacher = Stage("teacher: fine-tune", "teacher", key, teacher_dir,
+                        lambda progress: train(train_cfg, resume=_interrupted_training(teacher_dir), progress=progress))
+    return [data, teacher], Upstream(cfg, out, data_key, split_files, teacher.key, teacher.out)
+
+
+def student_stages(up: Upstream, entry: str) -> tuple[Stage, Stage, Stage]:
+    """Distill, export and quantize the ladder entry `entry` (a student spec with optional training overrides)."""
+    from slmkit.distill import distill
+
+    name = student_name(entry)
+    spec, optim, augment = ladder_entry(entry, up.cfg.distill)
+    d = up.cfg.distill
+    distill_cfg = DistillConfig(teacher=str(up.teacher_dir), student=spec, out="", data=_data(up.split_files), augment=augment, trim_vocab=d.trim_vocab,
+                                cache_dir=str(up.out / artifacts.DISTILL_CACHE), loss=d.loss, train=optim)
+    key = _key("distill", up.teacher_key, up.data_key, _settings(distill_cfg, "teacher", "out", "data.train", "data.eval", "cache_dir"))
+    distill_cfg = replace(distill_cfg, out=str(artifacts.stage_dir(up.out, f"distill-{name}", key)))
+    distilled = Stage(f"distill {name}", "distill", key, Path(distill_cfg.out), lambda progress: distill(distill_cfg, progress=progress))
+    return (distilled, *compress_stages(up, name, distilled))
+
+
+def compress_stages(up: Upstream, name: str, source: Stage) -> tuple[Stage, Stage]:
+    """Export `source`'s model to ONNX, then quantize it: the candidates `name` (fp32) and `name`-int8."""
+    from slmkit.export import export
+    from slmkit.quantize import quantize
+
+    export_cfg = ExportConfig(model=str(source.out), out="", probe_data=str(up.split_files["train"]))
+    export_key = _key("export", source.key, up.data_key, _settings(export_cfg, "model", "out", "probe_data"))
+    export_cfg = replace(export_cfg, out=str(artifacts.stage_dir(up.out, f"export-{name}", export_key)))
+    exported = Stage(f"export {name} to ONNX", "export", export_key, Path(export_cfg.out), lambda progress: export(export_cfg))
+    q = up.cfg.quantize
+    quantize_cfg = QuantizeConfig(model=export_cfg.out, out="", method=q.method, per_channel=q.per_channel, max_drop=q.max_drop,
+                                  eval_data=str(up.split_files["eval"]), calib_data=str(up.split_files["train"]))
+    quantize_key = _key("quantize", export_key, up.data_key, _settings(quantize_cfg, "model", "out", "eval_data", "calib_data"))
+    quantize_cfg = replace(quantize_cfg, out=str(artifacts.stage_dir(up.out, f"quantize-{name}", quantize_key)))
+    quantized = Stage(f"quantize {name} to int8", "quantize", quantize_key, Path(quantize_cfg.out), lambda progress: quantize(quantize_cfg, progress=progress))
+    return exported, quantized
+
+
+def bench_stage(up: Upstream, candidates: list[tuple[str, Stage]]) -> Stage:
+    """slm bench over the candidates (name, producing stage) and the baselines, on the test split."""
+    from slmkit.bench import bench
+
+    b = up.cfg.bench
+    bench_cfg = BenchConfig(
+        models=[str(s.out) for _, s in candidates], names=[n for n, _ in candidates], data=str(up.split_files["test"]), out="",
+        baselines=list(b.baselines), train=str(up.split_files["train"]), teacher=str(up.teacher_dir), threads=list(b.threads), rounds=b.rounds,
+        latency_calls=b.latency_calls, speed_texts=b.speed_texts, rss=b.rss, bootstrap=b.bootstrap,
+    )
+    key = _key("bench", [s.key for _, s in candidates], up.teacher_key, up.data_key, _settings(bench_cfg, "models", "data", "out", "train", "teacher"))
+    bench_cfg = replace(bench_cfg, out=str(artifacts.stage_dir(up.out, "bench", key)))
+    what = f"{len(candidates)} candidates" + (f" and {len(b.baselines)} baseline{'s' if len(b.baselines) > 1 else ''}" if b.baselines else "")
+    return Stage(f"benchmark {what}", "bench", key, Path(bench_cfg.out), lambda progress: bench(bench_cfg, progress=progress))
+
+
+def _data(split_files: dict[str, Path]) -> DataConfig:
+    return DataConfig(train=str(split_files["train"]), eval=str(split_files["eval"]))  # the JSONL splits' columns: text, label
+
+
+def _interrupted_training(out: Path) -> bool:
+    """A teacher whose training was interrupted left its last finished epoch in the staging directory."""
+    return (artifacts.staging_dir(out) / artifacts.CHECKPOINT / artifacts.CHECKPOINT_STATE).is_file()
+
+
+def _write_splits(splits: Splits, cfg: RunConfig, out: Path) -> None:
+    with artifacts.staged(out, overwrite=False) as staging:
+        for name, filename in artifacts.SPLITS.items():
+            rows = getattr(splits, name)
+            (staging / filename).write_text("".join(json.dumps({"text": e.text, "label": e.label}, ensure_ascii=False) + "\n" for e in rows), encoding="utf-8")
+        settings = {"data": to_dict(cfg.data), "test": cfg.test, "test_split": cfg.test_split, "seed": cfg.seed}
+        (staging / artifacts.CONFIG).write_text(yaml.safe_dump(settings, sort_keys=False), encoding="utf-8")
+        artifacts.write_json(staging / artifacts.METRICS, {
+            "examples": {name: len(getattr(splits, name)) for name in artifacts.SPLITS},
+            "labels": splits.labels, "sources": splits.sources, "sha256": splits.sha256,
+        })
+
+
+# ------------------------------------------------------------------------------------------ selection
+
+
+def candidates_from_bench(results: dict) -> tuple[list[Candidate], Candidate, list[dict]]:
+    """The deployable candidates (slmkit ONNX models) as measured, the teacher's fp32 entry, and the baselines."""
+    threads = results["timing"]["pareto_threads"]  # 1 thread when measured: the budget's latency
+    ok = [e for e in results["entries"] if e["status"] == "ok"]
+    by_name = {e["name"]: e for e in ok}
+    if TEACHER not in by_name:
+        raise RuntimeError(f"the benchmark has no {TEACHER!r} entry")  # a bug: bench raises for failing models
+    teacher_accuracy = by_name[TEACHER]["metrics"]["accuracy"]
+
+    def candidate(e: dict) -> Candidate:
+        accuracy = e["metrics"]["accuracy"]
+        return Candidate(e["name"], accuracy, 100 * (teacher_accuracy - accuracy), e["speed"][threads]["p50_ms"]["median"], e["bytes"], e["parameters"], e["path"])
+
+    candidates = [candidate(e) for e in ok if e["kind"] == "model"]
+    baselines = [
+        {"name": e["name"], "error": e["error"]} if e["status"] != "ok" else
+        {"name": e["name"], "accuracy": e["metrics"]["accuracy"], "latency_ms": e["speed"][threads]["p50_ms"]["median"], "bytes": e["bytes"], "error": None}
+        for e in results["entries"] if e["kind"] == "baseline"
+    ]
+    return candidates, candidate(by_name[TEACHER]), baselines
+
+
+# ------------------------------------------------------------------------------------------ the bundle
+
+
+def write_bundle(staging: Path, key: str, selection: Selection, teacher: Candidate, results: dict, report: Path, splits: Splits, cfg: RunConfig, budgets: Budgets) -> None:
+    """The chosen ONNX model with what serving it needs, its model card, the bench report, and checksums."""
+    chosen = selection.chosen
+    source = Path(chosen.path)
+    for name in (artifacts.ONNX_MODEL, artifacts.TOKENIZER):
+        shutil.copy(source / name, staging / name)
+    manifest = artifacts.read_json(source / artifacts.MANIFEST)
+    (staging / artifacts.LABELS).write_text("".join(label + "\n" for label in manifest["labels"]), encoding="utf-8")
+    shutil.copytree(report, staging / artifacts.BUNDLE_REPORT)
+    entry = next(e for e in results["entries"] if e["name"] == chosen.name)
+    (staging / artifacts.BUNDLE_README).write_text(model_card(chosen, entry, teacher, results, splits, cfg, budgets, selection), encoding="utf-8")
+    files = sorted(p.relative_to(staging).as_posix() for p in staging.rglob("*") if p.is_file())
+    manifest["bundle"] = {
+        "key": key,
+        "model": chosen.name,
+        "accuracy": chosen.accuracy,
+        "teacher_accuracy": teacher.accuracy,
+        "latency_ms": chosen.latency_ms,
+        "bytes": chosen.bytes,
+        "budgets": describe(budgets),
+        "run": str(Path(cfg.out).resolve()),
+        "files": {name: artifacts.file_sha256(staging / name) for name in files},  # every file but this manifest
+    }
+    artifacts.write_json(staging / artifacts.MANIFEST, manifest)
+
+
+def verify_bundle(directory: str | Path) -> int:
+    """Check a bundle's files against the SHA-256 sums in its manifest; returns how many were checked."""
+    directory = Path(directory)
+    manifest_path = directory / artifacts.MANIFEST
+    if not manifest_path.is_file() or "bundle" not in artifacts.read_json(manifest_path):
+        raise UserError(f"{directory}: not a slm run bundle (no {artifacts.MANIFEST} with checksums): pass the deploy/ directory of slm run")
+    files = artifacts.read_json(manifest_path)["bundle"]["files"]
+    present = {p.relative_to(directory).as_posix() for p in directory.rglob("*") if p.is_file()} - {artifacts.MANIFEST}
+    for name in sorted(set(files) | present):
+        if name not in present:
+            raise UserError(f"{directory / name}: listed in {artifacts.MANIFEST} but missing: rebuild the bundle with slm run")
+        if name not in files:
+            raise UserError(f"{directory / name}: not listed in {artifacts.MANIFEST}: remove it, or rebuild the bundle with slm run")
+        if artifacts.file_sha256(directory / name) != files[name]:
+            raise UserError(f"{directory / name}: SHA-256 differs from {artifacts.MANIFEST}: the file was changed; rebuild the bundle with slm run")
+    return len(files)
+
+
+def model_card(chosen: Candidate, entry: dict, teacher: Candidate, results: dict, splits: Splits, cfg: RunConfig, budgets: Budgets, selection: Selection) -> str:
+    """The bundle's README.md: what the model does, its data, how it compares with the teacher, how to load it."""
+    m, hw, t = entry["metrics"], results["hardware"], results["timing"]
+    threads = results["timing"]["threads"][t["pareto_threads"]]
+    lo, hi = m["accuracy_ci95"]
+    shown = ", ".join(splits.labels[:10]) + (f", … ({len(splits.labels)} in all)" if len(splits.labels) > 10 else "")
+    provenance = entry.get("provenance") or {}
+    teacher_base = (next(e for e in results["entries"] if e["name"] == TEACHER).get("provenance") or {}).get("base")
+    lines = [
+        f"# {chosen.name}: a text classifier chosen by `slm run`", "",
+        f"{len(splits.labels)} labels: {shown}. ONNX Runtime, {entry['precision']}, {chosen.parameters or 0:,} parameters, "
+        f"{chosen.bytes / 1e6:.2f} MB. Why this one: {selection.explanation}", "",
+        "## Data", "",
+        f"- Training: {splits.sources['train']} ({len(splits.train)} examples trained on)",
+        f"- Eval (epoch selection, int8 checks): {splits.sources['eval']} ({len(splits.eval)} examples)",
+        f"- Test (every figure below): {splits.sources['test']} ({len(splits.test)} examples)",
+    ]
+    if provenance.get("student"):
+        lines.append(f"- Student architecture: `{provenance['student']}`, distilled from the teacher")
+    lines += [
+        "", "## Accuracy, speed and size", "",
+        "| | test accuracy (95% CI) | batch-1 p50 | size on disk |", "|---|---:|---:|---:|",
+        f"| this model | {100 * chosen.accuracy:.2f}% ({100 * lo:.1f}–{100 * hi:.1f}) | {chosen.latency_ms:.3g} ms | {chosen.bytes / 1e6:.2f} MB |",
+        f"| teacher ({teacher_base or 'fine-tuned'}, ONNX fp32) | {100 * teacher.accuracy:.2f}% | {teacher.latency_ms:.3g} ms | {teacher.bytes / 1e6:.2f} MB |",
+        "",
+        f"{abs(chosen.drop_points):.2f} points {'below' if chosen.drop_points > 0 else 'above'} the teacher's accuracy; "
+        f"{teacher.latency_ms / chosen.latency_ms:.1f}× faster and "
+        f"{teacher.bytes / chosen.bytes:.1f}× smaller. Latency: median over {t['rounds']} rounds of {t['latency_calls']} batch-1 calls at "
+        f"{threads} thread{'s' if threads != 1 else ''} on {hw['cpu']} (tokenization included).", "",
+        "## Budgets", "",
+        f"{describe(budgets)}: met. The full benchmark (every candidate and baseline) is in `report/report.html`.", "",
+        "## How to load it", "",
+        "```python",
+        "from slmkit.runtime import Predictor",
+        "",
+        "predictor = Predictor(\"deploy\")  # this directory; onnxruntime + tokenizers, no torch",
+        "predictor.predict([\"some text\"])  # [Prediction(text, label, score, scores)]",
+        "```", "",
+        "`manifest.json` lists every file's SHA-256 (`slmkit.pipeline.verify_bundle(\"deploy\")` checks them); `labels.txt` holds "
+        "the labels in class-id order; `model.onnx` and `tokenizer.json` also run in plain onnxruntime (see the slmkit README).", "",
+        "## Limitations", "",
+        f"- The interval covers resampling these {len(splits.test)} test examples, not a shift in the texts the model will see: re-evaluate on your own traffic (`slm evaluate`).",
+        "- It always answers one of its labels, so texts outside the domain get a confident-looking wrong answer.",
+        "- Timings are from the machine that ran `slm run`; measure again on the serving machine.",
+    ]
+    if entry["precision"] == "int8" and not hw["int8_instructions"]:
+        lines.append("- The benchmarking CPU had no VNNI/AMX int8 instructions: on a CPU with them, int8 is typically faster still.")
+    return "\n".join(lines) + "\n"
