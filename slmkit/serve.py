@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import hmac
 import json
 import logging
@@ -43,7 +42,7 @@ import threading
 import time
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
@@ -130,7 +129,7 @@ def open_bundle(directory: Path) -> Bundle:
     if task != "classification":
         raise UserError(f"{directory}: a {task} model: slm serve answers classification models for now")
     model = directory / artifacts.ONNX_MODEL
-    sha256 = _sha256(model)
+    sha256 = artifacts.file_sha256(model)
     recorded = manifest.get("sha256") or manifest.get("bundle", {}).get("files", {}).get(artifacts.ONNX_MODEL)
     if recorded and recorded != sha256:
         raise UserError(f"{model}: SHA-256 differs from {artifacts.MANIFEST}: the file was changed; export or deploy it again")
@@ -159,14 +158,6 @@ def _without_paths(value: Any) -> Any:
     if isinstance(value, list):
         return [_without_paths(v) for v in value]
     return value
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(2**20):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _has_dynamic_quantization(path: Path) -> bool:

@@ -109,3 +109,27 @@ def exported_tiny(trained_tiny, tmp_path_factory) -> Path:
     from slmkit.export import export
 
     return export(ExportConfig(model=str(trained_tiny), out=str(tmp_path_factory.mktemp("shared-onnx") / "tiny-onnx"))).out
+
+
+# ------------------------------------------------------------------------------------------ headless browser
+
+CHROMIUM = "/usr/bin/chromium"  # Debian's, installed by make test when missing
+CHROMIUM_FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update", "--no-first-run"]
+
+
+def importable(module: str) -> bool:
+    try:
+        __import__(module)
+    except ImportError:
+        return False
+    return True
+
+
+def require_browser() -> None:
+    """Skip without playwright or chromium, except where make test (or CI) says the browser tests must run."""
+    missing = [what for what, ok in (("the playwright package", importable("playwright")), (CHROMIUM, Path(CHROMIUM).exists())) if not ok]
+    if missing:
+        message = f"{' and '.join(missing)} missing: make test installs them (apt-get install chromium)"
+        if os.environ.get("CI") or os.environ.get("SLMKIT_REQUIRE_BROWSER"):  # make test sets it: there it must run
+            pytest.fail(message)
+        pytest.skip(message)

@@ -4,7 +4,6 @@ files and their schema, the HTML rendered in headless Chromium, a failing baseli
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import time
 from pathlib import Path
@@ -13,7 +12,7 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from conftest import write_csv
+from conftest import write_csv, CHROMIUM, CHROMIUM_FLAGS, importable, require_browser
 from slmkit import artifacts, measure, metrics
 from slmkit.bench import Entry, bench, pareto_front, time_rounds, timing_warnings
 from slmkit.cli import app
@@ -21,18 +20,9 @@ from slmkit.config import BenchConfig, QuantizeConfig
 from slmkit.data import read_examples
 
 SCHEMA = Path(__file__).resolve().parents[1] / "slmkit" / "schemas" / "bench-results.schema.json"
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update", "--no-first-run"]
 QUICK = dict(threads=["1"], rounds=2, latency_calls=20, warmup=3, speed_texts=32, bootstrap=200)  # seconds, one torch thread
 runner = CliRunner()
 
-
-def importable(module: str) -> bool:
-    try:
-        __import__(module)
-    except ImportError:
-        return False
-    return True
 
 
 def fasttext_installed() -> bool:
@@ -190,12 +180,7 @@ def test_baselines_on_the_toy_set(bench_run):
 def test_report_renders_in_chromium(bench_run):
     """report.html opened by headless Debian chromium: every chart decoded, one results row per entry."""
     out, results = bench_run
-    missing = [what for what, ok in (("the playwright package", importable("playwright")), (CHROMIUM, Path(CHROMIUM).exists())) if not ok]
-    if missing:
-        message = f"{' and '.join(missing)} missing: make test installs them (apt-get install chromium)"
-        if os.environ.get("CI") or os.environ.get("SLMKIT_REQUIRE_BROWSER"):  # make test sets it: there it must run
-            pytest.fail(message)
-        pytest.skip(message)
+    require_browser()
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as pw:

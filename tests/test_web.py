@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import functools
 import json
-import os
 import random
 import re
 import shutil
@@ -20,7 +19,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from conftest import CUES, FILLER
+from conftest import CUES, FILLER, CHROMIUM, CHROMIUM_FLAGS, require_browser
 from slmkit import artifacts, npm
 from slmkit.cli import app
 from slmkit.config import ExportWebConfig
@@ -29,8 +28,6 @@ from slmkit.errors import UserError
 from slmkit.export_web import export_web
 from slmkit.runtime import Predictor
 
-CHROMIUM = "/usr/bin/chromium"  # as tests/test_bench.py launches it
-CHROMIUM_FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update", "--no-first-run"]
 SCORE_TOLERANCE = 1e-4
 ALIASES = {"hi": "hello", "thx": "thanks", "parcels": "parcel", "refunds": "refund"}  # alias -> the word whose id it shares
 LONG = " ".join(["my parcel is still not here and the courier is not answering, why?"] * 30)  # truncated
@@ -161,12 +158,7 @@ def server(root):
 
 @pytest.fixture(scope="module")
 def browser():
-    missing = [what for what, ok in (("the playwright package", _importable("playwright")), (CHROMIUM, Path(CHROMIUM).exists())) if not ok]
-    if missing:
-        message = f"{' and '.join(missing)} missing: make test installs them (apt-get install chromium)"
-        if os.environ.get("CI") or os.environ.get("SLMKIT_REQUIRE_BROWSER"):  # make test sets it: there it must run
-            pytest.fail(message)
-        pytest.skip(message)
+    require_browser()
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as pw:
@@ -174,13 +166,6 @@ def browser():
         yield chromium
         chromium.close()
 
-
-def _importable(module: str) -> bool:
-    try:
-        __import__(module)
-    except ImportError:
-        return False
-    return True
 
 
 class Page:
