@@ -1,0 +1,267 @@
+"""`slm label`'s page in headless Debian chromium against the real server (uvicorn in a subprocess, SQLite file):
+an annotator labels 10 items by keyboard only and sees the progress move, a second annotator disagrees on one item,
+the reviewer finds the disagreement in the review queue and resolves it (after a 409 from a concurrent edit), the
+JSONL export downloaded through the page's link equals the database, and an item made of script/HTML renders as
+text and never runs. Screenshots of the annotating and agreement pages go to $SLMKIT_ARTIFACTS (default:
+test-artifacts/ at the repository root).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from conftest import CHROMIUM, CHROMIUM_FLAGS, require_browser
+
+ROOT = Path(__file__).resolve().parents[1]
+XSS = '<script>window.__xss=1</script><img src=x onerror="window.__xss=1">'
+LABELS = ["positive", "negative", "<b>mixed</b>"]  # markup in a label must show as text too
+TEXTS = [f"review {i}: the parcel came {['early', 'late', 'broken'][i % 3]} and support was {['kind', 'slow', 'absent'][i % 3]}" for i in range(12)]
+TEXTS[3] = XSS
+PASSWORDS = {"admin": "admin-pass-123", "rita": "reviewer-pass-123", "ann": "annotator-pass-1", "bob": "annotator-pass-2"}
+SERVE = "import sys, uvicorn; from slmkit.label.app import create_app; uvicorn.run(create_app(sys.argv[1]), host='127.0.0.1', port=int(sys.argv[2]), log_level='warning')"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    """The real app on a free port over a fresh SQLite file: users made through slmkit.label.admin, the project
+    (single-label, overlap 2, 12 items) through the admin's HTTP API. Yields (url, db path, project id)."""
+    require_browser()  # before any setup: without a browser there is nothing to test here
+    from slmkit.label import admin
+
+    tmp = tmp_path_factory.mktemp("label")
+    db_path = str(tmp / "labels.db")
+    admin.init(db_path, "admin", PASSWORDS["admin"])
+    admin.add_user(db_path, "rita", "reviewer", PASSWORDS["rita"])
+    admin.add_user(db_path, "ann", "annotator", PASSWORDS["ann"])
+    admin.add_user(db_path, "bob", "annotator", PASSWORDS["bob"])
+    port = free_port()
+    log = open(tmp / "server.log", "wb")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
+    proc = subprocess.Popen([sys.executable, "-c", SERVE, db_path, str(port)], stdout=log, stderr=subprocess.STDOUT, env=env, cwd=tmp)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                if httpx.get(f"{url}/api/me").status_code == 401:
+                    break
+            except httpx.TransportError:
+                pass
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"the label server did not start: {(tmp / 'server.log').read_text()[-2000:]}")
+            time.sleep(0.1)
+        with httpx.Client(base_url=url) as http:
+            csrf = http.post("/api/login", json={"username": "admin", "password": PASSWORDS["admin"]}).raise_for_status().json()["csrf"]
+            headers = {"X-CSRF-Token": csrf}
+            project = http.post("/api/projects", headers=headers, json={"name": "Parcel reviews", "kind": "single", "labels": LABELS, "overlap": 2})
+            pid = project.raise_for_status().json()["id"]
+            for name, role in [("rita", "reviewer"), ("ann", "annotator"), ("bob", "annotator")]:
+                http.post(f"/api/projects/{pid}/members", headers=headers, json={"username": name, "role": role}).raise_for_status()
+            jsonl = "".join(json.dumps({"text": t}) + "\n" for t in TEXTS).encode()
+            imported = http.post(f"/api/projects/{pid}/import", headers=headers, files={"file": ("items.jsonl", jsonl, "application/x-ndjson")})
+            assert imported.raise_for_status().json()["imported"] == len(TEXTS)
+        yield url, db_path, pid
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+        log.close()
+
+
+@pytest.fixture(scope="module")
+def browser():
+    require_browser()
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as pw:
+        chromium = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_FLAGS)
+        yield chromium
+        chromium.close()
+
+
+@pytest.fixture(scope="module")
+def artifacts_dir() -> Path:
+    out = Path(os.environ.get("SLMKIT_ARTIFACTS") or ROOT / "test-artifacts")
+    out.mkdir(parents=True, exist_ok=True)
+    return out
+
+
+class Session:
+    """One user's browser context, logged in by typing into the login form; records page errors and every
+    state-changing /api request that lacks the CSRF header."""
+
+    def __init__(self, browser, url: str, username: str):
+        self.context = browser.new_context(viewport={"width": 1100, "height": 800}, accept_downloads=True)
+        self.page = self.context.new_page()
+        self.errors: list[str] = []
+        self.unprotected: list[str] = []
+        self.page.on("pageerror", lambda e: self.errors.append(str(e)))
+        self.page.on("console", lambda m: m.type == "error" and "401" not in m.text and self.errors.append(m.text))  # 401: /api/me before login
+        self.page.on("request", self._check_csrf)
+        self.page.goto(f"{url}/")
+        self.page.wait_for_selector("#login-user")
+        self.page.keyboard.type(username)  # the username field has the focus
+        self.page.keyboard.press("Tab")
+        self.page.keyboard.type(PASSWORDS[username])
+        self.page.keyboard.press("Enter")
+        self.page.wait_for_selector(".project")
+        self.url = url
+
+    def _check_csrf(self, request) -> None:
+        if "/api/" in request.url and request.method not in ("GET", "HEAD") and not request.url.endswith("/api/login"):
+            if not request.headers.get("x-csrf-token"):
+                self.unprotected.append(f"{request.method} {request.url}")
+
+    def open(self, hash_route: str, selector: str):
+        self.page.goto(f"{self.url}/#{hash_route}")
+        try:
+            return self.page.wait_for_selector(selector, timeout=10_000)
+        except Exception as e:  # say what the page shows instead
+            raise AssertionError(f"{hash_route}: no {selector}; the page says {self.page.inner_text('body')[:1500]!r}") from e
+
+    def progress(self) -> str:
+        return self.page.text_content("#progress-text")
+
+    def shown_item(self) -> int:
+        return int(self.page.get_attribute("#work", "data-item-id"))
+
+    def label_by_keyboard(self, key: str, done_after: int, total: int) -> int:
+        """Press a label's number and Enter on the item shown; wait for the progress to read `done_after`; the item's id."""
+        iid = self.shown_item()
+        self.page.keyboard.press(key)
+        self.page.keyboard.press("Enter")
+        self.page.wait_for_function("t => document.querySelector('#progress-text').textContent === t", arg=f"{done_after} / {total} done")
+        return iid
+
+    def close(self) -> None:
+        assert not self.errors, self.errors
+        assert not self.unprotected, f"state-changing requests without X-CSRF-Token: {self.unprotected}"
+        self.context.close()
+
+
+def database(db_path: str, pid: int) -> dict:
+    """What the database holds: items, annotations (username -> value), gold and the seconds recorded per annotation."""
+    from sqlalchemy import select
+
+    from slmkit.label import db
+
+    sessions = db.open_db(db_path, create=False)
+    with sessions() as s:
+        items = {i.id: i.text for i in db.project_items(s, pid)}
+        annotations: dict[int, dict[str, object]] = {}
+        for item_id, username, value in db.annotations_of(s, pid):
+            annotations.setdefault(item_id, {})[username] = value
+        gold = {item_id: value for item_id, (value, _version) in db.golds_of(s, pid).items()}
+        seconds = {(a.item_id, a.user_id): a.seconds for a in s.scalars(select(db.Annotation).where(db.Annotation.project_id == pid))}
+        users = {u.username: u.id for u in s.scalars(select(db.User))}
+    return {"items": items, "annotations": annotations, "gold": gold, "seconds": seconds, "users": users}
+
+
+def test_annotate_review_export_in_the_browser(server, browser, artifacts_dir):
+    url, db_path, pid = server
+    total = len(TEXTS)
+
+    # --- annotator 1: ten items by keyboard only, the progress bar moving with each
+    ann = Session(browser, url, "ann")
+    ann.open(f"/p/{pid}/annotate", "#item-text")
+    assert ann.progress() == f"0 / {total} done"
+    assert [b.text_content() for b in ann.page.query_selector_all("#labels button")] == [f"{i + 1}{label}" for i, label in enumerate(LABELS)]
+    given: dict[int, str] = {}
+    slow_item, saw_xss = None, False
+    for n in range(10):
+        ann.page.wait_for_function("() => document.activeElement && document.activeElement.id === 'item-text'")
+        if n == 4:  # this item gets a measurable think time
+            slow_item = ann.shown_item()
+            ann.page.wait_for_timeout(400)
+        if ann.page.text_content("#item-text") == XSS:  # shown as text: no element made of it, nothing ran
+            assert ann.page.query_selector("#item-text img, #item-text script") is None
+            assert ann.page.evaluate("() => window.__xss") is None
+            saw_xss = True
+        key = n % len(LABELS)
+        iid = ann.label_by_keyboard(str(key + 1), n + 1, total)
+        given[iid] = LABELS[key]
+        assert ann.page.get_attribute("[role=progressbar]", "aria-valuenow") == str(n + 1)
+        if n == 2:
+            ann.page.screenshot(path=str(artifacts_dir / "label-annotate.png"), full_page=True)
+    assert len(given) == 10 and saw_xss
+    # undo (u) reopens the last item and takes the progress back; labeling it again takes it forward
+    last = list(given)[-1]
+    ann.page.keyboard.press("u")
+    ann.page.wait_for_function("t => document.querySelector('#progress-text').textContent === t", arg=f"9 / {total} done")
+    assert ann.shown_item() == last
+    ann.label_by_keyboard(str(LABELS.index(given[last]) + 1), 10, total)
+    # arrows move between the assigned items; an item already labeled shows its value
+    ann.page.keyboard.press("ArrowLeft")
+    ann.page.wait_for_function("i => document.querySelector('#work').dataset.itemId === String(i)", arg=last)
+    assert ann.page.get_attribute("#labels button[aria-pressed=true]", "data-label") == given[last]
+    ann.page.keyboard.press("ArrowLeft")
+    ann.page.wait_for_function("i => document.querySelector('#work').dataset.itemId !== String(i)", arg=last)
+    ann.close()
+
+    # --- annotator 2 labels the first item differently: a disagreement
+    bob = Session(browser, url, "bob")
+    bob.open(f"/p/{pid}/annotate", "#item-text")
+    first = bob.shown_item()
+    assert first in given
+    other = next(label for label in LABELS if label != given[first])
+    bob.label_by_keyboard(str(LABELS.index(other) + 1), 1, total)
+    bob.close()
+
+    # --- the reviewer sees it in the queue; a concurrent gold edit makes the first try a 409, the second wins
+    rita = Session(browser, url, "rita")
+    card = rita.open(f"/p/{pid}/review", f".review-item[data-item-id='{first}']")
+    annotators = dict(zip(card.eval_on_selector_all(".annotator", "e => e.map(x => x.textContent)"),
+                          card.eval_on_selector_all(".ann-value", "e => e.map(x => x.textContent)")))
+    assert annotators == {"ann": given[first], "bob": other}
+    with httpx.Client(base_url=url) as http:  # the admin sets gold meanwhile
+        csrf = http.post("/api/login", json={"username": "admin", "password": PASSWORDS["admin"]}).json()["csrf"]
+        http.put(f"/api/projects/{pid}/items/{first}/gold", headers={"X-CSRF-Token": csrf}, json={"value": other, "version": 0}).raise_for_status()
+    gold = LABELS[2]
+    rita.page.keyboard.press(str(LABELS.index(gold) + 1))  # the first card is the selected one
+    rita.page.wait_for_function("() => /changed by someone else/i.test(document.querySelector('#flash').textContent)")
+    rita.page.uncheck("#only-open")  # the reload shows the admin's gold; resolved items are hidden by default
+    rita.page.wait_for_selector(f".review-item[data-item-id='{first}'] .gold-value")
+    rita.page.focus(f".review-item[data-item-id='{first}']")
+    rita.page.keyboard.press(str(LABELS.index(gold) + 1))
+    rita.page.wait_for_function("([i, g]) => document.querySelector(`.review-item[data-item-id='${i}'] .gold-value`).textContent === g", arg=[first, gold])
+    assert rita.page.evaluate("() => window.__xss") is None
+
+    # --- agreement page (screenshot) and the JSONL export through the page's link
+    rita.open(f"/p/{pid}/agreement", "#agreement-per-label")
+    rita.page.screenshot(path=str(artifacts_dir / "label-agreement.png"), full_page=True)
+    assert rita.page.query_selector("#agreement-overall .stat") is not None
+    rita.open(f"/p/{pid}/export", "#export-links")
+    with rita.page.expect_download() as download:
+        rita.page.click("a[data-format=jsonl]")
+    exported = [json.loads(line) for line in Path(download.value.path()).read_text().splitlines() if line.strip()]
+    assert rita.page.evaluate("() => window.__xss") is None
+    rita.close()
+
+    stored = database(db_path, pid)
+    assert stored["gold"] == {first: gold}
+    assert {iid: values["ann"] for iid, values in stored["annotations"].items() if "ann" in values} == given
+    assert stored["annotations"][first]["bob"] == other
+    assert stored["seconds"][(slow_item, stored["users"]["ann"])] >= 0.4  # time from item shown to submit
+    assert sorted(r["id"] for r in exported) == sorted(stored["items"])
+    for row in exported:
+        iid = row["id"]
+        assert row["text"] == stored["items"][iid]
+        assert row["gold"] == stored["gold"].get(iid)
+        assert {a["annotator"]: a["value"] for a in row["annotations"]} == stored["annotations"].get(iid, {})
+    assert XSS in stored["items"].values()
+    for name in ("label-annotate.png", "label-agreement.png"):
+        assert (artifacts_dir / name).stat().st_size > 10_000
