@@ -110,7 +110,9 @@ class Session:
         self.errors: list[str] = []
         self.unprotected: list[str] = []
         self.page.on("pageerror", lambda e: self.errors.append(str(e)))
-        self.page.on("console", lambda m: m.type == "error" and "401" not in m.text and self.errors.append(m.text))  # 401: /api/me before login
+        # the browser logs every 4xx as a console error ("Failed to load resource"): 401 before login and a 409 are expected
+        self.page.on("console", lambda m: m.type == "error" and not m.text.startswith("Failed to load resource") and self.errors.append(m.text))
+        self.page.on("response", lambda r: r.status >= 500 and self.errors.append(f"{r.status} from {r.url}"))
         self.page.on("request", self._check_csrf)
         self.page.goto(f"{url}/")
         self.page.wait_for_selector("#login-user")
@@ -140,11 +142,13 @@ class Session:
         return int(self.page.get_attribute("#work", "data-item-id"))
 
     def label_by_keyboard(self, key: str, done_after: int, total: int) -> int:
-        """Press a label's number and Enter on the item shown; wait for the progress to read `done_after`; the item's id."""
+        """Press a label's number and Enter on the item shown; wait for the progress to read `done_after` and the
+        next item to replace this one; this one's id."""
         iid = self.shown_item()
         self.page.keyboard.press(key)
         self.page.keyboard.press("Enter")
         self.page.wait_for_function("t => document.querySelector('#progress-text').textContent === t", arg=f"{done_after} / {total} done")
+        self.page.wait_for_function("i => document.querySelector('#work').dataset.itemId !== String(i)", arg=iid)
         return iid
 
     def close(self) -> None:
@@ -177,7 +181,7 @@ def test_annotate_review_export_in_the_browser(server, browser, artifacts_dir):
 
     # --- annotator 1: ten items by keyboard only, the progress bar moving with each
     ann = Session(browser, url, "ann")
-    ann.open(f"/p/{pid}/annotate", "#item-text")
+    ann.open(f"/p/{pid}/annotate", "#work[data-item-id]")
     assert ann.progress() == f"0 / {total} done"
     assert [b.text_content() for b in ann.page.query_selector_all("#labels button")] == [f"{i + 1}{label}" for i, label in enumerate(LABELS)]
     given: dict[int, str] = {}
@@ -202,7 +206,8 @@ def test_annotate_review_export_in_the_browser(server, browser, artifacts_dir):
     last = list(given)[-1]
     ann.page.keyboard.press("u")
     ann.page.wait_for_function("t => document.querySelector('#progress-text').textContent === t", arg=f"9 / {total} done")
-    assert ann.shown_item() == last
+    ann.page.wait_for_function("i => document.querySelector('#work').dataset.itemId === String(i)", arg=last)
+    assert ann.page.query_selector("#labels button[aria-pressed=true]") is None  # open again: nothing picked
     ann.label_by_keyboard(str(LABELS.index(given[last]) + 1), 10, total)
     # arrows move between the assigned items; an item already labeled shows its value
     ann.page.keyboard.press("ArrowLeft")
@@ -214,7 +219,7 @@ def test_annotate_review_export_in_the_browser(server, browser, artifacts_dir):
 
     # --- annotator 2 labels the first item differently: a disagreement
     bob = Session(browser, url, "bob")
-    bob.open(f"/p/{pid}/annotate", "#item-text")
+    bob.open(f"/p/{pid}/annotate", "#work[data-item-id]")
     first = bob.shown_item()
     assert first in given
     other = next(label for label in LABELS if label != given[first])
