@@ -8,6 +8,7 @@ test-artifacts/ at the repository root).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import socket
@@ -34,6 +35,26 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+@contextlib.contextmanager
+def as_admin(url: str):
+    """An HTTP client logged in as the admin, and the headers a state-changing request needs."""
+    with httpx.Client(base_url=url) as http:
+        csrf = http.post("/api/login", json={"username": "admin", "password": PASSWORDS["admin"]}).raise_for_status().json()["csrf"]
+        yield http, {"X-CSRF-Token": csrf}
+
+
+def make_project(url: str, texts: list[str], members: dict[str, str], **settings) -> int:
+    """A project made through the admin's HTTP API, with members and items; its id."""
+    with as_admin(url) as (http, headers):
+        pid = http.post("/api/projects", headers=headers, json=settings).raise_for_status().json()["id"]
+        for name, role in members.items():
+            http.post(f"/api/projects/{pid}/members", headers=headers, json={"username": name, "role": role}).raise_for_status()
+        jsonl = "".join(json.dumps({"text": t}, ensure_ascii=False) + "\n" for t in texts).encode()
+        imported = http.post(f"/api/projects/{pid}/import", headers=headers, files={"file": ("items.jsonl", jsonl, "application/x-ndjson")})
+        assert imported.raise_for_status().json()["imported"] == len(texts)
+    return pid
 
 
 @pytest.fixture(scope="module")
@@ -65,16 +86,8 @@ def server(tmp_path_factory):
             if proc.poll() is not None or time.monotonic() > deadline:
                 raise RuntimeError(f"the label server did not start: {(tmp / 'server.log').read_text()[-2000:]}")
             time.sleep(0.1)
-        with httpx.Client(base_url=url) as http:
-            csrf = http.post("/api/login", json={"username": "admin", "password": PASSWORDS["admin"]}).raise_for_status().json()["csrf"]
-            headers = {"X-CSRF-Token": csrf}
-            project = http.post("/api/projects", headers=headers, json={"name": "Parcel reviews", "kind": "single", "labels": LABELS, "overlap": 2})
-            pid = project.raise_for_status().json()["id"]
-            for name, role in [("rita", "reviewer"), ("ann", "annotator"), ("bob", "annotator")]:
-                http.post(f"/api/projects/{pid}/members", headers=headers, json={"username": name, "role": role}).raise_for_status()
-            jsonl = "".join(json.dumps({"text": t}) + "\n" for t in TEXTS).encode()
-            imported = http.post(f"/api/projects/{pid}/import", headers=headers, files={"file": ("items.jsonl", jsonl, "application/x-ndjson")})
-            assert imported.raise_for_status().json()["imported"] == len(TEXTS)
+        pid = make_project(url, TEXTS, {"rita": "reviewer", "ann": "annotator", "bob": "annotator"},
+                           name="Parcel reviews", kind="single", labels=LABELS, overlap=2)
         yield url, db_path, pid
     finally:
         proc.terminate()
@@ -232,9 +245,8 @@ def test_annotate_review_export_in_the_browser(server, browser, artifacts_dir):
     annotators = dict(zip(card.eval_on_selector_all(".annotator", "e => e.map(x => x.textContent)"),
                           card.eval_on_selector_all(".ann-value", "e => e.map(x => x.textContent)")))
     assert annotators == {"ann": given[first], "bob": other}
-    with httpx.Client(base_url=url) as http:  # the admin sets gold meanwhile
-        csrf = http.post("/api/login", json={"username": "admin", "password": PASSWORDS["admin"]}).json()["csrf"]
-        http.put(f"/api/projects/{pid}/items/{first}/gold", headers={"X-CSRF-Token": csrf}, json={"value": other, "version": 0}).raise_for_status()
+    with as_admin(url) as (http, headers):  # the admin sets gold meanwhile
+        http.put(f"/api/projects/{pid}/items/{first}/gold", headers=headers, json={"value": other, "version": 0}).raise_for_status()
     gold = LABELS[2]
     rita.page.keyboard.press(str(LABELS.index(gold) + 1))  # the first card is the selected one
     rita.page.wait_for_function("() => /changed by someone else/i.test(document.querySelector('#flash').textContent)")
@@ -270,3 +282,49 @@ def test_annotate_review_export_in_the_browser(server, browser, artifacts_dir):
     assert XSS in stored["items"].values()
     for name in ("label-annotate.png", "label-agreement.png"):
         assert (artifacts_dir / name).stat().st_size > 10_000
+
+
+def test_spans_by_keyboard_and_mouse_use_code_point_offsets(server, browser):
+    """Shift+arrows and a double-click select, number keys label, Backspace removes the last span; the offsets
+    sent are Python's (code points), also after an emoji that JavaScript counts as two."""
+    url, db_path, _ = server
+    text = "🙂 Ada Lovelace met Babbage in London."
+    pid = make_project(url, [text], {"ann": "annotator"}, name="People and places", kind="spans", labels=["PER", "LOC"])
+    ann = Session(browser, url, "ann")
+    ann.open(f"/p/{pid}/annotate", "#work[data-item-id]")
+    keys = ann.page.keyboard
+    keys.press("Shift+ArrowRight")
+    keys.press("Shift+ArrowRight")  # "🙂 " selected ...
+    keys.press("Escape")  # ... and dropped: the caret stays before "Ada"
+    keys.press("Shift+Control+ArrowRight")
+    keys.press("Shift+Control+ArrowRight")
+    keys.press("1")  # PER: "Ada Lovelace"
+
+    def double_click(word: str) -> None:
+        box = ann.page.evaluate("""word => {
+            const walker = document.createTreeWalker(document.querySelector('#item-text'), NodeFilter.SHOW_TEXT);
+            for (let node; (node = walker.nextNode());) {
+                const at = node.data.indexOf(word);
+                if (at < 0) continue;
+                const range = document.createRange();
+                range.setStart(node, at); range.setEnd(node, at + word.length);
+                const r = range.getBoundingClientRect();
+                return [r.x + r.width / 2, r.y + r.height / 2];
+            }
+        }""", word)
+        ann.page.mouse.dblclick(*box)
+
+    double_click("London")
+    keys.press("2")  # LOC
+    double_click("Babbage")
+    keys.press("2")  # a mistake ...
+    assert ann.page.eval_on_selector_all("#item-text mark[data-tag]", "e => e.map(x => x.textContent + '/' + x.dataset.tag)") == [
+        "Ada Lovelace/PER", "Babbage/LOC", "London/LOC"]
+    keys.press("Backspace")  # ... undone
+    iid = ann.shown_item()
+    keys.press("Enter")
+    ann.page.wait_for_function("() => document.querySelector('#progress-text').textContent === '1 / 1 done'")
+    ann.close()
+    stored = database(db_path, pid)
+    per, loc = text.index("Ada Lovelace"), text.index("London")
+    assert stored["annotations"][iid]["ann"] == [{"start": per, "end": per + 12, "label": "PER"}, {"start": loc, "end": loc + 6, "label": "LOC"}]
