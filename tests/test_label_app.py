@@ -33,6 +33,17 @@ PASSWORD = "correct horse battery"
 LABELS = ["billing", "delivery", "login"]
 
 
+@pytest.fixture(autouse=True)
+def cheap_hashes(monkeypatch):
+    """Argon2id with small parameters in tests (a hash carries its own parameters, so verifying stays correct)."""
+    from argon2 import PasswordHasher
+
+    from slmkit.label import auth
+
+    assert auth._hasher.memory_cost >= 64 * 1024 and auth._hasher.type.name == "ID"  # production: argon2id, 64 MiB
+    monkeypatch.setattr(auth, "_hasher", PasswordHasher(time_cost=1, memory_cost=1024, parallelism=1))
+
+
 def login(client: TestClient, username: str, password: str = PASSWORD) -> dict:
     r = client.post("/api/login", json={"username": username, "password": password})
     assert r.status_code == 200, r.text
