@@ -128,3 +128,44 @@ def test_annotator_accuracy():
     assert spans == {"f1": 0.0, "f1_overlap": 1.0, "n": 1}
     with pytest.raises(ValueError, match="kind"):
         annotator_accuracy(annotations, gold, "ner")
+
+
+# ------------------------------------------------------------------------------------------ active learning
+
+from slmkit.label.active import rank_for_labeling  # noqa: E402
+
+
+def test_margin_and_entropy_order():
+    probs = np.array([[0.9, 0.05, 0.05], [0.4, 0.35, 0.25], [0.5, 0.5, 0.0], [0.34, 0.33, 0.33], [0.7, 0.2, 0.1]])
+    # margins (top - second): 0.85, 0.05, 0.0, 0.01, 0.5
+    assert rank_for_labeling(probs, strategy="margin") == [2, 3, 1, 4, 0]
+    # entropy (nats): 0.39, 1.08, 0.69, 1.10, 0.80 — unlike the margin, [.7 .2 .1] is less sure than [.5 .5 0]
+    assert rank_for_labeling(probs, strategy="entropy") == [3, 1, 4, 2, 0]
+    assert rank_for_labeling(probs, strategy="margin", k=2) == [2, 3]
+    with pytest.raises(ValueError, match="strategy"):
+        rank_for_labeling(probs, strategy="least")
+
+
+def test_diversity_separates_near_duplicates():
+    rng = np.random.default_rng(1)
+    # items 0-2: near-copies of one sentence, the most uncertain; 3-5: distinct, a little surer; 6: sure
+    embeddings = np.eye(8)[[0, 0, 0, 1, 2, 3, 4]] + 0.01 * rng.normal(size=(7, 8))
+    probs = np.array([[0.5, 0.5], [0.51, 0.49], [0.5, 0.5], [0.6, 0.4], [0.62, 0.38], [0.65, 0.35], [0.95, 0.05]])
+    plain = rank_for_labeling(probs, embeddings, diversity=0.0)
+    assert sorted(plain[:3]) == [0, 1, 2]  # without the diversity term the copies cluster at the top
+    diverse = rank_for_labeling(probs, embeddings, diversity=0.5)
+    assert diverse[0] in (0, 2) and diverse[1:4] == [3, 4, 5]  # one copy, then the distinct items
+    assert sorted(diverse) == list(range(7))
+    assert diverse[:3] == rank_for_labeling(probs, embeddings, diversity=0.5, k=3)
+    assert rank_for_labeling(probs, embeddings, diversity=0.5, k=2)[1] == 3
+
+
+def test_ranking_is_deterministic_for_a_seed():
+    probs = np.random.default_rng(0).dirichlet(np.ones(4), size=50)
+    embeddings = np.random.default_rng(1).normal(size=(50, 8))
+    assert rank_for_labeling(probs, strategy="random", seed=3) == rank_for_labeling(probs, strategy="random", seed=3)
+    assert rank_for_labeling(probs, strategy="random", seed=3) != rank_for_labeling(probs, strategy="random", seed=4)
+    assert sorted(rank_for_labeling(probs, strategy="random", seed=3)) == list(range(50))
+    ties = np.full((6, 2), 0.5)  # all equally uncertain: the seed decides, reproducibly
+    assert rank_for_labeling(ties, seed=5) == rank_for_labeling(ties, seed=5)
+    assert rank_for_labeling(probs, embeddings, k=10, seed=2) == rank_for_labeling(probs, embeddings, k=10, seed=2)
