@@ -169,3 +169,44 @@ def test_ranking_is_deterministic_for_a_seed():
     ties = np.full((6, 2), 0.5)  # all equally uncertain: the seed decides, reproducibly
     assert rank_for_labeling(ties, seed=5) == rank_for_labeling(ties, seed=5)
     assert rank_for_labeling(probs, embeddings, k=10, seed=2) == rank_for_labeling(probs, embeddings, k=10, seed=2)
+
+
+# ------------------------------------------------------------------------------------------ features
+
+from slmkit.label.features import embed_texts, model_probs  # noqa: E402
+
+TEXTS = ["my parcel is late", "the courier lost my parcel again", "refund the charge please", "password locked", "hello"]
+
+
+def test_embed_texts_tiny_encoder(tiny_base, trained_tiny):
+    vectors = embed_texts(TEXTS, tiny_base, batch_size=2)
+    assert vectors.shape == (5, 32) and vectors.dtype == np.float32
+    assert np.allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)
+    # batching by length and padding do not change a text's vector; input order is kept
+    alone = np.vstack([embed_texts([t], tiny_base) for t in TEXTS])
+    assert np.allclose(vectors, alone, atol=1e-5)
+    fine_tuned = embed_texts(TEXTS, trained_tiny)  # an slm train output: its encoder, without the head
+    assert fine_tuned.shape == (5, 32) and not np.allclose(fine_tuned, vectors)
+
+
+def test_embed_texts_refuses_bad_dirs(tmp_path):
+    with pytest.raises(UserError, match="not found"):
+        embed_texts(["x"], tmp_path / "missing")
+    (tmp_path / "config.json").write_text("{}")
+    (tmp_path / "pytorch_model.bin").write_bytes(b"")
+    with pytest.raises(UserError, match="pickle"):
+        embed_texts(["x"], tmp_path)
+
+
+def test_model_probs_torch_and_onnx(trained_tiny, exported_tiny):
+    probs, labels = model_probs(TEXTS, trained_tiny)
+    assert labels == ["billing", "delivery", "login"] and probs.shape == (5, 3)
+    assert np.allclose(probs.sum(axis=1), 1.0, atol=1e-5)
+    onnx_probs, onnx_labels = model_probs(TEXTS, exported_tiny)
+    assert onnx_labels == labels and np.allclose(onnx_probs, probs, atol=1e-4)
+
+
+def test_embed_texts_default_minilm_knows_paraphrases():
+    a, b, c = embed_texts(["where is my parcel?", "my package has not arrived yet", "I forgot my password"])
+    assert a.shape == (384,)
+    assert a @ b > a @ c + 0.1  # the packaged sentence encoder puts the paraphrase closer
