@@ -389,7 +389,6 @@ def test_import_with_labels_and_predictions(lab):
 
 
 def test_agreement_endpoint(lab):
-    pytest.importorskip("slmkit.label.agreement", reason="the agreement module lands with the label-quality branch")
     root = lab.as_("root")
     pid = make_project(root, overlap=2)
     upload(root, pid, "items.csv", texts_csv([f"t{i}" for i in range(6)]))
@@ -403,6 +402,17 @@ def test_agreement_endpoint(lab):
     assert report.status_code == 200, report.text
     body = report.json()
     assert set(body) >= {"overall", "per_label", "pairs", "annotators"}
+    from sklearn.metrics import cohen_kappa_score
+
+    expected = cohen_kappa_score(answers["ann1"], answers["ann2"])
+    assert body["pairs"] == [{"a": "ann1", "b": "ann2", "n": 6, "kappa": pytest.approx(expected)}]
+    assert body["overall"]["cohen_kappa"] == pytest.approx(expected) and body["overall"]["items_with_overlap"] == 6
+    assert set(body["per_label"]) == set(LABELS)
+    # the disagreement resolved as ann2 said: ann2 is right on all gold items, ann1 on none
+    disputed = rev.get(f"/api/projects/{pid}/review").json()[0]["item"]["id"]
+    rev.put(f"/api/projects/{pid}/items/{disputed}/gold", json={"value": "delivery", "version": 0})
+    annotators = rev.get(f"/api/projects/{pid}/agreement").json()["annotators"]
+    assert annotators == {"ann1": {"accuracy": 0.0, "n": 1}, "ann2": {"accuracy": 1.0, "n": 1}}
     assert lab.as_("ann1").get(f"/api/projects/{pid}/agreement").status_code == 403
 
 
@@ -580,3 +590,56 @@ def test_kill_9_loses_no_acknowledged_annotation(tmp_path):
     stored = {iid: json.loads(value) for iid, value in conn.execute("SELECT item_id, value FROM annotations")}
     missing = {iid: v for iid, v in acked.items() if stored.get(iid) != v}
     assert not missing, f"{len(missing)} acknowledged saves lost"
+
+
+# ------------------------------------------------------------------------------------------ the model loop
+
+
+def _wait_model(client: TestClient, pid: int, timeout: float = 120.0) -> dict:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        state = client.get(f"/api/projects/{pid}/model").json()
+        if state["status"] != "training" and state["message"]:
+            return state
+        time.sleep(0.2)
+    pytest.fail(f"the model job did not finish: {state}")
+
+
+def test_attach_model_prelabels_active_order_and_retrain(tmp_path, trained_tiny, tiny_base):
+    """Attach a trained model (pre-labels, active order), then K new labels retrain it in the background via slmkit.train."""
+    from conftest import synthetic_rows
+
+    path = tmp_path / "labels.db"
+    admin.init(str(path), "root", PASSWORD)
+    admin.add_user(str(path), "ann1", "annotator", PASSWORD)
+    settings = {"model.base": str(tiny_base), "train.epochs": 2, "train.lr": 3e-3, "train.batch_size": 16, "train.threads": 1, "train.warmup": 0.0}
+    app = create_app(str(path), model_root=tmp_path / "models", train_settings=settings)
+    root, ann = TestClient(app), TestClient(app)
+    login(root, "root")
+    login(ann, "ann1")
+    pid = make_project(root, overlap=1, members=("ann1",), reviewers=())
+    rows = synthetic_rows(30, seed=11)
+    upload(root, pid, "items.csv", texts_csv([t for t, _ in rows]))
+    assert root.post(f"/api/projects/{pid}/model", json={"model_dir": str(tmp_path)}).status_code == 422  # not a model
+    r = root.post(f"/api/projects/{pid}/model", json={"model_dir": str(trained_tiny), "retrain_every": 12})
+    assert r.status_code == 200 and r.json()["retrain_every"] == 12
+    state = _wait_model(root, pid)
+    assert state["status"] == "idle" and state["message"] == "pre-labeled 30 items", state
+    first = ann.get(f"/api/projects/{pid}/next").json()["item"]
+    assert first["prediction"]["label"] in LABELS and 0 < first["prediction"]["confidence"] <= 1
+    # active order: the first item is the one the model is least sure of (margin), as rank_for_labeling says
+    with db.open_db(str(path))() as s:
+        items = db.project_items(s, pid)
+        margins = {i.id: sorted(i.probs)[-1] - sorted(i.probs)[-2] for i in items}
+    active = ann.get(f"/api/projects/{pid}/next?order=active").json()["item"]
+    assert margins[active["id"]] == pytest.approx(min(margins.values()), abs=0.05)
+    # 12 new labels start a retraining; annotators keep working while it runs
+    truth = dict(rows)
+    for it in ann.get(f"/api/projects/{pid}/items?mine=1").json()[:12]:
+        assert annotate(ann, pid, it["id"], truth[it["text"]]).status_code == 200
+    assert ann.get(f"/api/projects/{pid}/next").status_code == 200
+    app.state.jobs.wait()
+    state = root.get(f"/api/projects/{pid}/model").json()
+    assert state["status"] == "idle" and state["message"].startswith("retrained on 12 labels"), state
+    assert state["model_dir"] != str(trained_tiny.resolve()) and (Path(state["model_dir"]) / "model.safetensors").is_file()
+    assert state["labels_since_train"] == 0

@@ -376,7 +376,7 @@ def _add_annotation_routes(app: FastAPI) -> None:
         todo = [item for item, done in db.my_items(c.s, pid, c.user.id) if not done]
         item = None
         if todo and order == "active":
-            item = request_jobs(c).most_informative(project, [i for i in todo if i.id != after] or todo, strategy)
+            item = request_jobs(c).most_informative(project, c.user.id, [i for i in todo if i.id != after] or todo, strategy)
         if todo and item is None:
             later = [i for i in todo if after is None or i.id > after]
             item = (later or todo)[0]
@@ -476,7 +476,7 @@ def _add_quality_routes(app: FastAPI) -> None:
 
         annotations = db.annotations_of(c.s, pid)
         gold = {item_id: value for item_id, (value, _v) in db.golds_of(c.s, pid).items()}
-        report = dict(agreement_mod.agreement_report(annotations, project.kind))
+        report = dict(agreement_mod.agreement_report(annotations, project.kind, project.labels))
         report["annotators"] = agreement_mod.annotator_accuracy(annotations, gold, project.kind)
         return _finite(report)
 

@@ -30,6 +30,7 @@ class Jobs:
         self.threads: dict[tuple[int, str], threading.Thread] = {}
         self.label_error_status: dict[int, str] = {}
         self.embeddings: dict[int, dict[int, Any]] = {}  # project -> item id -> embedding, for active learning's diversity
+        self.rankings: dict[tuple, list[int]] = {}  # (project, user, model, strategy) -> item ids in active-learning order
 
     # -------------------------------------------------------------------------------- bookkeeping
 
@@ -108,8 +109,10 @@ class Jobs:
             self.embeddings.pop(pid, None)
         return len(items)
 
-    def most_informative(self, project: Project, items: list[Item], strategy: str) -> Item | None:
-        """The item the model is least sure about (with a diversity term over embeddings when known); None without probabilities."""
+    def most_informative(self, project: Project, user_id: int, items: list[Item], strategy: str) -> Item | None:
+        """The next item in active-learning order: the user's unannotated items ranked once per model by
+        `active.rank_for_labeling` (uncertainty with a diversity term over embeddings, so near-duplicates do not
+        come one after another); None when the model has not scored these items yet."""
         import numpy as np
 
         from slmkit.label import active
@@ -117,10 +120,16 @@ class Jobs:
         scored = [i for i in items if i.probs]
         if not scored:
             return None
-        cached = self.embeddings.get(project.id, {})
-        embeddings = np.stack([cached[i.id] for i in scored]) if cached and all(i.id in cached for i in scored) else None
-        order = active.rank_for_labeling(np.array([i.probs for i in scored]), embeddings=embeddings, strategy=strategy, k=1)
-        return scored[order[0]]
+        key = (project.id, user_id, project.model_dir, strategy)
+        order = self.rankings.get(key)
+        if order is None or not {i.id for i in scored} <= set(order):
+            cached = self.embeddings.get(project.id, {})
+            embeddings = np.stack([cached[i.id] for i in scored]) if cached and all(i.id in cached for i in scored) else None
+            ranks = active.rank_for_labeling(np.array([i.probs for i in scored]), embeddings=embeddings, strategy=strategy)
+            order = [scored[r].id for r in ranks]
+            self.rankings[key] = order
+        by_id = {i.id: i for i in scored}
+        return next(by_id[iid] for iid in order if iid in by_id)
 
     # -------------------------------------------------------------------------------- retraining
 
