@@ -665,6 +665,119 @@ def demo(
     out.print(f"model saved to [bold]{result.out}[/bold]; test metrics in {evaluation.out}")
 
 
+# -------------------------------------------------------------------------------------------- label
+
+label_app = typer.Typer(no_args_is_help=True, help="The labeling app: projects, annotation, agreement, review, active learning.")
+app.add_typer(label_app, name="label")
+LabelDb = Annotated[str, typer.Option("--db", help="SQLite file (created if missing) or a SQLAlchemy URL such as postgresql+psycopg://user@host/labels.")]
+
+
+def _ask_password() -> str:
+    first = typer.prompt("password", hide_input=True)
+    if typer.prompt("repeat it", hide_input=True) != first:
+        raise UserError("the two passwords differ: run the command again")
+    return first
+
+
+@label_app.command("init")
+@_user_errors
+def label_init(
+    db: LabelDb = "labels.db",
+    admin: Annotated[str, typer.Option(help="Name of the first admin.")] = "admin",
+    password_prompt: Annotated[bool, typer.Option("--password-prompt", help="Read the admin's password from a prompt instead of generating one.")] = False,
+):
+    """Create the labeling database and its first admin (there are no default credentials).
+
+    Example: slm label init --db labels.db --admin alice
+    """
+    from slmkit.label import admin as label_admin
+
+    password = label_admin.init(db, admin, _ask_password() if password_prompt else None)
+    out.print(f"created {db} with admin [bold]{admin}[/bold]")
+    if not password_prompt:
+        out.print(f"one-time password (shown only now): {password}", highlight=False)
+
+
+@label_app.command("add-user")
+@_user_errors
+def label_add_user(
+    username: Annotated[str, typer.Argument(help="The new user's name.", show_default=False)],
+    db: LabelDb = "labels.db",
+    role: Annotated[str, typer.Option(help="admin, reviewer or annotator (project roles are set per project in the app).")] = "annotator",
+    password_prompt: Annotated[bool, typer.Option("--password-prompt", help="Read the password from a prompt instead of generating one.")] = False,
+):
+    """Add a user to the labeling database; prints a one-time random password unless --password-prompt."""
+    from slmkit.label import admin as label_admin
+
+    password = label_admin.add_user(db, username, role, _ask_password() if password_prompt else None)
+    out.print(f"added {role} [bold]{username}[/bold]")
+    if not password_prompt:
+        out.print(f"one-time password (shown only now): {password}", highlight=False)
+
+
+@label_app.command("serve")
+@_user_errors
+def label_serve(
+    db: LabelDb = "labels.db",
+    host: Annotated[str, typer.Option(help="Interface to listen on; keep 127.0.0.1 unless behind an HTTPS proxy.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="TCP port.")] = 8100,
+    secure_cookies: Annotated[bool, typer.Option("--secure-cookies", help="Mark the session cookie Secure (when served over HTTPS).")] = False,
+    retrain_epochs: Annotated[Optional[int], typer.Option(help="Epochs of each background retraining (default: slm train's).")] = None,
+):
+    """Serve the labeling app (page and API) over HTTP.
+
+    Example: slm label serve --db labels.db --port 8100
+    """
+    import uvicorn
+
+    from slmkit.label import db as label_db
+    from slmkit.label.app import create_app
+
+    path = label_db.sqlite_path(db)
+    if path is not None and not path.is_file():
+        raise UserError(f"--db {db}: no such database: create it with `slm label init --db {db}`")
+    settings = {"train.epochs": retrain_epochs} if retrain_epochs else {}
+    uvicorn.run(create_app(db, secure_cookies=secure_cookies, train_settings=settings), host=host, port=port, log_level="warning")
+
+
+@label_app.command("backup")
+@_user_errors
+def label_backup(
+    db: LabelDb = "labels.db",
+    out_file: Annotated[str, typer.Option("--out", help="Backup file to write.", show_default=False)] = ...,
+):
+    """Copy the live SQLite database to a file (consistent even while the server writes)."""
+    from slmkit.label import admin as label_admin
+
+    out.print(f"backup written to [bold]{label_admin.backup(db, out_file)}[/bold]")
+
+
+@label_app.command("restore")
+@_user_errors
+def label_restore(
+    backup_file: Annotated[str, typer.Argument(help="A file written by slm label backup.", show_default=False)],
+    db: LabelDb = "labels.db",
+):
+    """Replace the database's contents with a backup (stop the server first)."""
+    from slmkit.label import admin as label_admin
+
+    out.print(f"restored {backup_file} into [bold]{label_admin.restore(db, backup_file)}[/bold]")
+
+
+@label_app.command("import")
+@_user_errors
+def label_import(
+    project: Annotated[int, typer.Argument(help="Project id.", show_default=False)],
+    file: Annotated[Path, typer.Argument(help="CSV or JSONL file of items.", show_default=False)],
+    db: LabelDb = "labels.db",
+):
+    """Import items (with or without labels and predictions) into a project, and assign them to its annotators."""
+    from slmkit.label import admin as label_admin
+
+    n = label_admin.import_file(db, project, file)
+    out.print(f"imported {n} items into project {project}")
+
+
 # ------------------------------------------------------------------------------------------- output
 
 
