@@ -230,13 +230,15 @@ def test_annotate_review_export_in_the_browser(server, browser, artifacts_dir):
     ann.page.wait_for_function("i => document.querySelector('#work').dataset.itemId !== String(i)", arg=last)
     ann.close()
 
-    # --- annotator 2 labels the first item differently: a disagreement
+    # --- annotator 2 labels the first item differently (a disagreement) and the next two as annotator 1 did
     bob = Session(browser, url, "bob")
     bob.open(f"/p/{pid}/annotate", "#work[data-item-id]")
     first = bob.shown_item()
     assert first in given
     other = next(label for label in LABELS if label != given[first])
     bob.label_by_keyboard(str(LABELS.index(other) + 1), 1, total)
+    for done in (2, 3):
+        bob.label_by_keyboard(str(LABELS.index(given[bob.shown_item()]) + 1), done, total)
     bob.close()
 
     # --- the reviewer sees it in the queue; a concurrent gold edit makes the first try a 409, the second wins
@@ -272,6 +274,7 @@ def test_annotate_review_export_in_the_browser(server, browser, artifacts_dir):
     assert stored["gold"] == {first: gold}
     assert {iid: values["ann"] for iid, values in stored["annotations"].items() if "ann" in values} == given
     assert stored["annotations"][first]["bob"] == other
+    assert sum("bob" in values for values in stored["annotations"].values()) == 3
     assert stored["seconds"][(slow_item, stored["users"]["ann"])] >= 0.4  # time from item shown to submit
     assert sorted(r["id"] for r in exported) == sorted(stored["items"])
     for row in exported:
