@@ -40,7 +40,7 @@ def free_port() -> int:
 @contextlib.contextmanager
 def as_admin(url: str):
     """An HTTP client logged in as the admin, and the headers a state-changing request needs."""
-    with httpx.Client(base_url=url) as http:
+    with httpx.Client(base_url=url, trust_env=False) as http:
         csrf = http.post("/api/login", json={"username": "admin", "password": PASSWORDS["admin"]}).raise_for_status().json()["csrf"]
         yield http, {"X-CSRF-Token": csrf}
 
@@ -62,24 +62,33 @@ def server(tmp_path_factory):
     """The real app on a free port over a fresh SQLite file: users made through slmkit.label.admin, the project
     (single-label, overlap 2, 12 items) through the admin's HTTP API. Yields (url, db path, project id)."""
     require_browser()  # before any setup: without a browser there is nothing to test here
-    from slmkit.label import admin
+    from argon2 import PasswordHasher
+
+    from slmkit.label import admin, auth
 
     tmp = tmp_path_factory.mktemp("label")
     db_path = str(tmp / "labels.db")
-    admin.init(db_path, "admin", PASSWORDS["admin"])
-    admin.add_user(db_path, "rita", "reviewer", PASSWORDS["rita"])
-    admin.add_user(db_path, "ann", "annotator", PASSWORDS["ann"])
-    admin.add_user(db_path, "bob", "annotator", PASSWORDS["bob"])
-    port = free_port()
-    log = open(tmp / "server.log", "wb")
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
-    proc = subprocess.Popen([sys.executable, "-c", SERVE, db_path, str(port)], stdout=log, stderr=subprocess.STDOUT, env=env, cwd=tmp)
+    with pytest.MonkeyPatch.context() as mp:
+        # cheap hashes (their parameters travel inside each hash, so the server checks them as cheaply): the
+        # production parameters are test_label_app's business, not this test's
+        mp.setattr(auth, "_hasher", PasswordHasher(time_cost=1, memory_cost=1024, parallelism=1))
+        admin.init(db_path, "admin", PASSWORDS["admin"])
+        port = free_port()
+        log = open(tmp / "server.log", "wb")
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
+        proc = subprocess.Popen([sys.executable, "-c", SERVE, db_path, str(port)], stdout=log, stderr=subprocess.STDOUT, env=env, cwd=tmp)
+        try:
+            for name, role in [("rita", "reviewer"), ("ann", "annotator"), ("bob", "annotator")]:  # while the server starts
+                admin.add_user(db_path, name, role, PASSWORDS[name])
+        except BaseException:
+            proc.kill()
+            raise
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 30
         while True:
             try:
-                if httpx.get(f"{url}/api/me").status_code == 401:
+                if httpx.get(f"{url}/api/me", trust_env=False).status_code == 401:
                     break
             except httpx.TransportError:
                 pass
