@@ -151,7 +151,11 @@ class Session:
                 self.unprotected.append(f"{request.method} {request.url}")
 
     def open(self, hash_route: str, selector: str):
-        self.page.goto(f"{self.url}/#{hash_route}")
+        target = f"{self.url}/#{hash_route}"
+        if self.page.url == target:
+            self.page.reload()  # going to the same URL would change nothing
+        else:
+            self.page.goto(target)
         try:
             return self.page.wait_for_selector(selector, timeout=10_000)
         except Exception as e:  # say what the page shows instead
@@ -180,7 +184,8 @@ class Session:
 
 
 def database(db_path: str, pid: int) -> dict:
-    """What the database holds: items, annotations (username -> value), gold and the seconds recorded per annotation."""
+    """What the database holds: items, annotations (username -> value; skips left out), gold, the seconds recorded
+    per annotation and the skips, both keyed by (item id, user id)."""
     from sqlalchemy import select
 
     from slmkit.label import db
@@ -192,9 +197,11 @@ def database(db_path: str, pid: int) -> dict:
         for item_id, username, value in db.annotations_of(s, pid):
             annotations.setdefault(item_id, {})[username] = value
         gold = {item_id: value for item_id, (value, _version) in db.golds_of(s, pid).items()}
-        seconds = {(a.item_id, a.user_id): a.seconds for a in s.scalars(select(db.Annotation).where(db.Annotation.project_id == pid))}
+        rows = list(s.scalars(select(db.Annotation).where(db.Annotation.project_id == pid)))
+        seconds = {(a.item_id, a.user_id): a.seconds for a in rows}
+        skipped = {(a.item_id, a.user_id) for a in rows if a.skipped}
         users = {u.username: u.id for u in s.scalars(select(db.User))}
-    return {"items": items, "annotations": annotations, "gold": gold, "seconds": seconds, "users": users}
+    return {"items": items, "annotations": annotations, "gold": gold, "seconds": seconds, "skipped": skipped, "users": users}
 
 
 def test_annotate_review_export_in_the_browser(server, browser, artifacts_dir):
@@ -237,6 +244,18 @@ def test_annotate_review_export_in_the_browser(server, browser, artifacts_dir):
     assert ann.page.get_attribute("#labels button[aria-pressed=true]", "data-label") == given[last]
     ann.page.keyboard.press("ArrowLeft")
     ann.page.wait_for_function("i => document.querySelector('#work').dataset.itemId !== String(i)", arg=last)
+    # s skips an open item (it counts as done, with no label); Ctrl+Z takes the skip back
+    ann.open(f"/p/{pid}/annotate", "#work[data-item-id]")
+    skipped = ann.shown_item()
+    assert skipped not in given
+    ann.page.keyboard.press("s")
+    ann.page.wait_for_function("t => document.querySelector('#progress-text').textContent === t", arg=f"11 / {total} done")
+    ann.page.wait_for_function("i => document.querySelector('#work').dataset.itemId !== String(i)", arg=skipped)
+    ann.page.keyboard.press("Control+z")
+    ann.page.wait_for_function("t => document.querySelector('#progress-text').textContent === t", arg=f"10 / {total} done")
+    ann.page.wait_for_function("i => document.querySelector('#work').dataset.itemId === String(i)", arg=skipped)
+    ann.page.keyboard.press("s")
+    ann.page.wait_for_function("t => document.querySelector('#progress-text').textContent === t", arg=f"11 / {total} done")
     ann.close()
 
     # --- annotator 2 labels the first item differently (a disagreement) and the next two as annotator 1 did
@@ -285,6 +304,7 @@ def test_annotate_review_export_in_the_browser(server, browser, artifacts_dir):
     assert stored["annotations"][first]["bob"] == other
     assert sum("bob" in values for values in stored["annotations"].values()) == 3
     assert stored["seconds"][(slow_item, stored["users"]["ann"])] >= 0.4  # time from item shown to submit
+    assert stored["skipped"] == {(skipped, stored["users"]["ann"])}
     assert sorted(r["id"] for r in exported) == sorted(stored["items"])
     for row in exported:
         iid = row["id"]
