@@ -590,6 +590,7 @@ def test_kill_9_loses_no_acknowledged_annotation(tmp_path):
     stored = {iid: json.loads(value) for iid, value in conn.execute("SELECT item_id, value FROM annotations")}
     missing = {iid: v for iid, v in acked.items() if stored.get(iid) != v}
     assert not missing, f"{len(missing)} acknowledged saves lost"
+    print(f"kill -9: {len(acked)} saves acknowledged, {len(stored)} stored")
 
 
 # ------------------------------------------------------------------------------------------ the model loop
@@ -643,3 +644,25 @@ def test_attach_model_prelabels_active_order_and_retrain(tmp_path, trained_tiny,
     assert state["status"] == "idle" and state["message"].startswith("retrained on 12 labels"), state
     assert state["model_dir"] != str(trained_tiny.resolve()) and (Path(state["model_dir"]) / "model.safetensors").is_file()
     assert state["labels_since_train"] == 0
+
+
+def test_late_member_gets_items_short_of_annotators_and_skip(lab):
+    root = lab.as_("root")
+    pid = make_project(root, overlap=2, members=("ann1",))
+    upload(root, pid, "items.csv", texts_csv(["one", "two", "three"]))
+    a1 = lab.as_("ann1")
+    assert len(a1.get(f"/api/projects/{pid}/items?mine=1").json()) == 3  # the only annotator gets everything
+    root.post(f"/api/projects/{pid}/members", json={"username": "ann2", "role": "annotator"})
+    root.post(f"/api/projects/{pid}/members", json={"username": "ann3", "role": "annotator"})
+    counts = [len(lab.as_(n).get(f"/api/projects/{pid}/items?mine=1").json()) for n in ("ann1", "ann2", "ann3")]
+    assert counts == [3, 3, 0]  # ann2 brings every item to 2 annotators; ann3 is not needed
+    # skipping counts as done for progress and moves on, but is no label
+    first = a1.get(f"/api/projects/{pid}/next").json()["item"]["id"]
+    r = a1.post(f"/api/projects/{pid}/items/{first}/annotations", json={"value": None, "skipped": True, "seconds": 0.5})
+    assert r.status_code == 200 and r.json()["annotation"]["skipped"] and r.json()["progress"]["done"] == 1
+    assert a1.get(f"/api/projects/{pid}/next").json()["item"]["id"] != first
+    exported = [json.loads(x) for x in root.get(f"/api/projects/{pid}/export?format=jsonl").text.splitlines()]
+    assert exported[0]["annotations"] == [] and exported[0]["label"] is None
+    # errors are one line of JSON
+    r = a1.post(f"/api/projects/{pid}/items/{first}/annotations", json={"value": "login", "seconds": -1})
+    assert r.status_code == 422 and r.json()["detail"].startswith("seconds:")
