@@ -666,3 +666,35 @@ def test_late_member_gets_items_short_of_annotators_and_skip(lab):
     # errors are one line of JSON
     r = a1.post(f"/api/projects/{pid}/items/{first}/annotations", json={"value": "login", "seconds": -1})
     assert r.status_code == 422 and r.json()["detail"].startswith("seconds:")
+
+
+def test_label_errors_background_detection_and_review_queue(tmp_path, trained_tiny):
+    """Imported labels with 4 flipped: the background detection (cleanlab over cross-validated probabilities)
+    flags them, ranked, and the review queue lists them with reason label_error."""
+    from conftest import synthetic_rows
+
+    path = tmp_path / "labels.db"
+    admin.init(str(path), "root", PASSWORD)
+    app = create_app(str(path), model_root=tmp_path / "models")
+    root = TestClient(app)
+    login(root, "root")
+    pid = make_project(root, overlap=1, members=(), reviewers=())
+    rows = synthetic_rows(60, seed=21)
+    flipped = {3, 17, 30, 44}
+    given = [LABELS[(LABELS.index(label) + 1) % 3] if i in flipped else label for i, (_, label) in enumerate(rows)]
+    upload(root, pid, "items.csv", texts_csv([t for t, _ in rows], given))
+    root.post(f"/api/projects/{pid}/model", json={"model_dir": str(trained_tiny)})
+    app.state.jobs.wait()
+    r = root.post(f"/api/projects/{pid}/label-errors")
+    assert r.status_code == 202
+    app.state.jobs.wait()
+    assert root.get(f"/api/projects/{pid}/model").json()["label_errors"].startswith("done:")
+    found = root.get(f"/api/projects/{pid}/label-errors").json()
+    ids = [it["id"] for it in root.get(f"/api/projects/{pid}/items?mine=0").json()]
+    flagged = {ids.index(f["item_id"]) for f in found}
+    assert flagged >= flipped, found
+    assert [f["score"] for f in found] == sorted((f["score"] for f in found), reverse=True)
+    first = found[0]
+    assert first["given"] == given[ids.index(first["item_id"])] and first["suggested"] == rows[ids.index(first["item_id"])][1]
+    queue = root.get(f"/api/projects/{pid}/review").json()
+    assert {q["item"]["id"] for q in queue if q["reason"] == "label_error"} == {f["item_id"] for f in found}

@@ -157,6 +157,7 @@ class Jobs:
             self._prelabel(pid)
             shown = "" if accuracy is None else f", eval accuracy {accuracy:.3f}"
             self._set_status(pid, "idle", f"retrained on {n_labels} labels{shown}: {out}")
+            self.start_label_errors(pid)  # the new model's encoder re-checks the labels it was trained on
         except Exception as e:
             self._set_status(pid, "failed", f"retraining failed: {_one_line(e)}")
 
