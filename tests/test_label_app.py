@@ -644,6 +644,7 @@ def test_attach_model_prelabels_active_order_and_retrain(tmp_path, trained_tiny,
     assert state["status"] == "idle" and state["message"].startswith("retrained on 12 labels"), state
     assert state["model_dir"] != str(trained_tiny.resolve()) and (Path(state["model_dir"]) / "model.safetensors").is_file()
     assert state["labels_since_train"] == 0
+    assert state["label_errors"].startswith("done:"), state  # detection follows each retraining
 
 
 def test_late_member_gets_items_short_of_annotators_and_skip(lab):

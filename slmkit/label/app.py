@@ -401,7 +401,7 @@ def _add_annotation_routes(app: FastAPI) -> None:
                 raise HTTPException(422, str(e)) from None
         row, _new = db.save_annotation(c.s, project, item, c.user, value, body.seconds, body.skipped)
         c.s.commit()  # durable before the 200
-        request_jobs(c).labels_added(project)
+        request_jobs(c).labels_added(project.id)
         return {"annotation": {"value": row.value, "version": row.version, "skipped": row.skipped}, "progress": db.progress(c.s, pid, c.user.id)}
 
     @app.delete("/api/projects/{pid}/items/{iid}/annotations/mine")

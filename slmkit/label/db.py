@@ -386,8 +386,8 @@ def save_annotation(s: Session, project: Project, item: Item, user: User, value:
         row.value, row.skipped, row.version, row.updated_at = value, skipped, row.version + 1, now()
         row.seconds = (row.seconds or 0.0) + seconds
     s.add(History(item_id=item.id, user_id=user.id, what="skip" if skipped else "annotate", value=value))
-    if new and not skipped:
-        project.labels_since_train += 1
+    if new and not skipped:  # one UPDATE, so concurrent saves each count
+        s.execute(update(Project).where(Project.id == project.id).values(labels_since_train=Project.labels_since_train + 1))
     s.flush()
     return row, new
 
