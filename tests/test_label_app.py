@@ -296,6 +296,15 @@ def test_body_size_limits(lab):
     assert upload(root, pid, "big.csv", "text\n" + ("y" * 1000 + "\n") * 1000).status_code == 200  # 1 MB import is fine
     assert upload(root, pid, "huge.csv", "text\n" + ("y" * 1000 + "\n") * 6000).status_code == 413
 
+    def chunks():  # no Content-Length: the body is counted as it arrives
+        yield b'{"name": "'
+        for _ in range(100):
+            yield b"x" * 1000
+        yield b'", "kind": "single", "labels": ["a", "b"]}'
+
+    r = root.post("/api/projects", content=chunks(), headers={"content-type": "application/json"})
+    assert r.status_code == 413 and r.json()["detail"].startswith("request body over 64 KB")
+
 
 # ------------------------------------------------------------------------------------------ import / export
 

@@ -203,20 +203,28 @@ class _Limits:
             return await self.app(scope, receive, send)
         path = scope["path"]
         limit = IMPORT_LIMIT if path.endswith("/import") else BODY_LIMIT
-        headers = dict(scope["headers"])
-        declared = headers.get(b"content-length")
+        declared = dict(scope["headers"]).get(b"content-length")
         if declared is not None and declared.isdigit() and int(declared) > limit:
             return await _too_large(limit, send)
-        received = 0
-
-        async def counted_receive():
-            nonlocal received
+        # read the body here (at most limit bytes: a chunked body without Content-Length is counted too), then replay it
+        chunks, size, more = [], 0, True
+        while more:
             message = await receive()
-            if message["type"] == "http.request":
-                received += len(message.get("body", b""))
-                if received > limit:
-                    raise _BodyTooLarge
-            return message
+            if message["type"] == "http.disconnect":
+                return
+            chunks.append(message.get("body", b""))
+            size += len(chunks[-1])
+            if size > limit:
+                return await _too_large(limit, send)
+            more = message.get("more_body", False)
+        body, replayed = b"".join(chunks), False
+
+        async def replay():
+            nonlocal replayed
+            if not replayed:
+                replayed = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            return await receive()  # after the body: wait for the disconnect, as the server would
 
         page = path in ("/", "/index.html")
 
@@ -229,14 +237,7 @@ class _Limits:
                 message = {**message, "headers": list(message.get("headers", [])) + extra}
             await send(message)
 
-        try:
-            await self.app(scope, counted_receive, secured_send)
-        except _BodyTooLarge:
-            await _too_large(limit, send)
-
-
-class _BodyTooLarge(Exception):
-    pass
+        await self.app(scope, replay, secured_send)
 
 
 async def _too_large(limit: int, send) -> None:
