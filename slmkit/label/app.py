@@ -374,13 +374,13 @@ def _add_annotation_routes(app: FastAPI) -> None:
     def next_item(pid: int, order: Literal["default", "active"] = "default", after: int | None = None,
                   strategy: Literal["margin", "entropy"] = "margin", c: Ctx = Depends(_ctx)):
         project, _ = _project(c, pid)
-        todo = [item for item, done in db.my_items(c.s, pid, c.user.id) if not done]
         item = None
-        if todo and order == "active":
+        if order == "active":
+            todo = db.todo_items(c.s, pid, c.user.id)
             item = request_jobs(c).most_informative(project, c.user.id, [i for i in todo if i.id != after] or todo, strategy)
-        if todo and item is None:
-            later = [i for i in todo if after is None or i.id > after]
-            item = (later or todo)[0]
+        if item is None:  # default order, or no model scores yet: the next item after `after`, wrapping around
+            item = db.todo_items(c.s, pid, c.user.id, after=after, limit=1) or db.todo_items(c.s, pid, c.user.id, limit=1)
+            item = item[0] if item else None
         return {"item": None if item is None else _item_json(c, item), "progress": db.progress(c.s, pid, c.user.id)}
 
     @app.get("/api/projects/{pid}/items/{iid}")
