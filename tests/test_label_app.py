@@ -471,6 +471,18 @@ def test_backup_restore_cli(tmp_path):
     assert runner.invoke(app, ["label", "restore", str(tmp_path / "b.db"), "--db", str(path)]).exit_code == 0
     r = runner.invoke(app, ["label", "restore", str(tmp_path / "missing.db"), "--db", str(path)])
     assert r.exit_code == 2 and "backup file not found" in r.output
+    # add-user and import from the command line
+    r = runner.invoke(app, ["label", "add-user", "carol", "--db", str(path), "--role", "reviewer"])
+    assert r.exit_code == 0 and "one-time password" in r.output
+    assert runner.invoke(app, ["label", "add-user", "carol", "--db", str(path)]).exit_code == 2  # exists
+    pid = client.post("/api/projects", json={"name": "c", "kind": "single", "labels": ["a", "b"]}).json()["id"]
+    items = tmp_path / "items.csv"
+    items.write_text("text,label\nfirst,a\nsecond,\n", encoding="utf-8")
+    r = runner.invoke(app, ["label", "import", str(pid), str(items), "--db", str(path)])
+    assert r.exit_code == 0 and "imported 2 items" in r.output
+    items.write_text("text,label\nfirst,c\n", encoding="utf-8")
+    r = runner.invoke(app, ["label", "import", str(pid), str(items), "--db", str(path)])
+    assert r.exit_code == 2 and "items.csv line 2: label: label 'c' is not one of" in r.output
 
 
 V1_SCHEMA = """
