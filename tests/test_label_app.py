@@ -471,6 +471,13 @@ def test_backup_restore_cli(tmp_path):
     assert runner.invoke(app, ["label", "restore", str(tmp_path / "b.db"), "--db", str(path)]).exit_code == 0
     r = runner.invoke(app, ["label", "restore", str(tmp_path / "missing.db"), "--db", str(path)])
     assert r.exit_code == 2 and "backup file not found" in r.output
+    # --password-prompt: typed twice, at least 8 characters, never printed
+    other = tmp_path / "prompted.db"
+    r = runner.invoke(app, ["label", "init", "--db", str(other), "--password-prompt"], input="short\nshort\n")
+    assert r.exit_code == 2 and "at least 8 characters" in r.output
+    r = runner.invoke(app, ["label", "init", "--db", str(other), "--password-prompt"], input=f"{PASSWORD}\n{PASSWORD}\n")
+    assert r.exit_code == 0 and "one-time" not in r.output
+    login(TestClient(create_app(str(other))), "admin", PASSWORD)
     # add-user and import from the command line
     r = runner.invoke(app, ["label", "add-user", "carol", "--db", str(path), "--role", "reviewer"])
     assert r.exit_code == 0 and "one-time password" in r.output
@@ -539,11 +546,19 @@ def test_migration_from_v1(tmp_path):
         db.open_db(str(path))
 
 
-def test_sqlite_is_wal_and_synchronous_full(tmp_path):
+def test_sqlite_is_wal_and_synchronous_full_and_urls_work(tmp_path):
     sessions = db.open_db(str(tmp_path / "w.db"))
     with sessions() as s:
         assert s.connection().exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
         assert s.connection().exec_driver_sql("PRAGMA synchronous").scalar() == 2  # FULL
+    # --db takes a SQLAlchemy URL as well as a path (PostgreSQL URLs go the same way)
+    url = f"sqlite+pysqlite:///{tmp_path / 'u.db'}"
+    admin.init(url, "root", PASSWORD)
+    login(TestClient(create_app(url)), "root")
+    from slmkit.errors import UserError
+
+    with pytest.raises(UserError, match="backup handles SQLite files; for PostgreSQL use pg_dump"):
+        admin.backup("postgresql+psycopg://u@localhost/labels", str(tmp_path / "b.db"))
 
 
 # ------------------------------------------------------------------------------------------ durability
