@@ -296,6 +296,15 @@ def test_body_size_limits(lab):
     assert upload(root, pid, "big.csv", "text\n" + ("y" * 1000 + "\n") * 1000).status_code == 200  # 1 MB import is fine
     assert upload(root, pid, "huge.csv", "text\n" + ("y" * 1000 + "\n") * 6000).status_code == 413
 
+    def chunks():  # no Content-Length: the body is counted as it arrives
+        yield b'{"name": "'
+        for _ in range(100):
+            yield b"x" * 1000
+        yield b'", "kind": "single", "labels": ["a", "b"]}'
+
+    r = root.post("/api/projects", content=chunks(), headers={"content-type": "application/json"})
+    assert r.status_code == 413 and r.json()["detail"].startswith("request body over 64 KB")
+
 
 # ------------------------------------------------------------------------------------------ import / export
 
@@ -462,6 +471,25 @@ def test_backup_restore_cli(tmp_path):
     assert runner.invoke(app, ["label", "restore", str(tmp_path / "b.db"), "--db", str(path)]).exit_code == 0
     r = runner.invoke(app, ["label", "restore", str(tmp_path / "missing.db"), "--db", str(path)])
     assert r.exit_code == 2 and "backup file not found" in r.output
+    # --password-prompt: typed twice, at least 8 characters, never printed
+    other = tmp_path / "prompted.db"
+    r = runner.invoke(app, ["label", "init", "--db", str(other), "--password-prompt"], input="short\nshort\n")
+    assert r.exit_code == 2 and "at least 8 characters" in r.output
+    r = runner.invoke(app, ["label", "init", "--db", str(other), "--password-prompt"], input=f"{PASSWORD}\n{PASSWORD}\n")
+    assert r.exit_code == 0 and "one-time" not in r.output
+    login(TestClient(create_app(str(other))), "admin", PASSWORD)
+    # add-user and import from the command line
+    r = runner.invoke(app, ["label", "add-user", "carol", "--db", str(path), "--role", "reviewer"])
+    assert r.exit_code == 0 and "one-time password" in r.output
+    assert runner.invoke(app, ["label", "add-user", "carol", "--db", str(path)]).exit_code == 2  # exists
+    pid = client.post("/api/projects", json={"name": "c", "kind": "single", "labels": ["a", "b"]}).json()["id"]
+    items = tmp_path / "items.csv"
+    items.write_text("text,label\nfirst,a\nsecond,\n", encoding="utf-8")
+    r = runner.invoke(app, ["label", "import", str(pid), str(items), "--db", str(path)])
+    assert r.exit_code == 0 and "imported 2 items" in r.output
+    items.write_text("text,label\nfirst,c\n", encoding="utf-8")
+    r = runner.invoke(app, ["label", "import", str(pid), str(items), "--db", str(path)])
+    assert r.exit_code == 2 and "items.csv line 2: label: label 'c' is not one of" in r.output
 
 
 V1_SCHEMA = """
@@ -518,11 +546,19 @@ def test_migration_from_v1(tmp_path):
         db.open_db(str(path))
 
 
-def test_sqlite_is_wal_and_synchronous_full(tmp_path):
+def test_sqlite_is_wal_and_synchronous_full_and_urls_work(tmp_path):
     sessions = db.open_db(str(tmp_path / "w.db"))
     with sessions() as s:
         assert s.connection().exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
         assert s.connection().exec_driver_sql("PRAGMA synchronous").scalar() == 2  # FULL
+    # --db takes a SQLAlchemy URL as well as a path (PostgreSQL URLs go the same way)
+    url = f"sqlite+pysqlite:///{tmp_path / 'u.db'}"
+    admin.init(url, "root", PASSWORD)
+    login(TestClient(create_app(url)), "root")
+    from slmkit.errors import UserError
+
+    with pytest.raises(UserError, match="backup handles SQLite files; for PostgreSQL use pg_dump"):
+        admin.backup("postgresql+psycopg://u@localhost/labels", str(tmp_path / "b.db"))
 
 
 # ------------------------------------------------------------------------------------------ durability
@@ -590,6 +626,7 @@ def test_kill_9_loses_no_acknowledged_annotation(tmp_path):
     stored = {iid: json.loads(value) for iid, value in conn.execute("SELECT item_id, value FROM annotations")}
     missing = {iid: v for iid, v in acked.items() if stored.get(iid) != v}
     assert not missing, f"{len(missing)} acknowledged saves lost"
+    print(f"kill -9: {len(acked)} saves acknowledged, {len(stored)} stored")
 
 
 # ------------------------------------------------------------------------------------------ the model loop
@@ -643,3 +680,58 @@ def test_attach_model_prelabels_active_order_and_retrain(tmp_path, trained_tiny,
     assert state["status"] == "idle" and state["message"].startswith("retrained on 12 labels"), state
     assert state["model_dir"] != str(trained_tiny.resolve()) and (Path(state["model_dir"]) / "model.safetensors").is_file()
     assert state["labels_since_train"] == 0
+    assert state["label_errors"].startswith("done:"), state  # detection follows each retraining
+
+
+def test_late_member_gets_items_short_of_annotators_and_skip(lab):
+    root = lab.as_("root")
+    pid = make_project(root, overlap=2, members=("ann1",))
+    upload(root, pid, "items.csv", texts_csv(["one", "two", "three"]))
+    a1 = lab.as_("ann1")
+    assert len(a1.get(f"/api/projects/{pid}/items?mine=1").json()) == 3  # the only annotator gets everything
+    root.post(f"/api/projects/{pid}/members", json={"username": "ann2", "role": "annotator"})
+    root.post(f"/api/projects/{pid}/members", json={"username": "ann3", "role": "annotator"})
+    counts = [len(lab.as_(n).get(f"/api/projects/{pid}/items?mine=1").json()) for n in ("ann1", "ann2", "ann3")]
+    assert counts == [3, 3, 0]  # ann2 brings every item to 2 annotators; ann3 is not needed
+    # skipping counts as done for progress and moves on, but is no label
+    first = a1.get(f"/api/projects/{pid}/next").json()["item"]["id"]
+    r = a1.post(f"/api/projects/{pid}/items/{first}/annotations", json={"value": None, "skipped": True, "seconds": 0.5})
+    assert r.status_code == 200 and r.json()["annotation"]["skipped"] and r.json()["progress"]["done"] == 1
+    assert a1.get(f"/api/projects/{pid}/next").json()["item"]["id"] != first
+    exported = [json.loads(x) for x in root.get(f"/api/projects/{pid}/export?format=jsonl").text.splitlines()]
+    assert exported[0]["annotations"] == [] and exported[0]["label"] is None
+    # errors are one line of JSON
+    r = a1.post(f"/api/projects/{pid}/items/{first}/annotations", json={"value": "login", "seconds": -1})
+    assert r.status_code == 422 and r.json()["detail"].startswith("seconds:")
+
+
+def test_label_errors_background_detection_and_review_queue(tmp_path, trained_tiny):
+    """Imported labels with 4 flipped: the background detection (cleanlab over cross-validated probabilities)
+    flags them, ranked, and the review queue lists them with reason label_error."""
+    from conftest import synthetic_rows
+
+    path = tmp_path / "labels.db"
+    admin.init(str(path), "root", PASSWORD)
+    app = create_app(str(path), model_root=tmp_path / "models")
+    root = TestClient(app)
+    login(root, "root")
+    pid = make_project(root, overlap=1, members=(), reviewers=())
+    rows = synthetic_rows(60, seed=21)
+    flipped = {3, 17, 30, 44}
+    given = [LABELS[(LABELS.index(label) + 1) % 3] if i in flipped else label for i, (_, label) in enumerate(rows)]
+    upload(root, pid, "items.csv", texts_csv([t for t, _ in rows], given))
+    root.post(f"/api/projects/{pid}/model", json={"model_dir": str(trained_tiny)})
+    app.state.jobs.wait()
+    r = root.post(f"/api/projects/{pid}/label-errors")
+    assert r.status_code == 202
+    app.state.jobs.wait()
+    assert root.get(f"/api/projects/{pid}/model").json()["label_errors"].startswith("done:")
+    found = root.get(f"/api/projects/{pid}/label-errors").json()
+    ids = [it["id"] for it in root.get(f"/api/projects/{pid}/items?mine=0").json()]
+    flagged = {ids.index(f["item_id"]) for f in found}
+    assert flagged >= flipped, found
+    assert [f["score"] for f in found] == sorted((f["score"] for f in found), reverse=True)
+    first = found[0]
+    assert first["given"] == given[ids.index(first["item_id"])] and first["suggested"] == rows[ids.index(first["item_id"])][1]
+    queue = root.get(f"/api/projects/{pid}/review").json()
+    assert {q["item"]["id"] for q in queue if q["reason"] == "label_error"} == {f["item_id"] for f in found}

@@ -7,6 +7,7 @@ import json
 
 import numpy as np
 import pytest
+from conftest import synthetic_rows
 
 from slmkit.errors import UserError
 from slmkit.label.agreement import agreement_report, annotator_accuracy, cohen_kappa, fleiss_kappa, krippendorff_alpha, span_agreement
@@ -210,3 +211,56 @@ def test_embed_texts_default_minilm_knows_paraphrases():
     a, b, c = embed_texts(["where is my parcel?", "my package has not arrived yet", "I forgot my password"])
     assert a.shape == (384,)
     assert a @ b > a @ c + 0.1  # the packaged sentence encoder puts the paraphrase closer
+
+
+# ------------------------------------------------------------------------------------------ label errors
+
+from slmkit.label.label_errors import find_label_errors, out_of_sample_probs  # noqa: E402
+
+
+def clustered(n_per_label: int, labels: list[str], seed: int) -> tuple[np.ndarray, list[str]]:
+    """Unit vectors in one tight cluster per label: a linear probe separates them perfectly."""
+    rng = np.random.default_rng(seed)
+    centers = rng.normal(size=(len(labels), 16))
+    x = np.vstack([c + 0.3 * rng.normal(size=(n_per_label, 16)) for c in centers])
+    return x / np.linalg.norm(x, axis=1, keepdims=True), [label for label in labels for _ in range(n_per_label)]
+
+
+def test_out_of_sample_probs_are_out_of_sample():
+    rng = np.random.default_rng(0)
+    noise, labels = rng.normal(size=(120, 32)), list(rng.choice(["a", "b", "c"], 120))
+    probs, names = out_of_sample_probs(noise, labels, folds=4)
+    assert names == ["a", "b", "c"] and probs.shape == (120, 3) and np.allclose(probs.sum(axis=1), 1)
+    given = probs[np.arange(120), [names.index(label) for label in labels]]
+    assert given.mean() < 0.45  # random labels: a model that had seen them would be near 1, out of sample ~1/3
+    # a label with fewer members than folds still gets its column, and its items are scored
+    x, y = clustered(10, ["a", "b"], seed=1)
+    x, y = np.vstack([x, x[:2] + 5.0]), y + ["rare", "rare"]
+    probs, names = out_of_sample_probs(x, y, folds=5)
+    assert names == ["a", "b", "rare"] and np.allclose(probs.sum(axis=1), 1)
+    with pytest.raises(UserError, match="'solo'"):
+        out_of_sample_probs(np.vstack([x, x[:1]]), y + ["solo"])
+
+
+def test_find_label_errors_finds_flipped_labels():
+    x, y = clustered(40, ["billing", "delivery", "login"], seed=2)
+    flipped = [3, 50, 97, 110]
+    noisy = list(y)
+    for i in flipped:
+        noisy[i] = "login" if y[i] != "login" else "billing"
+    issues = find_label_errors([f"text {i}" for i in range(len(y))], noisy, features=x)
+    assert sorted(issue["index"] for issue in issues[: len(flipped)]) == flipped
+    assert len(issues) <= len(flipped) + 2  # clean clusters: (almost) nothing else flagged
+    top = issues[0]
+    assert top["given"] == noisy[top["index"]] and top["suggested"] == y[top["index"]]
+    assert [i["score"] for i in issues] == sorted((i["score"] for i in issues), reverse=True)
+    with pytest.raises(UserError, match="one label per text"):
+        find_label_errors(["a", "b"], ["x"], features=x[:2])
+    with pytest.raises(UserError, match="at least 2 different labels"):
+        find_label_errors(["a", "b"], ["x", "x"], features=x[:2])
+
+
+def test_find_label_errors_embeds_with_a_model_dir(tiny_base):
+    texts, labels = map(list, zip(*synthetic_rows(30, seed=4)))
+    issues = find_label_errors(texts, labels, model_dir=tiny_base, folds=3)
+    assert all(set(i) == {"index", "given", "suggested", "score"} and labels[i["index"]] == i["given"] for i in issues)

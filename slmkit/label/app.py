@@ -203,20 +203,28 @@ class _Limits:
             return await self.app(scope, receive, send)
         path = scope["path"]
         limit = IMPORT_LIMIT if path.endswith("/import") else BODY_LIMIT
-        headers = dict(scope["headers"])
-        declared = headers.get(b"content-length")
+        declared = dict(scope["headers"]).get(b"content-length")
         if declared is not None and declared.isdigit() and int(declared) > limit:
             return await _too_large(limit, send)
-        received = 0
-
-        async def counted_receive():
-            nonlocal received
+        # read the body here (at most limit bytes: a chunked body without Content-Length is counted too), then replay it
+        chunks, size, more = [], 0, True
+        while more:
             message = await receive()
-            if message["type"] == "http.request":
-                received += len(message.get("body", b""))
-                if received > limit:
-                    raise _BodyTooLarge
-            return message
+            if message["type"] == "http.disconnect":
+                return
+            chunks.append(message.get("body", b""))
+            size += len(chunks[-1])
+            if size > limit:
+                return await _too_large(limit, send)
+            more = message.get("more_body", False)
+        body, replayed = b"".join(chunks), False
+
+        async def replay():
+            nonlocal replayed
+            if not replayed:
+                replayed = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            return await receive()  # after the body: wait for the disconnect, as the server would
 
         page = path in ("/", "/index.html")
 
@@ -229,14 +237,7 @@ class _Limits:
                 message = {**message, "headers": list(message.get("headers", [])) + extra}
             await send(message)
 
-        try:
-            await self.app(scope, counted_receive, secured_send)
-        except _BodyTooLarge:
-            await _too_large(limit, send)
-
-
-class _BodyTooLarge(Exception):
-    pass
+        await self.app(scope, replay, secured_send)
 
 
 async def _too_large(limit: int, send) -> None:
@@ -373,13 +374,13 @@ def _add_annotation_routes(app: FastAPI) -> None:
     def next_item(pid: int, order: Literal["default", "active"] = "default", after: int | None = None,
                   strategy: Literal["margin", "entropy"] = "margin", c: Ctx = Depends(_ctx)):
         project, _ = _project(c, pid)
-        todo = [item for item, done in db.my_items(c.s, pid, c.user.id) if not done]
         item = None
-        if todo and order == "active":
+        if order == "active":
+            todo = db.todo_items(c.s, pid, c.user.id)
             item = request_jobs(c).most_informative(project, c.user.id, [i for i in todo if i.id != after] or todo, strategy)
-        if todo and item is None:
-            later = [i for i in todo if after is None or i.id > after]
-            item = (later or todo)[0]
+        if item is None:  # default order, or no model scores yet: the next item after `after`, wrapping around
+            item = db.todo_items(c.s, pid, c.user.id, after=after, limit=1) or db.todo_items(c.s, pid, c.user.id, limit=1)
+            item = item[0] if item else None
         return {"item": None if item is None else _item_json(c, item), "progress": db.progress(c.s, pid, c.user.id)}
 
     @app.get("/api/projects/{pid}/items/{iid}")
@@ -401,7 +402,7 @@ def _add_annotation_routes(app: FastAPI) -> None:
                 raise HTTPException(422, str(e)) from None
         row, _new = db.save_annotation(c.s, project, item, c.user, value, body.seconds, body.skipped)
         c.s.commit()  # durable before the 200
-        request_jobs(c).labels_added(project)
+        request_jobs(c).labels_added(project.id)
         return {"annotation": {"value": row.value, "version": row.version, "skipped": row.skipped}, "progress": db.progress(c.s, pid, c.user.id)}
 
     @app.delete("/api/projects/{pid}/items/{iid}/annotations/mine")

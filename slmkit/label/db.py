@@ -361,6 +361,19 @@ def my_items(s: Session, project_id: int, user_id: int) -> list[tuple[Item, bool
     return [(item, bool(is_done)) for item, is_done in rows]
 
 
+def todo_items(s: Session, project_id: int, user_id: int, after: int | None = None, limit: int | None = None) -> list[Item]:
+    """The user's assigned items they have not annotated (nor skipped) yet, in order, after item `after` if given."""
+    done = select(Annotation.item_id).where(Annotation.user_id == user_id, Annotation.project_id == project_id)
+    q = (
+        select(Item).join(Assignment, Assignment.item_id == Item.id)
+        .where(Assignment.user_id == user_id, Assignment.project_id == project_id, Item.id.not_in(done))
+        .order_by(Item.id).limit(limit)
+    )
+    if after is not None:
+        q = q.where(Item.id > after)
+    return list(s.scalars(q))
+
+
 def progress(s: Session, project_id: int, user_id: int) -> dict:
     total = s.scalar(select(func.count()).select_from(Assignment).where(Assignment.project_id == project_id, Assignment.user_id == user_id))
     done = s.scalar(
@@ -386,8 +399,8 @@ def save_annotation(s: Session, project: Project, item: Item, user: User, value:
         row.value, row.skipped, row.version, row.updated_at = value, skipped, row.version + 1, now()
         row.seconds = (row.seconds or 0.0) + seconds
     s.add(History(item_id=item.id, user_id=user.id, what="skip" if skipped else "annotate", value=value))
-    if new and not skipped:
-        project.labels_since_train += 1
+    if new and not skipped:  # one UPDATE, so concurrent saves each count
+        s.execute(update(Project).where(Project.id == project.id).values(labels_since_train=Project.labels_since_train + 1))
     s.flush()
     return row, new
 

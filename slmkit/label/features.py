@@ -69,6 +69,7 @@ def _load_encoder(directory: Path | None):
     from slmkit.base import packaged_minilm_dir
 
     transformers.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
     directory = directory or packaged_minilm_dir()
     if not directory.is_dir():
         raise UserError(f"{directory}: encoder directory not found: pass a Hugging Face model directory or an slm train output")

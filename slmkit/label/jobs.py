@@ -51,8 +51,11 @@ class Jobs:
     def wait(self, timeout: float = 120.0) -> None:
         """Join every running job (tests, shutdown)."""
         deadline = time.monotonic() + timeout
-        for thread in list(self.threads.values()):
-            thread.join(max(0.0, deadline - time.monotonic()))
+        while time.monotonic() < deadline:  # a job may start another (retraining starts label-error detection)
+            alive = [t for t in list(self.threads.values()) if t.is_alive()]
+            if not alive:
+                return
+            alive[0].join(max(0.0, deadline - time.monotonic()))
 
     def _set_status(self, pid: int, status: str, message: str, **fields) -> None:
         with self.sessions() as s:
@@ -133,8 +136,10 @@ class Jobs:
 
     # -------------------------------------------------------------------------------- retraining
 
-    def labels_added(self, project: Project) -> None:
+    def labels_added(self, pid: int) -> None:
         """Called after a save: retrain in the background once `retrain_every` new labels have come in."""
+        with self.sessions() as s:
+            project = s.get(Project, pid)
         k = project.retrain_every
         if k and project.kind == "single" and project.labels_since_train >= k and project.model_status != "training":
             self.start_retrain(project.id)
@@ -157,6 +162,7 @@ class Jobs:
             self._prelabel(pid)
             shown = "" if accuracy is None else f", eval accuracy {accuracy:.3f}"
             self._set_status(pid, "idle", f"retrained on {n_labels} labels{shown}: {out}")
+            self.start_label_errors(pid)  # the new model's encoder re-checks the labels it was trained on
         except Exception as e:
             self._set_status(pid, "failed", f"retraining failed: {_one_line(e)}")
 
