@@ -1,5 +1,6 @@
 """`slm label`'s page in headless Debian chromium against the real server (uvicorn in a subprocess, SQLite file):
-an annotator labels 10 items by keyboard only and sees the progress move, a second annotator disagrees on one item,
+an annotator labels 10 items by keyboard only and sees the progress move (and a model's pre-label, undo, arrows,
+skip and the time spent recorded), a second annotator disagrees on one item,
 the reviewer finds the disagreement in the review queue and resolves it (after a 409 from a concurrent edit), the
 JSONL export downloaded through the page's link equals the database, and an item made of script/HTML renders as
 text and never runs. Screenshots of the annotating and agreement pages go to $SLMKIT_ARTIFACTS (default:
@@ -27,6 +28,7 @@ XSS = '<script>window.__xss=1</script><img src=x onerror="window.__xss=1">'
 LABELS = ["positive", "negative", "<b>mixed</b>"]  # markup in a label must show as text too
 TEXTS = [f"review {i}: the parcel came {['early', 'late', 'broken'][i % 3]} and support was {['kind', 'slow', 'absent'][i % 3]}" for i in range(12)]
 TEXTS[3] = XSS
+PREDICTIONS = {5: {"prediction": "negative", "confidence": 0.83}}  # a model's pre-label on the sixth item
 PASSWORDS = {"admin": "admin-pass-123", "rita": "reviewer-pass-123", "ann": "annotator-pass-1", "bob": "annotator-pass-2"}
 SERVE = "import sys, uvicorn; from slmkit.label.app import create_app; uvicorn.run(create_app(sys.argv[1]), host='127.0.0.1', port=int(sys.argv[2]), log_level='warning')"
 
@@ -45,13 +47,13 @@ def as_admin(url: str):
         yield http, {"X-CSRF-Token": csrf}
 
 
-def make_project(url: str, texts: list[str], members: dict[str, str], **settings) -> int:
-    """A project made through the admin's HTTP API, with members and items; its id."""
+def make_project(url: str, texts: list, members: dict[str, str], **settings) -> int:
+    """A project made through the admin's HTTP API, with members and items (texts, or JSONL rows); its id."""
     with as_admin(url) as (http, headers):
         pid = http.post("/api/projects", headers=headers, json=settings).raise_for_status().json()["id"]
         for name, role in members.items():
             http.post(f"/api/projects/{pid}/members", headers=headers, json={"username": name, "role": role}).raise_for_status()
-        jsonl = "".join(json.dumps({"text": t}, ensure_ascii=False) + "\n" for t in texts).encode()
+        jsonl = "".join(json.dumps({"text": t} if isinstance(t, str) else t, ensure_ascii=False) + "\n" for t in texts).encode()
         imported = http.post(f"/api/projects/{pid}/import", headers=headers, files={"file": ("items.jsonl", jsonl, "application/x-ndjson")})
         assert imported.raise_for_status().json()["imported"] == len(texts)
     return pid
@@ -95,7 +97,8 @@ def server(tmp_path_factory):
             if proc.poll() is not None or time.monotonic() > deadline:
                 raise RuntimeError(f"the label server did not start: {(tmp / 'server.log').read_text()[-2000:]}")
             time.sleep(0.1)
-        pid = make_project(url, TEXTS, {"rita": "reviewer", "ann": "annotator", "bob": "annotator"},
+        rows = [{"text": t, **PREDICTIONS.get(i, {})} for i, t in enumerate(TEXTS)]
+        pid = make_project(url, rows, {"rita": "reviewer", "ann": "annotator", "bob": "annotator"},
                            name="Parcel reviews", kind="single", labels=LABELS, overlap=2)
         yield url, db_path, pid
     finally:
@@ -214,12 +217,17 @@ def test_annotate_review_export_in_the_browser(server, browser, artifacts_dir):
     assert ann.progress() == f"0 / {total} done"
     assert [b.text_content() for b in ann.page.query_selector_all("#labels button")] == [f"{i + 1}{label}" for i, label in enumerate(LABELS)]
     given: dict[int, str] = {}
-    slow_item, saw_xss = None, False
+    slow_item, saw_xss, saw_prediction = None, False, False
     for n in range(10):
         ann.page.wait_for_function("() => document.activeElement && document.activeElement.id === 'item-text'")
         if n == 4:  # this item gets a measurable think time
             slow_item = ann.shown_item()
             ann.page.wait_for_timeout(400)
+        if ann.page.text_content("#item-text") == TEXTS[5]:  # the pre-label is shown and pre-filled
+            assert ann.page.text_content("#prediction-label") == "negative"
+            assert "83%" in ann.page.text_content("#prediction-confidence")
+            assert ann.page.get_attribute("#labels button[aria-pressed=true]", "data-label") == "negative"
+            saw_prediction = True
         if ann.page.text_content("#item-text") == XSS:  # shown as text: no element made of it, nothing ran
             assert ann.page.query_selector("#item-text img, #item-text script") is None
             assert ann.page.evaluate("() => window.__xss") is None
@@ -230,7 +238,7 @@ def test_annotate_review_export_in_the_browser(server, browser, artifacts_dir):
         assert ann.page.get_attribute("[role=progressbar]", "aria-valuenow") == str(n + 1)
         if n == 2:
             ann.page.screenshot(path=str(artifacts_dir / "label-annotate.png"), full_page=True)
-    assert len(given) == 10 and saw_xss
+    assert len(given) == 10 and saw_xss and saw_prediction
     # undo (u) reopens the last item and takes the progress back; labeling it again takes it forward
     last = list(given)[-1]
     ann.page.keyboard.press("u")
