@@ -735,3 +735,8 @@ def test_label_errors_background_detection_and_review_queue(tmp_path, trained_ti
     assert first["given"] == given[ids.index(first["item_id"])] and first["suggested"] == rows[ids.index(first["item_id"])][1]
     queue = root.get(f"/api/projects/{pid}/review").json()
     assert {q["item"]["id"] for q in queue if q["reason"] == "label_error"} == {f["item_id"] for f in found}
+    # a reviewer's decision settles the suspicion: the item leaves the label-error list
+    row = next(q for q in queue if q["item"]["id"] == first["item_id"])
+    r = root.put(f"/api/projects/{pid}/items/{first['item_id']}/gold", json={"value": first["suggested"], "version": row["version"]})
+    assert r.status_code == 200, r.text
+    assert first["item_id"] not in {f["item_id"] for f in root.get(f"/api/projects/{pid}/label-errors").json()}

@@ -22,7 +22,7 @@ from fastapi import Depends, FastAPI, File, HTTPException, Request, Response, Up
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse
 from pydantic import BaseModel, Field
-from sqlalchemy import select
+from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 
 from slmkit.errors import UserError
@@ -462,6 +462,7 @@ def _add_quality_routes(app: FastAPI) -> None:
             c.s.rollback()
             current = db.item_gold(c.s, iid)
             raise HTTPException(409, f"the gold label changed since version {body.version} (now version {current.version if current else 0}): reload and retry") from None
+        c.s.execute(delete(LabelError).where(LabelError.item_id == item.id))  # a reviewer decided: the suspicion is settled
         c.s.commit()
         return {"gold": value, "version": version}
 
