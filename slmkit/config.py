@@ -507,6 +507,7 @@ class SearchConfig:
     layers: list[int] = _f([1, 2, 4], "Layer counts tried for transformer students.")
     max_epochs: int = _f(6, "Most distillation epochs a trial trains (each trial draws 1 to this many).")
     max_augment: int = _f(5, "Most teacher-labeled rewrites per training text a trial uses (each draws 0 to this many).")
+    seed: int | None = _f(None, "Seed of the sampler, for a reproducible search by one worker (none: each worker draws its own; workers sharing a study must not share a seed, or they draw the same trials).")
     prune_drop: float | None = _f(30.0, "Stop a trial whose eval accuracy after an epoch before its last is this many points below the teacher's (none: never).")
 
 

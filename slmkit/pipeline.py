@@ -115,6 +115,9 @@ def run(cfg: RunConfig, fresh: bool = False, progress: bool = True) -> RunResult
     if searching and cfg.search.storage:
         search.open_storage(cfg.search.storage)  # an unreachable --storage fails here, before any training
 
+    p = plan(cfg, out, splits, teacher_given)
+    total = len(p.stages) + 2 + searching  # + select, deploy (+ search)
+
     # only now is anything written: bad input above leaves the run directory as it was
     out.mkdir(parents=True, exist_ok=True)
     with _exclusive(out, searching):  # another worker of the same search waits until these stages are done
@@ -124,8 +127,6 @@ def run(cfg: RunConfig, fresh: bool = False, progress: bool = True) -> RunResult
             (out / artifacts.RUN_RECORD).unlink(missing_ok=True)
             if not cfg.search.storage:
                 (out / search.DEFAULT_DB).unlink(missing_ok=True)
-        p = plan(cfg, out, splits, teacher_given)
-        total = len(p.stages) + 2 + searching  # + select, deploy (+ search)
         record = {"format": PIPELINE_FORMAT, "dataset": {k: {"path": splits.sources[k], "sha256": v} for k, v in splits.sha256.items()},
                   "stages": [], "finished": False}
         artifacts.write_json(out / artifacts.RUN_RECORD, record)  # first: from now on this is a run directory of this dataset
@@ -474,11 +475,11 @@ def search_students(up: Upstream, budgets: Budgets, progress: bool) -> "search.S
     s = up.cfg.search
     url = search.storage_url(s, up.out)
     storage = search.open_storage(url)
-    space = {k: v for k, v in to_dict(s).items() if k not in ("trials", "storage", "study_name", "timeout")}
+    space = {k: v for k, v in to_dict(s).items() if k not in ("trials", "storage", "study_name", "timeout", "seed")}
     # one study per run: the same data, teacher, space, stage settings and size budget (the constraint)
     name = s.study_name or "slm-run-" + _key("search", up.data_key, up.teacher_key, space, _settings(up.cfg.distill), to_dict(up.cfg.quantize),
                                              to_dict(up.cfg.bench), budgets.max_bytes)
-    study = search.open_study(storage, name)
+    study = search.open_study(storage, name, s.seed)
 
     def objective(trial: optuna.Trial) -> tuple[float, float]:
         entry = search.trial_entry(search.suggest(trial, s))
@@ -499,9 +500,17 @@ def search_students(up: Upstream, budgets: Budgets, progress: bool) -> "search.S
 
         stages = student_stages(up, entry, label, on_epoch=prune_bad)
         measured = bench_stage(up, [(label + INT8_SUFFIX, stages[2])], name=f"bench-{label}", split="eval", trial=True)
-        for stage in (*stages, measured):
-            run_stage(stage, progress, f"search {label}")
-        figures = search.trial_figures(artifacts.read_json(measured.out / artifacts.BENCH_RESULTS))
+        try:
+            for stage in (*stages, measured):
+                run_stage(stage, progress, f"search {label}")
+            figures = search.trial_figures(artifacts.read_json(measured.out / artifacts.BENCH_RESULTS))
+        except (UserError, optuna.TrialPruned):
+            raise
+        except Exception as e:  # not the user's doing: this trial fails (with the reason), the search goes on
+            reason = f"{type(e).__name__}: {' '.join(str(e).split())[:300]}"
+            trial.set_user_attr("error", reason)
+            _say(progress, f"[bold]search[/bold]: {label}: [red]failed[/red] ({reason})")
+            raise search.TrialFailed(reason) from e
         for k, v in figures.items():
             trial.set_user_attr(k, v)
         trial.set_user_attr("dirs", [str(stage.out) for stage in (*stages, measured)])

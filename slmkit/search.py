@@ -50,6 +50,11 @@ FINISHED = ("COMPLETE", "PRUNED")  # trial states that count towards --search N
 INSTALL_HINT = "optuna is needed for --search: pip install 'slmkit[search]'"
 
 
+class TrialFailed(Exception):
+    """A trial's stage failed with an error that is not the user's (a bug, or a student the exporter cannot
+    handle): the trial is recorded as failed with the reason and the search goes on."""
+
+
 # ------------------------------------------------------------------------------------------ the space
 
 
@@ -159,15 +164,15 @@ def open_storage(url: str) -> "optuna.storages.RDBStorage":
         ) from None
 
 
-def open_study(storage: "optuna.storages.RDBStorage", name: str) -> "optuna.Study":
+def open_study(storage: "optuna.storages.RDBStorage", name: str, seed: int | None = None) -> "optuna.Study":
     """The study `name` in `storage`, created on first use; every worker of a run opens the same one."""
     import optuna
 
-    optuna.logging.set_verbosity(optuna.logging.WARNING)  # the pipeline prints its own line per trial
+    optuna.logging.set_verbosity(optuna.logging.ERROR)  # the pipeline prints its own line per trial, failures included
     # TPE handles the conditional space (each kind has its own dimensions) and reads each trial's constraint
-    # (Trial.set_constraint: Optuna 5 deprecates the sampler's constraints_func for it). Unseeded on purpose:
+    # (Trial.set_constraint: Optuna 5 deprecates the sampler's constraints_func for it). Unseeded by default:
     # concurrent workers must not draw the same trials.
-    sampler = optuna.samplers.TPESampler()
+    sampler = optuna.samplers.TPESampler(seed=seed)
     try:
         return optuna.create_study(storage=storage, study_name=name, directions=list(DIRECTIONS), sampler=sampler, load_if_exists=True)
     except ValueError as e:  # a study of that name with other directions
@@ -182,7 +187,8 @@ def finished(study: "optuna.Study") -> list["optuna.trial.FrozenTrial"]:
 
 def work(study: "optuna.Study", objective: Callable[["optuna.Trial"], tuple[float, float]], trials: int, timeout: float | None = None) -> int:
     """The worker: run trials until the study holds `trials` finished ones (every worker's count), or `timeout`
-    seconds pass; returns how many this call ran. Concurrent workers may each finish one trial past the count."""
+    seconds pass; returns how many this call ran. Concurrent workers may each finish one trial past the count.
+    At most as many trials as were missing are tried: failed ones (`TrialFailed`) leave the study short."""
     import optuna
 
     remaining = trials - len(finished(study))
@@ -197,7 +203,8 @@ def work(study: "optuna.Study", objective: Callable[["optuna.Trial"], tuple[floa
 
     states = tuple(getattr(optuna.trial.TrialState, s) for s in FINISHED)
     # n_trials bounds this worker; the callback stops it once the others have brought the study to `trials`
-    study.optimize(counted, n_trials=remaining, timeout=timeout, callbacks=[optuna.study.MaxTrialsCallback(trials, states=states)], catch=())
+    # a failed trial (TrialFailed) does not count: a rerun replaces it; any other error (bad input) stops the search
+    study.optimize(counted, n_trials=remaining, timeout=timeout, callbacks=[optuna.study.MaxTrialsCallback(trials, states=states)], catch=(TrialFailed,))
     return ran
 
 

@@ -277,7 +277,7 @@ def test_help_lists_every_option():
     result = slm("run", "--help")
     assert result.exit_code == 0
     for option in ("--data", "--eval", "--test", "--out", "--budget-size", "--budget-latency", "--max-drop", "--teacher", "--student",
-                   "--fresh", "--strict", "--text-col", "--label-col", "--config", "--set", "--quiet"):
+                   "--fresh", "--strict", "--text-col", "--label-col", "--config", "--set", "--quiet", "--search", "--storage"):
         assert option in result.stdout
 
 
