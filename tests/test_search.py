@@ -23,7 +23,7 @@ from slmkit.cli import app
 from slmkit.config import BudgetConfig, LadderConfig, LossConfig, OptimConfig, RunConfig, SearchConfig, ladder_entry, load_config
 from slmkit.errors import UserError
 from slmkit.pipeline import run
-from test_pipeline import run_config
+from test_pipeline import cli_args, run_config
 
 optuna = pytest.importorskip("optuna")
 ROOT = Path(__file__).resolve().parents[1]
@@ -127,6 +127,19 @@ def test_a_rerun_continues_the_study_without_new_trials_and_more_trials_extend_i
     result = run(more, progress=False)
     assert result.search.ran == 1 and result.search.counts == {"pruned": 1, "complete": 2, "fail": 1}
     assert {r["number"] for r in result.search.pareto} <= {1, 3}
+
+
+def test_the_cli_prints_the_study_and_its_pareto_front(searched, tmp_path):
+    import shutil
+
+    cfg, first = searched
+    copy = replace(cfg, out=str(shutil.copytree(cfg.out, tmp_path / "run")))
+    result = runner.invoke(app, [str(a) for a in cli_args(copy, "--search", "2", "--quiet")])  # the settings through config.yaml
+    assert result.exit_code == 0, result.output
+    text = " ".join(result.stdout.split())
+    study = first.search.study_name  # the same study name: the YAML round trip kept every search setting
+    assert f"search: study {study} in sqlite:///{tmp_path / 'run' / 'search.db'}: 1 complete, 1 pruned trials (0 ran here)" in text
+    assert "Pareto front on the eval split: trial-1 (" in text and "trial-1-int8" in text
 
 
 # ------------------------------------------------------------------------------------------ two workers
