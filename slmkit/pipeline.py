@@ -112,11 +112,10 @@ def run(cfg: RunConfig, fresh: bool = False, progress: bool = True) -> RunResult
         _check_teacher(teacher_given, splits)
     _check_run_dir(out, splits, fresh)
     searching = cfg.search.trials > 0
-    if searching and cfg.search.storage:
-        search.open_storage(cfg.search.storage)  # an unreachable --storage fails here, before any training
-
     p = plan(cfg, out, splits, teacher_given)
     total = len(p.stages) + 2 + searching  # + select, deploy (+ search)
+    if searching and cfg.search.storage:
+        search.open_storage(cfg.search.storage)  # an unreachable --storage fails here, before any training
 
     # only now is anything written: bad input above leaves the run directory as it was
     out.mkdir(parents=True, exist_ok=True)
