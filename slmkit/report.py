@@ -163,7 +163,7 @@ def _search(search: dict) -> list[tuple]:
     counts = ", ".join(f"{n} {state}" for state, n in sorted(search["trials"].items()))
     blocks: list[tuple] = [("h2", "Search")]
     blocks.append(("p", f"Optuna study `{search['study']}` in `{search['storage']}`: {counts} trials. Objectives on the eval split, "
-                        "int8 model: accuracy (maximize) and batch-1 p50 latency (minimize); the size budget is a constraint. "
+                        "int8 model: accuracy (maximize) and batch-1 p50 latency (minimize); a size budget, when set, is a constraint. "
                         f"The Pareto front ({len(search['pareto'])} trials) was benchmarked above on the test split as `<trial>-int8`."))
     headers = ["trial", "student (a --student entry)", "eval accuracy %", "batch-1 p50 ms", "size MB", "parameters"]
     rows = [("ok", [r["name"], r["entry"], f"{100 * r['accuracy']:.2f}", _ms(r["latency_ms"]), _mb(r["bytes"]), _count(r["parameters"])])

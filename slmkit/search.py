@@ -39,7 +39,9 @@ if TYPE_CHECKING:
 
 DEFAULT_DB = "search.db"  # in the run directory
 DIRECTIONS = ("maximize", "minimize")  # eval accuracy, batch-1 p50 latency (ms)
-LR_RANGE = (1e-4, 3e-3)  # log-uniform: 1e-4 suits drop students (copied teacher layers), 1e-3 the others
+# log-uniform learning-rate ranges per kind: drop students start from the teacher's layers (fine-tuning rates, the
+# ladder's 1e-4), the others from PCA-projected embeddings (the ladder's 1e-3; CNNs and BiLSTMs take more)
+LR_RANGES = {"drop": (2e-5, 3e-4), "transformer": (2e-4, 3e-3), "cnn": (3e-4, 1e-2), "bilstm": (3e-4, 1e-2)}
 TEMPERATURE_RANGE = (1.0, 8.0)  # log-uniform KD temperature
 KD_RANGE = (0.1, 1.0)  # weight of the KD term; the CE term gets 1 - kd
 SQLITE_TIMEOUT_S = 60  # how long a worker waits for another's SQLite write lock before failing
@@ -73,7 +75,7 @@ def suggest(trial: "optuna.Trial", space: SearchConfig) -> dict:
         params["transformer_hidden"] = trial.suggest_categorical("transformer_hidden", list(space.widths))
     else:  # drop: every k-th of the teacher's layers, counted from the top
         params["drop_every"] = trial.suggest_int("drop_every", 2, 3)
-    params["lr"] = trial.suggest_float("lr", *LR_RANGE, log=True)
+    params["lr"] = trial.suggest_float("lr", *LR_RANGES[kind], log=True)
     params["epochs"] = trial.suggest_int("epochs", 1, space.max_epochs)
     params["augment"] = trial.suggest_int("augment", 0, space.max_augment)
     params["temperature"] = trial.suggest_float("temperature", *TEMPERATURE_RANGE, log=True)
