@@ -29,8 +29,9 @@ optuna = pytest.importorskip("optuna")
 ROOT = Path(__file__).resolve().parents[1]
 # a space of tiny students that train in about a second each
 TINY_SPACE = SearchConfig(trials=2, kinds=["cnn"], widths=[16], embeds=[16], layers=[1], max_epochs=2, max_augment=0, prune_drop=None, seed=3)
-# cnn only, to keep it quick and certain: some trained BiLSTM students fail torch.export (a static-shape error), which a
-# search records as a failed trial (tested below with an injected failure); the space test covers every kind
+# cnn only, to keep it quick and certain: torch.export of a BiLSTM student sometimes fails (a static-shape error on the
+# sequence axis, not reproducible in a fresh process), which a search records as a failed trial (tested below with
+# an injected failure); the space test covers every kind
 runner = CliRunner()
 
 
