@@ -21,7 +21,7 @@ from rich.table import Table
 from slmkit import distributed
 from slmkit.config import (
     BenchConfig, BudgetConfig, DataConfig, DistillConfig, EvalConfig, ExportConfig, ExportWebConfig, ModelConfig, OptimConfig, PruneConfig,
-    QuantizeConfig, RunConfig, ServeConfig, TrainConfig, TrimConfig, help_of, load_config,
+    QuantizeConfig, RunConfig, SearchConfig, ServeConfig, TrainConfig, TrimConfig, help_of, load_config,
 )
 from slmkit.errors import UserError
 from slmkit.selection import describe
@@ -558,6 +558,8 @@ def run_pipeline(
     encoding: Encoding = None,
     fresh: Annotated[bool, typer.Option(help="Ignore the cache: rerun every stage (also in a run directory made from another dataset).")] = False,
     strict: Annotated[Optional[bool], typer.Option("--strict", help=_h(RunConfig, "strict"))] = None,
+    search: Annotated[Optional[int], typer.Option("--search", metavar="N", help="Also search students with Optuna: " + _h(SearchConfig, "trials"))] = None,
+    storage: Annotated[Optional[str], typer.Option("--storage", metavar="URL", help=_h(SearchConfig, "storage"))] = None,
     config: Annotated[Optional[Path], typer.Option(help="YAML file of settings (data, model, train, students, distill, quantize, bench, budget); flags and --set override it.")] = None,
     set_: Sets = None,
     quiet: Annotated[bool, typer.Option(help="No progress lines or bars.")] = False,
@@ -583,7 +585,7 @@ def run_pipeline(
         "out": out_dir, "data.train": data, "data.eval": eval, "test": test, "data.text_col": text_col, "data.label_col": label_col,
         "data.drop_empty": drop_empty, "data.encoding": encoding, "model.base": base, "teacher": teacher, "students": student or None,
         "budget.size": budget_size, "budget.latency": budget_latency, "budget.max_drop": float(max_drop) if max_drop is not None else None,
-        "strict": strict,
+        "strict": strict, "search.trials": search, "search.storage": storage,
     }
     cfg = load_config(RunConfig, config, overrides, **flags)
     try:
@@ -594,6 +596,22 @@ def run_pipeline(
     _print_run(result)
     if result.selection.chosen is None and cfg.strict:
         raise typer.Exit(1)
+
+
+@app.command()
+@_user_errors
+def verify(bundle: Annotated[Path, typer.Argument(help="A bundle: the deploy/ directory of slm run.")]):
+    """Check a bundle's files against the SHA-256 sums in its manifest.json: prints ok, or each file that is
+    missing, extra or changed (exit code 1)."""
+    from slmkit.pipeline import bundle_differences
+
+    n, differences = bundle_differences(bundle)
+    for line in differences:
+        out.print(line, soft_wrap=True, highlight=False)
+    if differences:
+        out.print(f"[red]{len(differences)} difference{'s' if len(differences) > 1 else ''}[/red] from {bundle / 'manifest.json'}: rebuild the bundle with slm run", soft_wrap=True)
+        raise typer.Exit(1)
+    out.print(f"ok: {n} files match {bundle / 'manifest.json'}", soft_wrap=True, highlight=False)
 
 
 def _print_run(result) -> None:
@@ -635,6 +653,12 @@ def _print_run(result) -> None:
             f"({teacher.bytes / c.bytes:.0f}× smaller than the teacher's {teacher.bytes / 1e6:.1f} MB)", soft_wrap=True,
         )
         out.print(f"bundle: [bold]{result.bundle}[/bold] (load it with slmkit.runtime.Predictor)", soft_wrap=True)
+    if result.search is not None:
+        found = result.search
+        counts = ", ".join(f"{n} {state}" for state, n in sorted(found.counts.items()))
+        front = ", ".join(f"{r['name']} ({100 * r['accuracy']:.1f}%, {r['latency_ms']:.3g} ms)" for r in found.pareto) or "empty"
+        out.print(f"search: study {found.study_name} in {found.storage}: {counts} trials ({found.ran} ran here); "
+                  f"Pareto front on the eval split: {front}", soft_wrap=True, highlight=False)
     out.print(f"report: [bold]{result.report}[/bold]" + (f" (a copy is in {result.bundle}/report)" if result.bundle else ""), soft_wrap=True)
 
 

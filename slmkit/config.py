@@ -490,6 +490,27 @@ class BudgetConfig:
     max_drop: float | None = _f(3.0, "Largest test-accuracy drop vs the teacher, in points (a few hundred test texts give intervals of about ±3 points).")
 
 
+SEARCH_KINDS = ("cnn", "bilstm", "transformer", "drop")  # the student kinds a search may try (slmkit.students)
+
+
+@dataclass
+class SearchConfig:
+    """`slm run --search N`: an Optuna study over students, on top of the ladder (see slmkit.search)."""
+
+    trials: int = _f(0, "Finished trials the study should hold, counting every worker's (0: no search); a rerun continues the same study.")
+    storage: str | None = _f(None, "Where the study lives: any SQLAlchemy URL (postgresql://user:password@host/db) that several machines can share; default: sqlite:///<out>/search.db.")
+    study_name: str | None = _f(None, "Study name; default: slm-run- and a hash of the data, the teacher and the search space, so that workers of one run meet.")
+    timeout: float | None = _f(None, "This worker starts no new trial after this many seconds (none: no limit).")
+    kinds: list[str] = _f(list(SEARCH_KINDS), "Student kinds tried: cnn, bilstm, transformer, drop.")
+    widths: list[int] = _f([64, 128, 256], "Widths tried: cnn filters, bilstm and transformer hidden units.")
+    embeds: list[int] = _f([32, 64, 128], "Word-embedding widths tried for cnn and bilstm students.")
+    layers: list[int] = _f([1, 2, 4], "Layer counts tried for transformer students.")
+    max_epochs: int = _f(6, "Most distillation epochs a trial trains (each trial draws 1 to this many).")
+    max_augment: int = _f(5, "Most teacher-labeled rewrites per training text a trial uses (each draws 0 to this many).")
+    seed: int | None = _f(None, "Seed of the sampler, for a reproducible search by one worker (none: each worker draws its own; workers sharing a study must not share a seed, or they draw the same trials).")
+    prune_drop: float | None = _f(30.0, "Stop a trial whose eval accuracy after an epoch before its last is this many points below the teacher's (none: never).")
+
+
 @dataclass
 class RunConfig:
     """`slm run`: fine-tune a teacher, distill a ladder of students, compress, benchmark, select and ship."""
@@ -508,6 +529,7 @@ class RunConfig:
     bench: RunBenchConfig = field(default_factory=RunBenchConfig)
     budget: BudgetConfig = field(default_factory=BudgetConfig)
     strict: bool = _f(False, "Exit with code 1 when no candidate meets every budget (default: explain and exit 0).")
+    search: SearchConfig = field(default_factory=SearchConfig)
 
     def validate(self) -> None:
         from slmkit.selection import parse_latency, parse_size  # the budget formats live with the selection rule
@@ -532,42 +554,64 @@ class RunConfig:
             (bench.speed_texts >= 1, "bench.speed_texts", f"must be at least 1 (got {bench.speed_texts})"),
             (bench.bootstrap >= 100, "bench.bootstrap", f"must be at least 100 resamples (got {bench.bootstrap})"),
         ])
+        sc = self.search
+        bad_kinds = [k for k in sc.kinds if k not in SEARCH_KINDS]
+        _check([
+            (sc.trials >= 0, "search.trials", f"must be 0 or more (got {sc.trials}); --search N runs N trials"),
+            (sc.timeout is None or sc.timeout > 0, "search.timeout", f"must be positive seconds (got {sc.timeout})"),
+            (bool(sc.kinds) and not bad_kinds, "search.kinds", f"must list student kinds of {', '.join(SEARCH_KINDS)} (got {', '.join(sc.kinds) or 'none'})"),
+            (bool(sc.widths) and min(sc.widths) >= 8, "search.widths", f"must list widths of at least 8 (got {sc.widths})"),
+            (bool(sc.embeds) and min(sc.embeds) >= 8, "search.embeds", f"must list widths of at least 8 (got {sc.embeds})"),
+            (bool(sc.layers) and min(sc.layers) >= 1, "search.layers", f"must list layer counts of at least 1 (got {sc.layers})"),
+            (sc.max_epochs >= 1, "search.max_epochs", f"must be at least 1 (got {sc.max_epochs})"),
+            (sc.max_augment >= 0, "search.max_augment", f"must be 0 or more (got {sc.max_augment})"),
+            (sc.prune_drop is None or sc.prune_drop >= 0, "search.prune_drop", f"must be 0 or more points (got {sc.prune_drop}), or none"),
+            (sc.storage is None or bool(sc.storage.strip()), "search.storage", "is empty: pass --storage URL, or leave it out for sqlite in the run directory"),
+        ])
         parse_size(b.size, "--budget-size")
         parse_latency(b.latency, "--budget-latency")
         TrainConfig(out=self.out, data=self.data, model=self.model, train=self.train).validate()
         for entry in self.students:
-            spec, train, augment = ladder_entry(entry, self.distill)
+            spec, train, augment, loss = ladder_entry(entry, self.distill)
             if "=" in spec.split(":")[0]:  # `--set students=cnn:filters=128,embed=64` split at the spec's own commas
                 raise UserError(
                     f"setting students: {entry!r} is not a student spec: specs hold commas, so give each with --student SPEC "
                     "or as a YAML list (--set 'students=[\"cnn:filters=128,embed=64\"]')"
                 )
             parse_student(spec)
-            DistillConfig(teacher="-", student=spec, out=self.out, data=self.data, augment=augment, loss=self.distill.loss, train=train).validate()
+            DistillConfig(teacher="-", student=spec, out=self.out, data=self.data, augment=augment, loss=loss, train=train).validate()
 
 
-def ladder_entry(entry: str, ladder: LadderConfig | None = None) -> tuple[str, OptimConfig, float]:
-    """A ladder entry `"SPEC [key=value ...]"` as its student spec, training settings and augmentation: the
-    ladder's (`ladder.train`, `ladder.augment`) with the entry's own overrides, e.g. `"drop:every=2 lr=1e-4 augment=0"`."""
+LOSS_OVERRIDES = ("kd", "ce", "mse", "hidden", "attention", "temperature")  # distill.loss keys a ladder entry may set
+
+
+def ladder_entry(entry: str, ladder: LadderConfig | None = None) -> tuple[str, OptimConfig, float, LossConfig]:
+    """A ladder entry `"SPEC [key=value ...]"` as its student spec, training settings, augmentation and loss: the
+    ladder's (`ladder.train`, `ladder.augment`, `ladder.loss`) with the entry's own overrides, e.g.
+    `"drop:every=2 lr=1e-4 augment=0"` or `"cnn:filters=64 temperature=4 kd=0.7 ce=0.3"` (what a search trial is)."""
     ladder = ladder or LadderConfig()
     if not entry.split():
         raise UserError("setting students: an empty entry: give a student spec such as cnn:filters=128,embed=64")
     spec, *overrides = entry.split()
-    keys = {f.name for f in dataclasses.fields(OptimConfig)} | {"augment"}
+    keys = {f.name for f in dataclasses.fields(OptimConfig)} | {"augment"} | set(LOSS_OVERRIDES)
     values = {}
     for item in overrides:
         key, sep, raw = item.partition("=")
         if not sep or key not in keys:
             raise UserError(
                 f"--student {entry!r}: {item!r} is not a training override: write key=value after the spec with a "
-                f"distill.train key (epochs, lr, batch_size, patience, ...) or augment, e.g. 'drop:every=2 lr=1e-4 epochs=4'"
+                f"distill.train key (epochs, lr, batch_size, patience, ...), augment or a distill.loss weight ({', '.join(LOSS_OVERRIDES)}), "
+                "e.g. 'drop:every=2 lr=1e-4 epochs=4'"
             )
         values[key] = yaml.safe_load(raw)
     augment = float(_coerce(values.pop("augment", ladder.augment), float, f"students[{spec}].augment"))
     if augment < 0:
         raise UserError(f"setting students[{spec}].augment must be 0 or more (got {augment})")
+    loss_values = {k: values.pop(k) for k in LOSS_OVERRIDES if k in values}
+    own_loss = from_dict(LossConfig, loss_values, f"students[{spec}].")
+    loss = dataclasses.replace(ladder.loss, **{k: getattr(own_loss, k) for k in loss_values})
     own = from_dict(OptimConfig, values, f"students[{spec}].")
-    return spec, dataclasses.replace(ladder.train, **{k: getattr(own, k) for k in values}), augment
+    return spec, dataclasses.replace(ladder.train, **{k: getattr(own, k) for k in values}), augment, loss
 
 
 # ---------------------------------------------------------------------------------------------- load / save
@@ -659,6 +703,10 @@ def _coerce(value: Any, kind: Any, key: str) -> Any:
     for option in options:
         if typing.get_origin(option) is list:
             items = [v for v in value.split(",") if v.strip()] if isinstance(value, str) else value
+            if typing.get_args(option) == (int,):  # list[int]: whole numbers, written 64,128 or as a YAML list
+                if isinstance(items, list) and all(isinstance(v, int) and not isinstance(v, bool) or isinstance(v, str) and v.strip().isdigit() for v in items):
+                    return [int(v) for v in items]
+                raise UserError(f"setting {key} must be a list of whole numbers, like 64,128 (got {value!r})")
             if isinstance(items, list) and all(isinstance(v, (str, int, float)) and not isinstance(v, bool) for v in items):
                 return [str(v).strip() for v in items]
             continue

@@ -74,8 +74,14 @@ class DistillResult:
 # ------------------------------------------------------------------------------------------ the stage
 
 
-def distill(cfg: DistillConfig, overwrite: bool = False, progress: bool = True) -> DistillResult:
-    """Distill the teacher `cfg.teacher` into the student `cfg.student` and write the model directory `cfg.out`."""
+EpochHook = Callable[[int, dict, dict], None]  # (epoch, the student's eval scores, the teacher's): may raise to stop
+
+
+def distill(cfg: DistillConfig, overwrite: bool = False, progress: bool = True, on_epoch: EpochHook | None = None) -> DistillResult:
+    """Distill the teacher `cfg.teacher` into the student `cfg.student` and write the model directory `cfg.out`.
+
+    `on_epoch(epoch, scores, teacher_scores)` is called after every epoch is scored on the eval set (a search
+    prunes bad trials there); an exception it raises stops the stage, leaving nothing behind."""
     import torch
     import transformers
 
@@ -191,6 +197,8 @@ def distill(cfg: DistillConfig, overwrite: bool = False, progress: bool = True) 
         loss_fn = partial(_loss, weights=cfg.loss, hidden_pairs=hidden_pairs, attention_pairs=attention_pairs)
         eval_y = np.array([f["label"] for f in eval_feats])
         eval_probs = partial(task.predict_probs, student, eval_feats, collate, o.eval_batch_size)
+        teacher_probs = task.decode(eval_outputs["logits"])
+        teacher_scores = task.quick_metrics(eval_y, teacher_probs)
         state = {"best": -1.0, "best_epoch": 0, "bad_epochs": 0, "epoch": 0, "history": [], "train_seconds": 0.0}
         stopped_early = False
         with StepProgress(progress) as bar:
@@ -205,6 +213,8 @@ def distill(cfg: DistillConfig, overwrite: bool = False, progress: bool = True) 
                 if is_best and main:
                     artifacts.save_model(student, hf_tokenizer, staging)
                 bar.log(line)
+                if on_epoch is not None:
+                    on_epoch(record.epoch, scores, teacher_scores)
                 if stop:
                     stopped_early = True
                     break
@@ -217,8 +227,6 @@ def distill(cfg: DistillConfig, overwrite: bool = False, progress: bool = True) 
         # the best epoch's weights, scored against the labels and the teacher
         artifacts.load_weights(student, staging)
         probs = eval_probs()
-        teacher_probs = task.decode(eval_outputs["logits"])
-        teacher_scores = task.quick_metrics(eval_y, teacher_probs)
         student_scores = task.quick_metrics(eval_y, probs)
         agreement = float(np.mean(probs.argmax(axis=1) == teacher_probs.argmax(axis=1)))
         shutil.rmtree(work)

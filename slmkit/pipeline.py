@@ -20,36 +20,42 @@ every stage whose inputs are unchanged ("cached"); a changed setting reruns only
 Every stage module writes into a staging directory and renames it into place when complete, so an interrupted
 or failed stage never looks finished: the same command resumes with it (an interrupted teacher continues from
 its last finished epoch). `run.json` records the dataset's hashes, each stage's key, status and time, and the
-selection. A search over student shapes (Optuna) fits on top: its trials are more distill → export → quantize
-chains planned the same way, and its pick is the same `select` over their measurements.
+selection.
+
+With `--search N` a stage `search` runs between the ladder and the benchmark (`search_students`, the study in
+`slmkit.search`): each trial is one more distill → export → quantize chain planned by `student_stages`, measured
+by a one-model `bench_stage` on the eval split; the Pareto front's int8 models join the benchmark and the same
+`select`. Workers sharing the run directory take turns (a file lock) on everything but the trials.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import shutil
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import yaml
 
-from slmkit import artifacts
+from slmkit import artifacts, search
 from slmkit.config import (
     BenchConfig, DataConfig, DistillConfig, ExportConfig, QuantizeConfig, RunConfig, TrainConfig, ladder_entry, save_config, to_dict,
 )
 from slmkit.data import Example, check_known_labels, check_labels, read_examples, stratified_split
 from slmkit.errors import UserError
 from slmkit.progress import stderr
-from slmkit.selection import Budgets, Candidate, Selection, describe, parse_latency, parse_size, select
+from slmkit.selection import Budgets, Candidate, Selection, describe, parse_latency, parse_size, select, violations
 from slmkit.students import parse_student
 
 PIPELINE_FORMAT = "slmkit-run-1"  # part of every key: a new layout never reuses an old stage
 KEY_LENGTH = 12  # hex digits of a stage key in its directory name
 TEACHER = "teacher"  # the teacher's candidate names: "teacher" (fp32 ONNX) and "teacher-int8"
 INT8_SUFFIX = "-int8"
+LOCK_FILE = ".lock"  # with a search: workers sharing the run directory take turns on its shared stages
 ABBREVIATIONS = {"layers": "L", "hidden": "H", "heads": "A", "ffn": "F", "embed": "E", "filters": "F", "widths": "W"}
 
 
@@ -89,6 +95,7 @@ class RunResult:
     report: Path  # the bench report (report.html) of this run
     bundle: Path | None  # deploy/, when a candidate met every budget
     stale_bundle: Path | None  # an earlier run's deploy/ left in place when none met this run's budgets
+    search: Any = None  # slmkit.search.SearchResult with --search: the study's counts and Pareto front
 
 
 # ------------------------------------------------------------------------------------------ the stage
@@ -104,68 +111,124 @@ def run(cfg: RunConfig, fresh: bool = False, progress: bool = True) -> RunResult
     if teacher_given is not None:
         _check_teacher(teacher_given, splits)
     _check_run_dir(out, splits, fresh)
+    searching = cfg.search.trials > 0
+    p = plan(cfg, out, splits, teacher_given)
+    total = len(p.stages) + 2 + searching  # + select, deploy (+ search)
+    if searching and cfg.search.storage:
+        search.open_storage(cfg.search.storage)  # an unreachable --storage fails here, before any training
 
     # only now is anything written: bad input above leaves the run directory as it was
-    if fresh:
-        for name in (artifacts.STAGES_DIR, artifacts.DEPLOY_DIR, artifacts.DISTILL_CACHE):
-            shutil.rmtree(out / name, ignore_errors=True)
-        (out / artifacts.RUN_RECORD).unlink(missing_ok=True)
-    stages, bench_stage, names = plan(cfg, out, splits, teacher_given)
-    total = len(stages) + 2  # + select, deploy
-    record = {"format": PIPELINE_FORMAT, "dataset": {k: {"path": splits.sources[k], "sha256": v} for k, v in splits.sha256.items()},
-              "stages": [], "finished": False}
     out.mkdir(parents=True, exist_ok=True)
-    artifacts.write_json(out / artifacts.RUN_RECORD, record)  # first: from now on this is a run directory of this dataset
-    save_config(cfg, out / artifacts.CONFIG)
+    with _exclusive(out, searching):  # another worker of the same search waits until these stages are done
+        if fresh:
+            for name in (artifacts.STAGES_DIR, artifacts.DEPLOY_DIR, artifacts.DISTILL_CACHE):
+                shutil.rmtree(out / name, ignore_errors=True)
+            (out / artifacts.RUN_RECORD).unlink(missing_ok=True)
+            if not cfg.search.storage:
+                (out / search.DEFAULT_DB).unlink(missing_ok=True)
+        record = {"format": PIPELINE_FORMAT, "dataset": {k: {"path": splits.sources[k], "sha256": v} for k, v in splits.sha256.items()},
+                  "stages": [], "finished": False}
+        artifacts.write_json(out / artifacts.RUN_RECORD, record)  # first: from now on this is a run directory of this dataset
+        save_config(cfg, out / artifacts.CONFIG)
+        for i, stage in enumerate(p.stages[:-1], start=1):  # every stage but the benchmark
+            _record(record, out, stage, run_stage(stage, progress, f"stage {i} of {total}"))
 
-    for i, stage in enumerate(stages, start=1):
-        started = time.perf_counter()
-        if stage.make is None:
-            status = "given"
-        elif artifacts.is_run_dir(stage.out):
-            status = "cached"
+    bench = p.stages[-1]
+    found = None
+    if searching:  # trials run outside the lock: workers sharing this run directory search side by side
+        _say(progress, f"[bold]stage {total - 3} of {total}[/bold]: search ({cfg.search.trials} trials)")
+        found = search_students(p.up, budgets, progress)
+        extra = []
+        for row in found.pareto:  # every Pareto trial: its stages are cached here, or (another machine's) made now
+            distilled, exported, quantized = student_stages(p.up, row["entry"], row["name"])
+            for stage in (distilled, exported, quantized):
+                _record(record, out, stage, run_stage(stage, progress, f"search {row['name']}"), write=False)
+            extra.append((row["name"] + INT8_SUFFIX, quantized))
+        p.candidates += extra
+        bench = bench_stage(p.up, p.candidates)
+        record["search"] = found.to_dict()
+
+    with _exclusive(out, searching):
+        _record(record, out, bench, run_stage(bench, progress, f"stage {total - 2} of {total}"))
+        results = artifacts.read_json(bench.out / artifacts.BENCH_RESULTS)
+        if found is not None:  # the Pareto front in the run's report (results.json, report.md, report.html)
+            from slmkit.report import add_search
+
+            add_search(bench.out, found.to_dict())
+            results = artifacts.read_json(bench.out / artifacts.BENCH_RESULTS)
+
+        # select: the most accurate candidate within every budget, from the benchmark's figures
+        _say(progress, f"[bold]stage {total - 1} of {total}[/bold]: select ({describe(budgets)})")
+        candidates, teacher, baselines = candidates_from_bench(results)
+        selection = select(candidates, budgets)
+        record["selection"] = {"chosen": selection.chosen.name if selection.chosen else None, "explanation": selection.explanation,
+                               "budgets": describe(budgets), "teacher_accuracy": teacher.accuracy}
+
+        # deploy: the chosen model as a bundle, rebuilt only when the choice or its measurements changed
+        deploy = out / artifacts.DEPLOY_DIR
+        bundle = stale = None
+        if selection.chosen is None:
+            _say(progress, f"[bold]stage {total} of {total}[/bold]: deploy: skipped (no candidate meets every budget)")
+            stale = deploy if deploy.is_dir() else None
         else:
-            _say(progress, f"[bold]stage {i} of {total}[/bold]: {stage.name}")
-            stage.make(progress)
-            status = "ran"
-        if status != "ran":
-            _say(progress, f"[bold]stage {i} of {total}[/bold]: {stage.name}: {status}")
-        record["stages"].append({"name": stage.name, "kind": stage.kind, "key": stage.key, "dir": str(stage.out), "status": status,
-                                 "seconds": round(time.perf_counter() - started, 3)})
-        artifacts.write_json(out / artifacts.RUN_RECORD, record)  # after every stage: an interrupted run shows how far it got
-
-    # select: the most accurate candidate within every budget, from the benchmark's figures
-    _say(progress, f"[bold]stage {total - 1} of {total}[/bold]: select ({describe(budgets)})")
-    results = artifacts.read_json(bench_stage.out / artifacts.BENCH_RESULTS)
-    candidates, teacher, baselines = candidates_from_bench(results)
-    selection = select(candidates, budgets)
-    record["selection"] = {"chosen": selection.chosen.name if selection.chosen else None, "explanation": selection.explanation,
-                           "budgets": describe(budgets), "teacher_accuracy": teacher.accuracy}
-
-    # deploy: the chosen model as a bundle, rebuilt only when the choice or its measurements changed
-    deploy = out / artifacts.DEPLOY_DIR
-    bundle = stale = None
-    if selection.chosen is None:
-        _say(progress, f"[bold]stage {total} of {total}[/bold]: deploy: skipped (no candidate meets every budget)")
-        stale = deploy if deploy.is_dir() else None
-    else:
-        chosen_stage = names[selection.chosen.name]
-        key = _key("deploy", chosen_stage.key, bench_stage.key, describe(budgets))
-        cached = (deploy / artifacts.MANIFEST).is_file() and artifacts.read_json(deploy / artifacts.MANIFEST).get("bundle", {}).get("key") == key
-        _say(progress, f"[bold]stage {total} of {total}[/bold]: deploy {selection.chosen.name}" + (": cached" if cached else ""))
-        started = time.perf_counter()
-        if not cached:
-            with artifacts.staged(deploy, overwrite=True) as staging:
-                write_bundle(staging, key, selection, teacher, results, bench_stage.out, splits, cfg, budgets)
-        bundle = deploy
-        record["stages"].append({"name": f"deploy {selection.chosen.name}", "kind": "deploy", "key": key, "dir": str(deploy),
-                                 "status": "cached" if cached else "ran", "seconds": round(time.perf_counter() - started, 3)})
-    record.update(finished=True, bundle=str(bundle) if bundle else None, report=str(bench_stage.out / artifacts.BENCH_HTML))
-    artifacts.write_json(out / artifacts.RUN_RECORD, record)
+            chosen_stage = dict(p.candidates)[selection.chosen.name]
+            key = _key("deploy", chosen_stage.key, bench.key, describe(budgets), (found.counts, found.pareto) if found else None)
+            cached = (deploy / artifacts.MANIFEST).is_file() and artifacts.read_json(deploy / artifacts.MANIFEST).get("bundle", {}).get("key") == key
+            _say(progress, f"[bold]stage {total} of {total}[/bold]: deploy {selection.chosen.name}" + (": cached" if cached else ""))
+            started = time.perf_counter()
+            if not cached:
+                with artifacts.staged(deploy, overwrite=True) as staging:
+                    write_bundle(staging, key, selection, teacher, results, bench.out, splits, cfg, budgets)
+            bundle = deploy
+            record["stages"].append({"name": f"deploy {selection.chosen.name}", "kind": "deploy", "key": key, "dir": str(deploy),
+                                     "status": "cached" if cached else "ran", "seconds": round(time.perf_counter() - started, 3)})
+        record.update(finished=True, bundle=str(bundle) if bundle else None, report=str(bench.out / artifacts.BENCH_HTML))
+        artifacts.write_json(out / artifacts.RUN_RECORD, record)
     return RunResult(
         out, record["stages"], selection, teacher, baselines, budgets, len(splits.test), int(results["timing"]["threads"][results["timing"]["pareto_threads"]]),
-        bench_stage.out / artifacts.BENCH_HTML, bundle, stale,
+        bench.out / artifacts.BENCH_HTML, bundle, stale, found,
     )
+
+
+def run_stage(stage: Stage, progress: bool, where: str) -> dict:
+    """Make `stage` unless it is given or already finished (cached); returns its record for run.json."""
+    started = time.perf_counter()
+    if stage.make is None:
+        status = "given"
+    elif artifacts.is_run_dir(stage.out):
+        status = "cached"
+    else:
+        _say(progress, f"[bold]{where}[/bold]: {stage.name}")
+        stage.make(progress)
+        status = "ran"
+    if status != "ran":
+        _say(progress, f"[bold]{where}[/bold]: {stage.name}: {status}")
+    return {"name": stage.name, "kind": stage.kind, "key": stage.key, "dir": str(stage.out), "status": status,
+            "seconds": round(time.perf_counter() - started, 3)}
+
+
+def _record(record: dict, out: Path, stage: Stage, entry: dict, write: bool = True) -> None:
+    record["stages"].append(entry)
+    if write:  # after every stage: an interrupted run shows how far it got
+        artifacts.write_json(out / artifacts.RUN_RECORD, record)
+
+
+@contextlib.contextmanager
+def _exclusive(out: Path, on: bool) -> Iterator[None]:
+    """With a search, workers may share the run directory (same --out on shared storage): one at a time makes
+    or reads the shared stages (data, teacher, ladder, benchmark, bundle); trials run in parallel. An advisory
+    lock (flock) on `<out>/.lock`, held by this process only while inside the block."""
+    if not on:
+        yield
+        return
+    import fcntl
+
+    with open(out / LOCK_FILE, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def _say(progress: bool, line: str) -> None:
@@ -293,11 +356,18 @@ class Upstream:
     teacher_dir: Path
 
 
-def plan(cfg: RunConfig, out: Path, splits: Splits, teacher_given: Path | None) -> tuple[list[Stage], Stage, dict[str, Stage]]:
-    """Every stage in order, keyed by its inputs; also the bench stage and each candidate's producing stage.
+@dataclass
+class Plan:
+    stages: list[Stage]  # in order; the last is the benchmark
+    candidates: list[tuple[str, Stage]]  # (candidate name, the stage that made its model), in benchmark order
+    up: Upstream
 
-    A search over students (Optuna) reuses the pieces: `base_stages` once, `student_stages` per trial, then
-    `bench_stage` over the trials' candidates and `selection.select`."""
+
+def plan(cfg: RunConfig, out: Path, splits: Splits, teacher_given: Path | None) -> Plan:
+    """Every stage in order, keyed by its inputs, and each candidate's producing stage.
+
+    A search over students (Optuna, `search_students`) reuses the pieces: `student_stages` per trial, then
+    `bench_stage` over the ladder's candidates and the best trials', and `selection.select`."""
     stages, up = base_stages(cfg, out, splits, teacher_given)
     candidates: list[tuple[str, Stage]] = []
     seen: dict[str, str] = {}
@@ -313,8 +383,7 @@ def plan(cfg: RunConfig, out: Path, splits: Splits, teacher_given: Path | None) 
     exported, quantized = compress_stages(up, TEACHER, stages[1])
     stages += [exported, quantized]
     candidates = [(TEACHER, exported), (TEACHER + INT8_SUFFIX, quantized)] + candidates
-    bench = bench_stage(up, candidates)
-    return stages + [bench], bench, dict(candidates)
+    return Plan(stages + [bench_stage(up, candidates)], candidates, up)
 
 
 def base_stages(cfg: RunConfig, out: Path, splits: Splits, teacher_given: Path | None) -> tuple[list[Stage], Upstream]:
@@ -337,18 +406,19 @@ def base_stages(cfg: RunConfig, out: Path, splits: Splits, teacher_given: Path |
     return [data, teacher], Upstream(cfg, out, data_key, split_files, teacher.key, teacher.out)
 
 
-def student_stages(up: Upstream, entry: str) -> tuple[Stage, Stage, Stage]:
-    """Distill, export and quantize the ladder entry `entry` (a student spec with optional training overrides)."""
+def student_stages(up: Upstream, entry: str, name: str | None = None, on_epoch: Callable | None = None) -> tuple[Stage, Stage, Stage]:
+    """Distill, export and quantize the ladder entry `entry` (a student spec with optional training and loss
+    overrides), named `name` (default: `student_name(entry)`); `on_epoch` goes to distill (a search's pruning)."""
     from slmkit.distill import distill
 
-    name = student_name(entry)
-    spec, optim, augment = ladder_entry(entry, up.cfg.distill)
+    name = name or student_name(entry)
+    spec, optim, augment, loss = ladder_entry(entry, up.cfg.distill)
     d = up.cfg.distill
     distill_cfg = DistillConfig(teacher=str(up.teacher_dir), student=spec, out="", data=_data(up.split_files), augment=augment, trim_vocab=d.trim_vocab,
-                                cache_dir=str(up.out / artifacts.DISTILL_CACHE), loss=d.loss, train=optim)
+                                cache_dir=str(up.out / artifacts.DISTILL_CACHE), loss=loss, train=optim)
     key = _key("distill", up.teacher_key, up.data_key, _settings(distill_cfg, "teacher", "out", "data.train", "data.eval", "cache_dir"))
     distill_cfg = replace(distill_cfg, out=str(artifacts.stage_dir(up.out, f"distill-{name}", key)))
-    distilled = Stage(f"distill {name}", "distill", key, Path(distill_cfg.out), lambda progress: distill(distill_cfg, progress=progress))
+    distilled = Stage(f"distill {name}", "distill", key, Path(distill_cfg.out), lambda progress: distill(distill_cfg, progress=progress, on_epoch=on_epoch))
     return (distilled, *compress_stages(up, name, distilled))
 
 
@@ -370,20 +440,87 @@ def compress_stages(up: Upstream, name: str, source: Stage) -> tuple[Stage, Stag
     return exported, quantized
 
 
-def bench_stage(up: Upstream, candidates: list[tuple[str, Stage]]) -> Stage:
-    """slm bench over the candidates (name, producing stage) and the baselines, on the test split."""
+def bench_stage(up: Upstream, candidates: list[tuple[str, Stage]], name: str = "bench", split: str = "test", trial: bool = False) -> Stage:
+    """slm bench over the candidates (name, producing stage) and the baselines, on the test split.
+
+    `trial`: a search trial's measurement instead — on `split` (eval), no baselines, timed only at the thread
+    setting the latency budget reads, no RSS probe."""
     from slmkit.bench import bench
 
     b = up.cfg.bench
+    baselines, threads, rss = list(b.baselines), list(b.threads), b.rss
+    if trial:
+        baselines, threads, rss = [], ["1" if "1" in b.threads else b.threads[0]], False
     bench_cfg = BenchConfig(
-        models=[str(s.out) for _, s in candidates], names=[n for n, _ in candidates], data=str(up.split_files["test"]), out="",
-        baselines=list(b.baselines), train=str(up.split_files["train"]), teacher=str(up.teacher_dir), threads=list(b.threads), rounds=b.rounds,
-        latency_calls=b.latency_calls, speed_texts=b.speed_texts, rss=b.rss, bootstrap=b.bootstrap,
+        models=[str(s.out) for _, s in candidates], names=[n for n, _ in candidates], data=str(up.split_files[split]), out="",
+        baselines=baselines, train=str(up.split_files["train"]), teacher=str(up.teacher_dir), threads=threads, rounds=b.rounds,
+        latency_calls=b.latency_calls, speed_texts=b.speed_texts, rss=rss, bootstrap=b.bootstrap,
     )
-    key = _key("bench", [s.key for _, s in candidates], up.teacher_key, up.data_key, _settings(bench_cfg, "models", "data", "out", "train", "teacher"))
-    bench_cfg = replace(bench_cfg, out=str(artifacts.stage_dir(up.out, "bench", key)))
-    what = f"{len(candidates)} candidates" + (f" and {len(b.baselines)} baseline{'s' if len(b.baselines) > 1 else ''}" if b.baselines else "")
-    return Stage(f"benchmark {what}", "bench", key, Path(bench_cfg.out), lambda progress: bench(bench_cfg, progress=progress))
+    key = _key("bench", [s.key for _, s in candidates], up.teacher_key, up.data_key, split, _settings(bench_cfg, "models", "data", "out", "train", "teacher"))
+    bench_cfg = replace(bench_cfg, out=str(artifacts.stage_dir(up.out, name, key)))
+    what = f"{len(candidates)} candidate{'s' if len(candidates) > 1 else ''}" + (f" and {len(baselines)} baseline{'s' if len(baselines) > 1 else ''}" if baselines else "")
+    return Stage(f"benchmark {what}" + (f" on the {split} split" if split != "test" else ""), "bench", key, Path(bench_cfg.out),
+                 lambda progress: bench(bench_cfg, progress=progress))
+
+
+# ------------------------------------------------------------------------------------------ search
+
+
+def search_students(up: Upstream, budgets: Budgets, progress: bool) -> "search.SearchResult":
+    """The Optuna study of `slmkit.search`: each trial a ladder entry run through `student_stages` and a one-model
+    `bench_stage` on the eval split, here in the run's stage cache. Returns the study's counts and Pareto front."""
+    import optuna
+
+    s = up.cfg.search
+    url = search.storage_url(s, up.out)
+    storage = search.open_storage(url)
+    space = {k: v for k, v in to_dict(s).items() if k not in ("trials", "storage", "study_name", "timeout", "seed")}
+    # one study per run: the same data, teacher, space, stage settings and size budget (the constraint)
+    name = s.study_name or "slm-run-" + _key("search", up.data_key, up.teacher_key, space, _settings(up.cfg.distill), to_dict(up.cfg.quantize),
+                                             to_dict(up.cfg.bench), budgets.max_bytes)
+    study = search.open_study(storage, name, s.seed)
+
+    def objective(trial: optuna.Trial) -> tuple[float, float]:
+        entry = search.trial_entry(search.suggest(trial, s))
+        label = f"trial-{trial.number}"
+        trial.set_user_attr("name", label)
+        trial.set_user_attr("entry", entry)
+        _say(progress, f"[bold]search[/bold]: {label}: {entry}")
+        epochs = ladder_entry(entry, up.cfg.distill)[1].epochs
+        history: list[float] = []
+
+        def prune_bad(epoch: int, scores: dict, teacher_scores: dict) -> None:
+            history.append(scores["accuracy"])
+            trial.set_user_attr("eval_accuracy_by_epoch", history)
+            if search.should_prune(epoch, epochs, scores["accuracy"], teacher_scores["accuracy"], s.prune_drop):
+                _say(progress, f"[bold]search[/bold]: {label}: pruned after epoch {epoch} (eval accuracy {100 * scores['accuracy']:.1f}% vs the teacher's "
+                               f"{100 * teacher_scores['accuracy']:.1f}%)")
+                raise optuna.TrialPruned(f"eval accuracy {scores['accuracy']:.4f} after epoch {epoch}")
+
+        stages = student_stages(up, entry, label, on_epoch=prune_bad)
+        measured = bench_stage(up, [(label + INT8_SUFFIX, stages[2])], name=f"bench-{label}", split="eval", trial=True)
+        try:
+            for stage in (*stages, measured):
+                run_stage(stage, progress, f"search {label}")
+            figures = search.trial_figures(artifacts.read_json(measured.out / artifacts.BENCH_RESULTS))
+        except (UserError, optuna.TrialPruned):
+            raise
+        except Exception as e:  # not the user's doing: this trial fails (with the reason), the search goes on
+            reason = f"{type(e).__name__}: {' '.join(str(e).split())[:300]}"
+            trial.set_user_attr("error", reason)
+            _say(progress, f"[bold]search[/bold]: {label}: [red]failed[/red] ({reason})")
+            raise search.TrialFailed(reason) from e
+        for k, v in figures.items():
+            trial.set_user_attr(k, v)
+        trial.set_user_attr("dirs", [str(stage.out) for stage in (*stages, measured)])
+        if budgets.max_bytes is not None:  # feasible when <= 0: the size budget is a constraint, not an objective
+            trial.set_constraint("size", violations(Candidate(label, 0.0, 0.0, 0.0, figures["bytes"]), Budgets(max_bytes=budgets.max_bytes))["size"])
+        _say(progress, f"[bold]search[/bold]: {label}: eval accuracy {100 * figures['accuracy']:.2f}%, {figures['latency_ms']:.3g} ms, "
+                       f"{figures['bytes'] / 1e6:.2f} MB")
+        return figures["accuracy"], figures["latency_ms"]
+
+    ran = search.work(study, objective, s.trials, s.timeout)
+    return search.summarize(study, search.shown_url(url), ran)
 
 
 def _data(split_files: dict[str, Path]) -> DataConfig:
@@ -462,22 +599,36 @@ def write_bundle(staging: Path, key: str, selection: Selection, teacher: Candida
     artifacts.write_json(staging / artifacts.MANIFEST, manifest)
 
 
-def verify_bundle(directory: str | Path) -> int:
-    """Check a bundle's files against the SHA-256 sums in its manifest; returns how many were checked."""
+def bundle_differences(directory: str | Path) -> tuple[int, list[str]]:
+    """A bundle's files against the SHA-256 sums in its manifest: (files listed, one line per difference)."""
     directory = Path(directory)
     manifest_path = directory / artifacts.MANIFEST
-    if not manifest_path.is_file() or "bundle" not in artifacts.read_json(manifest_path):
+    manifest = artifacts.read_json(manifest_path) if manifest_path.is_file() else {}
+    if not isinstance(manifest.get("bundle"), dict) or not isinstance(manifest["bundle"].get("files"), dict):
         raise UserError(f"{directory}: not a slm run bundle (no {artifacts.MANIFEST} with checksums): pass the deploy/ directory of slm run")
-    files = artifacts.read_json(manifest_path)["bundle"]["files"]
+    files = manifest["bundle"]["files"]
     present = {p.relative_to(directory).as_posix() for p in directory.rglob("*") if p.is_file()} - {artifacts.MANIFEST}
+    differences = []
     for name in sorted(set(files) | present):
         if name not in present:
-            raise UserError(f"{directory / name}: listed in {artifacts.MANIFEST} but missing: rebuild the bundle with slm run")
-        if name not in files:
-            raise UserError(f"{directory / name}: not listed in {artifacts.MANIFEST}: remove it, or rebuild the bundle with slm run")
-        if artifacts.file_sha256(directory / name) != files[name]:
-            raise UserError(f"{directory / name}: SHA-256 differs from {artifacts.MANIFEST}: the file was changed; rebuild the bundle with slm run")
-    return len(files)
+            differences.append(f"{directory / name}: listed in {artifacts.MANIFEST} but missing")
+        elif name not in files:
+            differences.append(f"{directory / name}: not listed in {artifacts.MANIFEST}")
+        elif artifacts.file_sha256(directory / name) != files[name]:
+            differences.append(f"{directory / name}: SHA-256 differs from {artifacts.MANIFEST}: the file was changed")
+    return len(files), differences
+
+
+def verify_bundle(directory: str | Path) -> int:
+    """Check a bundle's files against the SHA-256 sums in its manifest; returns how many were checked, or raises
+    a UserError naming the first difference and the fix."""
+    directory = Path(directory)
+    n, differences = bundle_differences(directory)
+    if differences:
+        first = differences[0]
+        fix = "remove it, or rebuild the bundle with slm run" if first.endswith(f"not listed in {artifacts.MANIFEST}") else "rebuild the bundle with slm run"
+        raise UserError(f"{first}: {fix}")
+    return n
 
 
 def model_card(chosen: Candidate, entry: dict, teacher: Candidate, results: dict, splits: Splits, cfg: RunConfig, budgets: Budgets, selection: Selection) -> str:
@@ -518,7 +669,7 @@ def model_card(chosen: Candidate, entry: dict, teacher: Candidate, results: dict
         "predictor = Predictor(\"deploy\")  # this directory; onnxruntime + tokenizers, no torch",
         "predictor.predict([\"some text\"])  # [Prediction(text, label, score, scores)]",
         "```", "",
-        "`manifest.json` lists every file's SHA-256 (`slmkit.pipeline.verify_bundle(\"deploy\")` checks them); `labels.txt` holds "
+        "`manifest.json` lists every file's SHA-256 (`slm verify deploy` checks them); `labels.txt` holds "
         "the labels in class-id order; `model.onnx` and `tokenizer.json` also run in plain onnxruntime (see the slmkit README).", "",
         "## Limitations", "",
         f"- The interval covers resampling these {len(splits.test)} test examples, not a shift in the texts the model will see: re-evaluate on your own traffic (`slm evaluate`).",

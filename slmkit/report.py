@@ -51,6 +51,17 @@ def write_report(results: dict, directory: Path) -> None:
             card.write_text(model_card(results, r), encoding="utf-8")
 
 
+def add_search(directory: Path, search: dict) -> None:
+    """Put a search's summary and Pareto front (`slmkit.search.SearchResult.to_dict()`) into the report in
+    `directory`: results.json gets it under `search`, and report.md / report.html are rendered again."""
+    results = artifacts.read_json(directory / artifacts.BENCH_RESULTS)
+    if results.get("search") == search:
+        return
+    results["search"] = search
+    write_report(results, directory)
+    artifacts.write_json(directory / artifacts.BENCH_RESULTS, results)
+
+
 def markdown(results: dict, images: dict[str, str], cards: bool = True) -> str:
     """The report as markdown; `images` maps chart keys to the paths the markdown links (absent: left out);
     `cards`: link the model cards (they sit beside the report)."""
@@ -106,6 +117,8 @@ def _document(results: dict, images: dict[str, str], cards: bool = True) -> list
     if results["warnings"]:
         blocks.append(("h2", "Warnings"))
         blocks.append(("ul", "warnings", results["warnings"]))
+    if results.get("search"):
+        blocks += _search(results["search"])
 
     if ok:
         blocks.append(("h2", "Charts"))
@@ -142,6 +155,23 @@ def _document(results: dict, images: dict[str, str], cards: bool = True) -> list
     if models and cards:
         blocks.append(("h2", "Model cards"))
         blocks.append(("ul", "cards", [f"[{r['name']}]({artifacts.BENCH_CARDS}/{slug(r['name'])}/{artifacts.MODEL_CARD})" for r in models]))
+    return blocks
+
+
+def _search(search: dict) -> list[tuple]:
+    """The Optuna study of `slm run --search`: its trials and its Pareto front, as measured on the eval split."""
+    counts = ", ".join(f"{n} {state}" for state, n in sorted(search["trials"].items()))
+    blocks: list[tuple] = [("h2", "Search")]
+    blocks.append(("p", f"Optuna study `{search['study']}` in `{search['storage']}`: {counts} trials. Objectives on the eval split, "
+                        "int8 model: accuracy (maximize) and batch-1 p50 latency (minimize); a size budget, when set, is a constraint. "
+                        f"The Pareto front ({len(search['pareto'])} trials) was benchmarked above on the test split as `<trial>-int8`."))
+    headers = ["trial", "student (a --student entry)", "eval accuracy %", "batch-1 p50 ms", "size MB", "parameters"]
+    rows = [("ok", [r["name"], r["entry"], f"{100 * r['accuracy']:.2f}", _ms(r["latency_ms"]), _mb(r["bytes"]), _count(r["parameters"])])
+            for r in search["pareto"]]
+    if rows:
+        blocks.append(("table", "search", headers, rows))
+    else:
+        blocks.append(("p", "No trial finished within the size budget yet: the Pareto front is empty."))
     return blocks
 
 

@@ -140,6 +140,26 @@ def test_a_changed_bundle_file_fails_verification(first, tmp_path):
         verify_bundle(deploy)
 
 
+def test_slm_verify_prints_ok_or_every_difference(first, tmp_path):
+    cfg, _ = first
+    deploy = Path(shutil.copytree(Path(cfg.out) / "deploy", tmp_path / "deploy"))
+    result = slm("verify", deploy)
+    assert result.exit_code == 0 and result.stdout.strip() == f"ok: {len(json.loads((deploy / 'manifest.json').read_text())['bundle']['files'])} files match {deploy}/manifest.json"
+    (deploy / "labels.txt").write_text("billing\nlogin\ndelivery\n")
+    (deploy / "extra.txt").write_text("x")
+    (deploy / "tokenizer.json").unlink()
+    result = slm("verify", deploy)
+    assert result.exit_code == 1
+    assert result.stdout.splitlines() == [
+        f"{deploy}/extra.txt: not listed in manifest.json",
+        f"{deploy}/labels.txt: SHA-256 differs from manifest.json: the file was changed",
+        f"{deploy}/tokenizer.json: listed in manifest.json but missing",
+        f"3 differences from {deploy}/manifest.json: rebuild the bundle with slm run",
+    ]
+    result = slm("verify", tmp_path)
+    assert result.exit_code == 2 and "not a slm run bundle (no manifest.json with checksums)" in result.stderr
+
+
 # ------------------------------------------------------------------------------------------ caching
 
 
@@ -257,7 +277,7 @@ def test_help_lists_every_option():
     result = slm("run", "--help")
     assert result.exit_code == 0
     for option in ("--data", "--eval", "--test", "--out", "--budget-size", "--budget-latency", "--max-drop", "--teacher", "--student",
-                   "--fresh", "--strict", "--text-col", "--label-col", "--config", "--set", "--quiet"):
+                   "--fresh", "--strict", "--text-col", "--label-col", "--config", "--set", "--quiet", "--search", "--storage"):
         assert option in result.stdout
 
 
