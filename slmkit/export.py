@@ -85,6 +85,7 @@ def export(cfg: ExportConfig, overwrite: bool = False) -> ExportResult:
         started = time.perf_counter()
         onnx_path = staging / artifacts.ONNX_MODEL
         dims = {name: {0: "batch", 1: "sequence"} for name in inputs}
+        _forget_rnn_kernels()
         with torch.no_grad(), _quiet():
             torch.onnx.export(
                 logits_module(model, token_types), tuple(torch.from_numpy(probe[n]) for n in inputs), str(onnx_path),
@@ -127,6 +128,21 @@ def export(cfg: ExportConfig, overwrite: bool = False) -> ExportResult:
         save_config(replace(cfg, model=str(Path(cfg.model).resolve())), staging / artifacts.CONFIG)  # absolute: the lineage to the data
         artifacts.write_json(staging / artifacts.METRICS, metrics)
     return ExportResult(out, metrics)
+
+
+def _forget_rnn_kernels() -> None:
+    """Drop the cached dispatch of aten.lstm/gru before each export.
+
+    The exporter swaps in a while-loop LSTM/GRU decomposition (dynamic sequence length) for the duration of an
+    export, but the op's dispatch cache keeps the kernel chosen during the first export in a process: from the
+    second export on, the time loop is unrolled and the sequence axis becomes a constant, and the export fails.
+    Clearing the cache makes every export pick up the exporter's decomposition again."""
+    import torch
+
+    for op in (torch.ops.aten.lstm.input, torch.ops.aten.gru.input):
+        cache = getattr(op, "_dispatch_cache", None)
+        if cache is not None:
+            cache.clear()
 
 
 @contextlib.contextmanager

@@ -144,6 +144,16 @@ def test_students_export_to_onnx_with_parity_and_serve(distilled, tmp_path, kind
     assert np.abs(predictor.predict_proba(TEXTS) - expected).max() <= 1e-4
 
 
+def test_a_bilstm_exports_twice_in_one_process(distilled, tmp_path):
+    """The exporter's dynamic-length LSTM decomposition is picked up on every export, not only the first one
+    (the op's dispatch cache once turned the second export's sequence axis into a constant)."""
+    from slmkit.export import export
+
+    for n in (8, 32):
+        exported = export(ExportConfig(model=str(distilled("bilstm").out), out=str(tmp_path / f"onnx-{n}"), probe_size=n))
+        assert exported.metrics["parity"]["argmax_identical"]
+
+
 # ------------------------------------------------------------------------------------------ the teacher cache
 
 
