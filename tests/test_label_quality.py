@@ -102,6 +102,10 @@ def test_agreement_report_multi_and_spans():
     # per (item, label) yes/no decisions: x: (1,1) (0,0) (0,0); y: (1,0) (0,0) (1,1)
     assert report["per_label"]["x"]["kappa"] == pytest.approx(1.0)
     assert report["pairs"][0]["kappa"] == pytest.approx(cohen_kappa([1, 0, 0, 1, 0, 1], [1, 0, 0, 0, 0, 1]))
+    decisions = [[1, 1], [0, 0], [0, 0], [1, 0], [0, 0], [1, 1]]
+    assert report["overall"]["fleiss_kappa"] == pytest.approx(fleiss_kappa(decisions))
+    assert report["overall"]["krippendorff_alpha"] == pytest.approx(krippendorff_alpha(decisions))
+    assert report["per_label"]["y"]["alpha"] == pytest.approx(krippendorff_alpha([[1, 0], [0, 0], [1, 1]]))
     spans = [
         ("t1", "a", [{"start": 0, "end": 4, "label": "PER"}, {"start": 9, "end": 12, "label": "LOC"}]),
         ("t1", "b", [{"start": 0, "end": 4, "label": "PER"}, {"start": 8, "end": 12, "label": "LOC"}]),
