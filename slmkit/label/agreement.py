@@ -109,12 +109,11 @@ def _alpha(counts: np.ndarray, delta: np.ndarray) -> float | None:
 def _one_vs_rest(counts: np.ndarray, raters: np.ndarray) -> dict[int, dict]:
     """Per column (label) of a (units, labels) count matrix: κ and α of the yes/no decision "is it this label"
     (`raters`: the number of annotators of each unit)."""
-    nominal = 1.0 - np.eye(2)
-    return {
-        j: {"kappa": _fleiss(binary), "alpha": _alpha(binary, nominal), "n": int(counts[:, j].sum())}
-        for j in range(counts.shape[1])
-        for binary in [np.stack([counts[:, j], raters - counts[:, j]], axis=1)]
-    }
+    report = {}
+    for j in range(counts.shape[1]):
+        binary = np.stack([counts[:, j], raters - counts[:, j]], axis=1)  # (units, [yes, no])
+        report[j] = {"kappa": _fleiss(binary), "alpha": _alpha(binary, 1.0 - np.eye(2)), "n": int(counts[:, j].sum())}
+    return report
 
 
 def span_agreement(a: list[Span], b: list[Span], mode: str = "exact") -> dict:
