@@ -4,6 +4,10 @@ detection on synthetic features, and the encoder features of a tiny model."""
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -102,6 +106,10 @@ def test_agreement_report_multi_and_spans():
     # per (item, label) yes/no decisions: x: (1,1) (0,0) (0,0); y: (1,0) (0,0) (1,1)
     assert report["per_label"]["x"]["kappa"] == pytest.approx(1.0)
     assert report["pairs"][0]["kappa"] == pytest.approx(cohen_kappa([1, 0, 0, 1, 0, 1], [1, 0, 0, 0, 0, 1]))
+    decisions = [[1, 1], [0, 0], [0, 0], [1, 0], [0, 0], [1, 1]]
+    assert report["overall"]["fleiss_kappa"] == pytest.approx(fleiss_kappa(decisions))
+    assert report["overall"]["krippendorff_alpha"] == pytest.approx(krippendorff_alpha(decisions))
+    assert report["per_label"]["y"]["alpha"] == pytest.approx(krippendorff_alpha([[1, 0], [0, 0], [1, 1]]))
     spans = [
         ("t1", "a", [{"start": 0, "end": 4, "label": "PER"}, {"start": 9, "end": 12, "label": "LOC"}]),
         ("t1", "b", [{"start": 0, "end": 4, "label": "PER"}, {"start": 8, "end": 12, "label": "LOC"}]),
@@ -205,6 +213,12 @@ def test_model_probs_torch_and_onnx(trained_tiny, exported_tiny):
     assert np.allclose(probs.sum(axis=1), 1.0, atol=1e-5)
     onnx_probs, onnx_labels = model_probs(TEXTS, exported_tiny)
     assert onnx_labels == labels and np.allclose(onnx_probs, probs, atol=1e-4)
+    # an exported model is served without torch: check in a fresh interpreter
+    code = "import sys; from slmkit.label.features import model_probs; model_probs(['hello'], sys.argv[1]); print('torch' in sys.modules)"
+    root = Path(__file__).resolve().parents[1]
+    out = subprocess.run([sys.executable, "-c", code, str(exported_tiny)], capture_output=True, text=True, cwd=root, env={**os.environ, "PYTHONPATH": str(root)})
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "False"
 
 
 def test_embed_texts_default_minilm_knows_paraphrases():

@@ -49,16 +49,7 @@ def fleiss_kappa(ratings: Sequence[Sequence[str]]) -> float | None:
     unequal counts each item's observed agreement P_i uses its own count n_i (the share of agreeing ordered
     pairs of its raters) and the category shares p_j pool all ratings — the usual generalization, which equals
     Fleiss' formula exactly when every item has the same number of ratings. None when undefined."""
-    items = [Counter(r) for r in ratings if len(r) >= 2]
-    if not items:
-        return None
-    observed = np.mean([(sum(c * c for c in item.values()) - sum(item.values())) / (sum(item.values()) * (sum(item.values()) - 1)) for item in items])
-    totals = sum(items, Counter())
-    shares = np.array(list(totals.values()), dtype=float) / sum(totals.values())
-    expected = float((shares**2).sum())
-    if expected >= 1.0:
-        return None
-    return _finite((observed - expected) / (1.0 - expected))
+    return _fleiss(_counts(ratings)[0])
 
 
 def krippendorff_alpha(units: Sequence[Sequence[str]], level: str = "nominal") -> float | None:
@@ -70,26 +61,59 @@ def krippendorff_alpha(units: Sequence[Sequence[str]], level: str = "nominal") -
     δ = (c - k)²). None when undefined (nothing pairable, or one value throughout)."""
     if level not in ("nominal", "interval"):
         raise ValueError(f"krippendorff_alpha: level {level!r}: use 'nominal' or 'interval'")
-    units = [[v for v in unit if v is not None] for unit in units]
-    units = [unit for unit in units if len(unit) >= 2]
-    values = sorted({v for unit in units for v in unit}, key=repr if level == "nominal" else float)
-    if len(values) < 2:
-        return None
-    index = {v: i for i, v in enumerate(values)}
-    coincidence = np.zeros((len(values), len(values)))  # o_ck: pairable value pairs, each unit weighted 1/(m_u - 1)
-    for unit in units:
-        counts = np.bincount([index[v] for v in unit], minlength=len(values)).astype(float)
-        coincidence += (np.outer(counts, counts) - np.diag(counts)) / (len(unit) - 1)
+    counts, values = _counts(units, numeric=level == "interval")
     if level == "nominal":
         delta = 1.0 - np.eye(len(values))
     else:
         numbers = np.array(values, dtype=float)
         delta = (numbers[:, None] - numbers[None, :]) ** 2
-    marginals = coincidence.sum(axis=1)  # n_c
+    return _alpha(counts, delta)
+
+
+def _counts(units: Sequence[Sequence], numeric: bool = False) -> tuple[np.ndarray, list]:
+    """The (units, values) matrix of how many annotators gave each value to each unit, over the pairable units
+    (2+ ratings, None left out), and the values of its columns. Both coefficients are sums over this matrix."""
+    units = [[v for v in unit if v is not None] for unit in units]
+    units = [unit for unit in units if len(unit) >= 2]
+    values = sorted({v for unit in units for v in unit}, key=float if numeric else repr)
+    index = {v: i for i, v in enumerate(values)}
+    counts = np.zeros((len(units), len(values)))
+    for row, unit in enumerate(units):
+        for v in unit:
+            counts[row, index[v]] += 1
+    return counts, values
+
+
+def _fleiss(counts: np.ndarray) -> float | None:
+    if counts.shape[0] == 0:
+        return None
+    raters = counts.sum(axis=1)  # n_i
+    observed = ((counts**2).sum(axis=1) - raters) / (raters * (raters - 1))  # P_i
+    shares = counts.sum(axis=0) / raters.sum()  # p_j
+    expected = float((shares**2).sum())
+    return None if expected >= 1.0 else _finite((observed.mean() - expected) / (1.0 - expected))
+
+
+def _alpha(counts: np.ndarray, delta: np.ndarray) -> float | None:
+    if counts.shape[0] == 0 or counts.shape[1] < 2:
+        return None
+    weights = counts / (counts.sum(axis=1, keepdims=True) - 1)  # each unit's pairs weighted 1/(m_u - 1)
+    coincidence = counts.T @ weights - np.diag(weights.sum(axis=0))  # o_ck: pairable value pairs (c, k)
+    marginals = counts.sum(axis=0)  # n_c
     n = marginals.sum()
     observed = (coincidence * delta).sum() / n
     expected = (np.outer(marginals, marginals) * delta).sum() / (n * (n - 1))
     return None if expected == 0 else _finite(1.0 - observed / expected)
+
+
+def _one_vs_rest(counts: np.ndarray, raters: np.ndarray) -> dict[int, dict]:
+    """Per column (label) of a (units, labels) count matrix: κ and α of the yes/no decision "is it this label"
+    (`raters`: the number of annotators of each unit)."""
+    report = {}
+    for j in range(counts.shape[1]):
+        binary = np.stack([counts[:, j], raters - counts[:, j]], axis=1)  # (units, [yes, no])
+        report[j] = {"kappa": _fleiss(binary), "alpha": _alpha(binary, 1.0 - np.eye(2)), "n": int(counts[:, j].sum())}
+    return report
 
 
 def span_agreement(a: list[Span], b: list[Span], mode: str = "exact") -> dict:
@@ -126,31 +150,34 @@ def agreement_report(annotations: Iterable[tuple[Hashable, str, object]], kind: 
     if kind == "spans":
         return _span_report(shared, labels)
     label_set = sorted(set(labels or []) | {label for values in by_item.values() for v in values.values() for label in _as_labels(v, kind)})
-    decisions = _decisions(shared, kind, label_set)  # {label: {item: {annotator: bool}}}
+    column = {label: j for j, label in enumerate(label_set)}
+    chosen = np.zeros((len(shared), len(label_set)))  # how many of an item's annotators chose each label
+    for row, values in enumerate(shared.values()):
+        for value in values.values():
+            for label in set(_as_labels(value, kind)):
+                chosen[row, column[label]] += 1
     pairs = []
     for a, b in _annotator_pairs(shared):
-        items = [item for item, values in shared.items() if a in values and b in values]
+        items = [values for values in shared.values() if a in values and b in values]
         if kind == "single":
-            kappa = cohen_kappa([shared[i][a] for i in items], [shared[i][b] for i in items])
-        else:
-            kappa = cohen_kappa([decisions[l][i][a] for l in label_set for i in items], [decisions[l][i][b] for l in label_set for i in items])
+            kappa = cohen_kappa([values[a] for values in items], [values[b] for values in items])
+        else:  # the pair's yes/no decisions over every (item, label)
+            kappa = cohen_kappa(*([label in values[who] for values in items for label in label_set] for who in (a, b)))
         pairs.append({"a": a, "b": b, "n": len(items), "kappa": kappa})
+    raters = np.array([len(values) for values in shared.values()], dtype=float)
+    per_column = _one_vs_rest(chosen, raters)
     if kind == "single":
-        units = [list(values.values()) for values in shared.values()]
-    else:
-        units = [list(decisions[l][i].values()) for l in label_set for i in shared]
+        overall_counts = chosen
+    else:  # every (item, label) decision is a unit with a yes and a no column
+        overall_counts = np.stack([chosen.ravel(), np.repeat(raters, len(label_set)) - chosen.ravel()], axis=1)
     defined = [p["kappa"] for p in pairs if p["kappa"] is not None]
     overall = {
         "cohen_kappa": float(np.mean(defined)) if defined else None,
-        "fleiss_kappa": fleiss_kappa(units),
-        "krippendorff_alpha": krippendorff_alpha(units),
+        "fleiss_kappa": _fleiss(overall_counts),
+        "krippendorff_alpha": _alpha(overall_counts, 1.0 - np.eye(overall_counts.shape[1])),
         "items_with_overlap": len(shared),
     }
-    per_label = {}
-    for label in label_set:
-        label_units = [list(decisions[label][i].values()) for i in shared]
-        per_label[label] = {"kappa": fleiss_kappa(label_units), "alpha": krippendorff_alpha(label_units), "n": sum(sum(u) for u in label_units)}
-    return {"overall": overall, "per_label": per_label, "pairs": pairs}
+    return {"overall": overall, "per_label": {label: per_column[column[label]] for label in label_set}, "pairs": pairs}
 
 
 def annotator_accuracy(annotations: Iterable[tuple[Hashable, str, object]], gold: dict, kind: str) -> dict[str, dict]:
@@ -215,13 +242,6 @@ def _annotator_pairs(shared: dict[Hashable, dict[str, object]]) -> list[tuple[st
 
 def _as_labels(value: object, kind: str) -> list[str]:
     return [value] if kind == "single" else list(value)
-
-
-def _decisions(shared: dict, kind: str, label_set: list[str]) -> dict[str, dict[Hashable, dict[str, bool]]]:
-    return {
-        label: {item: {annotator: label in _as_labels(v, kind) for annotator, v in values.items()} for item, values in shared.items()}
-        for label in label_set
-    }
 
 
 def _spans(value: Iterable) -> list[Span]:
