@@ -12,7 +12,7 @@ CHROMIUM := /usr/bin/chromium
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 STUDENTS ?= runs/students/a runs/students/b
 
-.PHONY: run test bench-teacher bench-compress bench-report clean
+.PHONY: run test bench-teacher bench-compress bench-report bench-label clean
 
 # torch is pinned and installed first: an unpinned torch would pull a multi-GB CUDA build.
 $(STAMP): pyproject.toml
@@ -47,6 +47,10 @@ bench-compress: $(STAMP)
 bench-report: $(STAMP)
 	$(BIN)/pip install --quiet -e ".[test,bench]"
 	$(BIN)/python benchmarks/bench_report.py --teacher runs/bench-models/banking77 --students $(STUDENTS)
+
+# active learning and label-error detection on banking77 (reads ../shared/data; caches embeddings under runs/)
+bench-label: $(STAMP)
+	$(BIN)/python benchmarks/label_quality.py
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache
