@@ -177,15 +177,20 @@ def _delimited_rows(path: Path, text: str, delimiter: str, text_col: str, label_
     return rows
 
 
-def _jsonl_rows(path: Path, text: str, text_col: str, label_col: str | None):
-    rows = []
+def json_lines(name: str | Path, text: str):
+    """(line number, decoded value) of each non-blank line of a JSONL text; invalid JSON is a UserError naming the line."""
     for line, raw in enumerate(text.splitlines(), start=1):
         if not raw.strip():
             continue
         try:
-            obj = json.loads(raw)
+            yield line, json.loads(raw)
         except json.JSONDecodeError as e:
-            raise UserError(f"{path} line {line}: not valid JSON ({e.msg}): one JSON object per line") from None
+            raise UserError(f"{name} line {line}: not valid JSON ({e.msg}): one JSON object per line") from None
+
+
+def _jsonl_rows(path: Path, text: str, text_col: str, label_col: str | None):
+    rows = []
+    for line, obj in json_lines(path, text):
         if not isinstance(obj, dict):
             raise UserError(f"{path} line {line}: expected a JSON object like {{\"{text_col}\": ..., \"{label_col}\": ...}}")
         for key, role in ((text_col, "text"), (label_col, "label")):

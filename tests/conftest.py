@@ -133,3 +133,15 @@ def require_browser() -> None:
         if os.environ.get("CI") or os.environ.get("SLMKIT_REQUIRE_BROWSER"):  # make test sets it: there it must run
             pytest.fail(message)
         pytest.skip(message)
+
+
+@pytest.fixture(scope="module")
+def browser():
+    """Debian's headless chromium driven by Playwright (its own browser download is never used), one per module."""
+    require_browser()
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as pw:
+        chromium = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_FLAGS)
+        yield chromium
+        chromium.close()

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from conftest import write_csv, CHROMIUM, CHROMIUM_FLAGS, importable, require_browser
+from conftest import write_csv, importable
 from slmkit import artifacts, measure, metrics
 from slmkit.bench import Entry, bench, pareto_front, time_rounds, timing_warnings
 from slmkit.cli import app
@@ -177,22 +177,17 @@ def test_baselines_on_the_toy_set(bench_run):
     assert front and all(r["pareto"] == (r["name"] in front) for r in results["entries"])
 
 
-def test_report_renders_in_chromium(bench_run):
+def test_report_renders_in_chromium(bench_run, browser):
     """report.html opened by headless Debian chromium: every chart decoded, one results row per entry."""
     out, results = bench_run
-    require_browser()
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_FLAGS)
-        try:
-            page = browser.new_page()
-            page.goto((out / artifacts.BENCH_HTML).as_uri())
-            page.wait_for_load_state("load")
-            images = page.eval_on_selector_all("img", "imgs => imgs.map(i => [i.complete, i.naturalWidth, i.naturalHeight])")
-            rows = page.eval_on_selector_all("#results tbody tr", "rows => rows.map(r => r.cells[0].textContent)")
-        finally:
-            browser.close()
+    page = browser.new_page()
+    try:
+        page.goto((out / artifacts.BENCH_HTML).as_uri())
+        page.wait_for_load_state("load")
+        images = page.eval_on_selector_all("img", "imgs => imgs.map(i => [i.complete, i.naturalWidth, i.naturalHeight])")
+        rows = page.eval_on_selector_all("#results tbody tr", "rows => rows.map(r => r.cells[0].textContent)")
+    finally:
+        page.close()
     assert len(images) == 3 and all(complete and width > 0 and height > 0 for complete, width, height in images)
     assert rows == [e["name"] for e in results["entries"]]
 

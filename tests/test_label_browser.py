@@ -21,7 +21,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from conftest import CHROMIUM, CHROMIUM_FLAGS, require_browser
+from conftest import require_browser
 
 ROOT = Path(__file__).resolve().parents[1]
 XSS = '<script>window.__xss=1</script><img src=x onerror="window.__xss=1">'
@@ -105,17 +105,6 @@ def server(tmp_path_factory):
         proc.terminate()
         proc.wait(timeout=10)
         log.close()
-
-
-@pytest.fixture(scope="module")
-def browser():
-    require_browser()
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as pw:
-        chromium = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_FLAGS)
-        yield chromium
-        chromium.close()
 
 
 @pytest.fixture(scope="module")

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from conftest import CUES, FILLER, CHROMIUM, CHROMIUM_FLAGS, require_browser
+from conftest import CUES, FILLER
 from slmkit import artifacts, npm
 from slmkit.cli import app
 from slmkit.config import ExportWebConfig
@@ -154,17 +154,6 @@ def server(root):
     yield f"http://127.0.0.1:{httpd.server_address[1]}"
     httpd.shutdown()
     httpd.server_close()
-
-
-@pytest.fixture(scope="module")
-def browser():
-    require_browser()
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as pw:
-        chromium = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_FLAGS)
-        yield chromium
-        chromium.close()
 
 
 

@@ -19,6 +19,7 @@ import json
 from collections import Counter
 from typing import Any
 
+from slmkit.data import json_lines
 from slmkit.errors import UserError
 
 FORMATS = ("jsonl", "csv", "train", "labelstudio", "spacy")
@@ -128,13 +129,7 @@ def read_items(filename: str, data: bytes, kind: str, labels: list[str], allow_o
 
 
 def _jsonl_rows(filename: str, content: str, kind: str):
-    for line, raw in enumerate(content.splitlines(), start=1):
-        if not raw.strip():
-            continue
-        try:
-            obj = json.loads(raw)
-        except json.JSONDecodeError as e:
-            raise UserError(f"{filename} line {line}: not valid JSON ({e.msg}): one JSON object per line") from None
+    for line, obj in json_lines(filename, content):
         if not isinstance(obj, dict) or "text" not in obj:
             raise UserError(f'{filename} line {line}: expected a JSON object with a "text" key')
         label = next((obj[k] for k in ("label", "labels", "spans") if obj.get(k) is not None), None)
