@@ -21,6 +21,10 @@ top to bottom, this module owns:
   a bounded queue of requests (429 with Retry-After, decided before the body is read, so that refusing stays
   cheap under overload), a per-request deadline (503, never a late answer), an optional API key (401). Every error body is `{"error": {"code", "message"}}` with a code from `ERROR_CODES`; no stack
   trace or internal name ever reaches a client.
+- **the docs page**: /docs is slmkit/web/api-docs.html, written by the project and self-contained (FastAPI's own
+  page loads Swagger UI from a CDN, blank on a machine without internet). It renders /openapi.json in the
+  browser and tries the endpoints, under a strict Content-Security-Policy. The page is the same static file
+  for every server, so it is open without the API key; /openapi.json and everything else stay behind it.
 - **shutdown**: SIGTERM turns readiness and every new request to 503, lets the admitted requests finish,
   then stops uvicorn; the process exits 0.
 
@@ -65,7 +69,16 @@ except ImportError:  # the serve extra is not installed
 log = logging.getLogger("uvicorn.error")  # uvicorn configures this logger: our lines appear beside its own
 CONFIG_ENV = "SLMKIT_SERVE_CONFIG"  # how `serve` hands the config to uvicorn's worker processes
 HEALTH = ("/health/live", "/health/ready")  # open without an API key, answered while loading or draining
-ENDPOINTS = frozenset({"/v1/classify", "/v1/models", "/metrics", "/docs", "/openapi.json", *HEALTH})  # metric labels
+DOCS = "/docs"  # the docs page: a static file holding no server data, so open without an API key (it asks for one)
+ENDPOINTS = frozenset({"/v1/classify", "/v1/models", "/metrics", DOCS, "/openapi.json", *HEALTH})  # metric labels
+DOCS_PAGE = Path(__file__).parent / "web" / "api-docs.html"  # renders /openapi.json in the page: no CDN, works offline
+# the page's script and style are inline; it may fetch from this server only, and load nothing else
+DOCS_HEADERS = {
+    "content-security-policy": "default-src 'self'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; connect-src 'self'; "
+                               "base-uri 'none'; form-action 'none'; frame-ancestors 'none'",
+    "x-content-type-options": "nosniff",
+    "referrer-policy": "no-referrer",
+}
 DYNAMIC_QUANT_OPS = (b"DynamicQuantizeLinear", b"DynamicQuantizeMatMul")  # activation scales computed per call
 QUIET_S = 0.25  # draining ends once nothing is in flight and no request arrived for this long (s)
 THROUGHPUT_WINDOW_S = 10.0  # texts/s is measured over this window
@@ -489,7 +502,7 @@ class _Gate:
                 await self.app(scope, receive, send_and_record)
                 return
             service.last_request = time.monotonic()
-            if service.api_key is not None and not _authorized(scope["headers"], service.api_key):
+            if service.api_key is not None and path != DOCS and not _authorized(scope["headers"], service.api_key):
                 await _send_error(send_and_record, 401, "unauthorized", "missing or wrong API key: send Authorization: Bearer KEY or X-API-Key: KEY",
                                   [(b"www-authenticate", b"Bearer")])
                 return
@@ -645,7 +658,7 @@ def create_app(cfg: ServeConfig) -> FastAPI:
         title="slmkit serve", version="1",
         description=f"Text classification with **{bundle.name}** ({len(bundle.labels)} labels). Errors: "
                     + ", ".join(f"`{c}`" for c in ERROR_CODES) + ".",
-        lifespan=service.lifespan, redoc_url=None,
+        lifespan=service.lifespan, docs_url=None, redoc_url=None,  # /docs is our own page (below): FastAPI's needs a CDN
     )
     app.state.service = service
 
@@ -674,10 +687,15 @@ def create_app(cfg: ServeConfig) -> FastAPI:
         if service.state == "failed":
             raise ApiError(503, "not_ready", "the model failed to load: the server log says why")
 
+    request_schema = ClassifyRequest.model_json_schema()  # with this server's limits, which the docs page shows
+    request_schema["properties"]["texts"]["maxItems"] = cfg.max_texts
+    if not cfg.truncate:
+        request_schema["properties"]["texts"]["items"]["maxLength"] = cfg.max_chars
+
     @app.post(
         "/v1/classify", response_model=None, summary="Classify texts",
         responses={200: {"model": ClassifyResponse}, **_errors(400, 401, 413, 422, 429, 500, 503)},
-        openapi_extra={"requestBody": {"required": True, "content": {"application/json": {"schema": ClassifyRequest.model_json_schema()}}}},
+        openapi_extra={"requestBody": {"required": True, "content": {"application/json": {"schema": request_schema}}}},
     )
     async def classify(request: Request) -> Response:
         """The label, its probability and every label's probability for each text, in request order."""
@@ -711,6 +729,13 @@ def create_app(cfg: ServeConfig) -> FastAPI:
         from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
         return Response(generate_latest(service.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+    docs_page = DOCS_PAGE.read_bytes()
+
+    @app.get(DOCS, include_in_schema=False)
+    async def docs() -> Response:
+        """The API described and tried in the browser, from this server's /openapi.json (no CDN: works offline)."""
+        return Response(docs_page, media_type="text/html; charset=utf-8", headers=DOCS_HEADERS)
 
     @app.get("/health/live", summary="Liveness")
     async def live() -> Response:

@@ -4,6 +4,7 @@ a short fuzz run (the full one is benchmarks/serve_load.py)."""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import importlib.util
 import json
@@ -30,7 +31,7 @@ from slmkit.cli import app as cli
 from slmkit.config import QuantizeConfig, ServeConfig
 from slmkit.errors import UserError
 from slmkit.runtime import Predictor
-from slmkit.serve import ERROR_CODES, create_app
+from slmkit.serve import DOCS_PAGE, ERROR_CODES, create_app
 
 ROOT = Path(__file__).resolve().parents[1]
 README = ROOT / "README.md"
@@ -122,7 +123,37 @@ def test_health_models_metrics_and_docs(exported_tiny):
     assert operation["requestBody"]["content"]["application/json"]["schema"]["properties"]["texts"]["type"] == "array"
     assert {"200", "413", "422", "429", "503"} <= set(operation["responses"])
     assert {"/v1/models", "/health/live", "/health/ready", "/metrics"} <= set(openapi["paths"])
-    assert docs.status_code == 200 and "swagger" in docs.text.lower()
+    texts = operation["requestBody"]["content"]["application/json"]["schema"]["properties"]["texts"]
+    assert texts["maxItems"] == 64 and texts["items"]["maxLength"] == 2000  # this server's limits, shown by the docs page
+    assert docs.status_code == 200 and docs.text == DOCS_PAGE.read_text(encoding="utf-8")
+
+
+def test_docs_page_is_offline_and_under_a_strict_csp(exported_tiny):
+    with client_for(exported_tiny) as client:
+        docs = client.get("/docs")
+        assert client.get("/docs/oauth2-redirect").status_code == 404  # FastAPI's Swagger UI is off
+    assert docs.status_code == 200 and docs.headers["content-type"] == "text/html; charset=utf-8"
+    csp = [d.strip() for d in docs.headers["content-security-policy"].split(";")]
+    for directive in ("default-src 'self'", "script-src 'unsafe-inline'", "style-src 'unsafe-inline'", "connect-src 'self'"):
+        assert directive in csp, directive
+    html = docs.text
+    assert not re.search(r"\b(src|href|action)\s*=\s*[\"']?\s*(https?:)?//", html, re.I)  # nothing loaded from another host
+    assert "http://" not in html and "https://" not in html
+    for cdn in ("jsdelivr", "unpkg", "cdnjs", "googleapis", "swagger-ui", "redoc"):
+        assert cdn not in html.lower(), cdn
+    script = re.search(r"<script>(.*?)</script>", html, re.S).group(1)
+    for sink in ("innerHTML", "outerHTML", "insertAdjacentHTML", "document.write", "eval(", "new Function"):  # data is text only
+        assert sink not in script, sink
+    assert '"openapi.json"' in script and "textContent" in script
+
+
+def test_api_key_leaves_the_docs_page_open_but_not_the_api_description(exported_tiny, tmp_path):
+    key_file = tmp_path / "key"
+    key_file.write_text("s3cret-key-123\n")
+    with client_for(exported_tiny, api_key_file=str(key_file)) as client:
+        assert client.get("/docs").status_code == 200  # a static page: it asks for the key, then loads /openapi.json with it
+        assert_error(client.get("/openapi.json"), 401, "unauthorized")
+        assert client.get("/openapi.json", headers={"Authorization": "Bearer s3cret-key-123"}).status_code == 200
 
 
 def test_readiness_turns_on_only_after_warm_up(exported_tiny, monkeypatch):
@@ -350,6 +381,147 @@ def test_sigterm_finishes_admitted_requests_refuses_new_ones_and_exits_0(exporte
         if server.poll() is None:
             server.kill()
             server.wait()
+
+
+@contextlib.contextmanager
+def uvicorn_in_a_thread(model: Path, **settings):
+    """The app under a real uvicorn server on a free loopback port, in a thread (what a browser needs); its base URL."""
+    import uvicorn
+
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(create_app(ServeConfig(model=str(model), port=port, **settings)), host="127.0.0.1", port=port,
+                                           log_level="warning", lifespan="on"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    try:
+        deadline = time.monotonic() + 30
+        while not server.started:
+            assert thread.is_alive() and time.monotonic() < deadline, "uvicorn did not start"
+            time.sleep(0.02)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(10)
+
+
+def open_docs(browser, base: str):
+    """/docs open in a new page; `problems` collects script errors and Content-Security-Policy refusals, `requests`
+    every URL the page asked for."""
+    page = browser.new_page()
+    page.problems, page.requests = [], []
+    page.on("pageerror", lambda e: page.problems.append(str(e)))
+    page.on("console", lambda m: "Content Security Policy" in m.text and page.problems.append(m.text))
+    page.on("request", lambda r: page.requests.append(r.url))
+    page.goto(base + "/docs")
+    return page
+
+
+def try_classify(page, text: str) -> tuple[str, dict]:
+    """The classify operation's "try it" form, sent with one text: the status shown and the body shown."""
+    operation = page.locator("#op-post-v1-classify")
+    operation.locator("textarea.body").fill(json.dumps({"texts": [text]}))
+    operation.locator("button.send").click()
+    status = operation.locator(".try-status[data-status]")
+    status.wait_for(timeout=10_000)
+    return status.get_attribute("data-status"), json.loads(operation.locator(".try-body").inner_text())
+
+
+def test_docs_page_in_a_browser_shows_the_schemas_and_tries_classify(browser, exported_tiny):
+    text = "my parcel is lost"
+    expected = Predictor(exported_tiny).predict([text])[0].label
+    with uvicorn_in_a_thread(exported_tiny) as base:
+        page = open_docs(browser, base)
+        page.wait_for_selector("#status[data-loaded]", timeout=10_000)
+        assert page.title() == "slmkit serve — API docs" and page.inner_text("#version") == "version 1"
+        assert "Text classification with tiny-onnx" in page.inner_text("#description")
+        toc = page.inner_text("#toc")
+        for path in ("/v1/classify", "/v1/models", "/metrics", "/health/live", "/health/ready"):
+            assert path in toc, path
+        operation = page.locator("#op-post-v1-classify")
+        assert operation.locator(".path").inner_text() == "/v1/classify" and operation.locator(".summary").inner_text() == "Classify texts"
+        request_row = operation.locator(".request-body table.fields tbody tr").first.locator("td").all_inner_texts()
+        assert request_row[:3] == ["texts", "array<string>", "required"]
+        assert request_row[3] == "minItems 1, maxItems 64, items: maxLength 2000" and request_row[4].startswith("Texts to classify")
+        assert json.loads(operation.locator("textarea.body").input_value()) == {"texts": ["where is my parcel?", "I was charged twice"]}
+        fields = operation.locator(".response[data-code='200'] table.fields td.field").all_inner_texts()  # $refs resolved, nested
+        assert fields == ["results", "results[].label", "results[].score", "results[].scores", "results[].truncated",
+                          "model", "model.name", "model.version", "model.sha256", "model.task"]
+        assert page.locator("#schema-ErrorResponse td.field").all_inner_texts() == ["error", "error.code", "error.message"]
+        status, body = try_classify(page, text)
+        assert status == "200" and body["results"][0]["label"] == expected
+        assert operation.locator(".try-status").inner_text().startswith("200 OK")
+        assert not page.problems, page.problems
+        assert all(url.startswith(base + "/") for url in page.requests), page.requests  # nothing but this server
+
+
+def test_docs_page_asks_for_the_api_key_and_sends_it(browser, exported_tiny, tmp_path):
+    key_file = tmp_path / "key"
+    key_file.write_text("s3cret-key-123\n")
+    with uvicorn_in_a_thread(exported_tiny, api_key_file=str(key_file)) as base:
+        page = open_docs(browser, base)
+        page.wait_for_function("document.querySelector('#status').textContent.includes('API key')", timeout=10_000)
+        assert page.locator("#operations section").count() == 0
+        page.fill("#api-key", "s3cret-key-123")
+        page.click("#load")
+        page.wait_for_selector("#status[data-loaded]", timeout=10_000)
+        status, body = try_classify(page, "refund that charge please")
+        assert status == "200" and body["results"][0]["label"] in {"billing", "delivery", "login"}
+        page.fill("#api-key", "wrong-key-123")
+        status, body = try_classify(page, "refund that charge please")
+        assert status == "401" and body["error"]["code"] == "unauthorized"
+        assert not page.problems, page.problems
+
+
+def test_docs_page_resolves_refs_allof_anyof_recursion_and_sends_parameters(browser):
+    """The page on a made-up description, served through the browser's request routing (no server): the shapes
+    FastAPI emits for other models (allOf, Optional as anyOf, recursion, enums, path/query/header parameters)."""
+    spec = {
+        "openapi": "3.1.0", "info": {"title": "t", "version": "2", "description": "with `code` and <b>no html</b>"},
+        "paths": {"/v1/items/{item_id}": {
+            "parameters": [{"name": "item_id", "in": "path", "required": True, "schema": {"type": "integer", "minimum": 1}}],
+            "put": {"summary": "Put an item",
+                    "parameters": [{"name": "dry_run", "in": "query", "schema": {"type": "boolean"}},
+                                   {"name": "X-Trace", "in": "header", "schema": {"type": "string"}}],
+                    "requestBody": {"content": {"application/json": {"schema": {"$ref": "#/components/schemas/Item"}}}},
+                    "responses": {"200": {"description": "ok", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Node"}}}}}}}},
+        "components": {"schemas": {
+            "Base": {"type": "object", "properties": {"id": {"type": "integer", "minimum": 1}}, "required": ["id"]},
+            "Item": {"allOf": [{"$ref": "#/components/schemas/Base"}], "type": "object", "required": ["kind"], "properties": {
+                "kind": {"type": "string", "enum": ["a", "b"]}, "note": {"anyOf": [{"type": "string", "maxLength": 5}, {"type": "null"}]}}},
+            "Node": {"type": "object", "properties": {"name": {"type": "string"}, "children": {"type": "array", "items": {"$ref": "#/components/schemas/Node"}}}},
+        }},
+    }
+    origin, sent = "http://docs.test", []
+    page = browser.new_page()
+    page.route(origin + "/docs", lambda route: route.fulfill(body=DOCS_PAGE.read_bytes(), content_type="text/html"))
+    page.route(origin + "/openapi.json", lambda route: route.fulfill(json=spec))
+
+    def answer(route):
+        sent.append((route.request.url, route.request.headers.get("x-trace"), route.request.post_data))
+        route.fulfill(status=201, json={"name": "<img src=x onerror=alert(1)>"})
+
+    page.route(origin + "/v1/items/**", answer)
+    page.goto(origin + "/docs")
+    page.wait_for_selector("#status[data-loaded]")
+    assert page.inner_text("#description") == "with code and <b>no html</b>"  # text, never markup
+    operation = page.locator("#op-put-v1-items-item_id")
+    assert operation.locator("table.parameters td.field").all_inner_texts() == ["item_id", "dry_run", "X-Trace"]
+    request = operation.locator(".request-body table.fields tbody tr")
+    assert [request.nth(i).locator("td").all_inner_texts()[:4] for i in range(3)] == [
+        ["id", "integer", "required", "minimum 1"], ["kind", "string", "required", 'one of "a", "b"'], ["note", "string | null", "optional", ""]]
+    assert json.loads(operation.locator("textarea.body").input_value()) == {"id": 1, "kind": "a", "note": "text"}
+    assert operation.locator(".response td.field").all_inner_texts() == ["name", "children", "children[].…"]
+    assert "recursive: see Node" in operation.locator(".response").inner_text()
+    inputs = operation.locator("form.try input")
+    inputs.nth(0).fill("7")
+    inputs.nth(1).fill("true")
+    inputs.nth(2).fill("abc")
+    operation.locator("button.send").click()
+    operation.locator(".try-status[data-status]").wait_for()
+    assert sent == [(origin + "/v1/items/7?dry_run=true", "abc", '{\n  "id": 1,\n  "kind": "a",\n  "note": "text"\n}')]
+    assert operation.locator(".try-status").get_attribute("data-status") == "201"
+    assert json.loads(operation.locator(".try-body").inner_text()) == {"name": "<img src=x onerror=alert(1)>"}
+    assert page.locator("img").count() == 0
 
 
 def test_server_process_imports_no_torch(exported_tiny):
