@@ -297,7 +297,7 @@ def test_dynamic_int8_runs_per_text_and_is_exactly_batch_invariant(quantized_tin
 # ------------------------------------------------------------------------------------------ API key, draining
 
 
-def test_api_key_guards_everything_but_health(exported_tiny, tmp_path):
+def test_api_key_guards_everything_but_health_and_the_docs_page(exported_tiny, tmp_path):
     key_file = tmp_path / "key"
     key_file.write_text("s3cret-key-123\n")
     with client_for(exported_tiny, api_key_file=str(key_file)) as client:
