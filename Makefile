@@ -12,7 +12,7 @@ CHROMIUM := /usr/bin/chromium
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 STUDENTS ?= runs/students/a runs/students/b
 
-.PHONY: run test bench-teacher bench-compress bench-report bench-label clean
+.PHONY: run test bench-teacher bench-compress bench-report bench-label bench-pipeline clean
 
 # torch is pinned and installed first: an unpinned torch would pull a multi-GB CUDA build.
 $(STAMP): pyproject.toml
@@ -51,6 +51,11 @@ bench-report: $(STAMP)
 # active learning and label-error detection on banking77 (reads ../shared/data; caches embeddings under runs/)
 bench-label: $(STAMP)
 	$(BIN)/python benchmarks/label_quality.py
+
+# `slm run` from scratch with the default settings on banking77 and SST-2 (reads ../shared/data; an idle machine:
+# about 1.5 to 2 hours on 2 vCPUs); writes benchmarks/results/pipeline.md and .json, run directories under runs/bench-pipeline/
+bench-pipeline: $(STAMP)
+	$(BIN)/python benchmarks/pipeline.py
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache
