@@ -272,7 +272,7 @@ def write_report(al: dict, errors: dict, info: dict) -> None:
                      f"{'yes' if met else '**no**'} | {at} | {100 * np.mean(suggested):.1f}% |")
     queue_precision = min(np.mean([r["filters"][rule]["precision_at_target_recall"] or 0.0 for r in errors["runs"]]) for rule in FILTERS)
     lines += ["", "Per seed, default rule: " + "; ".join(
-        f"seed {r['seed']}: {r['filters'][FILTER_BY]['flagged']} flagged, {r['filters'][FILTER_BY]['true_flagged']} injected, "
+        f"seed {r['seed']}: {r['filters'][FILTER_BY]['flagged']} flagged, {r['filters'][FILTER_BY]['true_flagged']} of them injected, "
         f"P {r['filters'][FILTER_BY]['precision']:.3f} R {r['filters'][FILTER_BY]['recall']:.3f} (probabilities {r['probs_seconds']} s)"
         for r in errors["runs"]) + ".", "",
         f"Target: precision ≥ {TARGET_PRECISION} at recall ≥ {TARGET_RECALL} (means over the seeds). The default rule was "
