@@ -717,9 +717,7 @@ def label_init(
     from slmkit.label import admin as label_admin
 
     password = label_admin.init(db, admin, _ask_password() if password_prompt else None)
-    out.print(f"created {db} with admin [bold]{admin}[/bold]")
-    if not password_prompt:
-        out.print(f"one-time password (shown only now): {password}", highlight=False)
+    _print_new_user(f"created {db} with admin [bold]{admin}[/bold]", None if password_prompt else password)
 
 
 @label_app.command("add-user")
@@ -734,9 +732,13 @@ def label_add_user(
     from slmkit.label import admin as label_admin
 
     password = label_admin.add_user(db, username, role, _ask_password() if password_prompt else None)
-    out.print(f"added {role} [bold]{username}[/bold]")
-    if not password_prompt:
-        out.print(f"one-time password (shown only now): {password}", highlight=False)
+    _print_new_user(f"added {role} [bold]{username}[/bold]", None if password_prompt else password)
+
+
+def _print_new_user(what: str, generated_password: str | None) -> None:
+    out.print(what)
+    if generated_password is not None:
+        out.print(f"one-time password (shown only now): {generated_password}", highlight=False)
 
 
 @label_app.command("serve")
