@@ -498,8 +498,7 @@ def _add_quality_routes(app: FastAPI) -> None:
     @app.post("/api/projects/{pid}/label-errors", status_code=202)
     def find_label_errors(pid: int, c: Ctx = Depends(_ctx)):
         project, _ = _project(c, pid, "reviewer")
-        if project.kind != "single":
-            raise HTTPException(422, "label-error detection is for single-label projects")
+        _single_label_only(project, "label-error detection")
         return {"status": request_jobs(c).start_label_errors(project.id)}
 
 
@@ -515,8 +514,7 @@ def _add_model_routes(app: FastAPI) -> None:
         if body.retrain_every is not None:
             project.retrain_every = body.retrain_every
         if body.model_dir is not None:
-            if project.kind != "single":
-                raise HTTPException(422, "an attached model pre-labels single-label projects only")
+            _single_label_only(project, "an attached model")
             request_jobs(c).check_model(project, body.model_dir)
             project.model_dir = str(Path(body.model_dir).resolve())
         c.s.commit()
@@ -527,9 +525,14 @@ def _add_model_routes(app: FastAPI) -> None:
     @app.post("/api/projects/{pid}/retrain", status_code=202)
     def retrain(pid: int, c: Ctx = Depends(_ctx)):
         project, _ = _project(c, pid, "admin")
-        if project.kind != "single":
-            raise HTTPException(422, "retraining is for single-label projects: slm train trains classifiers")
+        _single_label_only(project, "retraining")
         return {"status": request_jobs(c).start_retrain(project.id)}
+
+
+def _single_label_only(project: Project, what: str) -> None:
+    """The model loop (pre-labels, retraining, label errors) is for single-label projects: slm train trains classifiers."""
+    if project.kind != "single":
+        raise HTTPException(422, f"{what} is for single-label projects only: slm train trains single-label classifiers")
 
 
 def _model_json(c: Ctx, project: Project) -> dict:
