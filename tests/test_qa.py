@@ -291,3 +291,95 @@ def test_real_files_read_and_window():
     features = qa.encode_windows(xquad[:200], encoder, max_length=128, stride=32)
     held = {f["example"] for f in features if f["start_position"] > 0}
     assert len(features) > 300 and held == set(range(200))  # every answer lies whole in some window
+
+
+# ---------------------------------------------------------------------------------------------- the task
+
+
+def synthetic_squad(path: Path, n_paragraphs: int, seed: int) -> Path:
+    """A SQuAD file with a known answer: each paragraph of filler words holds one cue word, the answer to both
+    of its questions. Contexts run 7 to 41 tokens, so short windows split some of them."""
+    rng = random.Random(seed)
+    cues = [w for ws in CUES.values() for w in ws]
+    paragraphs = []
+    for p in range(n_paragraphs):
+        words = [rng.choice(FILLER) for _ in range(rng.randint(6, 40))]
+        at, cue = rng.randrange(len(words) + 1), rng.choice(cues)
+        words.insert(at, cue)
+        start = len(" ".join(words[:at])) + (1 if at else 0)
+        questions = [(f"p{p}q{k}", q, [(cue, start)]) for k, q in enumerate(["why the problem", "help with the problem"])]
+        paragraphs.append((" ".join(words), questions))
+    return squad_file(path, paragraphs)
+
+
+def test_task_features_loss_and_scores(tiny_base, tmp_path):
+    import torch
+
+    from slmkit.base import resolve_base
+    from slmkit.config import DataConfig
+    from slmkit.encoding import make_encoder
+    from slmkit.tasks.qa import QATask
+
+    task = QATask(stride=8)
+    examples = task.read(synthetic_squad(tmp_path / "s.json", 12, seed=5), DataConfig())
+    base = resolve_base(str(tiny_base))
+    assert task.default_max_length(base.hf_tokenizer, examples) == 48  # longest pair 3 + 41 + 3 = 47 tokens, rounded up to 8
+    assert task.labels(examples, None, examples, None) == []
+    features = task.encode(examples, make_encoder(base.hf_tokenizer, 24), {})
+    assert len(features) > len(examples) and max(len(f["input_ids"]) for f in features) <= 24
+    torch.manual_seed(0)
+    model = task.build_model(base, [], None)
+    batch = task.collate(features[:5], pad_id=0, token_types=True)
+    assert batch["input_ids"].shape == batch["token_type_ids"].shape == (5, max(len(f["input_ids"]) for f in features[:5]))
+    assert batch["start_positions"].tolist() == [f["start_position"] for f in features[:5]]
+    loss = task.loss(model, batch)
+    loss.backward()
+    assert loss.ndim == 0 and torch.isfinite(loss) and model.qa_outputs.weight.grad.abs().sum() > 0
+    outputs = task.predict_logits(model, features, lambda rows: task.collate(rows, 0, True), batch_size=4)
+    assert [len(s) for s, _ in outputs] == [len(f["input_ids"]) for f in features]  # feature order, unpadded
+    assert set(task.score(examples, features, outputs, [], full=False)) == {"f1", "exact_match"}
+    oracle = []
+    for f in features:
+        start, end = np.zeros(len(f["input_ids"])), np.zeros(len(f["input_ids"]))
+        start[f["start_position"]] = end[f["end_position"]] = 10.0 * (f["start_position"] > 0)
+        oracle.append((start, end))
+    report = task.score(examples, features, oracle, [], full=True, n_resamples=100)
+    assert report["exact_match"] == report["f1"] == 1.0 and report["n_questions"] == 24 and report["n_windows"] == len(features)
+
+
+def test_train_task_qa_end_to_end(tiny_base, tmp_path):
+    """`slm train --task qa` (the stage; the CLI's summary table is classification's) on hand-made SQuAD files:
+    windows of 24 tokens (stride 8) over contexts of up to 41 tokens; the tiny BERT learns to point at the cue
+    word, and metrics.json reports EM/F1 with intervals."""
+    from typer.testing import CliRunner
+
+    from slmkit import artifacts
+    from slmkit.cli import app
+    from slmkit.config import DataConfig, ModelConfig, OptimConfig, TrainConfig
+    from slmkit.train import train
+
+    train_file, dev_file = synthetic_squad(tmp_path / "train.json", 40, seed=1), synthetic_squad(tmp_path / "dev.json", 15, seed=2)
+    out = tmp_path / "qa-model"
+    cfg = TrainConfig(
+        task="qa",
+        out=str(out),
+        data=DataConfig(train=str(train_file), eval=str(dev_file)),
+        model=ModelConfig(base=str(tiny_base), max_length=24, stride=8),
+        train=OptimConfig(epochs=3, batch_size=16, lr=3e-3, warmup=0.0, seed=7, patience=0, threads=1),
+    )
+    m = train(cfg, progress=False).metrics
+    assert json.loads((out / "metrics.json").read_text())["eval"]["f1"] == m["eval"]["f1"]
+    assert m["task"] == "qa" and m["labels"] == [] and m["n_train"] == 80 and m["n_eval"] == 30 and m["max_length"] == 24
+    ev = m["eval"]
+    assert ev["n_questions"] == 30 and ev["n_windows"] > 30 and ev["stride"] == 8
+    assert ev["f1"] >= 0.9 and ev["exact_match"] >= 0.9  # chance: one token of ~25
+    assert ev["f1_ci95"][0] <= ev["f1"] <= ev["f1_ci95"][1]
+    assert [set(h) >= {"f1", "exact_match"} for h in m["history"]] == [True] * 3
+    model, _ = artifacts.load_model(out)
+    assert type(model).__name__ == "BertForQuestionAnswering"
+
+    bad = squad_file(tmp_path / "bad.json", [(CONTEXT, [("q1", "Where?", [("Paris", 3)])])])
+    result = CliRunner().invoke(app, [str(a) for a in ["train", "--task", "qa", "--data", bad, "--eval", dev_file, "--out", tmp_path / "x",
+                                                        "--base", tiny_base, "--strict", "--quiet"]])
+    assert result.exit_code == 2 and "bad.json question 1 (id q1" in result.output and "Traceback" not in result.output
+    assert not (tmp_path / "x").exists()

@@ -19,6 +19,9 @@ def task_classes() -> dict[str, type]:
     from slmkit.tasks.classification import ClassificationTask
 
     classes: dict[str, type] = {"classification": ClassificationTask}
+    from slmkit.tasks.qa import QATask
+
+    classes["qa"] = QATask
     return classes
 
 
