@@ -347,27 +347,34 @@ def test_task_features_loss_and_scores(tiny_base, tmp_path):
     assert report["exact_match"] == report["f1"] == 1.0 and report["n_questions"] == 24 and report["n_windows"] == len(features)
 
 
-def test_train_task_qa_end_to_end(tiny_base, tmp_path):
-    """`slm train --task qa` (the stage; the CLI's summary table is classification's) on hand-made SQuAD files:
-    windows of 24 tokens (stride 8) over contexts of up to 41 tokens; the tiny BERT learns to point at the cue
-    word, and metrics.json reports EM/F1 with intervals."""
-    from typer.testing import CliRunner
-
-    from slmkit import artifacts
-    from slmkit.cli import app
+@pytest.fixture(scope="module")
+def qa_run(tiny_base, tmp_path_factory):
+    """`slm train --task qa` (the stage) on hand-made SQuAD files: windows of 24 tokens (stride 8) over contexts of
+    up to 41 tokens."""
     from slmkit.config import DataConfig, ModelConfig, OptimConfig, TrainConfig
     from slmkit.train import train
 
-    train_file, dev_file = synthetic_squad(tmp_path / "train.json", 40, seed=1), synthetic_squad(tmp_path / "dev.json", 15, seed=2)
-    out = tmp_path / "qa-model"
+    d = tmp_path_factory.mktemp("qa-run")
+    train_file, dev_file = synthetic_squad(d / "train.json", 40, seed=1), synthetic_squad(d / "dev.json", 15, seed=2)
     cfg = TrainConfig(
         task="qa",
-        out=str(out),
+        out=str(d / "qa-model"),
         data=DataConfig(train=str(train_file), eval=str(dev_file)),
         model=ModelConfig(base=str(tiny_base), max_length=24, stride=8),
         train=OptimConfig(epochs=3, batch_size=16, lr=3e-3, warmup=0.0, seed=7, patience=0, threads=1),
     )
-    m = train(cfg, progress=False).metrics
+    return train(cfg, progress=False)
+
+
+def test_train_task_qa_end_to_end(qa_run, tiny_base, tmp_path):
+    """The tiny BERT learns to point at the cue word; metrics.json reports EM/F1 with intervals. (The CLI's summary
+    table after training is classification's, so the stage is called directly; the CLI is checked on bad input.)"""
+    from typer.testing import CliRunner
+
+    from slmkit import artifacts
+    from slmkit.cli import app
+
+    out, m = qa_run.out, qa_run.metrics
     assert json.loads((out / "metrics.json").read_text())["eval"]["f1"] == m["eval"]["f1"]
     assert m["task"] == "qa" and m["labels"] == [] and m["n_train"] == 80 and m["n_eval"] == 30 and m["max_length"] == 24
     ev = m["eval"]
@@ -378,8 +385,27 @@ def test_train_task_qa_end_to_end(tiny_base, tmp_path):
     model, _ = artifacts.load_model(out)
     assert type(model).__name__ == "BertForQuestionAnswering"
 
+    dev_file = Path(m["eval_source"])
     bad = squad_file(tmp_path / "bad.json", [(CONTEXT, [("q1", "Where?", [("Paris", 3)])])])
     result = CliRunner().invoke(app, [str(a) for a in ["train", "--task", "qa", "--data", bad, "--eval", dev_file, "--out", tmp_path / "x",
                                                         "--base", tiny_base, "--strict", "--quiet"]])
     assert result.exit_code == 2 and "bad.json question 1 (id q1" in result.output and "Traceback" not in result.output
     assert not (tmp_path / "x").exists()
+
+
+def test_answer_questions_from_a_trained_directory(qa_run, tmp_path):
+    from slmkit.tasks.qa import QAPredictor, answer_questions
+
+    out = qa_run.out
+    context = "hello my problem is still not here today why is the help not again with a problem thanks please my courier"
+    # 22 words: two windows of 18 context tokens (10 apart); the cue word is in the second only
+    answers = answer_questions(out, [("why the problem", context), ("why the problem", "please help with my refund")])
+    for answer, text in zip(answers, [context, "please help with my refund"]):
+        assert text[answer.start : answer.end] == answer.text and 0 < answer.score <= 1
+    assert (answers[0].text, answers[0].start) == ("courier", len(context) - 7) and answers[1].text == "refund"
+    (top3,) = QAPredictor(out).answer([("why the problem", context)], n_best=3)
+    assert len(top3) == 3 and top3[0].logit >= top3[1].logit >= top3[2].logit and top3[0].text == answers[0].text
+    with pytest.raises(UserError, match="pair 2: empty context"):
+        answer_questions(out, [("why", "help"), ("why", " ")])
+    with pytest.raises(UserError, match="not a QA model directory"):
+        QAPredictor(tmp_path)
