@@ -42,6 +42,7 @@ class QAExample:
     answers: list[tuple[str, int]]  # (text, char start); text == context[start:start + len(text)]; [] to predict
     line: int  # SQuAD JSON: 1-based question number in the file; MRQA JSONL: 1-based line of the file
     where: str = ""  # "<file> question 7 (id ...)": where errors point
+    source: str = ""  # the file read
 
 
 @dataclass
@@ -159,7 +160,7 @@ def _read_squad(path: Path, text: str, repairs: _Repairs) -> list[QAExample]:
                 if not answers:
                     repairs.questions_dropped += 1
                     continue
-                examples.append(QAExample(qid or str(n), question, context, answers, n, where))
+                examples.append(QAExample(qid or str(n), question, context, answers, n, where, str(path)))
     return examples
 
 
@@ -201,7 +202,7 @@ def _read_mrqa(path: Path, text: str, repairs: _Repairs) -> list[QAExample]:
             if not answers:
                 repairs.questions_dropped += 1
                 continue
-            examples.append(QAExample(qid or str(line), question, context, answers, line, where))
+            examples.append(QAExample(qid or str(line), question, context, answers, line, where, str(path)))
     return examples
 
 
@@ -223,7 +224,7 @@ def split_by_context(examples: list[QAExample], fraction: float, seed: int) -> t
     for i, e in enumerate(examples):
         groups.setdefault(e.context, []).append(i)
     if len(groups) < 2:
-        raise UserError(f"{examples[0].where.split(' ')[0]}: every question is on one paragraph, so no paragraph can be held out: pass --eval FILE")
+        raise UserError(f"{examples[0].source or 'the data'}: every question is on one paragraph, so no paragraph can be held out: pass --eval FILE")
     contexts = list(groups)
     target = fraction * len(examples)
     held: set[int] = set()
@@ -300,6 +301,8 @@ def _cut_questions(paired: Any, questions: list[str]) -> list[str]:
 def _window_feature(index: int, e: QAExample, enc: Any, with_answers: bool) -> dict:
     sequence_ids = enc.sequence_ids
     context_tokens = [k for k, s in enumerate(sequence_ids) if s == 1]
+    if not context_tokens:
+        raise UserError(f"{e.where}: the context has no tokens the model's tokenizer keeps: give the paragraph's text")
     first, last = context_tokens[0], context_tokens[-1]  # the context is contiguous in a pair encoding
     offsets = [tuple(o) for o in enc.offsets[first : last + 1]]
     feature = {"input_ids": list(enc.ids), "type_ids": list(enc.type_ids), "example": index, "context_start": first, "offsets": offsets}
@@ -373,6 +376,32 @@ def decode_answers(examples: list[QAExample], features: list[dict], outputs: lis
     for f, (start_logits, end_logits) in zip(features, outputs):
         by_example[f["example"]].append((start_logits, end_logits, f["context_start"], f["offsets"]))
     return [best_spans(e.context, w, n_best) if w else [] for e, w in zip(examples, by_example)]
+
+
+def answer_pairs(
+    pairs: list[tuple[str, str]],
+    encoder: Any,
+    max_length: int,
+    stride: int,
+    window_logits: Callable[[list[dict]], list[tuple[np.ndarray, np.ndarray]]],
+    n_best: int = 1,
+) -> list[list[Answer]]:
+    """The `n_best` answers of each (question, context) pair: windows, a model's logits per window, best spans.
+
+    `window_logits(features)` runs the model (PyTorch or ONNX) and returns (start_logits, end_logits) per
+    feature, in order; everything else is shared by every runtime."""
+    examples = []
+    for i, pair in enumerate(pairs):
+        if not (isinstance(pair, (tuple, list)) and len(pair) == 2):
+            raise UserError(f"pair {i + 1}: expected (question, context), got {type(pair).__name__}")
+        for name, text in zip(("question", "context"), pair):
+            if not isinstance(text, str) or not text.strip():
+                raise UserError(f"pair {i + 1}: empty {name}: give every pair a question and a context")
+        examples.append(QAExample(str(i), pair[0], pair[1], [], i + 1, f"pair {i + 1}"))
+    if not examples:
+        return []
+    features = encode_windows(examples, encoder, max_length, stride, with_answers=False)
+    return decode_answers(examples, features, window_logits(features), n_best=n_best)
 
 
 # --------------------------------------------------------------------------------------------- metrics

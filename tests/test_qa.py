@@ -154,13 +154,13 @@ def test_read_mrqa_inclusive_ends(tmp_path):
 
 
 def test_split_keeps_each_paragraph_on_one_side():
-    examples = [QAExample(f"{p}-{q}", f"q{q}?", f"paragraph {p}", [("paragraph", 0)], 1 + 3 * p + q, "f.json") for p in range(20) for q in range(3)]
+    examples = [QAExample(f"{p}-{q}", f"q{q}?", f"paragraph {p}", [("paragraph", 0)], 1 + 3 * p + q, "", "f.json") for p in range(20) for q in range(3)]
     train, held = qa.split_by_context(examples, 0.2, seed=1)
     assert len(train) + len(held) == 60 and 9 <= len(held) <= 15
     assert not {e.context for e in train} & {e.context for e in held}
     assert qa.split_by_context(examples, 0.2, seed=1) == (train, held)
     assert qa.split_by_context(examples, 0.2, seed=2) != (train, held)
-    with pytest.raises(UserError, match="one paragraph.*--eval"):
+    with pytest.raises(UserError, match="f.json: every question is on one paragraph.*--eval"):
         qa.split_by_context(examples[:3], 0.2, seed=1)
 
 
@@ -219,6 +219,9 @@ def test_contexts_that_fit_are_one_window_and_errors(encoder):
     wordy = QAExample("w", " ".join(["why"] * 30), "my parcel", [("parcel", 3)], 1, "f.json question 1")
     with pytest.raises(UserError, match="question fills max_length 24"):
         qa.encode_windows([wordy], encoder, max_length=24, stride=4)
+    invisible = QAExample("z", "why", "\u200b\u200b", [("\u200b", 0)], 1, "f.json question 1")  # BERT drops format chars
+    with pytest.raises(UserError, match="f.json question 1: the context has no tokens"):
+        qa.encode_windows([invisible], encoder, max_length=24, stride=4)
     very_wordy = QAExample("w", " ".join(["why"] * 100), "my parcel", [("parcel", 3)], 1, "f.json question 1")
     (feature,) = qa.encode_windows([very_wordy], encoder, max_length=128, stride=4)
     assert feature["type_ids"].count(0) == qa.MAX_QUESTION_TOKENS + 2  # the question is cut at 64 tokens
@@ -407,5 +410,15 @@ def test_answer_questions_from_a_trained_directory(qa_run, tmp_path):
     assert len(top3) == 3 and top3[0].logit >= top3[1].logit >= top3[2].logit and top3[0].text == answers[0].text
     with pytest.raises(UserError, match="pair 2: empty context"):
         answer_questions(out, [("why", "help"), ("why", " ")])
+    assert answer_questions(out, []) == []
     with pytest.raises(UserError, match="not a QA model directory"):
         QAPredictor(tmp_path)
+
+
+def test_qa_module_imports_no_torch():
+    """slmkit.qa is shared with the torch-free runtime."""
+    import subprocess
+    import sys
+
+    code = "import sys, slmkit.qa; assert 'torch' not in sys.modules and 'transformers' not in sys.modules"
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).resolve().parents[1])

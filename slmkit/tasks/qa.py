@@ -11,6 +11,7 @@ artifact also loads in `transformers.pipeline("question-answering")`.
 from __future__ import annotations
 
 import json
+from functools import partial
 from pathlib import Path
 from typing import Any, Callable
 
@@ -171,31 +172,20 @@ class QAPredictor:
         self.directory = Path(model_dir)
         task = artifacts.model_task(self.directory) if self.directory.is_dir() else None
         if task != "qa":
-            raise UserError(f"{self.directory}: not a QA model directory (trained for {task!r}): train one with slm train --task qa")
+            raise UserError(f"{self.directory}: not a QA model directory (task {task!r}): pass a directory made by slm train --task qa")
         self.model, hf_tokenizer = artifacts.load_model(self.directory)
         saved = load_config(TrainConfig, self.directory / artifacts.CONFIG)
         self.max_length = saved.model.max_length or int(hf_tokenizer.model_max_length)
         self.task = QATask(stride=saved.model.stride)
         self.encoder = make_encoder(hf_tokenizer, self.max_length)
         token_types = uses_token_types(self.model, hf_tokenizer)
-        self.collate = lambda rows: self.task.collate(rows, pad_id=hf_tokenizer.pad_token_id or 0, token_types=token_types)
+        self.collate = partial(self.task.collate, pad_id=hf_tokenizer.pad_token_id or 0, token_types=token_types)
         self.batch_size = batch_size
 
     def answer(self, pairs: list[tuple[str, str]], n_best: int = 1) -> list[list[qa.Answer]]:
         """The `n_best` answers (best first) of each (question, context) pair, in input order."""
-        from slmkit.errors import UserError
-
-        examples = []
-        for i, (question, context) in enumerate(pairs):
-            for name, text in (("question", question), ("context", context)):
-                if not isinstance(text, str) or not text.strip():
-                    raise UserError(f"pair {i + 1}: empty {name}: give every pair a question and a context")
-            examples.append(QAExample(str(i), question, context, [], i + 1, f"pair {i + 1}"))
-        if not examples:
-            return []
-        features = qa.encode_windows(examples, self.encoder, self.max_length, self.task.stride, with_answers=False)
-        outputs = self.task.predict_logits(self.model, features, self.collate, self.batch_size)
-        return qa.decode_answers(examples, features, outputs, n_best=n_best)
+        run = partial(self.task.predict_logits, self.model, collate=self.collate, batch_size=self.batch_size)
+        return qa.answer_pairs(pairs, self.encoder, self.max_length, self.task.stride, run, n_best)
 
 
 def answer_questions(model_dir: str | Path, pairs: list[tuple[str, str]], batch_size: int = 32, threads: int | None = None) -> list[qa.Answer]:
