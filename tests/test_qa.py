@@ -327,6 +327,7 @@ def test_task_features_loss_and_scores(tiny_base, tmp_path):
     examples = task.read(synthetic_squad(tmp_path / "s.json", 12, seed=5), DataConfig())
     base = resolve_base(str(tiny_base))
     assert task.default_max_length(base.hf_tokenizer, examples) == 48  # longest pair 3 + 41 + 3 = 47 tokens, rounded up to 8
+    assert task.default_max_length(base.hf_tokenizer, [long_example(400, 3, 1)]) == 128  # the tiny BERT's positions
     assert task.labels(examples, None, examples, None) == []
     features = task.encode(examples, make_encoder(base.hf_tokenizer, 24), {})
     assert len(features) > len(examples) and max(len(f["input_ids"]) for f in features) <= 24
