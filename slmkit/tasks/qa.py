@@ -4,8 +4,8 @@ Examples come from SQuAD v1.1 JSON or MRQA JSONL (`slmkit.qa`); a context longer
 overlapping windows (`stride` tokens shared), each a feature of its own. Training targets are the answer's
 first and last token in each window (the first token, [CLS], when the window does not hold the answer); at
 evaluation the best span over all windows of a question becomes a character span of the original context and
-is scored with SQuAD's exact match and F1. The model is transformers' `AutoModelForQuestionAnswering`, so the
-artifact also loads in `transformers.pipeline("question-answering")`.
+is scored with SQuAD's exact match and F1. The model is transformers' `AutoModelForQuestionAnswering` (its
+question-answering pipeline is gone in transformers 5; `QAPredictor` answers from a model directory).
 """
 
 from __future__ import annotations
