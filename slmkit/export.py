@@ -27,8 +27,8 @@ from slmkit.config import ExportConfig, save_config
 from slmkit.data import read_texts
 from slmkit.encoding import make_encoder, uses_token_types
 from slmkit.errors import UserError
-from slmkit.lineage import examples_from, task_examples
-from slmkit.tasks import get_task
+from slmkit.lineage import examples_from, recorded_task, recorded_train_config, task_examples
+from slmkit.tasks import task_options
 
 OUTPUT = "logits"
 
@@ -68,7 +68,7 @@ def export(cfg: ExportConfig, overwrite: bool = False) -> ExportResult:
     artifacts.check_output(out, overwrite)
     model, hf_tokenizer = artifacts.load_model(model_dir)
     labels = artifacts.model_labels(model_dir) if (model_dir / artifacts.HF_CONFIG).is_file() else []
-    task = get_task(artifacts.model_task(model_dir))
+    task = recorded_task(model_dir)
     token_types = uses_token_types(model, hf_tokenizer)
     inputs = ["input_ids", "attention_mask"] + (["token_type_ids"] if token_types else [])
     outputs = tuple(task.outputs)
@@ -90,7 +90,7 @@ def export(cfg: ExportConfig, overwrite: bool = False) -> ExportResult:
     else:  # NER sentences, QA questions: the task's own features, padded by its collate
         examples, source = task_examples(cfg.probe_data, model_dir, "train", "--probe-data")
         texts = [examples[i] for i in rng.choice(len(examples), min(cfg.probe_size, len(examples)), replace=False)]
-        features = task.encode(texts, encoder, None)[: cfg.probe_size]
+        features = task.encode(texts, encoder, None)
         batch = task.collate(features, pad_id=hf_tokenizer.pad_token_id or 0, token_types=token_types)
         probe = {name: batch[name].numpy() for name in inputs}
 
@@ -118,7 +118,8 @@ def export(cfg: ExportConfig, overwrite: bool = False) -> ExportResult:
             encoder.save(str(staging / artifacts.TOKENIZER))  # set up for inference: truncation on, padding off
         manifest = {
             "format": "slmkit-onnx",
-            "task": artifacts.model_task(model_dir),
+            "task": task.name,
+            "task_options": task_options(recorded_train_config(model_dir)) if task.name != "classification" else {},
             "labels": labels,
             "inputs": inputs,
             "output": outputs[0],
@@ -134,6 +135,8 @@ def export(cfg: ExportConfig, overwrite: bool = False) -> ExportResult:
         # the same texts through what was written, as a user loads it: tokenizer.json, manifest and graph
         if task.name == "classification":
             parity["runtime_max_abs_logit_diff"] = check_runtime(staging, texts, reference[OUTPUT], cfg.tolerance)
+        else:
+            parity["runtime_max_abs_logit_diff"] = check_task_runtime(staging, texts, features, reference, cfg.tolerance)
         metrics = {
             "parity": parity,
             "probe": {"size": len(texts), "source": str(source), "sequence_length": int(probe["input_ids"].shape[1])},
@@ -213,6 +216,22 @@ def check_runtime(directory: Path, texts: list[str], reference: np.ndarray, tole
             f"{directory.name}: the written model fails its parity check through slmkit.runtime: max |logit difference| "
             f"{max_diff:.2e} (allowed {tolerance:.0e}): nothing was written; report this model's tokenizer"
         )
+    return max_diff
+
+
+def check_task_runtime(directory: Path, examples: list, features: list[dict], reference: dict[str, np.ndarray], tolerance: float) -> float:
+    """NER/QA: the probe examples through the torch-free runtime over the written directory (its tokenizer.json
+    and manifest); fail unless it makes the same features and, per feature, the same outputs as `reference`."""
+    from slmkit.runtime import TaskSession
+
+    got_features, got = TaskSession(directory).run(examples)
+    same_tokens = [f["input_ids"] for f in got_features] == [f["input_ids"] for f in features]
+    max_diff = max(
+        float(np.abs(got[name][i] - reference[name][i, : len(f["input_ids"])]).max()) for name in reference for i, f in enumerate(features)
+    ) if same_tokens else float("inf")
+    if not max_diff <= tolerance:
+        why = "it tokenizes differently" if not same_tokens else f"max |logit difference| {max_diff:.2e} (allowed {tolerance:.0e})"
+        raise UserError(f"{directory.name}: the written model fails its parity check through slmkit.runtime: {why}: nothing was written; report this model's tokenizer")
     return max_diff
 
 

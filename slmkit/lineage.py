@@ -48,13 +48,10 @@ def recorded_examples(model_dir: Path, split: str, flag: str) -> tuple[list, Pat
 
     They are read by the model's task (classification rows, NER sentences, QA questions). `flag` names the
     option that overrides the recorded data, for the error message when there is none."""
-    from slmkit.tasks import get_task, task_options
-
-    recorded = training_config(model_dir)
-    if not (recorded.get("data") or {}).get("train"):
+    if not (training_config(model_dir).get("data") or {}).get("train"):
         raise UserError(f"{model_dir}: no training data is recorded for this model: pass {flag} FILE")
-    cfg = _train_config(recorded)
-    task, d = get_task(cfg.task, **task_options(cfg)), cfg.data
+    cfg = recorded_train_config(model_dir)
+    task, d = recorded_task(model_dir), cfg.data
     train_path = Path(d.train)
     if split == "eval" and d.eval:
         path = Path(d.eval)
@@ -82,14 +79,26 @@ def task_examples(path: str | Path | None, model_dir: Path, split: str, flag: st
     when given, else the model's recorded `split`."""
     if not path:
         return recorded_examples(model_dir, split, flag)
-    from slmkit.tasks import get_task, task_options
-
-    cfg = _train_config(training_config(model_dir))
-    return get_task(cfg.task, **task_options(cfg)).read(Path(path), cfg.data), Path(path)
+    return recorded_task(model_dir).read(Path(path), recorded_train_config(model_dir).data), Path(path)
 
 
-def _train_config(recorded: dict):
-    """The recorded `slm train` settings as a TrainConfig (defaults where nothing is recorded)."""
+def recorded_train_config(model_dir: Path):
+    """The `slm train` settings at the root of `model_dir`'s lineage, as a TrainConfig (defaults where nothing
+    is recorded)."""
     from slmkit.config import TrainConfig, from_dict
 
+    recorded = training_config(model_dir)
     return from_dict(TrainConfig, {k: v for k, v in recorded.items() if k in ("task", "data", "model", "train")})
+
+
+def recorded_task(model_dir: Path, data=None):
+    """The model's task with the settings it was trained with (NER scheme, QA stride); `data` (a DataConfig)
+    overrides the NER reading settings for a new file."""
+    from dataclasses import replace
+
+    from slmkit.tasks import get_task, task_options
+
+    cfg = recorded_train_config(model_dir)
+    if data is not None:
+        cfg = replace(cfg, data=replace(cfg.data, scheme=data.scheme, strict=data.strict, tag_col=data.tag_col))
+    return get_task(artifacts.model_task(Path(model_dir)), **task_options(cfg))
