@@ -224,7 +224,9 @@ def check_task_runtime(directory: Path, examples: list, features: list[dict], re
     and manifest); fail unless it makes the same features and, per feature, the same outputs as `reference`."""
     from slmkit.runtime import TaskSession
 
-    got_features, got = TaskSession(directory).run(examples)
+    session = TaskSession(directory)
+    got_features = session.task.encode(examples, session.encoder, None)
+    got = session.named_outputs(got_features)
     same_tokens = [f["input_ids"] for f in got_features] == [f["input_ids"] for f in features]
     max_diff = max(
         float(np.abs(got[name][i] - reference[name][i, : len(f["input_ids"])]).max()) for name in reference for i, f in enumerate(features)

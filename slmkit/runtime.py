@@ -122,7 +122,7 @@ def pad_features(features: list[dict], inputs: list[str], pad_id: int) -> dict[s
 
 class TaskSession:
     """An exported directory of a per-token task (NER, QA): the task's features in, its raw outputs out, in the
-    structure the task's `score` and decoders read: {output name: one unpadded array per feature}."""
+    structure the task's `score` and decoders read (see `outputs`)."""
 
     def __init__(self, directory: str | Path, threads: int | None = None, batch_size: int = 32, data=None):
         from slmkit.tasks import get_task
@@ -142,13 +142,22 @@ class TaskSession:
         self.session = open_session(self.directory, threads)
         self.encoder = open_tokenizer(self.directory, self.manifest)
 
-    def run(self, examples: list) -> tuple[list[dict], dict[str, list[np.ndarray]]]:
+    def run(self, examples: list) -> tuple[list[dict], list]:
         """The task's features of `examples` and the model's outputs over them."""
         features = self.task.encode(examples, self.encoder, None)
         return features, self.outputs(features)
 
-    def outputs(self, features: list[dict]) -> dict[str, list[np.ndarray]]:
-        """Every output for every feature, unpadded (first axis: the feature's tokens), in feature order."""
+    def outputs(self, features: list[dict]) -> list:
+        """Per feature, in feature order, its unpadded outputs (first axis: the feature's tokens): one array for a
+        one-output task (NER's logits), a tuple for several (QA's start and end logits) — what the task's
+        `predict_logits` returns for a PyTorch model."""
+        named = self.named_outputs(features)
+        if len(self.outputs_names) == 1:
+            return named[self.outputs_names[0]]
+        return list(zip(*(named[name] for name in self.outputs_names)))
+
+    def named_outputs(self, features: list[dict]) -> dict[str, list[np.ndarray]]:
+        """{output name: one unpadded array per feature}."""
         result: dict[str, list] = {name: [None] * len(features) for name in self.outputs_names}
         lengths = np.fromiter((len(f["input_ids"]) for f in features), dtype=np.int64, count=len(features))
         order = np.argsort(lengths, kind="stable")
