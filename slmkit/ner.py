@@ -439,10 +439,18 @@ def entities(sentence: Sentence, tags: list[str], scores: np.ndarray) -> list[di
 # ------------------------------------------------------------------------------------------ metrics
 
 
+def _seqeval(*names: str) -> list:
+    """seqeval's scheme and metric objects by name, with an install hint when it is missing."""
+    try:
+        from seqeval import metrics as seq_metrics, scheme as seq_scheme
+    except ImportError:
+        raise UserError("NER metrics need seqeval: pip install 'slmkit[ner]' (or pip install seqeval)") from None
+    return [getattr(seq_scheme, n, None) or getattr(seq_metrics, n) for n in names]
+
+
 def _entity_sets(sequences: list[list[str]]) -> list[set[tuple[str, int, int]]]:
     """Each sentence's entities (type, start word, end word) as seqeval's strict IOB2 mode reads them."""
-    from seqeval.scheme import IOB2, Entities
-
+    IOB2, Entities = _seqeval("IOB2", "Entities")
     found = Entities([list(t) for t in sequences], IOB2).entities
     return [{(e.tag, e.start, e.end) for e in sentence} for sentence in found]
 
@@ -473,9 +481,7 @@ def quick_scores(true: list[list[str]], pred: list[list[str]]) -> dict:
 def ner_report(true: list[list[str]], pred: list[list[str]], n_resamples: int = 1000, seed: int = 0) -> dict:
     """Entity-level scores (seqeval strict IOB2: an entity counts when type and both edges match), per type, token
     accuracy, and 95% percentile-bootstrap intervals over sentences resampled with replacement."""
-    from seqeval.metrics import classification_report
-    from seqeval.scheme import IOB2
-
+    IOB2, classification_report = _seqeval("IOB2", "classification_report")
     counts = sentence_counts(true, pred)
     p, r, f1 = _prf(counts.sum(axis=0)[:3])
     ci = {}
