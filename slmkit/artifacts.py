@@ -258,7 +258,9 @@ def check_model_dir(directory: Path) -> None:
 def load_model(directory: Path) -> tuple[Any, Any]:
     """The trained model (eval mode) and its `transformers` tokenizer, from safetensors only."""
     import transformers
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+    from transformers import AutoTokenizer
+
+    from slmkit.tasks import get_task
 
     check_model_dir(directory)
     transformers.utils.logging.disable_progress_bar()
@@ -266,7 +268,8 @@ def load_model(directory: Path) -> tuple[Any, Any]:
     module = CUSTOM_MODEL_MODULES.get(read_json(directory / HF_CONFIG).get("model_type"))
     if module:
         importlib.import_module(module)  # registers the class (pruned BERT, BiLSTM or CNN student)
-    model = AutoModelForSequenceClassification.from_pretrained(directory, use_safetensors=True)
+    auto_class = getattr(transformers, get_task(model_task(directory)).auto_class)  # the head the task trained
+    model = auto_class.from_pretrained(directory, use_safetensors=True)
     model.eval()
     return model, AutoTokenizer.from_pretrained(directory)
 

@@ -71,6 +71,7 @@ def train(
     data: Data = None,
     eval: Eval = None,
     out_dir: Annotated[Optional[str], typer.Option("--out", help=_h(TrainConfig, "out"))] = None,
+    task: Annotated[Optional[str], typer.Option(help=_h(TrainConfig, "task"))] = None,
     text_col: TextCol = None,
     label_col: LabelCol = None,
     eval_split: Annotated[Optional[float], typer.Option(help=_h(DataConfig, "eval_split"))] = None,
@@ -84,15 +85,21 @@ def train(
     seed: Annotated[Optional[int], typer.Option(help=_h(OptimConfig, "seed"))] = None,
     bf16: Annotated[Optional[bool], typer.Option("--bf16", help=_h(OptimConfig, "bf16"))] = None,
     threads: Annotated[Optional[int], typer.Option(help=_h(OptimConfig, "threads"))] = None,
+    scheme: Annotated[Optional[str], typer.Option(help=_h(DataConfig, "scheme"))] = None,
+    tag_col: Annotated[Optional[int], typer.Option(help=_h(DataConfig, "tag_col"))] = None,
+    strict: Annotated[Optional[bool], typer.Option("--strict", help=_h(DataConfig, "strict"))] = None,
+    stride: Annotated[Optional[int], typer.Option(help=_h(ModelConfig, "stride"))] = None,
     config: Annotated[Optional[Path], typer.Option(help="YAML file of settings (sections data, model, train); flags and --set override it.")] = None,
     set_: Sets = None,
     overwrite: Annotated[bool, typer.Option(help="Replace --out even if it is not a previous slmkit run.")] = False,
     resume: Annotated[bool, typer.Option(help="Continue the interrupted run in --out from its last finished epoch.")] = False,
     quiet: Annotated[bool, typer.Option(help="No progress bars.")] = False,
 ):
-    """Fine-tune a small encoder for text classification and save a Hugging Face-loadable model.
+    """Fine-tune a small encoder for text classification, NER or extractive QA and save a Hugging Face-loadable model.
 
-    Example: slm train --data train.csv --eval dev.csv --out runs/x
+    Examples: slm train --data train.csv --eval dev.csv --out runs/x;
+    slm train --task ner --data train.conll --eval dev.conll --out runs/ner;
+    slm train --task qa --data train.json --eval dev.json --out runs/qa
     """
     from slmkit import artifacts
     from slmkit.train import train as run_train
@@ -109,7 +116,8 @@ def train(
             "out": out_dir, "data.train": data, "data.eval": eval, "data.text_col": text_col, "data.label_col": label_col,
             "data.eval_split": eval_split, "data.drop_empty": drop_empty, "data.encoding": encoding, "model.base": base,
             "model.max_length": max_length, "train.epochs": epochs, "train.batch_size": batch_size, "train.lr": lr,
-            "train.seed": seed, "train.bf16": bf16, "train.threads": threads,
+            "train.seed": seed, "train.bf16": bf16, "train.threads": threads, "task": task, "data.scheme": scheme,
+            "data.tag_col": tag_col, "data.strict": strict, "model.stride": stride,
         }
         cfg = load_config(TrainConfig, config, set_, **flags)
     result = run_train(cfg, overwrite=overwrite, resume=resume, progress=not quiet)

@@ -31,6 +31,10 @@ def _f(default: Any, help: str) -> Any:
     return field(default=default, metadata={"help": help})
 
 
+# per task, the eval metrics that can select the best epoch (`train.metric`); the first is the default
+TASK_METRICS = {"classification": ("accuracy", "macro_f1"), "ner": ("f1",), "qa": ("f1", "exact_match")}
+
+
 @dataclass
 class DataConfig:
     """Where the labeled examples come from and how to read them."""
@@ -42,6 +46,9 @@ class DataConfig:
     eval_split: float = _f(0.1, "Fraction of train held out for evaluation when no eval file is given (seeded, stratified).")
     drop_empty: bool = _f(False, "Skip rows whose text is empty or whitespace instead of stopping with an error.")
     encoding: str = _f("utf-8", "Text encoding of the input files (for example latin-1 or cp1252).")
+    scheme: str = _f("auto", "NER: tag scheme of the input files: auto, iob1, bio or bioes (predictions use the same).")
+    tag_col: int = _f(-1, "NER: 0-based column of the tag in CoNLL files; negative counts from the end (-1: the last).")
+    strict: bool = _f(False, "NER: refuse tags that break the scheme (an I- after O) instead of repairing them with a warning.")
 
 
 @dataclass
@@ -55,6 +62,7 @@ class ModelConfig:
     )
     max_length: int | None = _f(None, "Maximum tokens per text; default: the 99th percentile of the training texts, capped at 128.")
     dropout: float | None = _f(None, "Hidden and classifier dropout; default: keep the base model's.")
+    stride: int = _f(128, "QA: tokens shared by consecutive windows of a context longer than max_length.")
 
 
 @dataclass
@@ -70,7 +78,7 @@ class OptimConfig:
     label_smoothing: float = _f(0.0, "Label smoothing of the cross-entropy loss (0 to <1).")
     class_weights: bool = _f(False, "Weight the loss by inverse class frequency (for imbalanced labels).")
     patience: int = _f(2, "Stop after this many epochs without improvement of the eval metric; 0 never stops early.")
-    metric: str = _f("accuracy", "Eval metric that selects the best epoch: accuracy or macro_f1.")
+    metric: str | None = _f(None, "Eval metric that selects the best epoch (classification: accuracy or macro_f1; ner: f1; qa: f1 or exact_match); default: the task's first.")
     seed: int = _f(42, "Random seed: the same seed and data give the same model and metrics.")
     bf16: bool = _f(False, "Run forward and backward passes under bfloat16 autocast on the CPU (faster on AVX-512 CPUs).")
     threads: int | None = _f(None, "Torch CPU threads; default: torch's own choice.")
@@ -83,7 +91,7 @@ class OptimConfig:
 class TrainConfig:
     """`slm train`: fine-tune a base model on labeled data."""
 
-    task: str = _f("classification", "Task: classification.")
+    task: str = _f("classification", "Task: classification, ner (token classification) or qa (extractive question answering).")
     out: str = _f("", "Output directory for the trained model.")
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -104,13 +112,17 @@ class TrainConfig:
             (o.grad_clip >= 0, "train.grad_clip", f"must be 0 or more (got {o.grad_clip})"),
             (0 <= o.label_smoothing < 1, "train.label_smoothing", f"must be in [0, 1) (got {o.label_smoothing})"),
             (o.patience >= 0, "train.patience", f"must be 0 or more (got {o.patience})"),
-            (o.metric in ("accuracy", "macro_f1"), "train.metric", f"must be accuracy or macro_f1 (got {o.metric!r})"),
             (o.threads is None or o.threads >= 1, "train.threads", f"must be at least 1 (got {o.threads})"),
             (0 < d.eval_split < 1, "data.eval_split", f"must be a fraction in (0, 1) (got {d.eval_split})"),
             (m.max_length is None or 8 <= m.max_length <= 512, "model.max_length", f"must be in [8, 512] (got {m.max_length})"),
             (m.dropout is None or 0 <= m.dropout < 1, "model.dropout", f"must be in [0, 1) (got {m.dropout})"),
-            (self.task == "classification", "task", f"unknown task {self.task!r}: valid tasks are classification"),
+            (not o.class_weights or self.task == "classification", "train.class_weights", "applies to classification only: drop it"),
+            (m.stride >= 0, "model.stride", f"must be 0 or more (got {m.stride})"),
+            (d.scheme in ("auto", "iob1", "bio", "bioes"), "data.scheme", f"must be auto, iob1, bio or bioes (got {d.scheme!r})"),
+            (self.task in TASK_METRICS, "task", f"unknown task {self.task!r}: valid tasks are {', '.join(TASK_METRICS)}"),
         ]
+        metrics = TASK_METRICS.get(self.task, ())
+        checks.append((o.metric is None or o.metric in metrics, "train.metric", f"must be {' or '.join(metrics)} for task {self.task} (got {o.metric!r})"))
         for ok, key, message in checks:
             if not ok:
                 raise UserError(f"setting {key} {message}" if "must" in message else f"setting {key}: {message}")
@@ -337,7 +349,7 @@ class DistillConfig:
             (o.batch_size >= 1, "train.batch_size", f"must be at least 1 (got {o.batch_size})"),
             (o.lr > 0, "train.lr", f"must be positive (got {o.lr})"),
             (0 <= o.warmup < 1, "train.warmup", f"must be a fraction in [0, 1) (got {o.warmup})"),
-            (o.metric in ("accuracy", "macro_f1"), "train.metric", f"must be accuracy or macro_f1 (got {o.metric!r})"),
+            (o.metric in (None, "accuracy", "macro_f1"), "train.metric", f"must be accuracy or macro_f1 (got {o.metric!r})"),
             (0 < self.data.eval_split < 1, "data.eval_split", f"must be a fraction in (0, 1) (got {self.data.eval_split})"),
         ])
 

@@ -89,6 +89,7 @@ def distill(cfg: DistillConfig, overwrite: bool = False, progress: bool = True, 
     transformers.utils.logging.disable_progress_bar()
     started = time.perf_counter()
     cfg.validate()
+    cfg = replace(cfg, train=replace(cfg.train, metric=cfg.train.metric or "accuracy"))
     o, d = cfg.train, cfg.data
     teacher_dir, out = Path(cfg.teacher), Path(cfg.out)
     artifacts.check_output(out, overwrite)

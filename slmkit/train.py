@@ -28,12 +28,11 @@ import numpy as np
 from slmkit import artifacts, distributed
 from slmkit.base import resolve_base
 from slmkit.config import OptimConfig, TrainConfig, save_config
-from slmkit.data import check_labels, read_examples, stratified_split
-from slmkit.encoding import POOL_BATCHES, bucketed_order, derive_max_length, make_encoder, uses_token_types
+from slmkit.encoding import POOL_BATCHES, bucketed_order, make_encoder, uses_token_types
 from slmkit.errors import UserError
 from slmkit.hardware import native_bf16
 from slmkit.progress import StepProgress, stderr
-from slmkit.tasks import get_task
+from slmkit.tasks import get_task, task_options
 
 
 @dataclass
@@ -182,19 +181,21 @@ def train(cfg: TrainConfig, overwrite: bool = False, resume: bool = False, progr
     main = distributed.is_main()  # rank 0 alone writes the artifact and logs
     if o.bf16 and o.device == "cpu" and not native_bf16() and main:
         stderr.print("warning: --bf16 on a CPU without native bf16 (AVX-512 BF16 or AMX): training will be much slower than fp32")
-    task = get_task(cfg.task)
+    task = get_task(cfg.task, **task_options(cfg))
+    o = replace(o, metric=o.metric or task.metric_names[0])
+    cfg = replace(cfg, train=o)
 
     # data: read, check, split
     d = cfg.data
     train_path = Path(d.train)
-    train_ex = read_examples(train_path, d.text_col, d.label_col, d.encoding, d.drop_empty)
+    train_ex = task.read(train_path, d)
     if d.eval:
         eval_path = Path(d.eval)
-        eval_ex = read_examples(eval_path, d.text_col, d.label_col, d.encoding, d.drop_empty)
+        eval_ex = task.read(eval_path, d)
     else:
         eval_path = train_path
-        train_ex, eval_ex = stratified_split(train_ex, d.eval_split, o.seed)
-    labels = check_labels(train_ex, train_path, eval_ex, eval_path)
+        train_ex, eval_ex = task.split(train_ex, d.eval_split, o.seed)
+    labels = task.labels(train_ex, train_path, eval_ex, eval_path)
     label2id = {label: i for i, label in enumerate(labels)}
 
     # model and features
@@ -202,7 +203,7 @@ def train(cfg: TrainConfig, overwrite: bool = False, resume: bool = False, progr
     # only now: bad input above leaves nothing behind. The other processes write nothing; with --resume they
     # read the checkpoint too (then `begin` only checks it is there)
     staging = artifacts.begin(out, overwrite, resume) if main or resume else artifacts.staging_dir(out)
-    max_length = cfg.model.max_length or derive_max_length(base.hf_tokenizer, [e.text for e in train_ex])
+    max_length = cfg.model.max_length or task.default_max_length(base.hf_tokenizer, train_ex)
     cfg = replace(cfg, model=replace(cfg.model, max_length=max_length))
     encoder = make_encoder(base.hf_tokenizer, max_length)
     train_feats = task.encode(train_ex, encoder, label2id)
@@ -232,8 +233,9 @@ def train(cfg: TrainConfig, overwrite: bool = False, resume: bool = False, progr
     if main:
         save_config(replace(cfg, data=recorded), staging / artifacts.CONFIG)
 
-    eval_y = np.array([f["label"] for f in eval_feats])
-    eval_probs = partial(task.predict_probs, model, eval_feats, collate, o.eval_batch_size)
+    def eval_scores(full: bool) -> dict:
+        outputs = task.predict_logits(model, eval_feats, collate, o.eval_batch_size)
+        return task.score(eval_ex, eval_feats, outputs, labels, full, seed=o.seed)
 
     stopped_early = False
     with StepProgress(progress and main) as bar:
@@ -244,7 +246,7 @@ def train(cfg: TrainConfig, overwrite: bool = False, resume: bool = False, progr
                 bar.advance(record.loss, record.examples_per_s)
                 continue
             # rank 0 scores the epoch; every process takes the same best/stop decisions from its scores
-            scores = distributed.from_main(lambda: task.quick_metrics(eval_y, eval_probs()))
+            scores = distributed.from_main(lambda: eval_scores(full=False))
             is_best, stop, line = track_epoch(state, record, scores, o)
             if main:
                 if is_best:
@@ -262,15 +264,14 @@ def train(cfg: TrainConfig, overwrite: bool = False, resume: bool = False, progr
 
     # restore the best epoch's weights and score them fully
     artifacts.load_weights(model, staging)
-    probs = eval_probs()
     trained = sum(h["examples_per_s"] * h["seconds"] for h in state["history"])
     result = {
         "task": task.name,
         "base": cfg.model.base,
         "labels": labels,
-        "n_train": len(train_feats),
-        "n_eval": len(eval_feats),
-        "eval_source": str(eval_path) if d.eval else f"{d.eval_split:.0%} stratified split of {train_path}",
+        "n_train": len(train_ex),
+        "n_eval": len(eval_ex),
+        "eval_source": str(eval_path) if d.eval else f"{d.eval_split:.0%} held-out split of {train_path}",
         "max_length": max_length,
         "parameters": sum(p.numel() for p in model.parameters()),
         "processes": distributed.world_size(),  # under torchrun: each took a share of every batch
@@ -280,7 +281,7 @@ def train(cfg: TrainConfig, overwrite: bool = False, resume: bool = False, progr
         "train_seconds": state["train_seconds"],
         "train_examples_per_s": trained / max(state["train_seconds"], 1e-9),
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-        "eval": task.metrics(eval_y, probs, labels, seed=o.seed),
+        "eval": eval_scores(full=True),
         "history": state["history"],
     }
     artifacts.write_json(staging / artifacts.METRICS, result)

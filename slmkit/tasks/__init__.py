@@ -1,20 +1,39 @@
 """The task seam: what differs between tasks, behind one small interface.
 
-A task supplies the model head (`build_model`), turns examples into features (`encode`) and features into
-padded tensors (`collate`), defines the training loss (`loss`), turns model outputs into predictions
-(`decode`) and scores them (`metrics`). The stages (train, evaluate, predict, and later distill, export,
-bench) are written once against this interface; token classification, QA and generation plug in here.
+A task reads its own data format (`read`, `split`, `labels`), supplies the model head (`build_model`,
+`auto_class`), turns examples into features (`encode`) and features into padded tensors (`collate`), defines
+the training loss (`loss`), runs a model over features (`predict_logits`) and scores the outputs against the
+examples (`score`: quick per-epoch metrics, or the full report with intervals). `slmkit.train` is written once
+against this interface; classification, token classification (ner) and extractive QA plug in here.
 """
 
 from __future__ import annotations
 
+from typing import Any
+
+from slmkit.config import TASK_METRICS
 from slmkit.errors import UserError
-from slmkit.tasks.classification import ClassificationTask
-
-TASKS = {"classification": ClassificationTask}
 
 
-def get_task(name: str) -> ClassificationTask:
-    if name not in TASKS:
-        raise UserError(f"unknown task {name!r}: valid tasks are {', '.join(TASKS)}")
-    return TASKS[name]()
+def task_classes() -> dict[str, type]:
+    from slmkit.tasks.classification import ClassificationTask
+
+    classes: dict[str, type] = {"classification": ClassificationTask}
+    return classes
+
+
+def get_task(name: str, **options: Any) -> Any:
+    """The task called `name`; `options` are its settings (ner: scheme, strict; qa: stride)."""
+    classes = task_classes()
+    if name not in classes:
+        raise UserError(f"unknown task {name!r}: valid tasks are {', '.join(TASK_METRICS)}")
+    return classes[name](**options)
+
+
+def task_options(cfg: Any) -> dict:
+    """The task settings of a `TrainConfig`, for `get_task(cfg.task, **task_options(cfg))`."""
+    if cfg.task == "ner":
+        return {"scheme": cfg.data.scheme, "strict": cfg.data.strict}
+    if cfg.task == "qa":
+        return {"stride": cfg.model.stride}
+    return {}

@@ -7,18 +7,36 @@ which keeps the artifact loadable by `transformers.pipeline("text-classification
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
 
 from slmkit import metrics
-from slmkit.data import Example
-from slmkit.encoding import iterate, sorted_order
+from slmkit.data import Example, check_labels, read_examples, stratified_split
+from slmkit.encoding import derive_max_length, iterate, sorted_order
 
 
 class ClassificationTask:
     name = "classification"
     metric_names = ("accuracy", "macro_f1")
+    auto_class = "AutoModelForSequenceClassification"
+
+    # ------------------------------------------------------------------------------------------ data
+    def read(self, path: Path, d: Any) -> list[Example]:
+        """Labeled texts from a .csv/.tsv/.jsonl file (`d` is the stage's DataConfig)."""
+        return read_examples(path, d.text_col, d.label_col, d.encoding, d.drop_empty)
+
+    def split(self, examples: list[Example], fraction: float, seed: int) -> tuple[list[Example], list[Example]]:
+        """(train, eval): a seeded split that keeps every class's share."""
+        return stratified_split(examples, fraction, seed)
+
+    def labels(self, train_ex: list[Example], train_path: Path, eval_ex: list[Example], eval_path: Path) -> list[str]:
+        """The sorted class names; a class seen only in eval, or a single class, is an error."""
+        return check_labels(train_ex, train_path, eval_ex, eval_path)
+
+    def default_max_length(self, hf_tokenizer: Any, examples: list[Example]) -> int:
+        return derive_max_length(hf_tokenizer, [e.text for e in examples])
 
     # ------------------------------------------------------------------------------------------ head
     def build_model(self, base: Any, labels: list[str], dropout: float | None) -> Any:
@@ -95,6 +113,11 @@ class ClassificationTask:
     def predict_probs(self, model: Any, features: list[dict], collate: Callable[[list[dict]], dict], batch_size: int) -> np.ndarray:
         """Class probabilities (n, n_classes) of a PyTorch model, in feature order."""
         return self.decode(self.predict_logits(model, features, collate, batch_size))
+
+    def score(self, examples: list[Example], features: list[dict], logits: np.ndarray, labels: list[str], full: bool, seed: int = 0, n_resamples: int = 1000) -> dict:
+        """Quick per-epoch metrics, or (`full`) the report with intervals, of `logits` against the features' class ids."""
+        y_true, probs = np.array([f["label"] for f in features]), self.decode(logits)
+        return self.metrics(y_true, probs, labels, n_resamples, seed) if full else self.quick_metrics(y_true, probs)
 
     def metrics(self, y_true: np.ndarray, probs: np.ndarray, labels: list[str], n_resamples: int = 1000, seed: int = 0) -> dict:
         return metrics.classification_report(y_true, probs, labels, n_resamples=n_resamples, seed=seed)
