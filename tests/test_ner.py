@@ -340,3 +340,148 @@ def test_conll2003_is_iob1_with_the_official_entity_counts():
 def test_snips_parallel_files_are_bio():
     sentences = ner.read_sentences(SHARED_DATA / "snips" / "valid", strict=True)
     assert len(sentences) == 700 and all(len(s.words) == len(s.tags) for s in sentences)
+
+
+# ------------------------------------------------------------------------------------------ the task, end to end
+
+# entities made of the tiny model's vocabulary (conftest): a payment word is PAY, a login word ACC, "courier parcel"
+# or "shipping parcel" one two-word SHIP entity, a lone "parcel" a one-word SHIP; filler words are O
+ENTITIES = {"PAY": [["invoice"], ["charge"], ["refund"]], "ACC": [["password"], ["username"], ["locked"]], "SHIP": [["courier", "parcel"], ["shipping", "parcel"], ["parcel"]]}
+
+
+def ner_rows(n: int, seed: int) -> list[list[tuple[str, str]]]:
+    """Sentences of (word, BIO tag): filler words around one or two entities."""
+    from conftest import FILLER
+
+    rng = random.Random(seed)
+    kinds = sorted(ENTITIES)
+    sentences = []
+    for i in range(n):
+        words = [(w, "O") for w in rng.sample(FILLER, rng.randint(2, 6))]
+        for kind in (kinds[i % 3], rng.choice(kinds))[: rng.randint(1, 2)]:
+            entity = rng.choice(ENTITIES[kind])
+            at = rng.randint(0, len(words))
+            words[at:at] = [(w, ("B-" if j == 0 else "I-") + kind) for j, w in enumerate(entity)]
+        sentences.append(words)
+    return sentences
+
+
+def write_conll_rows(path: Path, sentences, scheme: str) -> Path:
+    lines = []
+    for sentence in sentences:
+        tags = ner.from_bio([t for _, t in sentence], scheme)
+        lines += [f"{w} X {t}" for (w, _), t in zip(sentence, tags)] + [""]
+    return write(path, "-DOCSTART- -X- O\n\n" + "\n".join(lines))
+
+
+def ner_config(tiny_base: Path, train: Path, eval: Path | None, out: Path):
+    from slmkit.config import DataConfig, ModelConfig, OptimConfig, TrainConfig
+
+    return TrainConfig(
+        task="ner",
+        out=str(out),
+        data=DataConfig(train=str(train), eval=str(eval) if eval else None),
+        model=ModelConfig(base=str(tiny_base)),
+        train=OptimConfig(epochs=6, batch_size=16, lr=5e-3, warmup=0.0, seed=7, patience=0, threads=1),
+    )
+
+
+def test_task_collate_loss_and_predictions(tiny_base):
+    """Labels pad with -100; the loss is cross-entropy over labeled positions only; predictions come per feature."""
+    import torch
+
+    from slmkit.base import resolve_base
+    from slmkit.encoding import make_encoder
+    from slmkit.tasks import get_task
+
+    task = get_task("ner", scheme="bio", strict=True)
+    sentences = [ner._joined([w for w, _ in s], [t for _, t in s], i) for i, s in enumerate(ner_rows(5, seed=3))]
+    labels = task.labels(sentences, Path("t"), [], None)
+    assert labels == ["O", "B-ACC", "I-ACC", "B-PAY", "I-PAY", "B-SHIP", "I-SHIP"]
+    base = resolve_base(str(tiny_base))
+    features = task.encode(sentences, make_encoder(base.hf_tokenizer, 32), {t: i for i, t in enumerate(labels)})
+    batch = task.collate(features, pad_id=0, token_types=True)
+    width = max(len(f["input_ids"]) for f in features)
+    assert batch["labels"].shape == (5, width) and batch["token_type_ids"].shape == (5, width)
+    short = min(range(5), key=lambda i: len(features[i]["input_ids"]))
+    assert (batch["labels"][short, len(features[short]["input_ids"]) :] == ner.IGNORE).all()
+    assert (batch["labels"] != ner.IGNORE).sum() == sum(len(s.words) for s in sentences)  # one label per word
+
+    logits = torch.randn(5, width, len(labels))
+    fixed = lambda **inputs: type("Out", (), {"logits": logits})()  # noqa: E731 - a model that returns fixed logits
+    keep = batch["labels"] != ner.IGNORE
+    expected = torch.nn.functional.cross_entropy(logits[keep], batch["labels"][keep])
+    assert task.loss(fixed, batch).item() == pytest.approx(expected.item(), rel=1e-6)
+
+    torch.manual_seed(0)
+    model = task.build_model(base, labels, dropout=0.0)
+    outputs = task.predict_logits(model, features, lambda rows: task.collate(rows, 0, True), batch_size=2)
+    assert [o.shape for o in outputs] == [(len(f["input_ids"]), len(labels)) for f in features]
+    alone = task.predict_logits(model, features[short : short + 1], lambda rows: task.collate(rows, 0, True), batch_size=1)[0]
+    np.testing.assert_allclose(outputs[short], alone, atol=1e-5)  # padding and batch order do not change a sentence's logits
+    assert set(task.score(sentences, features, outputs, labels, full=False)) == {"f1", "precision", "recall", "token_accuracy"}
+
+
+def test_train_ner_end_to_end(tiny_base, tmp_path):
+    """slm train's `train()` with task ner on an IOB1 train file and a BIO dev file (auto-detected each)."""
+    from slmkit import artifacts
+    from slmkit.train import train
+
+    train_file = write_conll_rows(tmp_path / "train.conll", ner_rows(240, seed=1), "iob1")
+    dev_file = write_conll_rows(tmp_path / "dev.conll", ner_rows(60, seed=2), "bio")
+    result = train(ner_config(tiny_base, train_file, dev_file, tmp_path / "run"), progress=False)
+    m = json.loads((result.out / artifacts.METRICS).read_text())
+    assert m["task"] == "ner" and m["labels"] == ["O", "B-ACC", "I-ACC", "B-PAY", "I-PAY", "B-SHIP", "I-SHIP"] and m["n_eval"] == 60
+    e = m["eval"]
+    assert e["f1"] >= 0.9, e
+    assert e["f1_ci95"][0] <= e["f1"] <= e["f1_ci95"][1] and set(e["per_type"]) == {"ACC", "PAY", "SHIP"}
+    assert e["per_type"]["SHIP"]["support"] == sum(t == "B-SHIP" for s in ner_rows(60, seed=2) for _, t in s)
+    best = max(m["history"], key=lambda h: h["f1"])
+    assert m["best_epoch"] >= best["epoch"] and e["f1"] == pytest.approx(best["f1"])  # the quick and full scores agree
+    model, _ = artifacts.load_model(result.out)
+    assert type(model).__name__ == "BertForTokenClassification" and model.config.id2label[5] == "B-SHIP"
+
+
+def test_broken_tags_in_train_stop_before_anything_is_written(tiny_base, tmp_path):
+    bad = write(tmp_path / "bad.conll", "my O\ninvoice I-PAY\n\nthe O\nparcel B-SHIP\n")
+    cfg = ner_config(tiny_base, bad, None, tmp_path / "run")
+    from dataclasses import replace
+
+    from slmkit.train import train
+
+    with pytest.raises(UserError, match=r"bad.conll line 2: tag 'I-PAY' starts an entity"):
+        train(replace(cfg, data=replace(cfg.data, scheme="bio", strict=True)), progress=False)
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("fmt", ["spacy", "jsonl"])
+def test_label_app_span_export_trains(tiny_base, tmp_path, fmt):
+    """A spans project's export (the label app's jsonl or spacy format) is `slm train --task ner` input as is."""
+    from slmkit.label import io
+    from slmkit.train import train
+
+    def records(sentences, first_id):
+        out = []
+        for i, sentence in enumerate(sentences):
+            text, spans, pos = "", [], 0
+            for j, (word, tag) in enumerate(sentence):
+                text += ("" if j == 0 else " ") + word
+                start = len(text) - len(word)
+                if tag.startswith("B-"):
+                    spans.append({"start": start, "end": len(text), "label": tag[2:]})
+                elif tag.startswith("I-"):
+                    spans[-1]["end"] = len(text)
+            text += "."  # punctuation is a word of its own
+            gold = spans if i % 2 else None  # half gold labels, half resolved from two agreeing annotators
+            annotations = [] if gold is not None else [{"annotator": a, "value": spans, "seconds": 1.0} for a in ("ann", "bob")]
+            out.append({"id": first_id + i, "text": text, "meta": None, "gold": gold, "prediction": None, "confidence": None, "annotations": annotations})
+        out.append({"id": first_id + len(out), "text": "nobody labeled this", "meta": None, "gold": None, "prediction": None, "confidence": None, "annotations": []})
+        return out
+
+    labels = sorted(ENTITIES)
+    for name, rows, first in (("train", ner_rows(240, seed=1), 0), ("dev", ner_rows(60, seed=2), 1000)):
+        data, _, ext = io.export(fmt, "spans", labels, records(rows, first))
+        (tmp_path / f"{name}.{ext}").write_bytes(data)
+    result = train(ner_config(tiny_base, tmp_path / "train.jsonl", tmp_path / "dev.jsonl", tmp_path / "run"), progress=False)
+    assert result.metrics["n_train"] == 240 and result.metrics["n_eval"] == 60  # the unlabeled item is skipped
+    assert result.metrics["eval"]["f1"] >= 0.9
