@@ -193,6 +193,12 @@ def split_words(text: str) -> list[tuple[int, int]]:
     return offsets
 
 
+def text_sentence(text: str, line: int = 0) -> Sentence:
+    """An unlabeled sentence of raw text (prediction input), split into words by `split_words`."""
+    offsets = split_words(text)
+    return Sentence([text[a:b] for a, b in offsets], None, line, text, offsets)
+
+
 def _wordish(char: str) -> bool:
     return char.isalnum() or char == "_" or unicodedata.category(char).startswith("M")
 
@@ -434,6 +440,11 @@ def entities(sentence: Sentence, tags: list[str], scores: np.ndarray) -> list[di
         elif current is not None:
             current[2] = i
     return found
+
+
+def predicted_entities(sentence: Sentence, token_logits: np.ndarray, word_starts: list[int], labels: list[str]) -> list[dict]:
+    """A sentence's entities from its tokens' logits (n_tokens, n_labels): `word_probs`, `decode_tags`, `entities`."""
+    return entities(sentence, *decode_tags(word_probs(token_logits, word_starts), labels))
 
 
 # ------------------------------------------------------------------------------------------ metrics

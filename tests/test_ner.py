@@ -360,7 +360,7 @@ def ner_rows(n: int, seed: int) -> list[list[tuple[str, str]]]:
         words = [(w, "O") for w in rng.sample(FILLER, rng.randint(2, 6))]
         for kind in (kinds[i % 3], rng.choice(kinds))[: rng.randint(1, 2)]:
             entity = rng.choice(ENTITIES[kind])
-            at = rng.randint(0, len(words))
+            at = rng.choice([k for k in range(len(words) + 1) if k == len(words) or not words[k][1].startswith("I-")])  # not inside an entity
             words[at:at] = [(w, ("B-" if j == 0 else "I-") + kind) for j, w in enumerate(entity)]
         sentences.append(words)
     return sentences
@@ -485,3 +485,18 @@ def test_label_app_span_export_trains(tiny_base, tmp_path, fmt):
     result = train(ner_config(tiny_base, tmp_path / "train.jsonl", tmp_path / "dev.jsonl", tmp_path / "run"), progress=False)
     assert result.metrics["n_train"] == 240 and result.metrics["n_eval"] == 60  # the unlabeled item is skipped
     assert result.metrics["eval"]["f1"] >= 0.9
+
+
+def test_predict_entities_and_conll_from_a_trained_model(tiny_base, tmp_path):
+    from slmkit.tasks.ner import predict_conll, predict_entities
+    from slmkit.train import train
+
+    train_file = write_conll_rows(tmp_path / "train.conll", ner_rows(240, seed=1), "bio")
+    out = train(ner_config(tiny_base, train_file, None, tmp_path / "run"), progress=False).out
+    texts = ["please refund my courier parcel, thanks!", "", "hello"]
+    found = predict_entities(out, texts)
+    assert [[(e["label"], e["text"], e["start"], e["end"]) for e in t] for t in found] == [[("PAY", "refund", 7, 13), ("SHIP", "courier parcel", 17, 31)], [], []]
+    assert all(0.5 < e["score"] <= 1.0 for e in found[0])
+    words = write(tmp_path / "words.txt", "my\ninvoice\n\nthe\nshipping\nparcel\n")
+    predicted = predict_conll(out, words, tmp_path / "pred.conll", scheme="bioes")
+    assert predicted.read_text() == "my O\ninvoice S-PAY\n\nthe O\nshipping B-SHIP\nparcel E-SHIP\n"

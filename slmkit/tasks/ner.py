@@ -155,3 +155,60 @@ class NERTask:
         report["words_without_token"] = sum(1 for f in features for s in f["word_starts"] if s < 0)
         report["labels"] = list(labels)
         return report
+
+
+# ------------------------------------------------------------------------------------------ prediction
+
+
+class NERPredictor:
+    """A trained NER model directory (PyTorch): entities of raw texts, or tags of pre-split sentences."""
+
+    def __init__(self, model_dir: str | Path, threads: int | None = None, batch_size: int = 64):
+        import torch
+
+        from slmkit import artifacts
+        from slmkit.encoding import uses_token_types
+
+        if threads:
+            torch.set_num_threads(threads)
+        directory = Path(model_dir)
+        if artifacts.model_task(directory) != "ner":
+            raise UserError(f"{directory}: a {artifacts.model_task(directory)} model, not an NER one: train it with --task ner")
+        self.model, hf_tokenizer = artifacts.load_model(directory)
+        self.labels = [self.model.config.id2label[i] for i in range(self.model.config.num_labels)]
+        self.task = NERTask()
+        self.encoder = make_encoder(hf_tokenizer, hf_tokenizer.model_max_length)  # training's max length
+        self.collate = lambda rows: self.task.collate(rows, hf_tokenizer.pad_token_id or 0, uses_token_types(self.model, hf_tokenizer))
+        self.batch_size = batch_size
+
+    def _outputs(self, sentences: list[Sentence]) -> tuple[list[dict], list[np.ndarray]]:
+        features = self.task.encode(sentences, self.encoder, None)
+        return features, self.task.predict_logits(self.model, features, self.collate, self.batch_size)
+
+    def entities(self, texts: list[str]) -> list[list[dict]]:
+        """Per text, its entities: {label, score, start, end, text} with character offsets into the text."""
+        sentences = [ner.text_sentence(t, i) for i, t in enumerate(texts)]
+        found: list[list[dict]] = [[] for _ in texts]  # a text without words has no entities
+        present = [s for s in sentences if s.words]
+        if present:
+            features, outputs = self._outputs(present)
+            for s, f, o in zip(present, features, outputs):
+                found[s.line] = ner.predicted_entities(s, o, f["word_starts"], self.labels)
+        return found
+
+    def tags(self, sentences: list[Sentence]) -> list[list[str]]:
+        """Per sentence, its words' BIO tags."""
+        features, outputs = self._outputs(sentences)
+        return [tags for tags, _ in self.task.predict_tags(features, outputs, self.labels)]
+
+
+def predict_entities(model_dir: str | Path, texts: list[str], batch_size: int = 64, threads: int | None = None) -> list[list[dict]]:
+    """Entities of each text, in input order (see `NERPredictor.entities`)."""
+    return NERPredictor(model_dir, threads, batch_size).entities(texts)
+
+
+def predict_conll(model_dir: str | Path, data: str | Path, out: str | Path, scheme: str = "bio", encoding: str = "utf-8") -> Path:
+    """Tag the sentences of `data` (any NER input; its tags, if any, are ignored) and write `word tag` lines in
+    `scheme` (bio, iob1 or bioes) to `out`."""
+    sentences = ner.read_sentences(data, encoding=encoding)
+    return ner.write_conll(out, sentences, NERPredictor(model_dir).tags(sentences), scheme)
