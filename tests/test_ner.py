@@ -399,6 +399,9 @@ def test_task_collate_loss_and_predictions(tiny_base):
     labels = task.labels(sentences, Path("t"), [], None)
     assert labels == ["O", "B-ACC", "I-ACC", "B-PAY", "I-PAY", "B-SHIP", "I-SHIP"]
     base = resolve_base(str(tiny_base))
+    long = ner._joined(["my"] * 40, ["O"] * 40, 9)
+    assert task.default_max_length(base.hf_tokenizer, sentences) == 16  # at least 16
+    assert task.default_max_length(base.hf_tokenizer, sentences + [long]) == 48  # the longest, 42 tokens, rounded up to 8s
     features = task.encode(sentences, make_encoder(base.hf_tokenizer, 32), {t: i for i, t in enumerate(labels)})
     batch = task.collate(features, pad_id=0, token_types=True)
     width = max(len(f["input_ids"]) for f in features)
