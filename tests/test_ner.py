@@ -425,15 +425,22 @@ def test_task_collate_loss_and_predictions(tiny_base):
     assert set(task.score(sentences, features, outputs, labels, full=False)) == {"f1", "precision", "recall", "token_accuracy"}
 
 
-def test_train_ner_end_to_end(tiny_base, tmp_path):
-    """slm train's `train()` with task ner on an IOB1 train file and a BIO dev file (auto-detected each)."""
-    from slmkit import artifacts
+@pytest.fixture(scope="module")
+def ner_run(tiny_base, tmp_path_factory) -> Path:
+    """The tiny model trained for NER on an IOB1 train file with a BIO dev file (auto-detected each)."""
     from slmkit.train import train
 
-    train_file = write_conll_rows(tmp_path / "train.conll", ner_rows(240, seed=1), "iob1")
-    dev_file = write_conll_rows(tmp_path / "dev.conll", ner_rows(60, seed=2), "bio")
-    result = train(ner_config(tiny_base, train_file, dev_file, tmp_path / "run"), progress=False)
-    m = json.loads((result.out / artifacts.METRICS).read_text())
+    d = tmp_path_factory.mktemp("ner")
+    train_file = write_conll_rows(d / "train.conll", ner_rows(240, seed=1), "iob1")
+    dev_file = write_conll_rows(d / "dev.conll", ner_rows(60, seed=2), "bio")
+    return train(ner_config(tiny_base, train_file, dev_file, d / "run"), progress=False).out
+
+
+def test_train_ner_end_to_end(ner_run):
+    """slm train's `train()` with task ner: metrics.json holds entity F1 with intervals and per-type scores."""
+    from slmkit import artifacts
+
+    m = json.loads((ner_run / artifacts.METRICS).read_text())
     assert m["task"] == "ner" and m["labels"] == ["O", "B-ACC", "I-ACC", "B-PAY", "I-PAY", "B-SHIP", "I-SHIP"] and m["n_eval"] == 60
     e = m["eval"]
     assert e["f1"] >= 0.9, e
@@ -441,7 +448,7 @@ def test_train_ner_end_to_end(tiny_base, tmp_path):
     assert e["per_type"]["SHIP"]["support"] == sum(t == "B-SHIP" for s in ner_rows(60, seed=2) for _, t in s)
     best = max(m["history"], key=lambda h: h["f1"])
     assert m["best_epoch"] >= best["epoch"] and e["f1"] == pytest.approx(best["f1"])  # the quick and full scores agree
-    model, _ = artifacts.load_model(result.out)
+    model, _ = artifacts.load_model(ner_run)
     assert type(model).__name__ == "BertForTokenClassification" and model.config.id2label[5] == "B-SHIP"
 
 
@@ -490,12 +497,13 @@ def test_label_app_span_export_trains(tiny_base, tmp_path, fmt):
     assert result.metrics["eval"]["f1"] >= 0.9
 
 
-def test_predict_entities_and_conll_from_a_trained_model(tiny_base, tmp_path):
+def test_predict_entities_and_conll_from_trained_and_exported_models(ner_run, tmp_path):
+    """Entities with character offsets from the PyTorch model, and the same from its ONNX export (torch-free runtime)."""
+    from slmkit.config import ExportConfig
+    from slmkit.export import export
     from slmkit.tasks.ner import predict_conll, predict_entities
-    from slmkit.train import train
 
-    train_file = write_conll_rows(tmp_path / "train.conll", ner_rows(240, seed=1), "bio")
-    out = train(ner_config(tiny_base, train_file, None, tmp_path / "run"), progress=False).out
+    out = ner_run
     texts = ["please refund my courier parcel, thanks!", "", "hello"]
     found = predict_entities(out, texts)
     assert [[(e["label"], e["text"], e["start"], e["end"]) for e in t] for t in found] == [[("PAY", "refund", 7, 13), ("SHIP", "courier parcel", 17, 31)], [], []]
@@ -503,3 +511,9 @@ def test_predict_entities_and_conll_from_a_trained_model(tiny_base, tmp_path):
     words = write(tmp_path / "words.txt", "my\ninvoice\n\nthe\nshipping\nparcel\n")
     predicted = predict_conll(out, words, tmp_path / "pred.conll", scheme="bioes")
     assert predicted.read_text() == "my O\ninvoice S-PAY\n\nthe O\nshipping B-SHIP\nparcel E-SHIP\n"
+
+    exported = export(ExportConfig(model=str(out), out=str(tmp_path / "onnx"), probe_size=16)).out  # fails unless outputs match
+    assert json.loads((exported / "metrics.json").read_text())["parity"]["runtime_max_abs_logit_diff"] < 1e-4
+    onnx_found = predict_entities(exported, texts)
+    assert [[(e["label"], e["start"], e["end"]) for e in t] for t in onnx_found] == [[(e["label"], e["start"], e["end"]) for e in t] for t in found]
+    assert [e["score"] for e in onnx_found[0]] == pytest.approx([e["score"] for e in found[0]], abs=1e-4)

@@ -23,6 +23,8 @@ class NERTask:
     name = "ner"
     metric_names = ("f1", "precision", "recall", "token_accuracy")
     auto_class = "AutoModelForTokenClassification"
+    outputs = ("logits",)  # the model outputs an export keeps
+    per_token = True  # logits (n_tokens, n_tags) per sentence
 
     def __init__(self, scheme: str = "auto", strict: bool = False, warn: ner.Warn = ner.warn_stderr):
         if scheme not in ner.SCHEMES:
@@ -159,57 +161,45 @@ class NERTask:
 
 
 # ------------------------------------------------------------------------------------------ prediction
+# For `slm predict` and serving: `runner` is what `slmkit.predict.open_task_model` opens (a PyTorch model
+# directory or an exported one, served by the torch-free runtime); load it once, call these per request.
 
 
-class NERPredictor:
-    """A trained NER model directory (PyTorch): entities of raw texts, or tags of pre-split sentences."""
+def open_ner_model(model_dir: str | Path, threads: int | None = None, batch_size: int = 64) -> Any:
+    """The runner of an NER model directory (trained or exported); a UserError for a model of another task."""
+    from slmkit.predict import open_task_model
 
-    def __init__(self, model_dir: str | Path, threads: int | None = None, batch_size: int = 64):
-        import torch
+    runner = open_task_model(model_dir, threads=threads, batch_size=batch_size)
+    if runner.task.name != "ner":
+        raise UserError(f"{model_dir}: a {runner.task.name} model, not an NER one: train one with --task ner")
+    return runner
 
-        from slmkit import artifacts
-        from slmkit.encoding import uses_token_types
 
-        if threads:
-            torch.set_num_threads(threads)
-        directory = Path(model_dir)
-        if artifacts.model_task(directory) != "ner":
-            raise UserError(f"{directory}: a {artifacts.model_task(directory)} model, not an NER one: train it with --task ner")
-        self.model, hf_tokenizer = artifacts.load_model(directory)
-        self.labels = [self.model.config.id2label[i] for i in range(self.model.config.num_labels)]
-        self.task = NERTask()
-        self.encoder = make_encoder(hf_tokenizer, hf_tokenizer.model_max_length)  # training's max length
-        self.collate = lambda rows: self.task.collate(rows, hf_tokenizer.pad_token_id or 0, uses_token_types(self.model, hf_tokenizer))
-        self.batch_size = batch_size
+def text_entities(runner: Any, texts: list[str]) -> list[list[dict]]:
+    """Per text, its entities {label, score, start, end, text}, with character offsets into the text."""
+    sentences = [ner.text_sentence(t, i) for i, t in enumerate(texts)]
+    found: list[list[dict]] = [[] for _ in texts]  # a text without words has no entities
+    present = [s for s in sentences if s.words]
+    if present:
+        features, outputs = runner.run(present)
+        for s, f, logits in zip(present, features, outputs):
+            found[s.line] = ner.predicted_entities(s, logits, f["word_starts"], runner.labels)
+    return found
 
-    def _outputs(self, sentences: list[Sentence]) -> tuple[list[dict], list[np.ndarray]]:
-        features = self.task.encode(sentences, self.encoder, None)
-        return features, self.task.predict_logits(self.model, features, self.collate, self.batch_size)
 
-    def entities(self, texts: list[str]) -> list[list[dict]]:
-        """Per text, its entities: {label, score, start, end, text} with character offsets into the text."""
-        sentences = [ner.text_sentence(t, i) for i, t in enumerate(texts)]
-        found: list[list[dict]] = [[] for _ in texts]  # a text without words has no entities
-        present = [s for s in sentences if s.words]
-        if present:
-            features, outputs = self._outputs(present)
-            for s, f, o in zip(present, features, outputs):
-                found[s.line] = ner.predicted_entities(s, o, f["word_starts"], self.labels)
-        return found
-
-    def tags(self, sentences: list[Sentence]) -> list[list[str]]:
-        """Per sentence, its words' BIO tags."""
-        features, outputs = self._outputs(sentences)
-        return [tags for tags, _ in self.task.predict_tags(features, outputs, self.labels)]
+def sentence_tags(runner: Any, sentences: list[Sentence]) -> list[list[str]]:
+    """Per sentence, its words' predicted BIO tags."""
+    features, outputs = runner.run(sentences)
+    return [tags for tags, _ in runner.task.predict_tags(features, outputs, runner.labels)]
 
 
 def predict_entities(model_dir: str | Path, texts: list[str], batch_size: int = 64, threads: int | None = None) -> list[list[dict]]:
-    """Entities of each text, in input order (see `NERPredictor.entities`)."""
-    return NERPredictor(model_dir, threads, batch_size).entities(texts)
+    """Entities of each text, in input order."""
+    return text_entities(open_ner_model(model_dir, threads, batch_size), texts)
 
 
 def predict_conll(model_dir: str | Path, data: str | Path, out: str | Path, scheme: str = "bio", encoding: str = "utf-8") -> Path:
     """Tag the sentences of `data` (any NER input; its tags, if any, are ignored) and write `word tag` lines in
     `scheme` (bio, iob1 or bioes) to `out`."""
     sentences = ner.read_sentences(data, encoding=encoding)
-    return ner.write_conll(out, sentences, NERPredictor(model_dir).tags(sentences), scheme)
+    return ner.write_conll(out, sentences, sentence_tags(open_ner_model(model_dir), sentences), scheme)
