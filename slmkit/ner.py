@@ -499,16 +499,16 @@ def ner_report(true: list[list[str]], pred: list[list[str]], n_resamples: int = 
     for name, index in (("precision", 0), ("recall", 1), ("f1", 2)):
         ci[name] = metrics.bootstrap_ci(lambda c, _, k=index: _prf(c.sum(axis=0)[:3])[k], counts, counts, n_resamples, seed=seed)
     token_acc = lambda c, _: float(c[:, 3].sum() / max(c[:, 4].sum(), 1))  # noqa: E731 - a two-argument metric
-    per_type = {}
+    per_class = {}  # per entity type
     if counts[:, 1:3].sum():
         report = classification_report(true, pred, mode="strict", scheme=IOB2, output_dict=True, zero_division=0)
-        per_type = {
+        per_class = {
             kind: {"precision": float(v["precision"]), "recall": float(v["recall"]), "f1": float(v["f1-score"]), "support": int(v["support"])}
             for kind, v in report.items()
             if not kind.endswith(" avg")
         }
     return {
-        "n_sentences": len(true),
+        "n_examples": len(true),  # sentences (JSONL: texts)
         "n_entities": int(counts[:, 2].sum()),
         "n_predicted": int(counts[:, 1].sum()),
         "f1": f1,
@@ -519,6 +519,6 @@ def ner_report(true: list[list[str]], pred: list[list[str]], n_resamples: int = 
         "recall_ci95": ci["recall"],
         "token_accuracy": token_acc(counts, None),
         "token_accuracy_ci95": metrics.bootstrap_ci(token_acc, counts, counts, n_resamples, seed=seed),
-        "per_type": per_type,
+        "per_class": per_class,
         "scoring": "seqeval strict IOB2 (micro over entities); intervals: percentile bootstrap over sentences",
     }

@@ -296,15 +296,15 @@ def test_entity_metrics_known_answer():
     assert quick == pytest.approx({"precision": 2 / 3, "recall": 2 / 4, "f1": 2 * (2 / 3) * 0.5 / (2 / 3 + 0.5), "token_accuracy": 6 / 9})
     report = ner.ner_report(true, pred, n_resamples=200, seed=1)
     assert report["f1"] == pytest.approx(quick["f1"]) and report["n_entities"] == 4 and report["n_predicted"] == 3
-    assert report["per_type"]["PER"] == pytest.approx({"precision": 1.0, "recall": 0.5, "f1": 2 / 3, "support": 2})
-    assert report["per_type"]["LOC"] == {"precision": 0.0, "recall": 0.0, "f1": 0.0, "support": 1}
-    assert report["per_type"]["ORG"]["f1"] == 1.0
+    assert report["per_class"]["PER"] == pytest.approx({"precision": 1.0, "recall": 0.5, "f1": 2 / 3, "support": 2})
+    assert report["per_class"]["LOC"] == {"precision": 0.0, "recall": 0.0, "f1": 0.0, "support": 1}
+    assert report["per_class"]["ORG"]["f1"] == 1.0
     for name in ("f1", "precision", "recall", "token_accuracy"):
         low, high = report[f"{name}_ci95"]
         assert 0.0 <= low <= report[name] <= high <= 1.0
     assert report == ner.ner_report(true, pred, n_resamples=200, seed=1)  # seeded
     assert ner.quick_scores([["O"]], [["O"]]) == {"f1": 0.0, "precision": 0.0, "recall": 0.0, "token_accuracy": 1.0}
-    assert ner.ner_report([["O"]], [["B-X"]], n_resamples=10)["per_type"]["X"]["support"] == 0
+    assert ner.ner_report([["O"]], [["B-X"]], n_resamples=10)["per_class"]["X"]["support"] == 0
 
 
 def test_entity_scores_equal_seqeval_strict():
@@ -426,30 +426,52 @@ def test_task_collate_loss_and_predictions(tiny_base):
 
 
 @pytest.fixture(scope="module")
-def ner_run(tiny_base, tmp_path_factory) -> Path:
-    """The tiny model trained for NER on an IOB1 train file with a BIO dev file (auto-detected each)."""
-    from slmkit.train import train
+def ner_cli_run(tiny_base, tmp_path_factory) -> tuple[Path, Path, str]:
+    """`slm train --task ner` (in-process) of the tiny model on an IOB1 train file with a BIO dev file (each
+    auto-detected): (model directory, dev file, the command's stdout)."""
+    from typer.testing import CliRunner
+
+    from slmkit.cli import app
 
     d = tmp_path_factory.mktemp("ner")
     train_file = write_conll_rows(d / "train.conll", ner_rows(240, seed=1), "iob1")
     dev_file = write_conll_rows(d / "dev.conll", ner_rows(60, seed=2), "bio")
-    return train(ner_config(tiny_base, train_file, dev_file, d / "run"), progress=False).out
+    args = ["train", "--task", "ner", "--data", train_file, "--eval", dev_file, "--base", tiny_base, "--out", d / "run", "--epochs", "6",
+            "--lr", "5e-3", "--batch-size", "16", "--seed", "7", "--set", "train.warmup=0", "--set", "train.patience=0", "--set", "train.threads=1", "--quiet"]
+    result = CliRunner().invoke(app, [str(a) for a in args])
+    assert result.exit_code == 0, result.output
+    return d / "run", dev_file, result.stdout
 
 
-def test_train_ner_end_to_end(ner_run):
-    """slm train's `train()` with task ner: metrics.json holds entity F1 with intervals and per-type scores."""
+@pytest.fixture(scope="module")
+def ner_run(ner_cli_run) -> Path:
+    return ner_cli_run[0]
+
+
+def test_train_ner_end_to_end(ner_cli_run, tmp_path):
+    """slm train --task ner writes entity F1 with intervals and per-type scores; slm evaluate scores the model."""
+    from typer.testing import CliRunner
+
     from slmkit import artifacts
+    from slmkit.cli import app
 
+    ner_run, dev_file, stdout = ner_cli_run
+    assert "f1" in stdout and "SHIP" in stdout and f"model saved to {ner_run}" in stdout.replace("\n", "")
     m = json.loads((ner_run / artifacts.METRICS).read_text())
     assert m["task"] == "ner" and m["labels"] == ["O", "B-ACC", "I-ACC", "B-PAY", "I-PAY", "B-SHIP", "I-SHIP"] and m["n_eval"] == 60
     e = m["eval"]
     assert e["f1"] >= 0.9, e
-    assert e["f1_ci95"][0] <= e["f1"] <= e["f1_ci95"][1] and set(e["per_type"]) == {"ACC", "PAY", "SHIP"}
-    assert e["per_type"]["SHIP"]["support"] == sum(t == "B-SHIP" for s in ner_rows(60, seed=2) for _, t in s)
+    assert e["f1_ci95"][0] <= e["f1"] <= e["f1_ci95"][1] and set(e["per_class"]) == {"ACC", "PAY", "SHIP"}
+    assert e["per_class"]["SHIP"]["support"] == sum(t == "B-SHIP" for s in ner_rows(60, seed=2) for _, t in s)
     best = max(m["history"], key=lambda h: h["f1"])
     assert m["best_epoch"] >= best["epoch"] and e["f1"] == pytest.approx(best["f1"])  # the quick and full scores agree
     model, _ = artifacts.load_model(ner_run)
     assert type(model).__name__ == "BertForTokenClassification" and model.config.id2label[5] == "B-SHIP"
+
+    result = CliRunner().invoke(app, ["evaluate", "--model", str(ner_run), "--data", str(dev_file), "--out", str(tmp_path / "eval"), "--bootstrap", "100"])
+    assert result.exit_code == 0, result.output
+    evaluated = json.loads((tmp_path / "eval" / artifacts.METRICS).read_text())
+    assert evaluated["f1"] == pytest.approx(e["f1"]) and evaluated["n_examples"] == 60
 
 
 def test_broken_tags_in_train_stop_before_anything_is_written(tiny_base, tmp_path):
