@@ -16,6 +16,7 @@ This module is used by the torch-free runtime: it imports numpy, `tokenizers` ob
 
 from __future__ import annotations
 
+import bisect
 import json
 import os
 import sys
@@ -208,6 +209,7 @@ def _tag_spans(path: Path, line: int, text: str, offsets: list[tuple[int, int]],
     if not isinstance(spans, list):
         raise UserError(f'{path} line {line}: "spans" must be a list of {{"start", "end", "label"}} objects')
     tags, owner, snapped = ["O"] * len(offsets), [None] * len(offsets), 0
+    starts, ends = [s for s, _ in offsets], [e for _, e in offsets]
     for span in spans:
         if not isinstance(span, dict) or not {"start", "end", "label"} <= set(span):
             raise UserError(f'{path} line {line}: each span needs "start", "end" and "label" (got {json.dumps(span)[:80]})')
@@ -218,7 +220,7 @@ def _tag_spans(path: Path, line: int, text: str, offsets: list[tuple[int, int]],
             raise UserError(f"{path} line {line}: span [{start}, {end}) says {span['text']!r} but the text there is {text[start:end]!r}: fix its offsets")
         if not isinstance(label, str) or not label.strip() or any(c.isspace() for c in label):
             raise UserError(f"{path} line {line}: span label {label!r} must be a non-empty name without spaces")
-        covered = [i for i, (s, e) in enumerate(offsets) if s < end and e > start]
+        covered = range(bisect.bisect_right(ends, start), bisect.bisect_left(starts, end))  # words that overlap [start, end)
         if not covered:
             raise UserError(f"{path} line {line}: span [{start}, {end}) covers no word (only spaces): remove it")
         cuts = [i for i in (covered[0], covered[-1]) if offsets[i][0] < start < offsets[i][1] or offsets[i][0] < end < offsets[i][1]]
@@ -450,19 +452,19 @@ def predicted_entities(sentence: Sentence, token_logits: np.ndarray, word_starts
 # ------------------------------------------------------------------------------------------ metrics
 
 
-def _seqeval(*names: str) -> list:
-    """seqeval's scheme and metric objects by name, with an install hint when it is missing."""
+def _seqeval():
+    """seqeval's `metrics` and `scheme` modules, with an install hint when it is missing."""
     try:
         from seqeval import metrics as seq_metrics, scheme as seq_scheme
     except ImportError:
         raise UserError("NER metrics need seqeval: pip install 'slmkit[ner]' (or pip install seqeval)") from None
-    return [getattr(seq_scheme, n, None) or getattr(seq_metrics, n) for n in names]
+    return seq_metrics, seq_scheme
 
 
 def _entity_sets(sequences: list[list[str]]) -> list[set[tuple[str, int, int]]]:
     """Each sentence's entities (type, start word, end word) as seqeval's strict IOB2 mode reads them."""
-    IOB2, Entities = _seqeval("IOB2", "Entities")
-    found = Entities([list(t) for t in sequences], IOB2).entities
+    _, scheme = _seqeval()
+    found = scheme.Entities([list(t) for t in sequences], scheme.IOB2).entities
     return [{(e.tag, e.start, e.end) for e in sentence} for sentence in found]
 
 
@@ -492,7 +494,7 @@ def quick_scores(true: list[list[str]], pred: list[list[str]]) -> dict:
 def ner_report(true: list[list[str]], pred: list[list[str]], n_resamples: int = 1000, seed: int = 0) -> dict:
     """Entity-level scores (seqeval strict IOB2: an entity counts when type and both edges match), per type, token
     accuracy, and 95% percentile-bootstrap intervals over sentences resampled with replacement."""
-    IOB2, classification_report = _seqeval("IOB2", "classification_report")
+    seq_metrics, scheme = _seqeval()
     counts = sentence_counts(true, pred)
     p, r, f1 = _prf(counts.sum(axis=0)[:3])
     ci = {}
@@ -501,7 +503,7 @@ def ner_report(true: list[list[str]], pred: list[list[str]], n_resamples: int = 
     token_acc = lambda c, _: float(c[:, 3].sum() / max(c[:, 4].sum(), 1))  # noqa: E731 - a two-argument metric
     per_class = {}  # per entity type
     if counts[:, 1:3].sum():
-        report = classification_report(true, pred, mode="strict", scheme=IOB2, output_dict=True, zero_division=0)
+        report = seq_metrics.classification_report(true, pred, mode="strict", scheme=scheme.IOB2, output_dict=True, zero_division=0)
         per_class = {
             kind: {"precision": float(v["precision"]), "recall": float(v["recall"]), "f1": float(v["f1-score"]), "support": int(v["support"])}
             for kind, v in report.items()

@@ -32,6 +32,16 @@ def minilm_encoder(max_length: int = 64):
     return encoder
 
 
+def test_modules_import_without_torch():
+    """The runtime uses slmkit.ner and the task class: neither may pull in torch or transformers."""
+    import subprocess
+    import sys
+
+    code = "import sys, slmkit.ner, slmkit.tasks.ner; print(sorted(m for m in ('torch', 'transformers') if m in sys.modules))"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=Path(__file__).parents[1], check=True)
+    assert result.stdout.strip() == "[]"
+
+
 # ------------------------------------------------------------------------------------------ readers
 
 CONLL = """-DOCSTART- -X- O O
