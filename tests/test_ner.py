@@ -496,8 +496,7 @@ def test_broken_tags_in_train_stop_before_anything_is_written(tiny_base, tmp_pat
     assert not (tmp_path / "run").exists()
 
 
-@pytest.mark.parametrize("fmt", ["spacy", "jsonl"])
-def test_label_app_span_export_trains(tiny_base, tmp_path, fmt):
+def test_label_app_span_export_trains(tiny_base, tmp_path):
     """A spans project's export (the label app's jsonl or spacy format) is `slm train --task ner` input as is."""
     from slmkit.label import io
     from slmkit.train import train
@@ -522,9 +521,13 @@ def test_label_app_span_export_trains(tiny_base, tmp_path, fmt):
 
     labels = sorted(ENTITIES)
     for name, rows, first in (("train", ner_rows(240, seed=1), 0), ("dev", ner_rows(60, seed=2), 1000)):
-        data, _, ext = io.export(fmt, "spans", labels, records(rows, first))
-        (tmp_path / f"{name}.{ext}").write_bytes(data)
-    result = train(ner_config(tiny_base, tmp_path / "train.jsonl", tmp_path / "dev.jsonl", tmp_path / "run"), progress=False)
+        for fmt in ("jsonl", "spacy"):
+            (tmp_path / f"{name}.{fmt}.jsonl").write_bytes(io.export(fmt, "spans", labels, records(rows, first))[0])
+    warnings = []
+    spacy = ner.read_sentences(tmp_path / "dev.spacy.jsonl", warn=warnings.append)
+    assert [(s.words, s.tags) for s in spacy] == [(s.words, s.tags) for s in ner.read_sentences(tmp_path / "dev.jsonl.jsonl", warn=warnings.append)]
+    assert spacy[0].words[-1] == "." and warnings == [f"{tmp_path / 'dev.jsonl.jsonl'}: 1 row(s) without spans (unlabeled) skipped"]
+    result = train(ner_config(tiny_base, tmp_path / "train.jsonl.jsonl", tmp_path / "dev.jsonl.jsonl", tmp_path / "run"), progress=False)
     assert result.metrics["n_train"] == 240 and result.metrics["n_eval"] == 60  # the unlabeled item is skipped
     assert result.metrics["eval"]["f1"] >= 0.9
 
