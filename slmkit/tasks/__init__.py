@@ -17,8 +17,9 @@ from slmkit.errors import UserError
 
 def task_classes() -> dict[str, type]:
     from slmkit.tasks.classification import ClassificationTask
+    from slmkit.tasks.ner import NERTask
 
-    classes: dict[str, type] = {"classification": ClassificationTask}
+    classes: dict[str, type] = {"classification": ClassificationTask, "ner": NERTask}
     return classes
 
 
