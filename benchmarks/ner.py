@@ -122,7 +122,7 @@ def run_slmkit(spec: dict, workdir: Path, epochs: int, seed: int) -> dict:
 
 
 def _scores(report: dict) -> dict:
-    return {k: report[k] for k in ("f1", "f1_ci95", "precision", "recall", "token_accuracy", "per_type")}
+    return {k: report[k] for k in ("f1", "f1_ci95", "precision", "recall", "token_accuracy", "per_class")}
 
 
 def run_trainer(spec: dict, workdir: Path, epochs: int, max_length: int) -> dict:
