@@ -18,8 +18,9 @@ from slmkit.errors import UserError
 def task_classes() -> dict[str, type]:
     from slmkit.tasks.classification import ClassificationTask
     from slmkit.tasks.ner import NERTask
+    from slmkit.tasks.qa import QATask
 
-    classes: dict[str, type] = {"classification": ClassificationTask, "ner": NERTask}
+    classes: dict[str, type] = {"classification": ClassificationTask, "ner": NERTask, "qa": QATask}
     return classes
 
 

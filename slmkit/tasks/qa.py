@@ -1,0 +1,193 @@
+"""Extractive question answering: a start/end span head over every token of a question + context window.
+
+Examples come from SQuAD v1.1 JSON or MRQA JSONL (`slmkit.qa`); a context longer than the window is read in
+overlapping windows (`stride` tokens shared), each a feature of its own. Training targets are the answer's
+first and last token in each window (the first token, [CLS], when the window does not hold the answer); at
+evaluation the best span over all windows of a question becomes a character span of the original context and
+is scored with SQuAD's exact match and F1. The model is transformers' `AutoModelForQuestionAnswering`, so the
+artifact also loads in `transformers.pipeline("question-answering")`.
+"""
+
+from __future__ import annotations
+
+import json
+from functools import partial
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from slmkit import qa
+from slmkit.encoding import iterate, make_encoder, sorted_order
+from slmkit.qa import QAExample
+
+
+class QATask:
+    name = "qa"
+    metric_names = ("f1", "exact_match")
+    auto_class = "AutoModelForQuestionAnswering"
+
+    def __init__(self, stride: int = 128):
+        self.stride = stride  # context tokens shared by neighbouring windows; 0: contexts must fit one window
+
+    # ------------------------------------------------------------------------------------------ data
+    def read(self, path: Path, d: Any) -> list[QAExample]:
+        from slmkit.progress import stderr
+
+        return qa.read_qa(path, strict=d.strict, encoding=d.encoding, warn=lambda line: stderr.print(line, highlight=False, soft_wrap=True))
+
+    def split(self, examples: list[QAExample], fraction: float, seed: int) -> tuple[list[QAExample], list[QAExample]]:
+        """Whole paragraphs held out, so that no context is seen in training and evaluation both."""
+        return qa.split_by_context(examples, fraction, seed)
+
+    def labels(self, train_ex: list, train_path: Path, eval_ex: list, eval_path: Path) -> list[str]:
+        return []  # spans, not classes
+
+    def default_max_length(self, hf_tokenizer: Any, examples: list[QAExample]) -> int:
+        """384 tokens (or the base model's position limit, if lower), less when every training pair is shorter."""
+        cap = min(qa.DEFAULT_MAX_LENGTH, _position_limit(hf_tokenizer))
+        paired = qa.pair_tokenizer(make_encoder(hf_tokenizer, cap))
+        longest = max(len(enc.ids) for enc in paired.encode_batch([(e.question, e.context) for e in examples]))
+        return int(min(cap, max(32, -(-longest // 8) * 8)))
+
+    # ------------------------------------------------------------------------------------------ head
+    def build_model(self, base: Any, labels: list[str], dropout: float | None) -> Any:
+        """The base encoder with a fresh span head: a linear layer giving a start and an end logit per token."""
+        from transformers import AutoModelForQuestionAnswering
+
+        config = base.config
+        config.num_labels = 2
+        if dropout is not None:  # names differ across BERT / DistilBERT / RoBERTa configs
+            for name in ("hidden_dropout_prob", "dropout", "qa_dropout"):
+                if hasattr(config, name):
+                    setattr(config, name, dropout)
+        if base.directory is None:
+            return AutoModelForQuestionAnswering.from_config(config)
+        return AutoModelForQuestionAnswering.from_pretrained(base.directory, config=config, use_safetensors=True)
+
+    # -------------------------------------------------------------------------------------- features
+    def encode(self, examples: list[QAExample], encoder: Any, label2id: dict | None) -> list[dict]:
+        """One feature per window (see `slmkit.qa.encode_windows`); the window size is the encoder's truncation."""
+        max_length = encoder.truncation["max_length"]
+        return qa.encode_windows(examples, encoder, max_length, self.stride, with_answers=True)
+
+    def collate(self, features: list[dict], pad_id: int, token_types: bool) -> dict:
+        """Pad to the batch's longest window: input_ids/attention_mask (batch, seq); start/end_positions (batch,)."""
+        import torch
+
+        width = max(len(f["input_ids"]) for f in features)
+        ids = torch.full((len(features), width), pad_id, dtype=torch.long)
+        mask = torch.zeros((len(features), width), dtype=torch.long)
+        types = torch.zeros((len(features), width), dtype=torch.long)
+        for row, f in enumerate(features):
+            n = len(f["input_ids"])
+            ids[row, :n] = torch.tensor(f["input_ids"])
+            mask[row, :n] = 1
+            types[row, :n] = torch.tensor(f["type_ids"])
+        batch = {
+            "input_ids": ids,
+            "attention_mask": mask,
+            "start_positions": torch.tensor([f.get("start_position", 0) for f in features]),
+            "end_positions": torch.tensor([f.get("end_position", 0) for f in features]),
+        }
+        if token_types:
+            batch["token_type_ids"] = types  # 0 for the question, 1 for the context (BERT's segments)
+        return batch
+
+    # ------------------------------------------------------------------------------------------ loss
+    def loss(self, model: Any, batch: dict, class_weights: Any = None, label_smoothing: float = 0.0) -> Any:
+        """Mean of the start and end cross-entropies over each window's tokens (padding masked out)."""
+        import torch.nn.functional as F
+
+        out = model(**_model_inputs(batch))
+        pad = batch["attention_mask"] == 0
+        start = out.start_logits.float().masked_fill(pad, -1e4)  # (batch, seq)
+        end = out.end_logits.float().masked_fill(pad, -1e4)
+        smoothing = {"label_smoothing": label_smoothing}
+        return (F.cross_entropy(start, batch["start_positions"], **smoothing) + F.cross_entropy(end, batch["end_positions"], **smoothing)) / 2
+
+    # ---------------------------------------------------------------------------------- predictions
+    def predict_logits(self, model: Any, features: list[dict], collate: Callable[[list[dict]], dict], batch_size: int) -> list[tuple[np.ndarray, np.ndarray]]:
+        """(start_logits, end_logits) per feature, each of shape (window length,), in feature order."""
+        import torch
+
+        batches = sorted_order(np.array([len(f["input_ids"]) for f in features]), batch_size)
+        outputs: list = [None] * len(features)
+        model.eval()
+        with torch.inference_mode():
+            for idx, batch in zip(batches, iterate(features, batches, collate)):
+                out = model(**_model_inputs(batch))
+                starts, ends = out.start_logits.float().cpu().numpy(), out.end_logits.float().cpu().numpy()
+                for row, i in enumerate(idx):
+                    n = len(features[i]["input_ids"])
+                    outputs[i] = (starts[row, :n], ends[row, :n])
+        return outputs
+
+    def score(self, examples: list[QAExample], features: list[dict], outputs: list, labels: list[str], full: bool, seed: int = 0, n_resamples: int = 1000) -> dict:
+        """Quick: {"f1", "exact_match"}; full: the same with 95% bootstrap intervals and per question type."""
+        predictions = [answers[0].text if answers else "" for answers in qa.decode_answers(examples, features, outputs)]
+        golds = [[text for text, _ in e.answers] for e in examples]
+        if not full:
+            em, f1 = qa.squad_scores(predictions, golds)
+            return {"f1": float(f1.mean()), "exact_match": float(em.mean())}
+        report = qa.qa_report(predictions, golds, [e.question for e in examples], n_resamples=n_resamples, seed=seed)
+        return {**report, "n_windows": len(features), "stride": self.stride}
+
+
+def _model_inputs(batch: dict) -> dict:
+    return {k: v for k, v in batch.items() if k in ("input_ids", "attention_mask", "token_type_ids")}
+
+
+def _position_limit(hf_tokenizer: Any) -> int:
+    """The longest input the base model takes: the tokenizer's model_max_length or the config's positions."""
+    limits = [int(hf_tokenizer.model_max_length)] if 0 < (hf_tokenizer.model_max_length or 0) < 100_000 else []
+    config = Path(hf_tokenizer.name_or_path or "") / "config.json"
+    if config.is_file():
+        settings = json.loads(config.read_text())
+        positions = settings.get("max_position_embeddings")
+        if positions:  # RoBERTa-style models reserve the first positions after the padding id
+            limits.append(positions - 2 if settings.get("model_type") in ("roberta", "xlm-roberta", "camembert") else positions)
+    return min(limits, default=512)
+
+
+# ------------------------------------------------------------------------------------------ answering
+
+
+class QAPredictor:
+    """A trained QA model directory (PyTorch), loaded once: (question, context) pairs in, best answers out.
+
+    Pairs are windowed exactly as in training (the saved max_length and stride), so a context of any length is
+    read whole; each answer is a character span of its context."""
+
+    def __init__(self, model_dir: str | Path, threads: int | None = None, batch_size: int = 32):
+        import torch
+
+        from slmkit import artifacts
+        from slmkit.config import TrainConfig, load_config
+        from slmkit.encoding import uses_token_types
+        from slmkit.errors import UserError
+
+        if threads:
+            torch.set_num_threads(threads)
+        self.directory = Path(model_dir)
+        task = artifacts.model_task(self.directory) if self.directory.is_dir() else None
+        if task != "qa":
+            raise UserError(f"{self.directory}: not a QA model directory (task {task!r}): pass a directory made by slm train --task qa")
+        self.model, hf_tokenizer = artifacts.load_model(self.directory)
+        saved = load_config(TrainConfig, self.directory / artifacts.CONFIG)
+        self.max_length = saved.model.max_length or int(hf_tokenizer.model_max_length)
+        self.task = QATask(stride=saved.model.stride)
+        self.encoder = make_encoder(hf_tokenizer, self.max_length)
+        token_types = uses_token_types(self.model, hf_tokenizer)
+        self.collate = partial(self.task.collate, pad_id=hf_tokenizer.pad_token_id or 0, token_types=token_types)
+        self.batch_size = batch_size
+
+    def answer(self, pairs: list[tuple[str, str]], n_best: int = 1) -> list[list[qa.Answer]]:
+        """The `n_best` answers (best first) of each (question, context) pair, in input order."""
+        run = partial(self.task.predict_logits, self.model, collate=self.collate, batch_size=self.batch_size)
+        return qa.answer_pairs(pairs, self.encoder, self.max_length, self.task.stride, run, n_best)
+
+
+def answer_questions(model_dir: str | Path, pairs: list[tuple[str, str]], batch_size: int = 32, threads: int | None = None) -> list[qa.Answer]:
+    """The best answer (text, score, start, end in the context) of each (question, context) pair."""
+    return [answers[0] for answers in QAPredictor(model_dir, threads, batch_size).answer(pairs)]
