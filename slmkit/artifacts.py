@@ -212,9 +212,12 @@ def keeping_aliases(source: Path, target: Path):
 
 
 def model_task(directory: Path) -> str:
-    """The task a model directory was trained for (from its config.yaml; classification if absent)."""
+    """The task a model directory was trained for (from an exported directory's manifest, else its config.yaml;
+    classification if absent)."""
     import yaml
 
+    if (directory / MANIFEST).is_file():
+        return read_json(directory / MANIFEST).get("task", "classification")
     path = directory / CONFIG
     return (yaml.safe_load(path.read_text(encoding="utf-8")) or {}).get("task", "classification") if path.is_file() else "classification"
 

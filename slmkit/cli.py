@@ -816,16 +816,20 @@ def label_import(
 
 
 def print_report(report: dict, title: str) -> None:
-    """The headline metrics with their intervals, then the per-class table."""
-    lo, hi = report["accuracy_ci95"]
-    flo, fhi = report["macro_f1_ci95"]
+    """The headline metrics with their intervals (every `x` with an `x_ci95`), then the per-class (per entity
+    type) table when the task has one."""
     head = Table(title=f"{title}: {report['n_examples']} examples", show_header=True)
     for column in ("metric", "value", "95% CI"):
         head.add_column(column, justify="right" if column != "metric" else "left")
-    head.add_row("accuracy", f"{report['accuracy']:.4f}", f"{lo:.4f} – {hi:.4f}")
-    head.add_row("macro-F1", f"{report['macro_f1']:.4f}", f"{flo:.4f} – {fhi:.4f}")
-    head.add_row("ECE", f"{report['ece']:.4f}", "")
+    for name, value in report.items():
+        if f"{name}_ci95" in report:
+            lo, hi = report[f"{name}_ci95"]
+            head.add_row(name.replace("macro_f1", "macro-F1").replace("_", " "), f"{value:.4f}", f"{lo:.4f} – {hi:.4f}")
+    if "ece" in report:
+        head.add_row("ECE", f"{report['ece']:.4f}", "")
     out.print(head)
+    if not report.get("per_class"):
+        return
     per_class = Table(show_header=True)
     for column in ("label", "precision", "recall", "F1", "support"):
         per_class.add_column(column, justify="left" if column == "label" else "right")

@@ -1,8 +1,9 @@
 """`slm evaluate`: score a trained model on labeled data, with confidence intervals.
 
-Writes `metrics.json` (accuracy and macro-F1 with 95% bootstrap intervals, per-class precision/recall/F1/
-support, confusion matrix, expected calibration error) and `config.yaml` to `<model>/eval/<data name>/`
-unless `--out` says otherwise.
+Writes `metrics.json` and `config.yaml` to `<model>/eval/<data name>/` unless `--out` says otherwise. The
+report is the task's: for classification accuracy and macro-F1 with 95% bootstrap intervals, per-class
+precision/recall/F1/support, confusion matrix and expected calibration error; for NER entity-level
+precision/recall/F1 per type; for QA exact match and F1.
 """
 
 from __future__ import annotations
@@ -35,6 +36,9 @@ def evaluate(cfg: EvalConfig) -> EvalResult:
     else:
         artifacts.check_model_dir(model_dir)
     d = cfg.data
+    if artifacts.model_task(model_dir) != "classification":
+        report = {"model": str(model_dir), "data": str(data_path), **_task_report(cfg, model_dir, data_path)}
+        return _write(cfg, model_dir, data_path, report)
     examples = read_examples(data_path, d.text_col, d.label_col, d.encoding, d.drop_empty)
     labels = artifacts.model_labels(model_dir)
     check_known_labels(examples, data_path, labels, "is not one the model knows", "fix the label or retrain with it")
@@ -43,6 +47,20 @@ def evaluate(cfg: EvalConfig) -> EvalResult:
     y_true = np.array([index[e.label] for e in examples])
     task = get_task(artifacts.model_task(model_dir))
     report = {"model": str(model_dir), "data": str(data_path), **task.metrics(y_true, probs, labels, cfg.bootstrap, cfg.seed)}
+    return _write(cfg, model_dir, data_path, report)
+
+
+def _task_report(cfg: EvalConfig, model_dir: Path, data_path: Path) -> dict:
+    """NER and QA: the task reads the file, runs the model over its features and scores the outputs."""
+    from slmkit.predict import open_task_model
+
+    runner = open_task_model(model_dir, batch_size=cfg.batch_size, data=cfg.data)
+    examples = runner.task.read(data_path, cfg.data)
+    features, outputs = runner.run(examples)
+    return runner.task.score(examples, features, outputs, runner.labels, full=True, seed=cfg.seed, n_resamples=cfg.bootstrap)
+
+
+def _write(cfg: EvalConfig, model_dir: Path, data_path: Path, report: dict) -> EvalResult:
     out = Path(cfg.out) if cfg.out else artifacts.eval_dir(model_dir, data_path)
     staging = artifacts.begin(out, overwrite=False)
     save_config(cfg, staging / artifacts.CONFIG)

@@ -27,7 +27,8 @@ from slmkit.config import ExportConfig, save_config
 from slmkit.data import read_texts
 from slmkit.encoding import make_encoder, uses_token_types
 from slmkit.errors import UserError
-from slmkit.lineage import examples_from
+from slmkit.lineage import examples_from, recorded_task, recorded_train_config, task_examples
+from slmkit.tasks import task_options
 
 OUTPUT = "logits"
 
@@ -38,8 +39,9 @@ class ExportResult:
     metrics: dict
 
 
-def logits_module(model, token_types: bool):
-    """`model` as a module with named tensor inputs and the logits as its one output (what the graph holds)."""
+def logits_module(model, token_types: bool, outputs: tuple[str, ...] = (OUTPUT,)):
+    """`model` as a module with named tensor inputs and the task's logits as its outputs (what the graph holds):
+    `logits` for classification and NER, `start_logits` and `end_logits` for QA."""
     import torch
 
     class Logits(torch.nn.Module):
@@ -49,7 +51,8 @@ def logits_module(model, token_types: bool):
 
         def forward(self, input_ids, attention_mask, token_type_ids=None):
             extra = {"token_type_ids": token_type_ids} if token_types else {}
-            return self.model(input_ids=input_ids, attention_mask=attention_mask, **extra).logits
+            result = self.model(input_ids=input_ids, attention_mask=attention_mask, **extra)
+            return tuple(getattr(result, name) for name in outputs) if len(outputs) > 1 else getattr(result, outputs[0])
 
     return Logits().eval()
 
@@ -64,38 +67,50 @@ def export(cfg: ExportConfig, overwrite: bool = False) -> ExportResult:
     model_dir, out = Path(cfg.model), Path(cfg.out)
     artifacts.check_output(out, overwrite)
     model, hf_tokenizer = artifacts.load_model(model_dir)
-    labels = artifacts.model_labels(model_dir)
+    labels = artifacts.model_labels(model_dir) if (model_dir / artifacts.HF_CONFIG).is_file() else []
+    task = recorded_task(model_dir)
     token_types = uses_token_types(model, hf_tokenizer)
     inputs = ["input_ids", "attention_mask"] + (["token_type_ids"] if token_types else [])
+    outputs = tuple(task.outputs)
     max_length = int(hf_tokenizer.model_max_length)
-
-    # the probe batch: a seeded sample of training texts, padded together
-    if cfg.probe_data:
-        source, all_texts = Path(cfg.probe_data), read_texts(cfg.probe_data, cfg.text_col)
-    else:
-        examples, source = examples_from(None, model_dir, "train", "--probe-data")
-        all_texts = [e.text for e in examples]
-    rng = np.random.default_rng(0)
-    texts = [all_texts[i] for i in rng.choice(len(all_texts), min(cfg.probe_size, len(all_texts)), replace=False)]
     encoder = make_encoder(hf_tokenizer, max_length)
-    encoder.enable_padding(pad_id=hf_tokenizer.pad_token_id or 0, pad_token=hf_tokenizer.pad_token or "[PAD]")
-    probe = _arrays(encoder.encode_batch(texts), inputs)
+
+    # the probe batch: a seeded sample of training texts (or the task's examples), padded together
+    rng = np.random.default_rng(0)
+    if task.name == "classification":
+        if cfg.probe_data:
+            source, all_texts = Path(cfg.probe_data), read_texts(cfg.probe_data, cfg.text_col)
+        else:
+            examples, source = examples_from(None, model_dir, "train", "--probe-data")
+            all_texts = [e.text for e in examples]
+        texts = [all_texts[i] for i in rng.choice(len(all_texts), min(cfg.probe_size, len(all_texts)), replace=False)]
+        encoder.enable_padding(pad_id=hf_tokenizer.pad_token_id or 0, pad_token=hf_tokenizer.pad_token or "[PAD]")
+        probe = _arrays(encoder.encode_batch(texts), inputs)
+        encoder.no_padding()
+    else:  # NER sentences, QA questions: the task's own features, padded by its collate
+        examples, source = task_examples(cfg.probe_data, model_dir, "train", "--probe-data")
+        texts = [examples[i] for i in rng.choice(len(examples), min(cfg.probe_size, len(examples)), replace=False)]
+        features = task.encode(texts, encoder, None)
+        batch = task.collate(features, pad_id=hf_tokenizer.pad_token_id or 0, token_types=token_types)
+        probe = {name: batch[name].numpy() for name in inputs}
 
     with artifacts.staged(out, overwrite) as staging:
         started = time.perf_counter()
         onnx_path = staging / artifacts.ONNX_MODEL
         dims = {name: {0: "batch", 1: "sequence"} for name in inputs}
+        out_dims = {name: {0: "batch", 1: "sequence"} if task.per_token else {0: "batch"} for name in outputs}
         _forget_rnn_kernels()
         with torch.no_grad(), _quiet():
             torch.onnx.export(
-                logits_module(model, token_types), tuple(torch.from_numpy(probe[n]) for n in inputs), str(onnx_path),
-                input_names=inputs, output_names=[OUTPUT], dynamic_axes={**dims, OUTPUT: {0: "batch"}},
+                logits_module(model, token_types, outputs), tuple(torch.from_numpy(probe[n]) for n in inputs), str(onnx_path),
+                input_names=inputs, output_names=list(outputs), dynamic_axes={**dims, **out_dims},
                 opset_version=cfg.opset, dynamo=True, external_data=False, verbose=False,
             )
-            reference = model(**{n: torch.from_numpy(probe[n]) for n in inputs}).logits.float().numpy()
+            result = model(**{n: torch.from_numpy(probe[n]) for n in inputs})
+            reference = {name: getattr(result, name).float().numpy() for name in outputs}
         export_seconds = time.perf_counter() - started
 
-        parity = check_parity(onnx_path, probe, reference, cfg.tolerance)
+        parity = check_parity(onnx_path, probe, reference, cfg.tolerance, task.per_token)
 
         artifacts.copy_serving_files(model_dir, staging)
         encoder.no_padding()
@@ -103,10 +118,12 @@ def export(cfg: ExportConfig, overwrite: bool = False) -> ExportResult:
             encoder.save(str(staging / artifacts.TOKENIZER))  # set up for inference: truncation on, padding off
         manifest = {
             "format": "slmkit-onnx",
-            "task": artifacts.model_task(model_dir),
+            "task": task.name,
+            "task_options": task_options(recorded_train_config(model_dir)) if task.name != "classification" else {},
             "labels": labels,
             "inputs": inputs,
-            "output": OUTPUT,
+            "output": outputs[0],
+            "outputs": list(outputs),
             "max_length": max_length,
             "pad_id": int(hf_tokenizer.pad_token_id or 0),
             "opset": cfg.opset,
@@ -116,7 +133,10 @@ def export(cfg: ExportConfig, overwrite: bool = False) -> ExportResult:
         }
         artifacts.write_json(staging / artifacts.MANIFEST, manifest)
         # the same texts through what was written, as a user loads it: tokenizer.json, manifest and graph
-        parity["runtime_max_abs_logit_diff"] = check_runtime(staging, texts, reference, cfg.tolerance)
+        if task.name == "classification":
+            parity["runtime_max_abs_logit_diff"] = check_runtime(staging, texts, reference[OUTPUT], cfg.tolerance)
+        else:
+            parity["runtime_max_abs_logit_diff"] = check_task_runtime(staging, texts, features, reference, cfg.tolerance)
         metrics = {
             "parity": parity,
             "probe": {"size": len(texts), "source": str(source), "sequence_length": int(probe["input_ids"].shape[1])},
@@ -174,6 +194,16 @@ def _arrays(encodings, inputs: list[str]) -> dict[str, np.ndarray]:
     return arrays
 
 
+def _same_argmax(got: np.ndarray, reference: np.ndarray, mask: np.ndarray, per_token: bool) -> bool:
+    """Whether the argmax over the last axis agrees: per text (classification), per real token (NER's
+    (batch, sequence, labels)), or over each row's real tokens (QA's (batch, sequence) start/end logits)."""
+    if not per_token:
+        return bool((got.argmax(-1) == reference.argmax(-1)).all())
+    if got.ndim == 3:
+        return bool((got.argmax(-1) == reference.argmax(-1))[mask == 1].all())
+    return bool((np.where(mask == 1, got, -np.inf).argmax(-1) == np.where(mask == 1, reference, -np.inf).argmax(-1)).all())
+
+
 def check_runtime(directory: Path, texts: list[str], reference: np.ndarray, tolerance: float) -> float:
     """Run the probe texts through the torch-free runtime over the written directory; fail unless its logits
     match `reference` (a tokenizer.json that encodes differently fails here)."""
@@ -189,14 +219,35 @@ def check_runtime(directory: Path, texts: list[str], reference: np.ndarray, tole
     return max_diff
 
 
-def check_parity(onnx_path: Path, probe: dict[str, np.ndarray], reference: np.ndarray, tolerance: float) -> dict:
-    """Run the probe batch through ONNX Runtime; fail unless it matches `reference` within `tolerance`."""
+def check_task_runtime(directory: Path, examples: list, features: list[dict], reference: dict[str, np.ndarray], tolerance: float) -> float:
+    """NER/QA: the probe examples through the torch-free runtime over the written directory (its tokenizer.json
+    and manifest); fail unless it makes the same features and, per feature, the same outputs as `reference`."""
+    from slmkit.runtime import TaskSession
+
+    session = TaskSession(directory)
+    got_features = session.task.encode(examples, session.encoder, None)
+    got = session.named_outputs(got_features)
+    same_tokens = [f["input_ids"] for f in got_features] == [f["input_ids"] for f in features]
+    max_diff = max(
+        float(np.abs(got[name][i] - reference[name][i, : len(f["input_ids"])]).max()) for name in reference for i, f in enumerate(features)
+    ) if same_tokens else float("inf")
+    if not max_diff <= tolerance:
+        why = "it tokenizes differently" if not same_tokens else f"max |logit difference| {max_diff:.2e} (allowed {tolerance:.0e})"
+        raise UserError(f"{directory.name}: the written model fails its parity check through slmkit.runtime: {why}: nothing was written; report this model's tokenizer")
+    return max_diff
+
+
+def check_parity(onnx_path: Path, probe: dict[str, np.ndarray], reference: dict[str, np.ndarray], tolerance: float, per_token: bool = False) -> dict:
+    """Run the probe batch through ONNX Runtime; fail unless every output matches `reference` (name → array)
+    within `tolerance` and every argmax agrees (over the last axis: per text, per token, per start/end; on
+    padding positions only the tolerance applies)."""
     import onnxruntime as ort
 
     session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
-    logits = session.run([OUTPUT], probe)[0]
-    max_diff = float(np.abs(logits - reference).max())
-    same_argmax = bool((logits.argmax(1) == reference.argmax(1)).all())
+    names = list(reference)
+    got = dict(zip(names, session.run(names, probe)))
+    max_diff = max(float(np.abs(got[n] - reference[n]).max()) for n in names)
+    same_argmax = all(_same_argmax(got[n], reference[n], probe["attention_mask"], per_token) for n in names)
     if not (max_diff <= tolerance and same_argmax):
         raise UserError(
             f"{onnx_path.name}: parity check failed: max |logit difference| {max_diff:.2e} (allowed {tolerance:.0e}), "

@@ -14,7 +14,7 @@ from pathlib import Path
 import yaml
 
 from slmkit import artifacts
-from slmkit.data import Example, read_examples, stratified_split
+from slmkit.data import Example, read_examples
 from slmkit.errors import UserError
 
 
@@ -43,29 +43,27 @@ def training_config(model_dir: Path) -> dict:
     return {}
 
 
-def recorded_examples(model_dir: Path, split: str, flag: str) -> tuple[list[Example], Path]:
+def recorded_examples(model_dir: Path, split: str, flag: str) -> tuple[list, Path]:
     """The training ('train') or held-out ('eval') examples `model_dir` was made with, and the file they are from.
 
-    `flag` names the option that overrides the recorded data, for the error message when there is none."""
-    cfg = training_config(model_dir)
-    data = cfg.get("data") or {}
-    if not data.get("train"):
+    They are read by the model's task (classification rows, NER sentences, QA questions). `flag` names the
+    option that overrides the recorded data, for the error message when there is none."""
+    if not (training_config(model_dir).get("data") or {}).get("train"):
         raise UserError(f"{model_dir}: no training data is recorded for this model: pass {flag} FILE")
-    text_col, label_col = str(data.get("text_col", "text")), str(data.get("label_col", "label"))
-    encoding, drop_empty = data.get("encoding", "utf-8"), bool(data.get("drop_empty", False))
-    train_path = Path(data["train"])
-    if split == "eval" and data.get("eval"):
-        path = Path(data["eval"])
+    cfg = recorded_train_config(model_dir)
+    task, d = recorded_task(model_dir), cfg.data
+    train_path = Path(d.train)
+    if split == "eval" and d.eval:
+        path = Path(d.eval)
         if not path.is_file():
             raise UserError(f"{path}: the eval file recorded for {model_dir} is gone: pass {flag} FILE")
-        return read_examples(path, text_col, label_col, encoding, drop_empty), path
+        return task.read(path, d), path
     if not train_path.is_file():
         raise UserError(f"{train_path}: the training file recorded for {model_dir} is gone: pass {flag} FILE")
-    examples = read_examples(train_path, text_col, label_col, encoding, drop_empty)
-    if data.get("eval"):
+    examples = task.read(train_path, d)
+    if d.eval:
         return examples, train_path
-    seed = int((cfg.get("train") or {}).get("seed", 42))
-    train_ex, eval_ex = stratified_split(examples, float(data.get("eval_split", 0.1)), seed)
+    train_ex, eval_ex = task.split(examples, d.eval_split, cfg.train.seed)
     return (train_ex if split == "train" else eval_ex), train_path
 
 
@@ -74,3 +72,33 @@ def examples_from(path: str | Path | None, model_dir: Path, split: str, flag: st
     if path:
         return read_examples(Path(path), text_col, label_col), Path(path)
     return recorded_examples(model_dir, split, flag)
+
+
+def task_examples(path: str | Path | None, model_dir: Path, split: str, flag: str) -> tuple[list, Path]:
+    """The model's task's examples from `path` (read with the recorded data settings: NER columns and scheme)
+    when given, else the model's recorded `split`."""
+    if not path:
+        return recorded_examples(model_dir, split, flag)
+    return recorded_task(model_dir).read(Path(path), recorded_train_config(model_dir).data), Path(path)
+
+
+def recorded_train_config(model_dir: Path):
+    """The `slm train` settings at the root of `model_dir`'s lineage, as a TrainConfig (defaults where nothing
+    is recorded)."""
+    from slmkit.config import TrainConfig, from_dict
+
+    recorded = training_config(model_dir)
+    return from_dict(TrainConfig, {k: v for k, v in recorded.items() if k in ("task", "data", "model", "train")})
+
+
+def recorded_task(model_dir: Path, data=None):
+    """The model's task with the settings it was trained with (NER scheme, QA stride); `data` (a DataConfig)
+    overrides the NER reading settings for a new file."""
+    from dataclasses import replace
+
+    from slmkit.tasks import get_task, task_options
+
+    cfg = recorded_train_config(model_dir)
+    if data is not None:
+        cfg = replace(cfg, data=replace(cfg.data, scheme=data.scheme, strict=data.strict, tag_col=data.tag_col))
+    return get_task(artifacts.model_task(Path(model_dir)), **task_options(cfg))

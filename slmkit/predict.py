@@ -15,6 +15,7 @@ import numpy as np
 from slmkit import artifacts
 from slmkit.data import Example
 from slmkit.encoding import make_encoder, uses_token_types
+from slmkit.lineage import recorded_task
 from slmkit.runtime import Prediction, Predictor
 from slmkit.tasks import get_task
 
@@ -38,6 +39,38 @@ class TorchPredictor:
     def predict_proba(self, texts: list[str]) -> np.ndarray:
         features = self.task.encode([Example(t, None, i) for i, t in enumerate(texts)], self.encoder, None)
         return self.task.predict_probs(self.model, features, self.collate, self.batch_size)
+
+
+class TorchTaskModel:
+    """A PyTorch model directory of any task: the task's features in, its raw outputs out (what `task.score`
+    and the task's decoders read). `slmkit.runtime.TaskSession` is the same for an exported directory."""
+
+    def __init__(self, model_dir: str | Path, threads: int | None = None, batch_size: int = 64, data=None):
+        import torch
+
+        if threads:
+            torch.set_num_threads(threads)
+        self.directory = Path(model_dir)
+        self.model, hf_tokenizer = artifacts.load_model(self.directory)
+        self.task = recorded_task(self.directory, data)
+        self.labels = [self.model.config.id2label[i] for i in range(self.model.config.num_labels)]
+        self.encoder = make_encoder(hf_tokenizer, hf_tokenizer.model_max_length)
+        self.collate = partial(self.task.collate, pad_id=hf_tokenizer.pad_token_id or 0, token_types=uses_token_types(self.model, hf_tokenizer))
+        self.batch_size = batch_size
+
+    def run(self, examples: list) -> tuple[list[dict], object]:
+        """The task's features of `examples` and the model's outputs over them."""
+        features = self.task.encode(examples, self.encoder, None)
+        return features, self.task.predict_logits(self.model, features, self.collate, self.batch_size)
+
+
+def open_task_model(model_dir: str | Path, threads: int | None = None, batch_size: int = 64, data=None):
+    """`slmkit.runtime.TaskSession` for an exported (ONNX) directory, `TorchTaskModel` for a trained one."""
+    if (Path(model_dir) / artifacts.ONNX_MODEL).is_file():
+        from slmkit.runtime import TaskSession
+
+        return TaskSession(model_dir, threads=threads, batch_size=batch_size, data=data)
+    return TorchTaskModel(model_dir, threads=threads, batch_size=batch_size, data=data)
 
 
 def open_predictor(model_dir: str | Path, threads: int | None = None, batch_size: int = 64) -> Predictor | TorchPredictor:

@@ -83,27 +83,105 @@ def load_manifest(directory: Path) -> dict:
     return artifacts.read_json(directory / artifacts.MANIFEST)
 
 
+def open_session(directory: Path, threads: int | None):
+    """An ONNX Runtime CPU session over the directory's model.onnx (`threads` intra-op threads, one inter-op)."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    if threads:
+        options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    return ort.InferenceSession(str(directory / artifacts.ONNX_MODEL), options, providers=["CPUExecutionProvider"])
+
+
+def open_tokenizer(directory: Path, manifest: dict):
+    """The directory's tokenizer.json, truncating at the model's maximum length and never padding."""
+    from tokenizers import Tokenizer
+
+    tokenizer = Tokenizer.from_file(str(directory / artifacts.TOKENIZER))
+    tokenizer.no_padding()
+    tokenizer.enable_truncation(int(manifest["max_length"]))
+    return tokenizer
+
+
+def pad_features(features: list[dict], inputs: list[str], pad_id: int) -> dict[str, np.ndarray]:
+    """Session inputs for a batch of features, padded to its longest; token types come from the features
+    (QA's question/context segments) or are zeros."""
+    width = max(len(f["input_ids"]) for f in features)
+    batch = {"input_ids": np.full((len(features), width), pad_id, dtype=np.int64), "attention_mask": np.zeros((len(features), width), dtype=np.int64)}
+    if "token_type_ids" in inputs:
+        batch["token_type_ids"] = np.zeros((len(features), width), dtype=np.int64)
+    for row, f in enumerate(features):
+        n = len(f["input_ids"])
+        batch["input_ids"][row, :n] = f["input_ids"]
+        batch["attention_mask"][row, :n] = 1
+        if "token_type_ids" in inputs and f.get("token_type_ids") is not None:
+            batch["token_type_ids"][row, :n] = f["token_type_ids"]
+    return batch
+
+
+class TaskSession:
+    """An exported directory of a per-token task (NER, QA): the task's features in, its raw outputs out, in the
+    structure the task's `score` and decoders read (see `outputs`)."""
+
+    def __init__(self, directory: str | Path, threads: int | None = None, batch_size: int = 32, data=None):
+        from slmkit.tasks import get_task
+
+        self.directory = Path(directory)
+        self.manifest = load_manifest(self.directory)
+        options = dict(self.manifest.get("task_options", {}))
+        if data is not None and self.manifest["task"] == "ner":  # reading settings of a new file
+            options.update(scheme=data.scheme, strict=data.strict)
+        self.task = get_task(self.manifest["task"], **options)
+        self.labels: list[str] = self.manifest["labels"]
+        self.inputs: list[str] = self.manifest["inputs"]
+        self.outputs_names: list[str] = self.manifest.get("outputs", [self.manifest.get("output", "logits")])
+        self.pad_id = int(self.manifest.get("pad_id", 0))
+        self.batch_size = batch_size
+        self.threads = threads
+        self.session = open_session(self.directory, threads)
+        self.encoder = open_tokenizer(self.directory, self.manifest)
+
+    def run(self, examples: list) -> tuple[list[dict], list]:
+        """The task's features of `examples` and the model's outputs over them."""
+        features = self.task.encode(examples, self.encoder, None)
+        return features, self.outputs(features)
+
+    def outputs(self, features: list[dict]) -> list:
+        """Per feature, in feature order, its unpadded outputs (first axis: the feature's tokens): one array for a
+        one-output task (NER's logits), a tuple for several (QA's start and end logits) — what the task's
+        `predict_logits` returns for a PyTorch model."""
+        named = self.named_outputs(features)
+        if len(self.outputs_names) == 1:
+            return named[self.outputs_names[0]]
+        return list(zip(*(named[name] for name in self.outputs_names)))
+
+    def named_outputs(self, features: list[dict]) -> dict[str, list[np.ndarray]]:
+        """{output name: one unpadded array per feature}."""
+        result: dict[str, list] = {name: [None] * len(features) for name in self.outputs_names}
+        lengths = np.fromiter((len(f["input_ids"]) for f in features), dtype=np.int64, count=len(features))
+        order = np.argsort(lengths, kind="stable")
+        for start in range(0, len(order), self.batch_size):
+            rows = order[start : start + self.batch_size]
+            values = self.session.run(self.outputs_names, pad_features([features[i] for i in rows], self.inputs, self.pad_id))
+            for name, array in zip(self.outputs_names, values):
+                for j, i in enumerate(rows):
+                    result[name][i] = array[j, : lengths[i]]
+        return result
+
+
 class Predictor:
     """Labels and probabilities from an exported model directory, with ONNX Runtime on the CPU."""
 
     def __init__(self, directory: str | Path, threads: int | None = None, batch_size: int = 32):
-        import onnxruntime as ort
-        from tokenizers import Tokenizer
-
         self.directory = Path(directory)
         self.manifest = load_manifest(self.directory)
         self.labels: list[str] = self.manifest["labels"]
         self.inputs: list[str] = self.manifest["inputs"]
         self.batch_size = batch_size
         self.threads = threads
-        options = ort.SessionOptions()
-        if threads:
-            options.intra_op_num_threads = threads
-        options.inter_op_num_threads = 1
-        self.session = ort.InferenceSession(str(self.directory / artifacts.ONNX_MODEL), options, providers=["CPUExecutionProvider"])
-        self.tokenizer = Tokenizer.from_file(str(self.directory / artifacts.TOKENIZER))
-        self.tokenizer.no_padding()
-        self.tokenizer.enable_truncation(int(self.manifest["max_length"]))
+        self.session = open_session(self.directory, threads)
+        self.tokenizer = open_tokenizer(self.directory, self.manifest)
         self.pad_id = int(self.manifest.get("pad_id", 0))
         self.output = self.manifest.get("output", "logits")
 

@@ -85,8 +85,9 @@ def test_readme_snippet_runs_in_plain_onnxruntime(exported_tiny, capsys):
 def test_parity_failure_is_loud_and_writes_nothing(trained_tiny, tmp_path, monkeypatch):
     import slmkit.export as module
 
-    def failing(onnx_path, probe, reference, tolerance):
-        return check_parity(onnx_path, probe, reference + 1.0, tolerance)  # as if the graph computed something else
+    def failing(onnx_path, probe, reference, tolerance, per_token):
+        shifted = {name: logits + 1.0 for name, logits in reference.items()}  # as if the graph computed something else
+        return check_parity(onnx_path, probe, shifted, tolerance, per_token)
 
     monkeypatch.setattr(module, "check_parity", failing)
     out = tmp_path / "x-onnx"

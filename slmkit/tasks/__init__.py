@@ -17,11 +17,10 @@ from slmkit.errors import UserError
 
 def task_classes() -> dict[str, type]:
     from slmkit.tasks.classification import ClassificationTask
-
-    classes: dict[str, type] = {"classification": ClassificationTask}
+    from slmkit.tasks.ner import NERTask
     from slmkit.tasks.qa import QATask
 
-    classes["qa"] = QATask
+    classes: dict[str, type] = {"classification": ClassificationTask, "ner": NERTask, "qa": QATask}
     return classes
 
 

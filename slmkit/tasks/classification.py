@@ -21,6 +21,8 @@ class ClassificationTask:
     name = "classification"
     metric_names = ("accuracy", "macro_f1")
     auto_class = "AutoModelForSequenceClassification"
+    outputs = ("logits",)  # the model outputs an export keeps
+    per_token = False  # one row of logits per text, not per token
 
     # ------------------------------------------------------------------------------------------ data
     def read(self, path: Path, d: Any) -> list[Example]:

@@ -26,6 +26,8 @@ class QATask:
     name = "qa"
     metric_names = ("f1", "exact_match")
     auto_class = "AutoModelForQuestionAnswering"
+    outputs = ("start_logits", "end_logits")  # the model outputs an export keeps
+    per_token = True  # a start and an end logit per token of each window
 
     def __init__(self, stride: int = 128):
         self.stride = stride  # context tokens shared by neighbouring windows; 0: contexts must fit one window
