@@ -85,7 +85,7 @@ class QATask:
             n = len(f["input_ids"])
             ids[row, :n] = torch.tensor(f["input_ids"])
             mask[row, :n] = 1
-            types[row, :n] = torch.tensor(f["type_ids"])
+            types[row, :n] = torch.tensor(f["token_type_ids"])
         batch = {
             "input_ids": ids,
             "attention_mask": mask,
