@@ -428,3 +428,24 @@ def test_qa_module_imports_no_torch():
 
     code = "import sys, slmkit.qa; assert 'torch' not in sys.modules and 'transformers' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).resolve().parents[1])
+
+
+def test_exported_qa_model_answers_like_pytorch_without_torch_code(qa_run, tmp_path):
+    """slm export of a QA model: the ONNX runtime's windows and logits decode (with slmkit.qa.answer_pairs) to the
+    same answers as the PyTorch model, and slm evaluate scores the exported directory the same."""
+    from slmkit.config import DataConfig, EvalConfig, ExportConfig
+    from slmkit.evaluate import evaluate
+    from slmkit.export import export
+    from slmkit.runtime import TaskSession
+    from slmkit.tasks.qa import QAPredictor
+
+    out, dev_file, _ = qa_run
+    onnx_dir = export(ExportConfig(model=str(out), out=str(tmp_path / "onnx"), probe_size=16)).out  # fails unless outputs match
+    session = TaskSession(onnx_dir)
+    pairs = [(e.question, e.context) for e in qa.read_qa(dev_file)]
+    exported = qa.answer_pairs(pairs, session.encoder, session.manifest["max_length"], session.task.stride, session.outputs)
+    reference = QAPredictor(out).answer(pairs)
+    assert [(a[0].text, a[0].start, a[0].end) for a in exported] == [(a[0].text, a[0].start, a[0].end) for a in reference]
+    assert np.allclose([a[0].score for a in exported], [a[0].score for a in reference], atol=1e-4)
+    scored = evaluate(EvalConfig(model=str(onnx_dir), out=str(tmp_path / "eval"), data=DataConfig(eval=str(dev_file))))
+    assert scored.metrics["f1"] == json.loads((out / "metrics.json").read_text())["eval"]["f1"]

@@ -59,6 +59,8 @@ class QATask:
 
         config = base.config
         config.num_labels = 2
+        # the head's two outputs, named (transformers 5 leaves the default LABEL_0/LABEL_1 out of config.json)
+        config.id2label, config.label2id = {0: "start", 1: "end"}, {"start": 0, "end": 1}
         if dropout is not None:  # names differ across BERT / DistilBERT / RoBERTa configs
             for name in ("hidden_dropout_prob", "dropout", "qa_dropout"):
                 if hasattr(config, name):
