@@ -27,6 +27,7 @@ from typing import Any, Callable
 
 import numpy as np
 
+from slmkit.data import _decode
 from slmkit.errors import UserError
 
 MAX_QUESTION_TOKENS = 64  # longer questions are cut to this many tokens (BERT's SQuAD setting)
@@ -66,10 +67,7 @@ def read_qa(path: str | Path, strict: bool = False, encoding: str = "utf-8", war
     path = Path(path)
     if not path.is_file():
         raise UserError(f"{path}: file not found: check the path")
-    try:
-        text = path.read_text(encoding=encoding)
-    except UnicodeDecodeError as e:
-        raise UserError(f"{path}: bytes at offset {e.start} are not {encoding}: pass --encoding with the file's encoding") from None
+    text = _decode(path, encoding)
     repairs = _Repairs(path, strict)
     suffix = path.suffix.lower()
     if suffix == ".json":

@@ -132,6 +132,18 @@ def test_bad_squad_files(tmp_path, content, message):
         qa.read_qa(path)
 
 
+def test_unreadable_qa_files(tmp_path):
+    with pytest.raises(UserError, match=r"train\.csv: unknown QA file type '\.csv'"):
+        qa.read_qa(squad_file(tmp_path / "train.csv", []))
+    (tmp_path / "latin.json").write_bytes('{"data": [], "title": "café"}'.encode("latin-1"))
+    with pytest.raises(UserError, match=r"latin\.json line 1: bytes that are not utf-8"):
+        qa.read_qa(tmp_path / "latin.json")
+    with pytest.raises(UserError, match="--encoding 'nope': unknown encoding"):
+        qa.read_qa(squad_file(tmp_path / "t.json", []), encoding="nope")
+    with pytest.raises(UserError, match="no questions with answers"):
+        qa.read_qa(squad_file(tmp_path / "t.json", []))
+
+
 def test_read_mrqa_inclusive_ends(tmp_path):
     rows = [
         {"header": {"dataset": "SQuAD", "split": "train"}},
