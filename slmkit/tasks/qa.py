@@ -36,7 +36,7 @@ class QATask:
     def read(self, path: Path, d: Any) -> list[QAExample]:
         from slmkit.progress import stderr
 
-        return qa.read_qa(path, strict=d.strict, encoding=d.encoding, warn=lambda line: stderr.print(line, highlight=False, soft_wrap=True))
+        return qa.read_qa(path, strict=d.strict, encoding=d.encoding, warn=lambda line: stderr.print(line, markup=False, highlight=False, soft_wrap=True))
 
     def split(self, examples: list[QAExample], fraction: float, seed: int) -> tuple[list[QAExample], list[QAExample]]:
         """Whole paragraphs held out, so that no context is seen in training and evaluation both."""
