@@ -1,0 +1,232 @@
+"""NER and QA beyond training: `slm serve` of exported NER/QA models (POST /v1/entities, POST /v1/answer, one task
+per server), and `slm predict` of NER and QA models, trained (PyTorch) and exported (torch-free runtime).
+
+The tiny BERT is trained once per task in module fixtures on hand-made data (test_ner's and test_qa's)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+from fastapi.testclient import TestClient
+from typer.testing import CliRunner
+
+from slmkit.cli import app as cli
+from slmkit.config import ServeConfig
+from slmkit.serve import create_app
+from test_ner import ner_config, ner_rows, write_conll_rows
+from test_qa import synthetic_squad
+from test_serve import assert_error, batches_of_more_than_one, load_benchmark, wait_ready
+
+TEXTS = ["please refund my courier parcel, thanks!", "", "hello", "my password is locked again", "the shipping parcel is not here today"]
+# 22 words: with windows of 24 tokens (stride 8) the cue word lies in the second window only
+LONG_CONTEXT = "hello my problem is still not here today why is the help not again with a problem thanks please my courier"
+PAIRS = [("why the problem", LONG_CONTEXT), ("why the problem", "please help with my refund"), ("help with the problem", "my password again")]
+
+
+@pytest.fixture(scope="module")
+def ner_models(tiny_base, tmp_path_factory) -> tuple[Path, Path]:
+    """(trained NER directory, its ONNX export)."""
+    from slmkit.config import ExportConfig
+    from slmkit.export import export
+    from slmkit.train import train
+
+    d = tmp_path_factory.mktemp("serve-ner")
+    train_file = write_conll_rows(d / "train.conll", ner_rows(160, seed=1), "bio")
+    cfg = ner_config(tiny_base, train_file, None, d / "ner")
+    trained = train(cfg, progress=False).out
+    return trained, export(ExportConfig(model=str(trained), out=str(d / "ner-onnx"), probe_size=16)).out
+
+
+@pytest.fixture(scope="module")
+def qa_models(tiny_base, tmp_path_factory) -> tuple[Path, Path]:
+    """(trained QA directory, its ONNX export): windows of 24 tokens, stride 8."""
+    from slmkit.config import DataConfig, ExportConfig, ModelConfig, OptimConfig, TrainConfig
+    from slmkit.export import export
+    from slmkit.train import train
+
+    d = tmp_path_factory.mktemp("serve-qa")
+    cfg = TrainConfig(
+        task="qa", out=str(d / "qa"), data=DataConfig(train=str(synthetic_squad(d / "train.json", 40, seed=1))),
+        model=ModelConfig(base=str(tiny_base), max_length=24, stride=8),
+        train=OptimConfig(epochs=3, batch_size=16, lr=3e-3, warmup=0.0, seed=7, patience=0, threads=1),
+    )
+    trained = train(cfg, progress=False).out
+    return trained, export(ExportConfig(model=str(trained), out=str(d / "qa-onnx"), probe_size=16)).out
+
+
+def client_for(model: Path, **settings) -> TestClient:
+    return TestClient(create_app(ServeConfig(model=str(model), **settings)))
+
+
+def ready_client(model: Path, **settings):
+    client = client_for(model, **settings)
+    client.__enter__()
+    wait_ready(client)
+    return client
+
+
+def entity_spans(results: list[list[dict]]) -> list[list[tuple]]:
+    return [[(e["label"], e["start"], e["end"], e["text"]) for e in found] for found in results]
+
+
+# ------------------------------------------------------------------------------------------ NER server
+
+
+def test_entities_endpoint_answers_like_the_runtime_and_pytorch(ner_models):
+    from slmkit.tasks.ner import predict_entities
+
+    trained, exported = ner_models
+    with client_for(exported) as client:
+        wait_ready(client)
+        response = client.post("/v1/entities", json={"texts": TEXTS})
+        models = client.get("/v1/models").json()["models"][0]
+        openapi = client.get("/openapi.json").json()
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert body["model"]["task"] == "ner" and [r["truncated"] for r in body["results"]] == [False] * len(TEXTS)
+    served = [r["entities"] for r in body["results"]]
+    assert entity_spans(served)[:3] == [[("PAY", 7, 13, "refund"), ("SHIP", 17, 31, "courier parcel")], [], []]
+    for text, found in zip(TEXTS, served):
+        assert all(text[e["start"] : e["end"]] == e["text"] and set(e) == {"label", "score", "start", "end", "text"} for e in found)
+    pytorch = predict_entities(trained, TEXTS)
+    assert entity_spans(served) == entity_spans(pytorch)
+    assert [e["score"] for t in served for e in t] == pytest.approx([e["score"] for t in pytorch for e in t], abs=1e-4)
+    assert models["endpoint"] == "/v1/entities" and models["labels"][0] == "O" and "B-SHIP" in models["labels"]
+    assert set(openapi["paths"]) == {"/v1/entities", "/v1/models", "/metrics", "/health/live", "/health/ready"}
+    assert "Named entity recognition" in openapi["info"]["description"]
+    assert openapi["paths"]["/v1/entities"]["post"]["requestBody"]["content"]["application/json"]["schema"]["properties"]["texts"]["maxItems"] == 64
+
+
+def test_each_server_answers_its_own_task_only(ner_models, qa_models, exported_tiny):
+    for model, wrong in ((ner_models[1], ["/v1/classify", "/v1/answer"]), (qa_models[1], ["/v1/classify", "/v1/entities"]),
+                         (exported_tiny, ["/v1/entities", "/v1/answer"])):
+        with client_for(model) as client:
+            wait_ready(client)
+            task = client.get("/v1/models").json()["models"][0]["task"]
+            for path in wrong:
+                error = assert_error(client.post(path, json={"texts": ["hello"]}), 404, "wrong_task")
+                assert f"answers a {task} model" in error["message"]
+            assert all(path not in client.get("/openapi.json").json()["paths"] for path in wrong)
+
+
+def test_entity_batches_limits_and_truncation(ner_models):
+    exported = ner_models[1]
+    texts = [t for t in TEXTS if t] + [t + " again please" for t in TEXTS if t] + ["invoice"]
+    with client_for(exported, max_batch=4, max_wait_ms=200) as client:
+        wait_ready(client)
+        solo = [client.post("/v1/entities", json={"texts": [t]}).json()["results"][0]["entities"] for t in texts]
+        groups = [texts[i : i + 2] for i in range(0, len(texts), 2)]
+        with ThreadPoolExecutor(len(groups)) as pool:
+            mixed = [r["entities"] for rs in pool.map(lambda g: client.post("/v1/entities", json={"texts": g}).json()["results"], groups) for r in rs]
+        assert batches_of_more_than_one(client) >= 1
+    assert entity_spans(mixed) == entity_spans(solo)
+    assert [e["score"] for t in mixed for e in t] == pytest.approx([e["score"] for t in solo for e in t], abs=1e-5)
+
+    with client_for(exported, max_texts=2, max_chars=20, truncate=False) as client:
+        wait_ready(client)
+        assert_error(client.post("/v1/entities", json={"texts": ["a", "b", "c"]}), 422, "too_many_texts")
+        assert_error(client.post("/v1/entities", json={"texts": ["x" * 21]}), 422, "text_too_long")
+        assert_error(client.post("/v1/entities", json={"text": "a"}), 422, "invalid_request")
+        assert_error(client.post("/v1/entities", content=b"{"), 400, "invalid_json")
+    text = "please refund my courier parcel"
+    with client_for(exported, max_chars=20, truncate=True) as client:
+        wait_ready(client)
+        cut, whole = client.post("/v1/entities", json={"texts": [text, text[:20]]}).json()["results"]
+    assert cut["truncated"] is True and whole["truncated"] is False and cut["entities"] == whole["entities"]
+    assert ("PAY", "refund") in [(e["label"], e["text"]) for e in cut["entities"]]
+
+
+def test_fuzzed_entity_and_answer_requests_get_no_5xx(ner_models, qa_models):
+    bench = load_benchmark()
+    from slmkit.serve import ERROR_CODES
+
+    for model, path in ((ner_models[1], "/v1/entities"), (qa_models[1], "/v1/answer")):
+        with client_for(model, max_body_bytes=200_000) as client:
+            wait_ready(client)
+            for kind, body in bench.bad_requests(300, seed=2, max_body_bytes=200_000):
+                response = client.post(path, content=body)
+                problem = bench.check_answer(response.status_code, response.content, ERROR_CODES)
+                assert problem is None, f"{path} {kind}: {problem} for {body[:100]!r}"
+
+
+# ------------------------------------------------------------------------------------------ QA server
+
+
+def test_answer_endpoint_single_and_batch_forms(qa_models):
+    from slmkit.tasks.qa import answer_questions
+
+    trained, exported = qa_models
+    pytorch = answer_questions(trained, PAIRS)
+    assert pytorch[0].text == "courier" and pytorch[1].text == "refund"  # the first one's answer is in its second window
+    with client_for(exported) as client:
+        wait_ready(client)
+        single = client.post("/v1/answer", json={"question": PAIRS[0][0], "context": PAIRS[0][1]})
+        batch = client.post("/v1/answer", json={"items": [{"question": q, "context": c} for q, c in PAIRS]})
+        models = client.get("/v1/models").json()["models"][0]
+        openapi = client.get("/openapi.json").json()
+    assert single.status_code == 200 and batch.status_code == 200, (single.text, batch.text)
+    one = single.json()
+    assert set(one) == {"answer", "score", "start", "end", "truncated", "model"} and one["model"]["task"] == "qa"
+    results = batch.json()["results"]
+    assert {k: v for k, v in one.items() if k != "model"} == results[0]
+    for (question, context), result, expected in zip(PAIRS, results, pytorch):
+        assert (result["answer"], result["start"], result["end"]) == (expected.text, expected.start, expected.end)
+        assert context[result["start"] : result["end"]] == result["answer"] and result["score"] == pytest.approx(expected.score, abs=1e-4)
+    assert models["endpoint"] == "/v1/answer" and models["labels"] == []
+    schema = openapi["paths"]["/v1/answer"]["post"]["requestBody"]["content"]["application/json"]["schema"]
+    assert [s["title"] for s in schema["anyOf"]] == ["One question", "Several questions"]
+
+
+def test_answer_requests_batch_together_and_bad_ones_are_json_errors(qa_models, tmp_path):
+    exported = qa_models[1]
+    with client_for(exported, max_batch=8, max_wait_ms=200, max_texts=3, max_chars=120) as client:
+        wait_ready(client)
+        solo = [client.post("/v1/answer", json={"question": q, "context": c}).json() for q, c in PAIRS]
+        with ThreadPoolExecutor(3) as pool:
+            mixed = list(pool.map(lambda p: client.post("/v1/answer", json={"question": p[0], "context": p[1]}).json(), PAIRS))
+        assert batches_of_more_than_one(client) >= 1
+        for alone, batched in zip(solo, mixed):
+            assert (alone["answer"], alone["start"]) == (batched["answer"], batched["start"]) and batched["score"] == pytest.approx(alone["score"], abs=1e-5)
+        post = lambda payload: client.post("/v1/answer", json=payload)  # noqa: E731
+        for payload in ({"question": "why"}, {"context": "x"}, {"question": "why", "context": "x", "extra": 1}, {"items": "x"},
+                        {"items": []}, {"items": [{"question": "why"}]}, {"items": [["why", "x"]]}, {"question": 1, "context": "x"},
+                        {"question": " ", "context": "x"}, {"items": [{"question": "why", "context": ""}]}, ["why", "x"], {"texts": ["a"]}):
+            assert_error(post(payload), 422, "invalid_request")
+        assert '"items"[0].context' in assert_error(post({"items": [{"question": "why", "context": ""}]}), 422, "invalid_request")["message"]
+        assert_error(post({"items": [{"question": "q", "context": "c"}] * 4}), 422, "too_many_texts")
+        assert "at most 120" in assert_error(post({"question": "why", "context": "x" * 121}), 422, "text_too_long")["message"]
+        assert_error(client.post("/v1/answer", content=b'{"question": "a\\ud800", "context": "b"}'), 422, "invalid_text")
+        assert_error(client.post("/v1/answer", content=b"[1,"), 400, "invalid_json")
+
+    # a model that reads no windows (stride 0) cannot read a context longer than its window: 422, not a fault
+    no_windows = shutil.copytree(exported, tmp_path / "no-windows")
+    manifest = json.loads((no_windows / "manifest.json").read_text())
+    manifest["task_options"]["stride"] = 0
+    (no_windows / "manifest.json").write_text(json.dumps(manifest))
+    with client_for(no_windows) as client:
+        wait_ready(client)
+        error = assert_error(client.post("/v1/answer", json={"items": [{"question": q, "context": c} for q, c in PAIRS]}), 422, "unreadable_pair")
+        assert error["message"].startswith('"items"[0]: the model cannot read this question and context')
+        ok = client.post("/v1/answer", json={"question": "why", "context": "please help with my refund"})
+        assert ok.status_code == 200 and ok.json()["answer"] == "refund"
+
+
+def test_task_servers_import_no_torch(ner_models, qa_models):
+    code = (
+        "import sys, time\nfrom fastapi.testclient import TestClient\nimport slmkit.cli\nfrom slmkit.config import ServeConfig\n"
+        "from slmkit.serve import create_app\n"
+        f"for model, path, body in (({str(ner_models[1])!r}, '/v1/entities', {{'texts': ['my invoice']}}),\n"
+        f"                          ({str(qa_models[1])!r}, '/v1/answer', {{'question': 'why', 'context': 'my refund'}})):\n"
+        "    with TestClient(create_app(ServeConfig(model=model))) as c:\n"
+        "        while c.get('/health/ready').status_code != 200: time.sleep(0.01)\n"
+        "        assert c.post(path, json=body).status_code == 200\n"
+        "bad = [m for m in ('torch', 'transformers') if m in sys.modules]\nassert not bad, bad\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
