@@ -110,8 +110,8 @@ def _title(model_dir: Path) -> str:
 def _check_servable(model_dir: Path, manifest: dict) -> str:
     """What the page cannot reproduce is refused here, in one line; returns the tokenizer's model type."""
     task = manifest.get("task", "classification")
-    if task != "classification":
-        raise UserError(f"{model_dir}: a {task} model: the page classifies texts, so export-web takes classification models only")
+    if task not in ("classification", "ner"):
+        raise UserError(f"{model_dir}: a {task} model: the page classifies texts or finds their entities, so export-web takes classification and NER models only")
     unknown = [name for name in manifest.get("inputs", []) if name not in INPUTS]
     if unknown or not manifest.get("labels") or not isinstance(manifest.get("max_length"), int):
         raise UserError(f"{model_dir / artifacts.MANIFEST}: not an slmkit classifier manifest (labels, max_length, inputs among {', '.join(INPUTS)}): export the model again with slm export")

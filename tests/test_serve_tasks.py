@@ -230,3 +230,104 @@ def test_task_servers_import_no_torch(ner_models, qa_models):
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
+
+
+# ------------------------------------------------------------------------------------------ slm predict
+
+
+def run_cli(*args) -> tuple[int, str, str]:
+    result = CliRunner().invoke(cli, [str(a) for a in args])
+    return result.exit_code, result.stdout, result.stderr
+
+
+def test_predict_entities_as_json_lines_and_conll(ner_models, tmp_path):
+    """The same entities from the trained and the exported model; CoNLL output in the scheme asked for."""
+    trained, exported = ner_models
+    outputs = []
+    for model in (trained, exported):
+        code, stdout, stderr = run_cli("predict", "--model", model, *TEXTS[:3])
+        assert code == 0, stderr
+        outputs.append([json.loads(line) for line in stdout.splitlines()])
+    for rows in outputs:
+        assert [r["text"] for r in rows] == TEXTS[:3]
+        assert entity_spans([r["entities"] for r in rows]) == [[("PAY", 7, 13, "refund"), ("SHIP", 17, 31, "courier parcel")], [], []]
+    texts = tmp_path / "texts.txt"
+    texts.write_text("my invoice\nthe shipping parcel\n", encoding="utf-8")
+    words = tmp_path / "words.conll"
+    words.write_text("my\ninvoice\n\nthe\nshipping\nparcel\n", encoding="utf-8")
+    for model in (trained, exported):
+        code, _, stderr = run_cli("predict", "--model", model, "--input", words, "--output", tmp_path / "pred.conll", "--scheme", "bioes")
+        assert code == 0, stderr
+        assert (tmp_path / "pred.conll").read_text() == "my O\ninvoice S-PAY\n\nthe O\nshipping B-SHIP\nparcel E-SHIP\n"
+        code, _, stderr = run_cli("predict", "--model", model, "--input", texts, "--output", tmp_path / "pred.conll", "--scheme", "iob1")
+        assert (tmp_path / "pred.conll").read_text() == "my O\ninvoice I-PAY\n\nthe O\nshipping I-SHIP\nparcel I-SHIP\n"
+        code, _, stderr = run_cli("predict", "--model", model, "--input", texts, "--output", tmp_path / "pred.jsonl")
+        rows = [json.loads(line) for line in (tmp_path / "pred.jsonl").read_text().splitlines()]
+        assert [[e["text"] for e in r["entities"]] for r in rows] == [["invoice"], ["shipping parcel"]]
+    code, _, stderr = run_cli("predict", "--model", exported, "hello", "--output", tmp_path / "x.conll", "--scheme", "bilou")
+    assert code == 2 and "--scheme 'bilou'" in stderr and "Traceback" not in stderr
+
+
+def test_predict_answers_from_trained_and_exported_models(qa_models, tmp_path):
+    trained, exported = qa_models
+    questions = tmp_path / "questions.jsonl"
+    questions.write_text("".join(json.dumps({"question": q, "context": c, **({"id": "a"} if i == 0 else {})}) + "\n" for i, (q, c) in enumerate(PAIRS)))
+    found = []
+    for model in (trained, exported):
+        code, stdout, stderr = run_cli("predict", "--model", model, "--input", questions)
+        assert code == 0, stderr
+        found.append([json.loads(line) for line in stdout.splitlines()])
+    assert [(r["id"], r["answer"]) for r in found[0][:2]] == [("a", "courier"), ("2", "refund")]
+    for torch_row, onnx_row, (_, context) in zip(*found, PAIRS):
+        assert (torch_row["answer"], torch_row["start"], torch_row["end"]) == (onnx_row["answer"], onnx_row["start"], onnx_row["end"])
+        assert context[onnx_row["start"] : onnx_row["end"]] == onnx_row["answer"] and onnx_row["score"] == pytest.approx(torch_row["score"], abs=1e-4)
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"question": "why", "context": "x"}\n{"question": "why"}\n')
+    for args in (["--input", bad], ["why"], []):
+        code, _, stderr = run_cli("predict", "--model", exported, *args)
+        assert code == 2 and "Traceback" not in stderr
+    assert "bad.jsonl line 2" in run_cli("predict", "--model", exported, "--input", bad)[2]
+
+
+# ------------------------------------------------------------------------------------------ the browser page
+
+
+def test_ner_page_finds_the_runtimes_entities_in_the_browser(browser, ner_models, tmp_path):
+    """`slm export-web` of an NER model: word split, tokenization and first-piece decoding in JavaScript give the
+    Python runtime's entities (labels and code-point offsets identical, scores within 1e-4); the text box
+    highlights them."""
+    import functools
+    import threading
+    from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+
+    from slmkit.config import ExportWebConfig
+    from slmkit.export_web import export_web
+    from slmkit.runtime import TaskSession
+    from slmkit.tasks.ner import text_entities
+
+    exported = ner_models[1]
+    site = export_web(ExportWebConfig(model=str(exported), out=str(tmp_path / "site"))).out
+    texts = TEXTS + ["Héllo, my INVOICE… and the courier-parcel!", "😀 refund 😀 parcel", "日本 refund 中文", "refund\tparcel\n courier  parcel",
+                     " ".join(["my refund"] * 40), "parcel" * 3, "\u200b refund \u0301parcel", "the password.username locked"]
+    expected = text_entities(TaskSession(exported), texts)
+    handler = functools.partial(SimpleHTTPRequestHandler, directory=str(site))
+    handler.log_message = lambda *args: None
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        page = browser.new_page()
+        errors = []
+        page.on("pageerror", lambda e: errors.append(str(e)))
+        page.goto(f"http://127.0.0.1:{server.server_address[1]}/")
+        page.wait_for_function("document.querySelector('#status').className === 'ready'", timeout=60_000)
+        got = page.evaluate("texts => window.slmkit.entities(texts)", texts)
+        assert entity_spans(got) == entity_spans(expected)
+        assert [e["score"] for t in got for e in t] == pytest.approx([e["score"] for t in expected for e in t], abs=1e-4)
+        assert sum(map(len, expected)) >= 10 and "entity types" in page.inner_text("#status")
+        page.fill("#text", TEXTS[0])
+        page.wait_for_function("text => document.querySelector('#result').dataset.text === text", arg=TEXTS[0])
+        marks = page.query_selector_all("#entities mark")
+        assert [(m.get_attribute("data-label"), m.evaluate("m => m.firstChild.textContent")) for m in marks] == [("PAY", "refund"), ("SHIP", "courier parcel")]
+        assert page.inner_text("#label") == "2 entities" and not errors
+    finally:
+        server.shutdown()

@@ -10,6 +10,13 @@
 //
 // Scripts use it as `await window.slmkit.classify(["text", ...])` -> [{text, label, score, scores}], and
 // `await window.slmkit.encode([...])` -> the token ids of each text (what the model is fed).
+//
+// An NER model's page (manifest task "ner") reproduces slmkit.tasks.ner.text_entities the same way: a text is
+// split into words as slmkit.ner.split_words does (a run of letters, digits, underscores and combining marks,
+// or one other non-space character), the words are tokenized one by one (as `tokenizers` does pretokenized
+// input) and truncated to max_length, a word's tag is read at its first sub-token (softmax, argmax, an I-X that
+// starts an entity read as B-X), and words are grouped into entities. `await window.slmkit.entities([...])` ->
+// per text [{label, score, start, end, text}], offsets in Unicode code points (Python's str indices).
 
 import * as ort from "./vendor/ort.wasm.bundle.min.js";
 import { Tokenizer } from "./vendor/tokenizers.min.js";
@@ -42,6 +49,12 @@ export class Classifier {
     const normalizer = tokenizer.normalizer?.config;
     this.isolateAstralCJK = normalizer?.type === "BertNormalizer" && Boolean(normalizer.handle_chinese_chars);
     this.timing = { tokenize_ms: 0, model_ms: 0 }; // of the last classify() call
+    if (post) { // how many special tokens go before a text's own (BERT: [CLS]), for the words' first pieces
+      const marker = "\u0000slmkit-marker";
+      this.specialBefore = Math.max(0, post([marker], null, true).tokens.indexOf(marker));
+    } else {
+      this.specialBefore = 0;
+    }
   }
 
   static async load() {
@@ -60,14 +73,109 @@ export class Classifier {
 
   // The token ids of one text, as `tokenizers` with truncation at max_length and no padding gives them.
   encodeOne(text) {
-    const tokenizer = this.tokenizer;
+    const body = this.pieces(text); // the text's own tokens, no special tokens yet
+    return this.ids(body.slice(0, Math.max(0, this.maxLength - this.specialCount)));
+  }
+
+  pieces(text) {
     if (this.isolateAstralCJK) text = text.replace(ASTRAL_CJK, " $& ");
-    const body = tokenizer.tokenize(text); // the text's own tokens, no special tokens yet
-    const kept = body.slice(0, Math.max(0, this.maxLength - this.specialCount));
+    return this.tokenizer.tokenize(text);
+  }
+
+  // The special tokens added around `kept`, then token -> id as tokenizers.js's own encode() maps it: added
+  // tokens first, then the model's vocabulary, whose map also holds a trimmed vocabulary's aliases (several
+  // pieces, one id)
+  ids(kept) {
+    const tokenizer = this.tokenizer;
     const tokens = tokenizer.post_processor ? tokenizer.post_processor(kept, null, true).tokens : kept;
-    // token -> id as tokenizers.js's own encode() maps it: added tokens first, then the model's vocabulary,
-    // whose map also holds a trimmed vocabulary's aliases (several pieces, one id)
     return tokens.map((t) => tokenizer.added_tokens_map.get(t)?.id ?? tokenizer.model.tokens_to_ids.get(t) ?? tokenizer.model.unk_token_id);
+  }
+
+  // NER: the words of a text as [start, end) code-point offsets, as slmkit.ner.split_words gives them.
+  static splitWords(chars) {
+    const wordish = (c) => /^[\p{L}\p{N}\p{M}_]$/u.test(c);
+    const offsets = [];
+    let i = 0;
+    while (i < chars.length) {
+      if (/^\s$/u.test(chars[i])) { i += 1; continue; }
+      let j = i + 1;
+      if (wordish(chars[i])) while (j < chars.length && wordish(chars[j])) j += 1;
+      offsets.push([i, j]);
+      i = j;
+    }
+    return offsets;
+  }
+
+  // NER: a text's features: its words, their token ids, and the position of each word's first piece (-1: none).
+  encodeWords(text) {
+    const chars = Array.from(text);
+    const offsets = Classifier.splitWords(chars);
+    const room = Math.max(0, this.maxLength - this.specialCount);
+    const kept = [];
+    const starts = offsets.map(([a, b]) => {
+      const pieces = this.pieces(chars.slice(a, b).join(""));
+      const start = pieces.length && kept.length < room ? this.specialBefore + kept.length : -1;
+      kept.push(...pieces);
+      return start;
+    });
+    return { chars, offsets, starts, ids: this.ids(kept.slice(0, room)) };
+  }
+
+  // NER: per text, its entities {label, score, start, end, text} (offsets in code points), as the Python runtime.
+  async entities(texts) {
+    const started = performance.now();
+    const features = texts.map((t) => this.encodeWords(String(t)));
+    const tokenized = performance.now();
+    const present = features.map((_, i) => i).filter((i) => features[i].offsets.length);
+    const order = present.sort((a, b) => features[a].ids.length - features[b].ids.length || a - b);
+    const n = this.labels.length;
+    const found = texts.map(() => []);
+    for (let start = 0; start < order.length; start += this.batchSize) {
+      const rows = order.slice(start, start + this.batchSize);
+      const width = Math.max(...rows.map((r) => features[r].ids.length));
+      const logits = await this.run(rows.map((r) => features[r].ids), width); // (batch, width, n_labels)
+      rows.forEach((r, k) => (found[r] = this.decode(features[r], (pos) => logits.slice((k * width + pos) * n, (k * width + pos + 1) * n))));
+    }
+    this.timing = { tokenize_ms: tokenized - started, model_ms: performance.now() - tokenized };
+    return found;
+  }
+
+  // Word tags read at first pieces, made valid BIO, grouped into entities scored by their words' mean probability.
+  decode(feature, tokenLogits) {
+    const tags = [];
+    const probs = [];
+    let prev = "O";
+    for (const start of feature.starts) {
+      let tag = this.labels[0];
+      let p = 1;
+      if (start >= 0) {
+        const row = Array.from(tokenLogits(start));
+        const top = Math.max(...row);
+        const exp = row.map((v) => Math.exp(v - top));
+        const sum = exp.reduce((a, b) => a + b, 0);
+        const best = row.indexOf(top);
+        tag = this.labels[best];
+        p = exp[best] / sum;
+      }
+      if (tag.startsWith("I-") && prev.slice(2) !== tag.slice(2)) tag = "B-" + tag.slice(2);
+      tags.push(tag);
+      probs.push(p);
+      prev = tag;
+    }
+    const found = [];
+    let current = null; // [label, first word, last word]
+    [...tags, "O"].forEach((tag, i) => {
+      if (current && !(tag.startsWith("I-") && tag.slice(2) === current[0])) {
+        const [label, a, b] = current;
+        const [start, end] = [feature.offsets[a][0], feature.offsets[b][1]];
+        const score = probs.slice(a, b + 1).reduce((x, y) => x + y, 0) / (b - a + 1);
+        found.push({ label, score, start, end, text: feature.chars.slice(start, end).join("") });
+        current = null;
+      }
+      if ((tag.startsWith("B-") || tag.startsWith("I-")) && !current) current = [tag.slice(2), i, i];
+      else if (current) current[2] = i;
+    });
+    return found;
   }
 
   encode(texts) {
@@ -127,6 +235,7 @@ const ready = Classifier.load();
 window.slmkit = {
   ready,
   classify: async (texts) => (await ready).classify(texts),
+  entities: async (texts) => (await ready).entities(texts),
   encode: async (texts) => (await ready).encode(texts),
 };
 
@@ -152,6 +261,31 @@ function show(prediction, ms, timing) {
   }));
 }
 
+// NER: the text with each entity highlighted (a <mark> titled with its label and score).
+function showEntities(text, found, ms, timing) {
+  $("result").dataset.text = text;
+  const chars = Array.from(text);
+  const parts = [];
+  let at = 0;
+  for (const e of found) {
+    parts.push(chars.slice(at, e.start).join(""));
+    const mark = document.createElement("mark");
+    mark.dataset.label = e.label;
+    mark.title = `${e.label} ${(100 * e.score).toFixed(1)}%`;
+    mark.append(e.text);
+    const tag = document.createElement("small");
+    tag.textContent = e.label;
+    mark.append(tag);
+    parts.push(mark);
+    at = e.end;
+  }
+  parts.push(chars.slice(at).join(""));
+  $("entities").replaceChildren(...parts);
+  $("entities").hidden = false;
+  $("label").textContent = `${found.length} ${found.length === 1 ? "entity" : "entities"}`;
+  $("latency").textContent = `${ms.toFixed(1)} ms (tokenize ${timing.tokenize_ms.toFixed(1)} ms, model ${timing.model_ms.toFixed(1)} ms)`;
+}
+
 async function start() {
   let classifier;
   try {
@@ -162,7 +296,9 @@ async function start() {
     throw error;
   }
   const m = classifier.manifest;
-  $("status").textContent = `ready: ${m.labels.length} labels, ${m.precision}, max ${m.max_length} tokens; runs in this browser ` +
+  const ner = m.task === "ner";
+  const kinds = ner ? new Set(m.labels.filter((l) => l !== "O").map((l) => l.slice(2))).size : 0;
+  $("status").textContent = `ready: ${ner ? `${kinds} entity types` : `${m.labels.length} labels`}, ${m.precision}, max ${m.max_length} tokens; runs in this browser ` +
     `(ONNX Runtime Web ${m.vendored["onnxruntime-web"]}, WebAssembly, tokenizers.js ${m.vendored["@huggingface/tokenizers"]})`;
   $("status").className = "ready";
   const box = $("text");
@@ -175,8 +311,14 @@ async function start() {
     do {
       again = false;
       const started = performance.now();
-      const [prediction] = await classifier.classify([box.value]);
-      show(prediction, performance.now() - started, classifier.timing);
+      if (ner) {
+        const text = box.value;
+        const [found] = await classifier.entities([text]);
+        showEntities(text, found, performance.now() - started, classifier.timing);
+      } else {
+        const [prediction] = await classifier.classify([box.value]);
+        show(prediction, performance.now() - started, classifier.timing);
+      }
     } while (again);
     running = false;
   }
