@@ -1,7 +1,14 @@
-"""`slm serve`: an exported model behind HTTP — a thin FastAPI adapter over the torch-free `Predictor`.
+"""`slm serve`: an exported model behind HTTP — a thin FastAPI adapter over the torch-free runtime.
 
     slm serve runs/x-int8                                   # http://127.0.0.1:8000, docs at /docs
     curl -s 127.0.0.1:8000/v1/classify -d '{"texts": ["where is my parcel?"]}'
+    curl -s 127.0.0.1:8000/v1/entities -d '{"texts": ["refund my courier parcel"]}'                   # an NER model
+    curl -s 127.0.0.1:8000/v1/answer -d '{"question": "where is it?", "context": "It is in Leeds."}'   # a QA model
+
+One task per server, read from the bundle's manifest (`TASK_ENDPOINTS`): classification answers /v1/classify
+(`Predictor`), NER /v1/entities and QA /v1/answer (`TaskSession` plus the task's own decoding, the code
+`slm predict` runs); the other tasks' endpoints answer 404 `wrong_task`. The batcher below merges items of any
+task: texts, or QA's (question, context) pairs, whose windows then run in one model call.
 
 `create_app(cfg)` builds the application and `serve(cfg)` checks the bundle, then runs it under uvicorn. Read
 top to bottom, this module owns:
