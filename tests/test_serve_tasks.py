@@ -181,6 +181,8 @@ def test_answer_endpoint_single_and_batch_forms(qa_models):
     assert models["endpoint"] == "/v1/answer" and models["labels"] == []
     schema = openapi["paths"]["/v1/answer"]["post"]["requestBody"]["content"]["application/json"]["schema"]
     assert [s["title"] for s in schema["anyOf"]] == ["One question", "Several questions"]
+    answers = openapi["paths"]["/v1/answer"]["post"]["responses"]["200"]["content"]["application/json"]["schema"]
+    assert json.dumps(answers).count("$ref") == 2 and {"AnswerResponse", "AnswerBatchResponse"} <= set(openapi["components"]["schemas"])
 
 
 def test_answer_requests_batch_together_and_bad_ones_are_json_errors(qa_models, tmp_path):
@@ -331,3 +333,59 @@ def test_ner_page_finds_the_runtimes_entities_in_the_browser(browser, ner_models
         assert page.inner_text("#label") == "2 entities" and not errors
     finally:
         server.shutdown()
+
+
+def test_slm_serve_process_answers_questions_and_stops_on_sigterm(qa_models):
+    """The real command (uvicorn, a worker process) on a QA bundle: ready, answers, SIGTERM → exit 0."""
+    import os
+    import signal
+    import time
+    import urllib.error
+    import urllib.request
+
+    from test_serve import ROOT, free_port
+
+    port = free_port()
+    env = {**os.environ, "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    server = subprocess.Popen([sys.executable, "-m", "slmkit.cli", "serve", str(qa_models[1]), "--port", str(port)],
+                              env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            assert server.poll() is None and time.monotonic() < deadline, server.communicate()[1] if server.poll() is not None else "not ready"
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/health/ready", timeout=1) as response:
+                    if response.status == 200:
+                        break
+            except (urllib.error.URLError, ConnectionError):
+                time.sleep(0.1)
+        body = json.dumps({"items": [{"question": q, "context": c} for q, c in PAIRS[:2]]}).encode()
+        request = urllib.request.Request(f"http://127.0.0.1:{port}/v1/answer", body, {"Content-Type": "application/json"})
+        with urllib.request.urlopen(request, timeout=30) as response:
+            assert [r["answer"] for r in json.loads(response.read())["results"]] == ["courier", "refund"]
+        server.send_signal(signal.SIGTERM)
+        assert server.wait(60) == 0
+        assert "Traceback" not in server.stderr.read()
+    finally:
+        if server.poll() is None:
+            server.kill()
+            server.wait()
+
+
+def test_docs_page_tries_the_answer_endpoint(browser, qa_models):
+    """/docs of a QA server: the endpoint, its two request forms, and the "try it" form answering a question."""
+    from test_serve import open_docs, uvicorn_in_a_thread
+
+    with uvicorn_in_a_thread(qa_models[1]) as base:
+        page = open_docs(browser, base)
+        page.wait_for_selector("#status[data-loaded]", timeout=10_000)
+        assert "Extractive question answering" in page.inner_text("#description")
+        assert "/v1/answer" in page.inner_text("#toc") and "/v1/classify" not in page.inner_text("#toc")
+        operation = page.locator("#op-post-v1-answer")
+        operation.locator("textarea.body").fill(json.dumps({"question": PAIRS[1][0], "context": PAIRS[1][1]}))
+        operation.locator("button.send").click()
+        status = operation.locator(".try-status[data-status]")
+        status.wait_for(timeout=10_000)
+        assert status.get_attribute("data-status") == "200"
+        assert json.loads(operation.locator(".try-body").inner_text())["answer"] == "refund"
+        assert not page.problems, page.problems
