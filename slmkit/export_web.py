@@ -64,6 +64,8 @@ def export_web(cfg: ExportWebConfig, overwrite: bool = False, notify: Callable[[
         "labels": manifest["labels"],
         "inputs": manifest["inputs"],
         "output": manifest.get("output", "logits"),
+        "outputs": manifest.get("outputs", [manifest.get("output", "logits")]),
+        "stride": int(manifest.get("task_options", {}).get("stride", 128)),  # QA: context tokens shared by windows
         "max_length": int(manifest["max_length"]),
         "pad_id": int(manifest.get("pad_id", 0)),
         "batch_size": cfg.batch_size,
@@ -110,10 +112,10 @@ def _title(model_dir: Path) -> str:
 def _check_servable(model_dir: Path, manifest: dict) -> str:
     """What the page cannot reproduce is refused here, in one line; returns the tokenizer's model type."""
     task = manifest.get("task", "classification")
-    if task not in ("classification", "ner"):
-        raise UserError(f"{model_dir}: a {task} model: the page classifies texts or finds their entities, so export-web takes classification and NER models only")
+    if task not in ("classification", "ner", "qa"):
+        raise UserError(f"{model_dir}: a {task} model: export-web takes classification, NER and QA models")
     unknown = [name for name in manifest.get("inputs", []) if name not in INPUTS]
-    if unknown or not manifest.get("labels") or not isinstance(manifest.get("max_length"), int):
+    if unknown or (task != "qa" and not manifest.get("labels")) or not isinstance(manifest.get("max_length"), int):
         raise UserError(f"{model_dir / artifacts.MANIFEST}: not an slmkit classifier manifest (labels, max_length, inputs among {', '.join(INPUTS)}): export the model again with slm export")
     path = model_dir / artifacts.TOKENIZER
     try:

@@ -389,3 +389,42 @@ def test_docs_page_tries_the_answer_endpoint(browser, qa_models):
         assert status.get_attribute("data-status") == "200"
         assert json.loads(operation.locator(".try-body").inner_text())["answer"] == "refund"
         assert not page.problems, page.problems
+
+
+def test_qa_page_answers_like_the_runtime_in_the_browser(browser, qa_models, tmp_path):
+    """`slm export-web` of a QA model: question/context windows, token offsets and span decoding in JavaScript give
+    the Python runtime's answers (text and code-point offsets identical, scores within 1e-4); the form shows them."""
+    import functools
+    import threading
+    from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+
+    from slmkit.config import ExportWebConfig
+    from slmkit.export_web import export_web
+    from slmkit.runtime import TaskSession
+    from slmkit.tasks.qa import pair_answers
+
+    exported = qa_models[1]
+    site = export_web(ExportWebConfig(model=str(exported), out=str(tmp_path / "site"))).out
+    long = " ".join(["hello my problem is still not here today, why is the help not again?"] * 4) + " please my courier"
+    pairs = PAIRS + [("why the problem", long), ("Why, the PROBLEM?", "Héllo: my refund... is (still) not here!"),
+                     ("help with the problem", "my password, again 123 thanks"), ("why", "parcel"), ("why the problem " * 3, "my invoice today")]
+    expected = [a[0] for a in pair_answers(TaskSession(exported), pairs)]
+    handler = functools.partial(SimpleHTTPRequestHandler, directory=str(site))
+    handler.log_message = lambda *args: None
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        page = browser.new_page()
+        errors = []
+        page.on("pageerror", lambda e: errors.append(str(e)))
+        page.goto(f"http://127.0.0.1:{server.server_address[1]}/")
+        page.wait_for_function("document.querySelector('#status').className === 'ready'", timeout=60_000)
+        got = page.evaluate("pairs => window.slmkit.answer(pairs)", [list(p) for p in pairs])
+        assert [(g["answer"], g["start"], g["end"]) for g in got] == [(a.text, a.start, a.end) for a in expected]
+        assert [g["score"] for g in got] == pytest.approx([a.score for a in expected], abs=1e-4)
+        page.fill("#question", PAIRS[0][0])
+        page.fill("#text", PAIRS[0][1])
+        page.wait_for_function("text => document.querySelector('#result').dataset.text === text", arg=f"{PAIRS[0][0]}\n{PAIRS[0][1]}")
+        assert page.inner_text("#label") == "courier" and page.inner_text("#entities mark") == "courier" and not errors
+    finally:
+        server.shutdown()

@@ -17,6 +17,14 @@
 // input) and truncated to max_length, a word's tag is read at its first sub-token (softmax, argmax, an I-X that
 // starts an entity read as B-X), and words are grouped into entities. `await window.slmkit.entities([...])` ->
 // per text [{label, score, start, end, text}], offsets in Unicode code points (Python's str indices).
+//
+// A QA model's page (task "qa") reproduces slmkit.qa.answer_pairs: the question (cut to 64 tokens) is paired with
+// the context, a context longer than the window is read in windows sharing `stride` tokens, the best span
+// (start <= end, at most 30 tokens, ranked by start + end logit over all windows) becomes a character span of
+// the context. tokenizers.js gives no offsets, so a context token's characters come from the word it was
+// tokenized from (the context split as BERT's pre-tokenizer splits it: whitespace, punctuation, CJK characters)
+// and the lengths of its pieces. `await window.slmkit.answer([[question, context], ...])` -> [{answer, score,
+// start, end}], offsets in code points.
 
 import * as ort from "./vendor/ort.wasm.bundle.min.js";
 import { Tokenizer } from "./vendor/tokenizers.min.js";
@@ -200,20 +208,122 @@ export class Classifier {
     return out;
   }
 
-  // One batch padded to `width`: input_ids, attention_mask and (if the model takes them) token_type_ids.
-  async run(batch, width) {
+  // One batch padded to `width`: input_ids, attention_mask and (if the model takes them) token_type_ids (zeros,
+  // or `types`: one list per row, QA's question/context segments). Returns the first output, or all of them.
+  async run(batch, width, types = null, all = false) {
     const size = batch.length * width;
     const inputIds = new BigInt64Array(size).fill(this.padId);
     const mask = new BigInt64Array(size);
+    const typeIds = new BigInt64Array(size);
     batch.forEach((seq, row) => seq.forEach((id, col) => {
       inputIds[row * width + col] = BigInt(id);
       mask[row * width + col] = 1n;
+      if (types) typeIds[row * width + col] = BigInt(types[row][col]);
     }));
     const dims = [batch.length, width];
-    const arrays = { input_ids: inputIds, attention_mask: mask, token_type_ids: new BigInt64Array(size) };
+    const arrays = { input_ids: inputIds, attention_mask: mask, token_type_ids: typeIds };
     const feeds = Object.fromEntries(this.inputs.map((name) => [name, new ort.Tensor("int64", arrays[name], dims)]));
     const results = await this.session.run(feeds);
-    return results[this.output].data;
+    return all ? results : results[this.output].data;
+  }
+
+  // QA: the context's tokens with [start, end) code-point offsets (see the header).
+  contextTokens(chars) {
+    const punct = (c) => /^[\p{P}!-\/:-@\[-`{-~]$/u.test(c);
+    const cjk = (c) => /^[\u{4E00}-\u{9FFF}\u{3400}-\u{4DBF}\u{20000}-\u{2A6DF}\u{2A700}-\u{2B73F}\u{2B740}-\u{2B81F}\u{2B820}-\u{2CEAF}\u{F900}-\u{FAFF}\u{2F800}-\u{2FA1F}]$/u.test(c);
+    const words = [];
+    let i = 0;
+    while (i < chars.length) {
+      if (/^\s$/u.test(chars[i])) { i += 1; continue; }
+      let j = i + 1;
+      if (!punct(chars[i]) && !cjk(chars[i])) while (j < chars.length && !/^\s$/u.test(chars[j]) && !punct(chars[j]) && !cjk(chars[j])) j += 1;
+      words.push([i, j]);
+      i = j;
+    }
+    const tokens = [];
+    const offsets = [];
+    for (const [a, b] of words) {
+      const pieces = this.pieces(chars.slice(a, b).join(""));
+      const lengths = pieces.map((p) => Array.from(p.startsWith("##") ? p.slice(2) : p).length);
+      const exact = !pieces.includes(this.tokenizer.model.unk_token) && lengths.reduce((x, y) => x + y, 0) === b - a;
+      let at = a;
+      pieces.forEach((p, k) => {
+        tokens.push(p);
+        offsets.push(exact ? [at, at + lengths[k]] : [a, b]);
+        at += lengths[k];
+      });
+    }
+    return { tokens, offsets };
+  }
+
+  // QA: the windows (features) of one question/context pair, as slmkit.qa.encode_windows makes them.
+  encodePair(question, context, stride) {
+    const post = this.tokenizer.post_processor;
+    const marker = ["\u0000slmkit-a", "\u0000slmkit-b"];
+    const layout = post(marker.slice(0, 1), marker.slice(1), true).tokens;
+    const beforeB = layout.indexOf(marker[1]);
+    const pairSpecials = layout.length - 2;
+    const q = this.pieces(question).slice(0, 64); // MAX_QUESTION_TOKENS
+    const chars = Array.from(context);
+    const ctx = this.contextTokens(chars);
+    const room = this.maxLength - pairSpecials - q.length;
+    if (room < 1 || !ctx.tokens.length) throw new Error("the question fills the model's window, or the context has no tokens");
+    const starts = [0];
+    if (ctx.tokens.length > room) {
+      if (!(stride > 0 && stride < room)) throw new Error("the context is longer than the model's window, which this model does not slide");
+      while (starts.at(-1) + room < ctx.tokens.length) starts.push(starts.at(-1) + room - stride);
+    }
+    return starts.map((start) => {
+      const window = ctx.tokens.slice(start, start + room);
+      const contextStart = beforeB - 1 + q.length;
+      const ids = this.ids2(q, window);
+      return { ids, types: ids.map((_, k) => (k < contextStart ? 0 : 1)), contextStart, offsets: ctx.offsets.slice(start, start + window.length), chars };
+    });
+  }
+
+  ids2(a, b) {
+    const tokenizer = this.tokenizer;
+    const tokens = tokenizer.post_processor(a, b, true).tokens;
+    return tokens.map((t) => tokenizer.added_tokens_map.get(t)?.id ?? tokenizer.model.tokens_to_ids.get(t) ?? tokenizer.model.unk_token_id);
+  }
+
+  // QA: the best answer {answer, score, start, end} of each [question, context] pair.
+  async answer(pairs) {
+    const started = performance.now();
+    const stride = this.manifest.stride ?? 128;
+    const perPair = pairs.map(([q, c]) => this.encodePair(String(q), String(c), stride));
+    const features = perPair.flat();
+    const owner = perPair.flatMap((windows, i) => windows.map(() => i));
+    const tokenized = performance.now();
+    const order = features.map((_, i) => i).sort((a, b) => features[a].ids.length - features[b].ids.length || a - b);
+    const logits = new Array(features.length);
+    const [startName, endName] = this.manifest.outputs;
+    for (let at = 0; at < order.length; at += this.batchSize) {
+      const rows = order.slice(at, at + this.batchSize);
+      const width = Math.max(...rows.map((r) => features[r].ids.length));
+      const out = await this.run(rows.map((r) => features[r].ids), width, rows.map((r) => features[r].types), true);
+      rows.forEach((r, k) => (logits[r] = [out[startName].data.slice(k * width, (k + 1) * width), out[endName].data.slice(k * width, (k + 1) * width)]));
+    }
+    const best = pairs.map(() => null);
+    features.forEach((f, r) => {
+      const n = f.offsets.length;
+      const s = Array.from(logits[r][0].slice(f.contextStart, f.contextStart + n));
+      const e = Array.from(logits[r][1].slice(f.contextStart, f.contextStart + n));
+      const lse = (x) => { const top = Math.max(...x); return top + Math.log(x.reduce((acc, v) => acc + Math.exp(v - top), 0)); };
+      const logZ = lse(s) + lse(e);
+      for (let i = 0; i < n; i += 1) {
+        for (let j = i; j < Math.min(n, i + 30); j += 1) { // MAX_ANSWER_TOKENS
+          const logit = s[i] + e[j];
+          const i0 = owner[r];
+          if (!best[i0] || logit > best[i0].logit) {
+            const [start, end] = [f.offsets[i][0], f.offsets[j][1]];
+            best[i0] = { answer: f.chars.slice(start, end).join(""), score: Math.exp(logit - logZ), start, end, logit };
+          }
+        }
+      }
+    });
+    this.timing = { tokenize_ms: tokenized - started, model_ms: performance.now() - tokenized };
+    return best.map(({ logit, ...answer }) => answer);
   }
 
   async classify(texts) {
@@ -236,6 +346,7 @@ window.slmkit = {
   ready,
   classify: async (texts) => (await ready).classify(texts),
   entities: async (texts) => (await ready).entities(texts),
+  answer: async (pairs) => (await ready).answer(pairs),
   encode: async (texts) => (await ready).encode(texts),
 };
 
@@ -286,6 +397,19 @@ function showEntities(text, found, ms, timing) {
   $("latency").textContent = `${ms.toFixed(1)} ms (tokenize ${timing.tokenize_ms.toFixed(1)} ms, model ${timing.model_ms.toFixed(1)} ms)`;
 }
 
+// QA: the answer, its probability, and the context with the answer highlighted.
+function showAnswer(question, context, found, ms, timing) {
+  $("result").dataset.text = `${question}\n${context}`;
+  $("label").textContent = found.answer;
+  $("score").textContent = `${(100 * found.score).toFixed(1)}%`;
+  const chars = Array.from(context);
+  const mark = document.createElement("mark");
+  mark.append(chars.slice(found.start, found.end).join(""));
+  $("entities").replaceChildren(chars.slice(0, found.start).join(""), mark, chars.slice(found.end).join(""));
+  $("entities").hidden = false;
+  $("latency").textContent = `${ms.toFixed(1)} ms (tokenize ${timing.tokenize_ms.toFixed(1)} ms, model ${timing.model_ms.toFixed(1)} ms)`;
+}
+
 async function start() {
   let classifier;
   try {
@@ -297,8 +421,9 @@ async function start() {
   }
   const m = classifier.manifest;
   const ner = m.task === "ner";
+  const qa = m.task === "qa";
   const kinds = ner ? new Set(m.labels.filter((l) => l !== "O").map((l) => l.slice(2))).size : 0;
-  $("status").textContent = `ready: ${ner ? `${kinds} entity types` : `${m.labels.length} labels`}, ${m.precision}, max ${m.max_length} tokens; runs in this browser ` +
+  $("status").textContent = `ready: ${qa ? "question answering" : ner ? `${kinds} entity types` : `${m.labels.length} labels`}, ${m.precision}, max ${m.max_length} tokens; runs in this browser ` +
     `(ONNX Runtime Web ${m.vendored["onnxruntime-web"]}, WebAssembly, tokenizers.js ${m.vendored["@huggingface/tokenizers"]})`;
   $("status").className = "ready";
   const box = $("text");
@@ -311,7 +436,13 @@ async function start() {
     do {
       again = false;
       const started = performance.now();
-      if (ner) {
+      if (qa) {
+        const [question, context] = [$("question").value, box.value];
+        if (question.trim() && context.trim()) {
+          const [found] = await classifier.answer([[question, context]]);
+          showAnswer(question, context, found, performance.now() - started, classifier.timing);
+        }
+      } else if (ner) {
         const text = box.value;
         const [found] = await classifier.entities([text]);
         showEntities(text, found, performance.now() - started, classifier.timing);
@@ -323,6 +454,12 @@ async function start() {
     running = false;
   }
   box.addEventListener("input", update);
+  if (qa) {
+    $("question").hidden = false;
+    $("question").disabled = false;
+    $("question").addEventListener("input", update);
+    box.placeholder = "Paste the text that holds the answer…";
+  }
   await update();
   box.focus();
 }
