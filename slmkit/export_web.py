@@ -1,4 +1,5 @@
-"""`slm export-web`: an exported model as a static site that classifies text entirely in the browser.
+"""`slm export-web`: an exported model as a static site that runs it entirely in the browser: it classifies text,
+highlights an NER model's entities, or answers a question from a context with a QA model (see slmkit.js).
 
 Read top to bottom: `export_web(cfg)` checks the input — any directory `slmkit.runtime.Predictor` loads (the
 output of slm export or slm quantize, or a pipeline's deploy directory), with the same safety checks — then
