@@ -149,10 +149,47 @@ def test_fuzzed_entity_and_answer_requests_get_no_5xx(ner_models, qa_models):
     for model, path in ((ner_models[1], "/v1/entities"), (qa_models[1], "/v1/answer")):
         with client_for(model, max_body_bytes=200_000) as client:
             wait_ready(client)
-            for kind, body in bench.bad_requests(300, seed=2, max_body_bytes=200_000):
+            bodies = list(bench.bad_requests(300, seed=2, max_body_bytes=200_000))
+            if path == "/v1/answer":
+                bodies += [("qa-shaped", body) for body in qa_shaped_bodies(300, seed=3)]
+            for kind, body in bodies:
                 response = client.post(path, content=body)
-                problem = bench.check_answer(response.status_code, response.content, ERROR_CODES)
+                single = response.status_code == 200 and "answer" in response.json()  # the single form's answer: no "results"
+                problem = None if single else bench.check_answer(response.status_code, response.content, ERROR_CODES)
                 assert problem is None, f"{path} {kind}: {problem} for {body[:100]!r}"
+            assert client.post(path, content=bodies[-1][1]).status_code < 500  # still answering
+
+
+def qa_shaped_bodies(n: int, seed: int) -> list[bytes]:
+    """Answer requests of the right shape with odd values: wrong types, empty, huge, odd Unicode, lone surrogates,
+    deep nesting, many items, stray fields."""
+    import random
+
+    rng = random.Random(seed)
+    values = [None, True, 3, 1.5, [], {}, ["why"], {"q": "x"}, "", " ", "\u0000", "🙂" * 50, "a\u0301" * 30, "日本語", "why " * 600,
+              "x" * 5000, "\u200b", "[CLS] [SEP]", "\t\n", "why", "please help with my refund"]
+
+    def pair() -> dict:
+        item = {"question": rng.choice(values), "context": rng.choice(values)}
+        if rng.random() < 0.1:
+            item[rng.choice(["id", "answers", "question "])] = 1
+        if rng.random() < 0.1:
+            del item[rng.choice(["question", "context"])]
+        return item
+
+    bodies = []
+    for i in range(n):
+        choice = i % 4
+        if choice == 0:
+            body = json.dumps(pair())
+        elif choice == 1:
+            body = json.dumps({"items": [pair() for _ in range(rng.choice([0, 1, 3, 70]))]})
+        elif choice == 2:
+            body = json.dumps({"items": rng.choice(values)})
+        else:
+            body = '{"question": ' + "[" * 3000 + "]" * 3000 + ', "context": "x"}' if rng.random() < 0.5 else '{"question": "\\ud800", "context": "x"}'
+        bodies.append(body.encode("utf-8", "surrogatepass"))
+    return bodies
 
 
 # ------------------------------------------------------------------------------------------ QA server
