@@ -183,16 +183,16 @@ def predict(
 
     if not model:
         raise UserError("no model: pass --model DIR (the output of slm train)")
+    if bool(texts) == bool(input):
+        raise UserError("give texts as arguments or --input FILE (one of the two)")
     if not Path(model).is_dir():
         raise UserError(f"{model}: model directory not found: pass the --out directory of slm train, slm export or slm quantize")
     task = artifacts.model_task(Path(model))
     if task == "qa":
-        if texts or not input:
+        if texts:
             raise UserError("a QA model answers questions: pass --input FILE.jsonl of {\"question\": \"...\", \"context\": \"...\"} rows")
         rows = _predict_answers(model, input, encoding, batch_size)
     else:
-        if bool(texts) == bool(input):
-            raise UserError("give texts as arguments or --input FILE (one of the two)")
         if task == "ner":
             rows = _predict_entities(model, texts, input, output, text_col, encoding, batch_size, scheme)
             if rows is None:
