@@ -64,13 +64,6 @@ def client_for(model: Path, **settings) -> TestClient:
     return TestClient(create_app(ServeConfig(model=str(model), **settings)))
 
 
-def ready_client(model: Path, **settings):
-    client = client_for(model, **settings)
-    client.__enter__()
-    wait_ready(client)
-    return client
-
-
 def entity_spans(results: list[list[dict]]) -> list[list[tuple]]:
     return [[(e["label"], e["start"], e["end"], e["text"]) for e in found] for found in results]
 
