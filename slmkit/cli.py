@@ -402,8 +402,8 @@ def export_web(
     batch_size: Annotated[Optional[int], typer.Option(help=_h(ExportWebConfig, "batch_size"))] = None,
     overwrite: Overwrite = False,
 ):
-    """Write a static web page that classifies text entirely in the browser: a text box with live predictions
-    and latency. ONNX Runtime Web and tokenizers.js are downloaded once from the npm registry (pinned, integrity
+    """Write a static web page that runs the model entirely in the browser: a text box with live predictions
+    and latency (an NER model's page highlights entities; a QA model's answers a question from a context). ONNX Runtime Web and tokenizers.js are downloaded once from the npm registry (pinned, integrity
     checked, cached) and copied into the site; nothing is fetched from a CDN. Serve the folder with any static
     server: python -m http.server -d site 8000.
 
@@ -588,8 +588,9 @@ def serve(
     config: Annotated[Optional[Path], typer.Option(help="YAML file of serve settings; flags and --set override it.")] = None,
     set_: Sets = None,
 ):
-    """Serve a model over HTTP: POST /v1/classify (micro-batched), /v1/models, /health/live, /health/ready,
-    Prometheus /metrics and OpenAPI docs at /docs. SIGTERM drains: admitted requests finish, new ones get 503.
+    """Serve a model over HTTP: POST /v1/classify, /v1/entities (NER) or /v1/answer (QA), whichever the model's task
+    is (micro-batched), /v1/models, /health/live, /health/ready, Prometheus /metrics and OpenAPI docs at /docs.
+    SIGTERM drains: admitted requests finish, new ones get 503.
 
     Example: slm serve runs/x-int8 --port 8000 --workers 2
     """
