@@ -217,7 +217,7 @@ def distill(
     overwrite: Annotated[bool, typer.Option(help="Replace --out even if it is not a previous slmkit output.")] = False,
     quiet: Annotated[bool, typer.Option(help="No progress bars.")] = False,
 ):
-    """Distill a fine-tuned teacher into a small student (layer-dropped, small transformer, BiLSTM or CNN).
+    """Distill a fine-tuned teacher (classifier, NER or QA) into a small student (layer-dropped, small transformer, BiLSTM or CNN).
 
     Example: slm distill --teacher runs/x --data train.csv --student transformer:layers=2,hidden=128 --out runs/s
     """
@@ -241,7 +241,7 @@ def distill(
     m = result.metrics
     print_report(m["eval"], f"student ({m['student']}) on {m['eval_source']}")
     out.print(
-        f"teacher accuracy {m['teacher_eval']['accuracy']:.4f}, student {m['student_eval']['accuracy']:.4f} "
+        f"teacher {m['retention_metric']} {m['teacher_eval'][m['retention_metric']]:.4f}, student {m['student_eval'][m['retention_metric']]:.4f} "
         f"(retention {100 * m['retention']:.1f}%, agreement {100 * m['agreement']:.1f}%); parameters "
         f"{m['parameters']['teacher'] / 1e6:.2f}M → {m['parameters']['student'] / 1e6:.2f}M; teacher cache "
         f"{'hit' if m['teacher_cache']['hit'] else 'miss'}"
@@ -818,7 +818,8 @@ def label_import(
 def print_report(report: dict, title: str) -> None:
     """The headline metrics with their intervals (every `x` with an `x_ci95`), then the per-class (per entity
     type) table when the task has one."""
-    head = Table(title=f"{title}: {report['n_examples']} examples", show_header=True)
+    n, what = (report["n_questions"], "questions") if "n_questions" in report else (report["n_examples"], "examples")  # QA counts questions
+    head = Table(title=f"{title}: {n} {what}", show_header=True)
     for column in ("metric", "value", "95% CI"):
         head.add_column(column, justify="right" if column != "metric" else "left")
     for name, value in report.items():
