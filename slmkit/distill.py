@@ -119,7 +119,7 @@ def distill(cfg: DistillConfig, overwrite: bool = False, progress: bool = True, 
     progress = progress and main
     kind, _ = students.parse_student(cfg.student)
     students.check_task(cfg.student, kind, task_name)
-    labels = artifacts.model_labels(teacher_dir)  # QA: the span head's two outputs (LABEL_0, LABEL_1)
+    labels = artifacts.model_labels(teacher_dir) if task_name != "qa" else []  # QA: spans, not classes
     label2id = {label: i for i, label in enumerate(labels)}
 
     # data: labeled training and eval examples (the teacher's label set), unlabeled texts
@@ -138,11 +138,12 @@ def distill(cfg: DistillConfig, overwrite: bool = False, progress: bool = True, 
     # the teacher, and a first build of the student: its shape decides which losses can apply
     teacher, hf_tokenizer = artifacts.load_model(teacher_dir)
     teacher.requires_grad_(False)
+    head_labels = labels or [teacher.config.id2label[i] for i in range(teacher.config.num_labels)]  # QA: the start and end outputs
     # vocabulary trimming keeps only the training texts' pieces; for NER and QA the full vocabulary is kept (TRIM_REASON)
     trim = cfg.trim_vocab and task_name == "classification"
     if trim:
         _check_wordpiece(teacher_dir)
-    shape = students.build_student(cfg.student, teacher, labels, task_name).config
+    shape = students.build_student(cfg.student, teacher, head_labels, task_name).config
     hidden_pairs, attention_pairs = _layer_pairs(cfg.loss, teacher.config, shape, kind)
     max_length = min(int(hf_tokenizer.model_max_length), int(getattr(teacher.config, "max_position_embeddings", 512) or 512))
 
@@ -202,7 +203,7 @@ def distill(cfg: DistillConfig, overwrite: bool = False, progress: bool = True, 
             trim_metrics = artifacts.read_json(trimmed_dir / artifacts.METRICS)
             source, hf_tokenizer = artifacts.load_model(trimmed_dir)
         torch.manual_seed(o.seed)  # the student's and the projections' initialization
-        student = students.build_student(cfg.student, source, labels, task_name)
+        student = students.build_student(cfg.student, source, head_labels, task_name)
         del source
         if attention_pairs:
             student.set_attn_implementation("eager")
@@ -283,7 +284,7 @@ def distill(cfg: DistillConfig, overwrite: bool = False, progress: bool = True, 
             "teacher": str(teacher_dir),
             "student": cfg.student,
             "student_kind": kind,
-            "labels": labels if task_name != "qa" else [],
+            "labels": labels,
             "n_train": len(train_ex),
             "n_unlabeled": len(unlabeled_ex),
             "n_augmented": len(augmented_ex),
@@ -342,7 +343,7 @@ def _check_teacher(directory: Path) -> str:
         raise UserError(f"{directory}: a {task} model: slm distill distills {', '.join(HEADS)} models")
     config = artifacts.read_json(directory / artifacts.HF_CONFIG)
     heads = [a for a in config.get("architectures") or [] if a.endswith(HEADS[task])]
-    if not config.get("id2label") or not heads:
+    if not heads or (task != "qa" and not config.get("id2label")):
         what = "classifier (config.json names no classification head and labels)" if task == "classification" else f"{task} model (config.json names no {HEADS[task][3:]} head)"
         raise UserError(f"{directory}: not a fine-tuned {what}: pass --teacher, the --out directory of slm train")
     return task
