@@ -1,9 +1,9 @@
 """`slm distill`: train a small student to imitate a fine-tuned teacher: a classifier, an NER tagger or a QA model.
 
 Read top to bottom: `distill(cfg)` checks everything it can before writing anything (the teacher is a trained
-model of a task it takes, the data's labels are the teacher's, the student spec builds for that task, the loss
-settings fit the two shapes, the unlabeled file has texts), generates augmented texts (`slmkit.augment`), asks the teacher for its
-outputs on every training text — once: they are cached on disk — then trims the teacher's vocabulary to the
+model of a task it takes, the data's labels are the teacher's, the student spec builds for that task, the
+loss settings fit the two shapes, the unlabeled file has texts), generates augmented texts (`slmkit.augment`),
+asks the teacher for its outputs on every training text — once: they are cached on disk — then trims the teacher's vocabulary to the
 texts the student will see, builds the student from the trimmed teacher (`slmkit.students`), and trains it
 with slmkit's one training loop (`train.run_epochs`) and the losses of `slmkit.losses`, keeping the best
 epoch on the eval set. The output is an ordinary model directory: `slm export` and `slm quantize` take it.
@@ -23,14 +23,15 @@ only labeled rows get the cross-entropy (the others carry label −1, which `los
            + attention · mean over layer pairs of MSE(A_student, A_teacher)
 
 The teacher cache (`<teacher>/distill-cache/<key>.safetensors`, or `cache_dir`) holds the teacher's outputs
-(float32; per token ones concatenated over texts) for the training rows and, when their loss weights are positive, the hidden states and attention
-maps of the mapped teacher layers only (float16, unpadded, flattened over texts). The key hashes the teacher's
-weights file, its tokenizer, the maximum length, the cached layers and the exact texts, so a second run with
-the same teacher and data never runs the teacher's forward pass for its targets. Running the teacher inside the loop instead would make each
-step several times slower on a CPU; the price of caching is disk and memory, so a run whose hidden states and
-attention maps would exceed `CACHE_LIMIT_BYTES` is refused up front with the settings that shrink it.
-The eval texts' teacher logits are cached the same way (the teacher's own score and the agreement need them);
-for NER and QA the teacher runs once over the eval set instead, and the task scores its outputs.
+(float32; per-token ones concatenated over texts) for the training rows and, when their loss weights are
+positive, the hidden states and attention maps of the mapped teacher layers only (float16, unpadded, flattened
+over texts). The key hashes the teacher's weights file, its tokenizer, the maximum length, the cached layers and
+the exact texts (NER and QA: the token ids of each sentence or window, stride included), so a second run with the same teacher and data never runs the teacher's forward pass for its
+targets. Running the teacher inside the loop instead would make each step several times slower on a CPU; the
+price of caching is disk and memory, so a run whose hidden states and attention maps would exceed
+`CACHE_LIMIT_BYTES` is refused up front with the settings that shrink it. The eval texts' teacher logits are
+cached the same way (the teacher's own score and the agreement need them); for NER and QA the teacher runs once
+over the eval set instead, and the task scores its outputs.
 
 Vocabulary: the student reuses the teacher's tokenizer. With `trim_vocab` it is first trimmed
 (`slmkit.trim.trim_vocab`, into a work directory inside the staging directory) to the tokens of the training,

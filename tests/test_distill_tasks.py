@@ -240,3 +240,21 @@ def test_bad_settings_and_data_for_ner_and_qa_are_refused(ner_teacher, qa_teache
     hf = json.loads((headless / "config.json").read_text())
     (headless / "config.json").write_text(json.dumps({**hf, "architectures": ["BertModel"]}))
     refused(config({**ner_teacher, "dir": headless}, tmp_path / "o", spec, lr), r"not a fine-tuned ner model \(config.json names no TokenClassification head\)")
+
+
+def test_slm_distill_on_a_qa_teacher_through_the_cli(qa_teacher, tmp_path):
+    """The command prints the task's report (questions, EM/F1) and the retention in its metric; bad input is one line."""
+    from typer.testing import CliRunner
+
+    from slmkit.cli import app
+
+    spec, lr, _ = QA_STUDENTS["drop"]
+    common = ["distill", "--teacher", qa_teacher["dir"], "--data", qa_teacher["train"], "--eval", qa_teacher["dev"], "--epochs", "2",
+              "--lr", lr, "--threads", "1", "--set", "train.batch_size=16", "--quiet"]
+    result = CliRunner().invoke(app, [str(a) for a in common + ["--student", spec, "--out", tmp_path / "s"]])
+    assert result.exit_code == 0, result.output
+    printed = " ".join(result.output.split())  # the console wraps long lines
+    assert "30 questions" in printed and "exact match" in printed and "teacher f1" in printed and "retention" in printed
+    bad = CliRunner().invoke(app, [str(a) for a in common + ["--student", "bilstm:hidden=16", "--out", tmp_path / "b"]])
+    assert bad.exit_code == 2 and "a bilstm student cannot do qa" in " ".join(bad.output.split()) and "Traceback" not in bad.output
+    assert not (tmp_path / "b").exists()

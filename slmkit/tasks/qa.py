@@ -134,10 +134,10 @@ class QATask:
 
     def agreement(self, examples: list[QAExample], features: list[dict], outputs: list, teacher_outputs: list, labels: list[str]) -> float:
         """The fraction of questions whose best answer (its character span) is the teacher's."""
-        def best(found):
+        def spans(found: list[list[qa.Answer]]) -> list:
             return [(a[0].start, a[0].end) if a else None for a in found]
 
-        student, teacher = best(qa.decode_answers(examples, features, outputs)), best(qa.decode_answers(examples, features, teacher_outputs))
+        student, teacher = spans(self.best_answers(examples, features, outputs)), spans(self.best_answers(examples, features, teacher_outputs))
         return float(np.mean([s == t for s, t in zip(student, teacher)])) if student else 0.0
 
     # ---------------------------------------------------------------------------------- predictions
@@ -157,9 +157,13 @@ class QATask:
                     outputs[i] = (starts[row, :n], ends[row, :n])
         return outputs
 
+    def best_answers(self, examples: list[QAExample], features: list[dict], outputs: list) -> list[list[qa.Answer]]:
+        """Each question's best answer (a list of one, or none) over all its windows' outputs."""
+        return qa.decode_answers(examples, features, outputs)
+
     def score(self, examples: list[QAExample], features: list[dict], outputs: list, labels: list[str], full: bool, seed: int = 0, n_resamples: int = 1000) -> dict:
         """Quick: {"f1", "exact_match"}; full: the same with 95% bootstrap intervals and per question type."""
-        predictions = [answers[0].text if answers else "" for answers in qa.decode_answers(examples, features, outputs)]
+        predictions = [answers[0].text if answers else "" for answers in self.best_answers(examples, features, outputs)]
         golds = [[text for text, _ in e.answers] for e in examples]
         if not full:
             em, f1 = qa.squad_scores(predictions, golds)
