@@ -818,8 +818,7 @@ def label_import(
 def print_report(report: dict, title: str) -> None:
     """The headline metrics with their intervals (every `x` with an `x_ci95`), then the per-class (per entity
     type) table when the task has one."""
-    n, what = (report["n_questions"], "questions") if "n_questions" in report else (report["n_examples"], "examples")  # QA counts questions
-    head = Table(title=f"{title}: {n} {what}", show_header=True)
+    head = Table(title=f"{title}: {report['n_examples']} examples", show_header=True)
     for column in ("metric", "value", "95% CI"):
         head.add_column(column, justify="right" if column != "metric" else "left")
     for name, value in report.items():

@@ -120,7 +120,7 @@ def test_qa_students_learn_to_point_at_the_answer(distilled, kind):
     out, m = distilled("qa", kind).out, distilled("qa", kind).metrics
     assert m["task"] == "qa" and m["labels"] == [] and m["n_train"] == 80 and m["n_eval"] == 30 and m["max_length"] == 24
     ev = m["eval"]
-    assert ev["n_questions"] == 30 and ev["n_windows"] > 30 and ev["stride"] == 8  # the teacher's windows
+    assert ev["n_examples"] == 30 and ev["n_windows"] > 30 and ev["stride"] == 8  # the teacher's windows
     assert {"f1", "exact_match", "f1_ci95", "exact_match_ci95"} <= set(ev)
     assert m["teacher_eval"]["f1"] >= 0.9 and ev["f1"] >= 0.8 and m["retention"] == pytest.approx(ev["f1"] / m["teacher_eval"]["f1"])
     losses = [h["train_loss"] for h in m["history"]]
@@ -243,7 +243,7 @@ def test_bad_settings_and_data_for_ner_and_qa_are_refused(ner_teacher, qa_teache
 
 
 def test_slm_distill_on_a_qa_teacher_through_the_cli(qa_teacher, tmp_path):
-    """The command prints the task's report (questions, EM/F1) and the retention in its metric; bad input is one line."""
+    """The command prints the task's report (EM/F1 of 30 questions) and the retention in its metric; bad input is one line."""
     from typer.testing import CliRunner
 
     from slmkit.cli import app
@@ -254,7 +254,7 @@ def test_slm_distill_on_a_qa_teacher_through_the_cli(qa_teacher, tmp_path):
     result = CliRunner().invoke(app, [str(a) for a in common + ["--student", spec, "--out", tmp_path / "s"]])
     assert result.exit_code == 0, result.output
     printed = " ".join(result.output.split())  # the console wraps long lines
-    assert "30 questions" in printed and "exact match" in printed and "teacher f1" in printed and "retention" in printed
+    assert "30 examples" in printed and "exact match" in printed and "teacher f1" in printed and "retention" in printed
     bad = CliRunner().invoke(app, [str(a) for a in common + ["--student", "bilstm:hidden=16", "--out", tmp_path / "b"]])
     assert bad.exit_code == 2 and "a bilstm student cannot do qa" in " ".join(bad.output.split()) and "Traceback" not in bad.output
     assert not (tmp_path / "b").exists()
