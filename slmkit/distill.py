@@ -144,6 +144,8 @@ def distill(cfg: DistillConfig, overwrite: bool = False, progress: bool = True, 
     trim = cfg.trim_vocab and task_name == "classification"
     if trim:
         _check_wordpiece(teacher_dir)
+    elif cfg.trim_vocab and progress:
+        stderr.print(f"note: the vocabulary is not trimmed: {TRIM_REASON}", highlight=False)
     shape = students.build_student(cfg.student, teacher, head_labels, task_name).config
     hidden_pairs, attention_pairs = _layer_pairs(cfg.loss, teacher.config, shape, kind)
     max_length = min(int(hf_tokenizer.model_max_length), int(getattr(teacher.config, "max_position_embeddings", 512) or 512))
