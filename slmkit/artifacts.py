@@ -230,8 +230,9 @@ def load_weights(model: Any, directory: Path) -> None:
 
 
 def model_labels(directory: Path) -> list[str]:
-    """The label names of a trained classifier, in class-id order (from its config.json)."""
-    id2label = read_json(directory / HF_CONFIG).get("id2label", {})  # none in a QA model's config
+    """The label names of a trained classifier or tagger, in class-id order (from its config.json); none for a
+    QA model (transformers does not save the default names of its start/end outputs)."""
+    id2label = read_json(directory / HF_CONFIG).get("id2label") or {}
     return [id2label[str(i)] for i in range(len(id2label))]
 
 

@@ -276,7 +276,7 @@ def distill(
     overwrite: Annotated[bool, typer.Option(help="Replace --out even if it is not a previous slmkit output.")] = False,
     quiet: Annotated[bool, typer.Option(help="No progress bars.")] = False,
 ):
-    """Distill a fine-tuned teacher into a small student (layer-dropped, small transformer, BiLSTM or CNN).
+    """Distill a fine-tuned teacher (classifier, NER or QA) into a small student (layer-dropped, small transformer, BiLSTM or CNN).
 
     Example: slm distill --teacher runs/x --data train.csv --student transformer:layers=2,hidden=128 --out runs/s
     """
@@ -300,7 +300,7 @@ def distill(
     m = result.metrics
     print_report(m["eval"], f"student ({m['student']}) on {m['eval_source']}")
     out.print(
-        f"teacher accuracy {m['teacher_eval']['accuracy']:.4f}, student {m['student_eval']['accuracy']:.4f} "
+        f"teacher {m['retention_metric']} {m['teacher_eval'][m['retention_metric']]:.4f}, student {m['student_eval'][m['retention_metric']]:.4f} "
         f"(retention {100 * m['retention']:.1f}%, agreement {100 * m['agreement']:.1f}%); parameters "
         f"{m['parameters']['teacher'] / 1e6:.2f}M → {m['parameters']['student'] / 1e6:.2f}M; teacher cache "
         f"{'hit' if m['teacher_cache']['hit'] else 'miss'}"

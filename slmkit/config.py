@@ -332,6 +332,8 @@ class DistillConfig:
     augment: float = _f(0.0, "Generated augmentation: this many new texts per training text (e.g. 10 for 10x); 0 for none.")
     trim_vocab: bool = _f(True, "Give the student only the vocabulary its training texts use (honest on-disk parameter counts).")
     cache_dir: str | None = _f(None, "Where cached teacher outputs live; default: <teacher>/distill-cache.")
+    task: str | None = _f(None, "The teacher's task (classification, ner or qa); read from the teacher and recorded with the student: leave unset.")
+    stride: int | None = _f(None, "QA: tokens shared by consecutive windows of a long context; default: the teacher's.")
     loss: LossConfig = field(default_factory=LossConfig)
     train: OptimConfig = field(default_factory=lambda: OptimConfig(epochs=10, lr=1e-3, batch_size=32, patience=3))
 
@@ -349,7 +351,10 @@ class DistillConfig:
             (o.batch_size >= 1, "train.batch_size", f"must be at least 1 (got {o.batch_size})"),
             (o.lr > 0, "train.lr", f"must be positive (got {o.lr})"),
             (0 <= o.warmup < 1, "train.warmup", f"must be a fraction in [0, 1) (got {o.warmup})"),
-            (o.metric in (None, "accuracy", "macro_f1"), "train.metric", f"must be accuracy or macro_f1 (got {o.metric!r})"),
+            (o.metric in (None, *sorted({m for ms in TASK_METRICS.values() for m in ms})), "train.metric",
+             f"must be a metric of the teacher's task: accuracy or macro_f1 (classification), f1 (ner, qa) or exact_match (qa) (got {o.metric!r})"),
+            (self.task in (None, *TASK_METRICS), "task", f"unknown task {self.task!r}: valid tasks are {', '.join(TASK_METRICS)}"),
+            (self.stride is None or self.stride >= 0, "stride", f"must be 0 or more (got {self.stride})"),
             (0 < self.data.eval_split < 1, "data.eval_split", f"must be a fraction in (0, 1) (got {self.data.eval_split})"),
         ])
 

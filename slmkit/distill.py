@@ -1,12 +1,19 @@
-"""`slm distill`: train a small student to imitate a fine-tuned teacher classifier.
+"""`slm distill`: train a small student to imitate a fine-tuned teacher: a classifier, an NER tagger or a QA model.
 
 Read top to bottom: `distill(cfg)` checks everything it can before writing anything (the teacher is a trained
-classifier, the data's labels are the teacher's, the student spec builds, the loss settings fit the two
-shapes, the unlabeled file has texts), generates augmented texts (`slmkit.augment`), asks the teacher for its
-outputs on every training text — once: they are cached on disk — then trims the teacher's vocabulary to the
+model of a task it takes, the data's labels are the teacher's, the student spec builds for that task, the
+loss settings fit the two shapes, the unlabeled file has texts), generates augmented texts (`slmkit.augment`),
+asks the teacher for its outputs on every training text — once: they are cached on disk — then trims the teacher's vocabulary to the
 texts the student will see, builds the student from the trimmed teacher (`slmkit.students`), and trains it
 with slmkit's one training loop (`train.run_epochs`) and the losses of `slmkit.losses`, keeping the best
 epoch on the eval set. The output is an ordinary model directory: `slm export` and `slm quantize` take it.
+
+What differs between tasks goes through the task seam (`slmkit.tasks`): reading, features and batches, the
+output terms of the loss (`task.kd_loss`, `task.hard_loss`, `task.logit_mse`), scoring and agreement. The
+teacher's outputs are the task's `outputs`: one row of logits per text (classification), a row per token (NER:
+the KL and cross-entropy read each word's first piece, the position decoding reads), or a start and an end
+logit per token of each window (QA: one distribution per window for each, padding masked out). NER and QA
+students keep the teacher's vocabulary (see TRIM_REASON) and take no unlabeled or augmented texts.
 
 Training rows are the labeled texts plus unlabeled and augmented texts. All get the teacher's soft targets;
 only labeled rows get the cross-entropy (the others carry label −1, which `losses.ce_loss` skips):
@@ -15,14 +22,16 @@ only labeled rows get the cross-entropy (the others carry label −1, which `los
            + hidden · mean over layer pairs of MSE(W·h_student, h_teacher)
            + attention · mean over layer pairs of MSE(A_student, A_teacher)
 
-The teacher cache (`<teacher>/distill-cache/<key>.safetensors`, or `cache_dir`) holds the teacher's logits
-(float32) for the training texts and, when their loss weights are positive, the hidden states and attention
-maps of the mapped teacher layers only (float16, unpadded, flattened over texts). The key hashes the teacher's
-weights file, its tokenizer, the maximum length, the cached layers and the exact texts, so a second run with
-the same teacher and data never runs the teacher's forward pass for its targets. Running the teacher inside the loop instead would make each
-step several times slower on a CPU; the price of caching is disk and memory, so a run whose hidden states and
-attention maps would exceed `CACHE_LIMIT_BYTES` is refused up front with the settings that shrink it.
-The eval texts' teacher logits are cached the same way (the teacher's own score and the agreement need them).
+The teacher cache (`<teacher>/distill-cache/<key>.safetensors`, or `cache_dir`) holds the teacher's outputs
+(float32; per-token ones concatenated over texts) for the training rows and, when their loss weights are
+positive, the hidden states and attention maps of the mapped teacher layers only (float16, unpadded, flattened
+over texts). The key hashes the teacher's weights file, its tokenizer, the maximum length, the cached layers and
+the exact texts (NER and QA: the token ids of each sentence or window, stride included), so a second run with the same teacher and data never runs the teacher's forward pass for its
+targets. Running the teacher inside the loop instead would make each step several times slower on a CPU; the
+price of caching is disk and memory, so a run whose hidden states and attention maps would exceed
+`CACHE_LIMIT_BYTES` is refused up front with the settings that shrink it. The eval texts' teacher logits are
+cached the same way (the teacher's own score and the agreement need them); for NER and QA the teacher runs once
+over the eval set instead, and the task scores its outputs.
 
 Vocabulary: the student reuses the teacher's tokenizer. With `trim_vocab` it is first trimmed
 (`slmkit.trim.trim_vocab`, into a work directory inside the staging directory) to the tokens of the training,
@@ -52,9 +61,10 @@ import numpy as np
 
 from slmkit import artifacts, augment, distributed, losses, students
 from slmkit.config import DistillConfig, LossConfig, TrimConfig, save_config
-from slmkit.data import Example, read_examples, read_texts, stratified_split
+from slmkit.data import Example, read_texts
 from slmkit.encoding import make_encoder, sorted_order, uses_token_types
 from slmkit.errors import UserError
+from slmkit.lineage import recorded_train_config
 from slmkit.progress import StepProgress, stderr
 from slmkit.tasks import get_task
 from slmkit.train import Step, make_optimizer, run_epochs, track_epoch
@@ -89,42 +99,54 @@ def distill(cfg: DistillConfig, overwrite: bool = False, progress: bool = True, 
     transformers.utils.logging.disable_progress_bar()
     started = time.perf_counter()
     cfg.validate()
-    cfg = replace(cfg, train=replace(cfg.train, metric=cfg.train.metric or "accuracy"))
-    o, d = cfg.train, cfg.data
     teacher_dir, out = Path(cfg.teacher), Path(cfg.out)
     artifacts.check_output(out, overwrite)
-    _check_teacher(teacher_dir)
+    task_name = _check_teacher(teacher_dir)
     if out.resolve() == teacher_dir.resolve():
         raise UserError(f"{out}: --out is the --teacher directory: write the student to a new directory")
+    if cfg.task is not None and cfg.task != task_name:
+        raise UserError(f"setting task: the teacher {teacher_dir} is a {task_name} model, not {cfg.task}: leave task unset (it is read from the teacher)")
+    task = _teacher_task(task_name, teacher_dir, cfg)
+    cfg = replace(cfg, train=replace(cfg.train, metric=cfg.train.metric or task.metric_names[0]))  # accuracy, or f1 (ner, qa)
+    o, d = cfg.train, cfg.data
+    if o.metric not in task.metric_names:
+        raise UserError(f"setting train.metric: {o.metric!r} is not a {task_name} metric: use one of {', '.join(task.metric_names)}")
+    if task_name != "classification" and (cfg.unlabeled or cfg.augment > 0):
+        raise UserError(f"setting {'unlabeled' if cfg.unlabeled else 'augment'}: unlabeled and augmented texts are for classification teachers only: drop it for a {task_name} teacher")
     if o.threads:
         torch.set_num_threads(o.threads)
     distributed.init("cpu")  # under torchrun: join the other processes (the student trains on the CPU)
     main = distributed.is_main()  # rank 0 alone writes the model directory and logs
     progress = progress and main
-    task = get_task("classification")
-    labels = artifacts.model_labels(teacher_dir)
+    kind, _ = students.parse_student(cfg.student)
+    students.check_task(cfg.student, kind, task_name)
+    labels = artifacts.model_labels(teacher_dir) if task_name != "qa" else []  # QA: spans, not classes
     label2id = {label: i for i, label in enumerate(labels)}
 
     # data: labeled training and eval examples (the teacher's label set), unlabeled texts
     train_path = Path(d.train)
-    train_ex = read_examples(train_path, d.text_col, d.label_col, d.encoding, d.drop_empty)
-    _check_labels(train_ex, train_path, labels)
+    train_ex = task.read(train_path, d)
+    _check_task_labels(task, train_ex, train_path, labels)
     if d.eval:
         eval_path = Path(d.eval)
-        eval_ex = read_examples(eval_path, d.text_col, d.label_col, d.encoding, d.drop_empty)
-        _check_labels(eval_ex, eval_path, labels)
+        eval_ex = task.read(eval_path, d)
+        _check_task_labels(task, eval_ex, eval_path, labels)
     else:
         eval_path = train_path
-        train_ex, eval_ex = stratified_split(train_ex, d.eval_split, o.seed)
+        train_ex, eval_ex = task.split(train_ex, d.eval_split, o.seed)
     unlabeled_ex = [Example(t, None, i) for i, t in enumerate(read_texts(cfg.unlabeled, d.text_col, d.encoding), start=1)] if cfg.unlabeled else []
 
     # the teacher, and a first build of the student: its shape decides which losses can apply
-    kind, _ = students.parse_student(cfg.student)
     teacher, hf_tokenizer = artifacts.load_model(teacher_dir)
     teacher.requires_grad_(False)
-    if cfg.trim_vocab:
+    head_labels = labels or [teacher.config.id2label[i] for i in range(teacher.config.num_labels)]  # QA: the start and end outputs
+    # vocabulary trimming keeps only the training texts' pieces; for NER and QA the full vocabulary is kept (TRIM_REASON)
+    trim = cfg.trim_vocab and task_name == "classification"
+    if trim:
         _check_wordpiece(teacher_dir)
-    shape = students.build_student(cfg.student, teacher, labels).config
+    elif cfg.trim_vocab and progress:
+        stderr.print(f"note: the vocabulary is not trimmed: {TRIM_REASON}", highlight=False)
+    shape = students.build_student(cfg.student, teacher, head_labels, task_name).config
     hidden_pairs, attention_pairs = _layer_pairs(cfg.loss, teacher.config, shape, kind)
     max_length = min(int(hf_tokenizer.model_max_length), int(getattr(teacher.config, "max_position_embeddings", 512) or 512))
 
@@ -139,7 +161,7 @@ def distill(cfg: DistillConfig, overwrite: bool = False, progress: bool = True, 
         augmented_ex = [Example(text, None, 0) for _, text in augment.augment_texts(texts, cfg.augment, neighbours, o.seed)]
     augment_seconds = time.perf_counter() - augment_started
 
-    # the teacher's outputs on every training row and eval text: from the cache, or computed once and cached
+    # the teacher's outputs on every training row (and, for classification, eval text): from the cache, or computed once and cached
     rows = train_ex + unlabeled_ex + augmented_ex  # labeled first; the others carry label -1
     teacher_encoder = make_encoder(hf_tokenizer, max_length)
     teacher_feats = task.encode(rows, teacher_encoder, label2id)
@@ -155,11 +177,17 @@ def distill(cfg: DistillConfig, overwrite: bool = False, progress: bool = True, 
     tokenizer_bytes = (teacher_dir / artifacts.TOKENIZER).read_bytes()
     cache_started = time.perf_counter()
     lookup = partial(
-        _cached_teacher_outputs, teacher, teacher_collate, o.eval_batch_size, cache_dir, weights_hash, tokenizer_bytes, max_length, progress=progress
+        _cached_teacher_outputs, teacher, teacher_collate, o.eval_batch_size, cache_dir, weights_hash, tokenizer_bytes, max_length,
+        progress=progress, names=task.outputs, per_token=task.per_token,
     )
     with distributed.main_first():  # under torchrun the others find rank 0's fresh cache files
-        train_outputs, train_hit, train_key = lookup(teacher_feats, [e.text for e in rows], hidden_layers, attention_layers)
-        eval_outputs, eval_hit, eval_key = lookup(teacher_eval_feats, [e.text for e in eval_ex], [], [])
+        train_outputs, train_hit, train_key = lookup(teacher_feats, _cache_texts(task, rows, teacher_feats), hidden_layers, attention_layers)
+        if task.per_token:  # scored through the task's own decoding: the teacher runs once over the eval set
+            eval_hit, eval_key = False, None
+            teacher_eval_outputs = task.predict_logits(teacher, teacher_eval_feats, teacher_collate, o.eval_batch_size)
+        else:
+            eval_outputs, eval_hit, eval_key = lookup(teacher_eval_feats, [e.text for e in eval_ex], [], [])
+            teacher_eval_outputs = eval_outputs["logits"]
     cache_seconds = time.perf_counter() - cache_started
 
     # only now is anything written: bad input above leaves nothing behind, and a failure below removes the staging.
@@ -172,44 +200,46 @@ def distill(cfg: DistillConfig, overwrite: bool = False, progress: bool = True, 
         vocab_before = len(hf_tokenizer)
         trim_metrics = None
         source = teacher
-        if cfg.trim_vocab:
+        if trim:
             with distributed.main_first():  # rank 0 trims; the others then load its trimmed teacher
                 trimmed_dir = _trim(teacher_dir, work, rows, eval_ex) if main else work / TRIMMED_TEACHER
             trim_metrics = artifacts.read_json(trimmed_dir / artifacts.METRICS)
             source, hf_tokenizer = artifacts.load_model(trimmed_dir)
         torch.manual_seed(o.seed)  # the student's and the projections' initialization
-        student = students.build_student(cfg.student, source, labels)
+        student = students.build_student(cfg.student, source, head_labels, task_name)
         del source
         if attention_pairs:
             student.set_attn_implementation("eager")
         hf_tokenizer.model_max_length = max_length  # predict, export and transformers.pipeline truncate here
-        encoder = make_encoder(hf_tokenizer, max_length)
-        train_feats = task.encode(rows, encoder, label2id)
-        eval_feats = task.encode(eval_ex, encoder, label2id)
-        if [len(f["input_ids"]) for f in train_feats] != [len(f["input_ids"]) for f in teacher_feats]:  # a bug, not bad input
-            raise RuntimeError("the trimmed tokenizer segments a training text differently from the teacher's tokenizer")
-        train_feats = _with_teacher_outputs(train_feats, train_outputs, hidden_layers, attention_layers, teacher.config)
+        if trim:
+            encoder = make_encoder(hf_tokenizer, max_length)
+            train_feats = task.encode(rows, encoder, label2id)
+            eval_feats = task.encode(eval_ex, encoder, label2id)
+            if [len(f["input_ids"]) for f in train_feats] != [len(f["input_ids"]) for f in teacher_feats]:  # a bug, not bad input
+                raise RuntimeError("the trimmed tokenizer segments a training text differently from the teacher's tokenizer")
+        else:  # the teacher's tokenizer: the same features
+            train_feats, eval_feats = teacher_feats, teacher_eval_feats
+        train_feats = _with_teacher_outputs(train_feats, train_outputs, hidden_layers, attention_layers, teacher.config, task.outputs, task.per_token)
         collate = partial(task.collate, pad_id=hf_tokenizer.pad_token_id or 0, token_types=uses_token_types(student, hf_tokenizer))
         model = _with_projections(student, len(hidden_pairs), getattr(student.config, "hidden_size", 0), teacher.config.hidden_size)
 
         # training: the one loop, our loss, the best epoch on the eval set kept
         steps_per_epoch = math.ceil(len(train_feats) / o.batch_size)
         optimizer, scheduler = make_optimizer(model, o, steps_per_epoch * o.epochs)
-        loss_fn = partial(_loss, weights=cfg.loss, hidden_pairs=hidden_pairs, attention_pairs=attention_pairs)
-        eval_y = np.array([f["label"] for f in eval_feats])
-        eval_probs = partial(task.predict_probs, student, eval_feats, collate, o.eval_batch_size)
-        teacher_probs = task.decode(eval_outputs["logits"])
-        teacher_scores = task.quick_metrics(eval_y, teacher_probs)
+        loss_fn = partial(_loss, task=task, weights=cfg.loss, hidden_pairs=hidden_pairs, attention_pairs=attention_pairs)
+        batches = partial(collate_with_teacher, collate=collate, outputs=task.outputs, per_token=task.per_token)
+        eval_outputs_of = partial(task.predict_logits, student, eval_feats, collate, o.eval_batch_size)
+        teacher_scores = task.score(eval_ex, teacher_eval_feats, teacher_eval_outputs, labels, False, seed=o.seed)
         state = {"best": -1.0, "best_epoch": 0, "bad_epochs": 0, "epoch": 0, "history": [], "train_seconds": 0.0}
         stopped_early = False
         with StepProgress(progress) as bar:
             bar.start(f"epoch 1/{o.epochs}", steps_per_epoch)
-            for record in run_epochs(model, optimizer, scheduler, train_feats, partial(collate_with_teacher, collate=collate), loss_fn, o):
+            for record in run_epochs(model, optimizer, scheduler, train_feats, batches, loss_fn, o):
                 if isinstance(record, Step):
                     bar.advance(record.loss, record.examples_per_s)
                     continue
                 # rank 0 scores the epoch; every process takes the same best/stop decisions from its scores
-                scores = distributed.from_main(lambda: task.quick_metrics(eval_y, eval_probs()))
+                scores = distributed.from_main(lambda: task.score(eval_ex, eval_feats, eval_outputs_of(), labels, False, seed=o.seed))
                 is_best, stop, line = track_epoch(state, record, scores, o)
                 if is_best and main:
                     artifacts.save_model(student, hf_tokenizer, staging)
@@ -227,19 +257,31 @@ def distill(cfg: DistillConfig, overwrite: bool = False, progress: bool = True, 
 
         # the best epoch's weights, scored against the labels and the teacher
         artifacts.load_weights(student, staging)
-        probs = eval_probs()
-        student_scores = task.quick_metrics(eval_y, probs)
-        agreement = float(np.mean(probs.argmax(axis=1) == teacher_probs.argmax(axis=1)))
+        student_outputs = eval_outputs_of()
+        student_scores = task.score(eval_ex, eval_feats, student_outputs, labels, False, seed=o.seed)
+        agreement = task.agreement(eval_ex, eval_feats, student_outputs, teacher_eval_outputs, labels)
         shutil.rmtree(work)
         recorded = replace(d, train=str(train_path.resolve()), eval=str(Path(d.eval).resolve()) if d.eval else None)  # absolute: the lineage
         save_config(
             replace(
                 cfg, teacher=str(teacher_dir.resolve()), data=recorded, unlabeled=str(Path(cfg.unlabeled).resolve()) if cfg.unlabeled else None,
-                cache_dir=str(cache_dir.resolve()) if cfg.cache_dir else None,
+                cache_dir=str(cache_dir.resolve()) if cfg.cache_dir else None, task=task_name, stride=getattr(task, "stride", None),
             ),
             staging / artifacts.CONFIG,
         )
         trained = sum(h["examples_per_s"] * h["seconds"] for h in state["history"])
+        metric = task.metric_names[0]  # accuracy (classification), entity F1 (ner), SQuAD F1 (qa)
+        vocab = {
+            "trimmed": trim,
+            "before": vocab_before,
+            "after": len(hf_tokenizer),
+            # eval tokens (special ones excluded) that became [UNK] by trimming: the student never saw them
+            "eval_oov_token_rate": trim_metrics["oov_token_rate"] if trim_metrics else 0.0,
+            # trim-vocab's proof on the eval set: the trimmed teacher predicts as the teacher does
+            "trimmed_teacher_parity": {k: trim_metrics[k] for k in ("identical_predictions", "max_prob_diff_kept_texts")} if trim_metrics else None,
+        }
+        if cfg.trim_vocab and not trim:
+            vocab["not_trimmed_because"] = TRIM_REASON
         result = {
             "task": task.name,
             "teacher": str(teacher_dir),
@@ -250,31 +292,25 @@ def distill(cfg: DistillConfig, overwrite: bool = False, progress: bool = True, 
             "n_unlabeled": len(unlabeled_ex),
             "n_augmented": len(augmented_ex),
             "n_eval": len(eval_ex),
-            "eval_source": str(eval_path) if d.eval else f"{d.eval_split:.0%} stratified split of {train_path}",
+            "eval_source": str(eval_path) if d.eval else f"{d.eval_split:.0%} {'stratified ' if task_name == 'classification' else ''}split of {train_path}",
             "max_length": max_length,
             "loss": {
                 **{k: getattr(cfg.loss, k) for k in ("kd", "ce", "mse", "hidden", "attention", "temperature")},
                 "hidden_pairs": [list(p) for p in hidden_pairs],  # (student layer, teacher layer); 0 = embeddings
                 "attention_pairs": [list(p) for p in attention_pairs],
             },
-            "teacher_eval": teacher_scores,  # accuracy and macro-F1 of the teacher on the eval set
+            "teacher_eval": teacher_scores,  # the teacher's quick metrics on the eval set (accuracy and macro-F1; entity or SQuAD F1, ...)
             "student_eval": student_scores,
-            "retention": student_scores["accuracy"] / max(teacher_scores["accuracy"], 1e-12),  # student / teacher accuracy
-            "agreement": agreement,  # fraction of eval texts where the student's argmax is the teacher's
+            "retention_metric": metric,
+            "retention": student_scores[metric] / max(teacher_scores[metric], 1e-12),  # student / teacher
+            # the fraction of eval texts (classification), words (ner) or questions (qa) where the student predicts as the teacher
+            "agreement": agreement,
             "parameters": {"teacher": _count(teacher), "student": _count(student)},
             "processes": distributed.world_size(),  # under torchrun: each took a share of every batch
             "bytes": {"teacher": (teacher_dir / artifacts.WEIGHTS).stat().st_size, "student": (staging / artifacts.WEIGHTS).stat().st_size},
-            "vocab": {
-                "trimmed": cfg.trim_vocab,
-                "before": vocab_before,
-                "after": len(hf_tokenizer),
-                # eval tokens (special ones excluded) that became [UNK] by trimming: the student never saw them
-                "eval_oov_token_rate": trim_metrics["oov_token_rate"] if trim_metrics else 0.0,
-                # trim-vocab's proof on the eval set: the trimmed teacher predicts as the teacher does
-                "trimmed_teacher_parity": {k: trim_metrics[k] for k in ("identical_predictions", "max_prob_diff_kept_texts")} if trim_metrics else None,
-            },
+            "vocab": vocab,
             "teacher_cache": {
-                "hit": train_hit and eval_hit,
+                "hit": train_hit and (eval_hit or task.per_token),
                 "train": {"key": train_key, "hit": train_hit},
                 "eval": {"key": eval_key, "hit": eval_hit},
                 "dir": str(cache_dir),
@@ -287,7 +323,7 @@ def distill(cfg: DistillConfig, overwrite: bool = False, progress: bool = True, 
             "stopped_early": stopped_early,
             "train_seconds": state["train_seconds"],
             "train_examples_per_s": trained / max(state["train_seconds"], 1e-9),
-            "eval": task.metrics(eval_y, probs, labels, seed=o.seed),  # the student's full report
+            "eval": task.score(eval_ex, eval_feats, student_outputs, labels, True, seed=o.seed),  # the student's full report
             "history": state["history"],
             "seconds": time.perf_counter() - started,
         }
@@ -298,18 +334,47 @@ def distill(cfg: DistillConfig, overwrite: bool = False, progress: bool = True, 
 # ------------------------------------------------------------------------------------------ checks
 
 
-def _check_teacher(directory: Path) -> None:
-    """A trained classifier: weights, tokenizer, and a config.json with a classification head and its labels."""
+HEADS = {"classification": "ForSequenceClassification", "ner": "ForTokenClassification", "qa": "ForQuestionAnswering"}  # config.json architectures
+
+
+def _check_teacher(directory: Path) -> str:
+    """A fine-tuned model of a task slm distill takes: weights, tokenizer, and a config.json naming that task's
+    head (and labels). Returns the task."""
     artifacts.check_model_dir(directory)
+    task = artifacts.model_task(directory)
+    if task not in HEADS:
+        raise UserError(f"{directory}: a {task} model: slm distill distills {', '.join(HEADS)} models")
     config = artifacts.read_json(directory / artifacts.HF_CONFIG)
-    heads = [a for a in config.get("architectures") or [] if a.endswith("ForSequenceClassification")]
-    if not config.get("id2label") or not heads:
-        raise UserError(
-            f"{directory}: not a fine-tuned classifier (config.json names no classification head and labels): "
-            "pass --teacher, the --out directory of slm train"
-        )
-    if artifacts.model_task(directory) != "classification":
-        raise UserError(f"{directory}: a {artifacts.model_task(directory)} model: slm distill distills classifiers only")
+    heads = [a for a in config.get("architectures") or [] if a.endswith(HEADS[task])]
+    if not heads or (task != "qa" and not config.get("id2label")):
+        what = "classifier (config.json names no classification head and labels)" if task == "classification" else f"{task} model (config.json names no {HEADS[task][3:]} head)"
+        raise UserError(f"{directory}: not a fine-tuned {what}: pass --teacher, the --out directory of slm train")
+    return task
+
+
+def _teacher_task(name: str, teacher_dir: Path, cfg: DistillConfig) -> Any:
+    """The teacher's task, reading the data with the distill settings (NER scheme, strictness) and windowing
+    QA contexts with `cfg.stride`, else the stride the teacher was trained with."""
+    if name == "ner":
+        return get_task(name, scheme=cfg.data.scheme, strict=cfg.data.strict)
+    if name == "qa":
+        return get_task(name, stride=cfg.stride if cfg.stride is not None else recorded_train_config(teacher_dir).model.stride)
+    return get_task(name)
+
+
+def _check_task_labels(task: Any, examples: list, path: Path, labels: list[str]) -> None:
+    """Refuse data with classes (classification) or entity types (ner) the teacher lacks; QA has none."""
+    if task.name == "classification":
+        _check_labels(examples, path, labels)
+    elif task.name == "ner":
+        known = {label[2:] for label in labels if label != "O"}
+        for s in examples:
+            unknown = sorted({t[2:] for t in s.tags if t != "O"} - known)
+            if unknown:
+                raise UserError(
+                    f"{path} line {s.line}: entity type(s) {', '.join(map(repr, unknown))} are not the teacher's ({', '.join(sorted(known))}): "
+                    "distill on data with the teacher's entity types, or retrain the teacher with these"
+                )
 
 
 def _check_labels(examples: list[Example], path: Path, labels: list[str]) -> None:
@@ -322,6 +387,12 @@ def _check_labels(examples: list[Example], path: Path, labels: list[str]) -> Non
             f"{path} line {line}: label(s) {', '.join(map(repr, unknown))} are not the teacher's ({shown}): "
             "distill on data with the teacher's labels, or retrain the teacher with these"
         )
+
+
+# Why NER and QA students keep the teacher's vocabulary: trim-vocab proves its parity with classification
+# predictions only, and a vocabulary cut to the training sentences or contexts turns every unseen word of new text
+# into a whole-word [UNK] — and new entities and answers (names, numbers, rare words) are exactly such words
+TRIM_REASON = "NER and QA students keep the teacher's vocabulary: new entities and answers are often words the training text lacks, which a trimmed vocabulary reads as [UNK]"
 
 
 def _check_wordpiece(teacher_dir: Path) -> None:
@@ -411,9 +482,18 @@ def cache_key(weights_hash: str, tokenizer_json: bytes, max_length: int, texts: 
     return digest.hexdigest()[:32]
 
 
+def _cache_texts(task: Any, examples: list, features: list[dict]) -> list[str]:
+    """What the cache key hashes per row: the text (classification), else each feature's token ids and token
+    types — a sentence's words or a question's windows exactly as the teacher reads them (stride included)."""
+    if task.name == "classification":
+        return [e.text for e in examples]
+    return [f"{f['input_ids']}|{f.get('type_ids', '')}" for f in features]
+
+
 def _cached_teacher_outputs(
     teacher, collate, batch_size: int, cache_dir: Path, weights_hash: str, tokenizer_json: bytes, max_length: int,
     features: list[dict], texts: list[str], hidden_layers: list[int], attention_layers: list[int], progress: bool = False,
+    names: tuple[str, ...] = ("logits",), per_token: bool = False,
 ) -> tuple[dict[str, np.ndarray], bool, str]:
     """The teacher's outputs for `features` (see `_teacher_forward`), whether they came from the cache, and the key."""
     from safetensors import SafetensorError
@@ -424,14 +504,14 @@ def _cached_teacher_outputs(
     lengths = np.array([len(f["input_ids"]) for f in features], dtype=np.int64)
     if path.is_file():
         try:
-            outputs = load_file(str(path))
-            if np.array_equal(outputs.get("lengths"), lengths):
-                return outputs, True, key
+            cached = load_file(str(path))
+            if np.array_equal(cached.get("lengths"), lengths) and all(name in cached for name in names):
+                return cached, True, key
         except (SafetensorError, OSError, ValueError):
             pass  # a damaged file is recomputed and replaced
     if progress:
         stderr.print(f"teacher outputs: computing for {len(features)} texts (cached for later runs in {cache_dir})")
-    outputs = _teacher_forward(teacher, features, collate, batch_size, hidden_layers, attention_layers)
+    outputs = _teacher_forward(teacher, features, collate, batch_size, hidden_layers, attention_layers, names, per_token)
     try:
         cache_dir.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")  # per process: concurrent writers never share a file
@@ -442,10 +522,15 @@ def _cached_teacher_outputs(
     return outputs, False, key
 
 
-def _teacher_forward(teacher, features: list[dict], collate, batch_size: int, hidden_layers: list[int], attention_layers: list[int]) -> dict[str, np.ndarray]:
+def _teacher_forward(
+    teacher, features: list[dict], collate, batch_size: int, hidden_layers: list[int], attention_layers: list[int],
+    names: tuple[str, ...] = ("logits",), per_token: bool = False,
+) -> dict[str, np.ndarray]:
     """Run the teacher over `features`, batched by length. Returns, with n texts of lengths l_i:
 
-        logits            (n, classes) float32
+        logits            (n, classes) float32 (classification); the task's outputs `names` per token when
+                          `per_token`, texts concatenated: NER logits (Σ l_i, tags), QA start_logits and
+                          end_logits (Σ l_i,)
         lengths           (n,) int64
         hidden.{t}        (Σ l_i, width) float16: layer t's hidden states (0 = embeddings), texts concatenated
         attention.{t}     (Σ heads·l_i²,) float16: layer t's attention maps (heads, l_i, l_i), flattened
@@ -456,8 +541,7 @@ def _teacher_forward(teacher, features: list[dict], collate, batch_size: int, hi
     token_at = np.concatenate([[0], np.cumsum(lengths)])  # text i's rows in hidden.{t}
     heads = {t: _heads(teacher.config, t) for t in attention_layers}
     map_at = {t: np.concatenate([[0], np.cumsum(heads[t] * lengths**2)]) for t in attention_layers}
-    n_classes = teacher.config.num_labels
-    outputs = {"logits": np.empty((len(features), n_classes), dtype=np.float32), "lengths": lengths}
+    outputs: dict[str, np.ndarray] = {"lengths": lengths}
     for t in hidden_layers:
         outputs[f"hidden.{t}"] = np.empty((int(token_at[-1]), teacher.config.hidden_size), dtype=np.float16)
     for t in attention_layers:
@@ -466,11 +550,20 @@ def _teacher_forward(teacher, features: list[dict], collate, batch_size: int, hi
     with torch.inference_mode():
         for idx in sorted_order(lengths, batch_size):
             batch = collate([features[i] for i in idx])
-            inputs = {k: v for k, v in batch.items() if k != "labels"}
+            inputs = {k: batch[k] for k in ("input_ids", "attention_mask", "token_type_ids") if k in batch}
             result = teacher(**inputs, output_hidden_states=bool(hidden_layers), output_attentions=bool(attention_layers))
-            outputs["logits"][idx] = result.logits.float().numpy()
+            for name in names:
+                value = getattr(result, name).float().numpy()  # (batch, classes) or (batch, seq[, tags])
+                if name not in outputs:  # the trailing shape is known from the first batch
+                    rows = int(token_at[-1]) if per_token else len(features)
+                    outputs[name] = np.empty((rows, *value.shape[2 if per_token else 1 :]), dtype=np.float32)
+                if not per_token:
+                    outputs[name][idx] = value
             for row, i in enumerate(idx):
                 n = lengths[i]
+                if per_token:
+                    for name in names:
+                        outputs[name][token_at[i] : token_at[i + 1]] = getattr(result, name)[row, :n].float().numpy()
                 for t in hidden_layers:
                     outputs[f"hidden.{t}"][token_at[i] : token_at[i + 1]] = result.hidden_states[t][row, :n].numpy()
                 for t in attention_layers:
@@ -478,16 +571,22 @@ def _teacher_forward(teacher, features: list[dict], collate, batch_size: int, hi
     return outputs
 
 
-def _with_teacher_outputs(features: list[dict], outputs: dict, hidden_layers: list[int], attention_layers: list[int], config: Any) -> list[dict]:
-    """Each feature plus its teacher logits (classes,) and, when cached, hidden states [(l, width)] and attention
-    maps [(heads, l, l)] per mapped teacher layer: views into the cached arrays, not copies."""
+def _with_teacher_outputs(
+    features: list[dict], outputs: dict, hidden_layers: list[int], attention_layers: list[int], config: Any,
+    names: tuple[str, ...] = ("logits",), per_token: bool = False,
+) -> list[dict]:
+    """Each feature plus its teacher outputs `teacher_{name}` — logits (classes,), or per token (l, tags) / (l,) —
+    and, when cached, hidden states [(l, width)] and attention maps [(heads, l, l)] per mapped teacher layer:
+    views into the cached arrays, not copies."""
     lengths = outputs["lengths"]
     token_at = np.concatenate([[0], np.cumsum(lengths)])
     map_at = {t: np.concatenate([[0], np.cumsum(_heads(config, t) * lengths**2)]) for t in attention_layers}
     rows = []
     for i, f in enumerate(features):
         n = int(lengths[i])
-        row = {**f, "teacher_logits": outputs["logits"][i]}
+        row = dict(f)
+        for name in names:
+            row[f"teacher_{name}"] = outputs[name][token_at[i] : token_at[i + 1]] if per_token else outputs[name][i]
         if hidden_layers:
             row["teacher_hidden"] = [outputs[f"hidden.{t}"][token_at[i] : token_at[i + 1]] for t in hidden_layers]
         if attention_layers:
@@ -515,14 +614,25 @@ def _with_projections(student, n_hidden_pairs: int, student_width: int, teacher_
     return model
 
 
-def collate_with_teacher(features: list[dict], collate: Callable[[list[dict]], dict]) -> dict:
-    """The task's batch plus the teacher's outputs: logits (batch, classes), and when cached, per mapped layer,
-    hidden states (batch, seq, width) and attention maps (batch, heads, seq, seq), zero-padded like the batch."""
+def collate_with_teacher(
+    features: list[dict], collate: Callable[[list[dict]], dict], outputs: tuple[str, ...] = ("logits",), per_token: bool = False
+) -> dict:
+    """The task's batch plus the teacher's outputs `teacher_{name}`: logits (batch, classes), or per token
+    (batch, seq[, tags]) zero-padded; and when cached, per mapped layer, hidden states (batch, seq, width) and
+    attention maps (batch, heads, seq, seq), zero-padded like the batch."""
     import torch
 
     batch = collate(features)
-    batch["teacher_logits"] = torch.from_numpy(np.stack([f["teacher_logits"] for f in features]))
     seq = batch["input_ids"].shape[1]
+    for name in outputs:
+        key = f"teacher_{name}"
+        if not per_token:
+            batch[key] = torch.from_numpy(np.stack([f[key] for f in features]))
+            continue
+        padded = torch.zeros((len(features), seq, *features[0][key].shape[1:]), dtype=torch.float32)
+        for row, f in enumerate(features):
+            padded[row, : len(f[key])] = torch.from_numpy(f[key])
+        batch[key] = padded
     if "teacher_hidden" in features[0]:
         batch["teacher_hidden"] = []
         for k in range(len(features[0]["teacher_hidden"])):
@@ -542,18 +652,19 @@ def collate_with_teacher(features: list[dict], collate: Callable[[list[dict]], d
     return batch
 
 
-def _loss(model, batch: dict, weights: LossConfig, hidden_pairs: list[tuple[int, int]], attention_pairs: list[tuple[int, int]]):
-    """The weighted sum of the losses (module docstring); each transfer term is averaged over its layer pairs."""
+def _loss(model, batch: dict, task: Any, weights: LossConfig, hidden_pairs: list[tuple[int, int]], attention_pairs: list[tuple[int, int]]):
+    """The weighted sum of the losses (module docstring); each transfer term is averaged over its layer pairs.
+    The output terms are the task's (`task.kd_loss`, `hard_loss`, `logit_mse`: per text, per word, per window)."""
     inputs = {k: batch[k] for k in ("input_ids", "attention_mask", "token_type_ids") if k in batch}
     out = model.student(**inputs, output_hidden_states=bool(hidden_pairs), output_attentions=bool(attention_pairs))
-    logits, mask = out.logits, batch["attention_mask"]  # (batch, classes), (batch, seq)
+    mask = batch["attention_mask"]  # (batch, seq)
     terms = []  # at least one: validate() and _layer_pairs refuse settings that leave none
     if weights.kd > 0:
-        terms.append(weights.kd * losses.kd_loss(logits, batch["teacher_logits"], weights.temperature))
+        terms.append(weights.kd * task.kd_loss(out, batch, weights.temperature))
     if weights.ce > 0:
-        terms.append(weights.ce * losses.ce_loss(logits, batch["labels"]))
+        terms.append(weights.ce * task.hard_loss(out, batch))
     if weights.mse > 0:
-        terms.append(weights.mse * losses.logit_mse(logits, batch["teacher_logits"]))
+        terms.append(weights.mse * task.logit_mse(out, batch))
     for k, (s, _) in enumerate(hidden_pairs):  # hidden_states[0] is the embedding output, [s] layer s's
         projection = model.projections[str(k)] if str(k) in model.projections else None
         term = losses.hidden_loss(out.hidden_states[s], batch["teacher_hidden"][k], projection, mask)

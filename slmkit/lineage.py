@@ -88,7 +88,10 @@ def recorded_train_config(model_dir: Path):
     from slmkit.config import TrainConfig, from_dict
 
     recorded = training_config(model_dir)
-    return from_dict(TrainConfig, {k: v for k, v in recorded.items() if k in ("task", "data", "model", "train")})
+    values = {k: v for k, v in recorded.items() if k in ("task", "data", "model", "train")}
+    if recorded.get("teacher") and recorded.get("stride") is not None:  # a distilled QA student: its windows
+        values["model"] = {"stride": recorded["stride"]}
+    return from_dict(TrainConfig, values)
 
 
 def recorded_task(model_dir: Path, data=None):

@@ -7,6 +7,7 @@ text padded in a batch give the same logits.
 
     BiLSTM  ids (b, s) -> embed (b, s, e) -> [forward LSTM ; backward LSTM] (b, s, 2h) -> max over time (b, 2h)
             -> ReLU dense (b, d) -> classifier (b, labels)
+            (NER, BiLSTMForTokenClassification: no pooling; each token's states -> ReLU dense -> classifier (b, s, tags))
     CNN     ids (b, s) -> embed (b, s, e), zeroed at padding -> conv1d of each width k, zero-padded by k-1 on both
             sides (every window that touches a token) -> ReLU -> max over time (b, filters * widths) -> classifier
 
@@ -28,8 +29,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import nn
-from transformers import AutoConfig, AutoModelForSequenceClassification, PreTrainedConfig, PreTrainedModel
-from transformers.modeling_outputs import SequenceClassifierOutput
+from transformers import AutoConfig, AutoModelForSequenceClassification, AutoModelForTokenClassification, PreTrainedConfig, PreTrainedModel
+from transformers.modeling_outputs import SequenceClassifierOutput, TokenClassifierOutput
 
 BILSTM_TYPE = "slm_bilstm"
 CNN_TYPE = "slm_cnn"
@@ -119,6 +120,14 @@ class BiLSTMForSequenceClassification(_EmbeddingClassifier):
     def forward(self, input_ids, attention_mask=None, token_type_ids=None, labels=None, **kwargs) -> SequenceClassifierOutput:
         """`token_type_ids` and the output_* flags are accepted and ignored (no token types, no layers)."""
         mask = _mask(input_ids, attention_mask)  # (b, s)
+        x = self._states(input_ids, mask)  # (b, s, 2h)
+        # LSTM outputs lie in (-1, 1): filling pads with -1 leaves the max over the real tokens unchanged
+        pooled = x.masked_fill(~mask.unsqueeze(-1), -1.0).max(dim=1).values  # (b, 2h)
+        hidden = F.relu(self.dense(self.dropout(pooled)))  # (b, d)
+        return _classifier_output(self.classifier(self.dropout(hidden)), labels)
+
+    def _states(self, input_ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """The last BiLSTM layer's states (b, s, 2h): forward and backward, each read within its own length."""
         lengths = mask.sum(1, keepdim=True)  # (b, 1)
         positions = torch.arange(input_ids.shape[1], device=input_ids.device).unsqueeze(0)  # (1, s)
         # reverse each sequence within its length; pads map to themselves (an involution: it also un-reverses)
@@ -128,10 +137,20 @@ class BiLSTMForSequenceClassification(_EmbeddingClassifier):
             ahead, _ = forward_lstm(x)  # (b, s, h): pads come after the tokens, so never reach them
             back, _ = backward_lstm(_gather_time(x, reverse))
             x = torch.cat([ahead, _gather_time(back, reverse)], dim=-1)  # (b, s, 2h)
-        # LSTM outputs lie in (-1, 1): filling pads with -1 leaves the max over the real tokens unchanged
-        pooled = x.masked_fill(~mask.unsqueeze(-1), -1.0).max(dim=1).values  # (b, 2h)
-        hidden = F.relu(self.dense(self.dropout(pooled)))  # (b, d)
-        return _classifier_output(self.classifier(self.dropout(hidden)), labels)
+        return x
+
+
+class BiLSTMForTokenClassification(BiLSTMForSequenceClassification):
+    """The same BiLSTM with a per-token head (NER): each token's states go through the ReLU layer and the
+    classifier, so a word's tag reads both its left and right context. (A CRF on top is not included: with
+    first-piece labels and BIO repair at decoding, its gain on small students is small.)"""
+
+    def forward(self, input_ids, attention_mask=None, token_type_ids=None, labels=None, **kwargs) -> TokenClassifierOutput:
+        mask = _mask(input_ids, attention_mask)  # (b, s)
+        hidden = F.relu(self.dense(self.dropout(self._states(input_ids, mask))))  # (b, s, d)
+        logits = self.classifier(self.dropout(hidden))  # (b, s, n_tags)
+        loss = F.cross_entropy(logits.flatten(0, 1), labels.flatten(), ignore_index=-100) if labels is not None else None
+        return TokenClassifierOutput(loss=loss, logits=logits)
 
 
 def _gather_time(x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
@@ -175,6 +194,8 @@ def register() -> None:
         AutoModelForSequenceClassification.register(config_class, model_class, exist_ok=True)
         config_class.register_for_auto_class("AutoConfig")
         model_class.register_for_auto_class("AutoModelForSequenceClassification")
+    AutoModelForTokenClassification.register(BiLSTMConfig, BiLSTMForTokenClassification, exist_ok=True)
+    BiLSTMForTokenClassification.register_for_auto_class("AutoModelForTokenClassification")
 
 
 if __name__ == "slmkit.student_models":  # as remote code, transformers resolves the classes through auto_map

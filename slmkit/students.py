@@ -5,6 +5,11 @@
     bilstm[:hidden=300][,embed=128][,layers=1]              a BiLSTM classifier (Tang et al. 2019)
     cnn[:filters=256][,embed=128][,widths=2-3-4]            a CNN classifier (Kim 2014)
 
+The head is the teacher's task's: a text classifier, a per-token tagger (NER: `BertForTokenClassification`,
+`BiLSTMForTokenClassification`) or a span head (QA: `BertForQuestionAnswering`). `TASK_KINDS` lists the kinds each
+task takes: a CNN pools a text into one vector (no per-token states worth tagging), and the BiLSTM and CNN do not
+read a question-context pair, so QA takes the transformer kinds only.
+
 (bilstm: `hidden` LSTM units per direction, then a ReLU layer of `hidden` units; cnn: `filters` per width, in
 word pieces. `embed` defaults to 128, ALBERT's factorized-embedding width: with a 30k vocabulary the embedding is
 already 3.9M of a BiLSTM student's parameters, and vocabulary trimming shrinks it further.)
@@ -146,25 +151,45 @@ def kept_layers(params: dict, n_layers: int) -> list[int]:
 # ------------------------------------------------------------------------------------------ building
 
 
-def build_student(spec: str, teacher: Any, labels: list[str]) -> Any:
-    """An untrained student for `teacher` (a transformers sequence classifier) over `labels`, initialized
-    from the teacher as the module docstring says. Validates `spec` (UserError) before building anything."""
+# the student kinds each task can take, and the transformers head class of the transformer kinds
+TASK_KINDS = {"classification": ("drop", "transformer", "bilstm", "cnn"), "ner": ("drop", "transformer", "bilstm"), "qa": ("drop", "transformer")}
+BERT_HEADS = {"classification": "BertForSequenceClassification", "ner": "BertForTokenClassification", "qa": "BertForQuestionAnswering"}
+
+
+def check_task(spec: str, kind: str, task: str) -> None:
+    """Refuse a student kind that has no head for `task` (a CNN pools the text away; QA needs a span head over
+    a question-context pair, which the BiLSTM and CNN do not read), naming the kinds that work."""
+    kinds = TASK_KINDS[task]
+    if kind not in kinds:
+        raise UserError(f"--student {spec}: a {kind} student cannot do {task}: use one of {', '.join(kinds)}, e.g. {EXAMPLE}")
+
+
+def build_student(spec: str, teacher: Any, labels: list[str], task: str = "classification") -> Any:
+    """An untrained student for `teacher` (a transformers classifier, token classifier or span model: `task`)
+    over `labels`, initialized from the teacher as the module docstring says. Validates `spec` (UserError)
+    before building anything."""
     import torch
 
     kind, params = parse_student(spec)
+    check_task(spec, kind, task)
     teacher_labels = [teacher.config.id2label[i] for i in range(len(teacher.config.id2label))]
     if teacher_labels != list(labels):
         raise UserError(f"student labels {labels} differ from the teacher's {teacher_labels}: distill with the teacher's labels, in its order")
     with torch.no_grad():
-        return BUILDERS[kind](spec, params, teacher, labels)
+        return BUILDERS[kind](spec, params, teacher, labels, task)
 
 
 def _label_maps(labels: list[str]) -> dict:
     return {"id2label": dict(enumerate(labels)), "label2id": {label: i for i, label in enumerate(labels)}}
 
 
-def _build_drop(spec: str, params: dict, teacher: Any, labels: list[str]) -> Any:
-    from transformers import BertForSequenceClassification
+def _bert_head(task: str) -> Any:
+    import transformers
+
+    return getattr(transformers, BERT_HEADS[task])
+
+
+def _build_drop(spec: str, params: dict, teacher: Any, labels: list[str], task: str) -> Any:
 
     model_type = teacher.config.model_type
     if model_type == "slm_pruned_bert":
@@ -181,7 +206,7 @@ def _build_drop(spec: str, params: dict, teacher: Any, labels: list[str]) -> Any
     config = copy.deepcopy(teacher.config)
     config.num_hidden_layers = len(kept)
     config.update(_label_maps(labels))
-    student = BertForSequenceClassification(config)
+    student = _bert_head(task)(config)  # the teacher's head class: every non-layer weight has the same name
     prefix = "bert.encoder.layer."
     source = teacher.state_dict()
     weights = {}
@@ -196,9 +221,9 @@ def _build_drop(spec: str, params: dict, teacher: Any, labels: list[str]) -> Any
     return student.eval()
 
 
-def _build_transformer(spec: str, params: dict, teacher: Any, labels: list[str]) -> Any:
+def _build_transformer(spec: str, params: dict, teacher: Any, labels: list[str], task: str) -> Any:
     import torch
-    from transformers import BertConfig, BertForSequenceClassification
+    from transformers import BertConfig
 
     t = teacher.config
     hidden = params["hidden"]
@@ -219,7 +244,7 @@ def _build_transformer(spec: str, params: dict, teacher: Any, labels: list[str])
         attn_implementation="eager",  # sdpa returns no attention maps (see the module docstring)
         **_label_maps(labels),
     )
-    student = BertForSequenceClassification(config)
+    student = _bert_head(task)(config)
     words = teacher.get_input_embeddings().weight.detach().float().numpy()
     mean, projection = pca_projection(words, hidden)
     embeddings = student.bert.embeddings
@@ -232,18 +257,19 @@ def _build_transformer(spec: str, params: dict, teacher: Any, labels: list[str])
     return student.eval()
 
 
-def _build_bilstm(spec: str, params: dict, teacher: Any, labels: list[str]) -> Any:
-    from slmkit.student_models import BiLSTMConfig, BiLSTMForSequenceClassification
+def _build_bilstm(spec: str, params: dict, teacher: Any, labels: list[str], task: str) -> Any:
+    from slmkit.student_models import BiLSTMConfig, BiLSTMForSequenceClassification, BiLSTMForTokenClassification
 
     p = {**BILSTM_DEFAULTS, **params}
     config = BiLSTMConfig(
         vocab_size=teacher.get_input_embeddings().num_embeddings, embed_size=p["embed"], hidden_size=p["hidden"],
         lstm_layers=p["layers"], pad_token_id=teacher.config.pad_token_id, **_label_maps(labels),
     )
-    return _with_projected_words(BiLSTMForSequenceClassification(config), teacher)
+    model_class = BiLSTMForTokenClassification if task == "ner" else BiLSTMForSequenceClassification
+    return _with_projected_words(model_class(config), teacher)
 
 
-def _build_cnn(spec: str, params: dict, teacher: Any, labels: list[str]) -> Any:
+def _build_cnn(spec: str, params: dict, teacher: Any, labels: list[str], task: str) -> Any:
     from slmkit.student_models import CNNConfig, CNNForSequenceClassification
 
     p = {**CNN_DEFAULTS, **params}

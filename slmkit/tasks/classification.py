@@ -12,7 +12,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from slmkit import metrics
+from slmkit import losses, metrics
 from slmkit.data import Example, check_labels, read_examples, stratified_split
 from slmkit.encoding import derive_max_length, iterate, sorted_order
 
@@ -89,6 +89,22 @@ class ClassificationTask:
         inputs = {k: v for k, v in batch.items() if k != "labels"}
         logits = model(**inputs).logits
         return F.cross_entropy(logits.float(), batch["labels"], weight=class_weights, label_smoothing=label_smoothing)
+
+    # ---------------------------------------------------------------------------------- distillation
+    # `out` is the student's output, `batch` the task's batch plus the teacher's outputs (`teacher_logits`,
+    # (batch, classes)); unlabeled and augmented rows carry label -1, which the cross-entropy skips
+    def kd_loss(self, out: Any, batch: dict, temperature: float) -> Any:
+        return losses.kd_loss(out.logits, batch["teacher_logits"], temperature)
+
+    def hard_loss(self, out: Any, batch: dict) -> Any:
+        return losses.ce_loss(out.logits, batch["labels"])
+
+    def logit_mse(self, out: Any, batch: dict) -> Any:
+        return losses.logit_mse(out.logits, batch["teacher_logits"])
+
+    def agreement(self, examples: list[Example], features: list[dict], outputs: np.ndarray, teacher_outputs: np.ndarray, labels: list[str]) -> float:
+        """The fraction of texts where the student's class is the teacher's."""
+        return float(np.mean(outputs.argmax(axis=1) == teacher_outputs.argmax(axis=1)))
 
     # ---------------------------------------------------------------------------------- predictions
     def decode(self, logits: np.ndarray) -> np.ndarray:

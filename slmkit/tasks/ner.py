@@ -13,7 +13,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from slmkit import ner
+from slmkit import losses, ner
 from slmkit.encoding import MAX_LENGTH_CAP, iterate, make_encoder, sorted_order
 from slmkit.errors import UserError
 from slmkit.ner import IGNORE, Sentence
@@ -125,6 +125,39 @@ class NERTask:
         return F.cross_entropy(
             logits.float().flatten(0, 1), batch["labels"].flatten(), weight=class_weights, ignore_index=IGNORE, label_smoothing=label_smoothing
         )
+
+    # ---------------------------------------------------------------------------------- distillation
+    # `out` is the student's output, `batch` the task's batch plus the teacher's per-token logits
+    # (`teacher_logits`, (batch, seq, n_tags), zero at padding). Every term reads the positions the hard loss
+    # reads, each word's first piece (label != -100): those are the logits decoding uses, and the teacher's
+    # logits on the other pieces were never trained. Each is a mean over those tokens.
+    def kd_loss(self, out: Any, batch: dict, temperature: float) -> Any:
+        """KL(teacher/T || student/T)·T² per word, averaged over the batch's words."""
+        keep = batch["labels"] != IGNORE  # (batch, seq)
+        if not bool(keep.any()):
+            return out.logits.float().sum() * 0.0
+        return losses.kd_loss(out.logits[keep], batch["teacher_logits"][keep], temperature)  # (words, n_tags) each
+
+    def hard_loss(self, out: Any, batch: dict) -> Any:
+        """Cross-entropy against the gold tags of each word's first piece."""
+        import torch.nn.functional as F
+
+        if not bool((batch["labels"] != IGNORE).any()):
+            return out.logits.float().sum() * 0.0
+        return F.cross_entropy(out.logits.float().flatten(0, 1), batch["labels"].flatten(), ignore_index=IGNORE)
+
+    def logit_mse(self, out: Any, batch: dict) -> Any:
+        keep = batch["labels"] != IGNORE
+        if not bool(keep.any()):
+            return out.logits.float().sum() * 0.0
+        return losses.logit_mse(out.logits[keep], batch["teacher_logits"][keep])
+
+    def agreement(self, examples: list[Sentence], features: list[dict], outputs: Any, teacher_outputs: Any, labels: list[str]) -> float:
+        """The fraction of words whose predicted tag is the teacher's."""
+        student = [tags for tags, _ in self.predict_tags(features, outputs, labels)]
+        teacher = [tags for tags, _ in self.predict_tags(features, teacher_outputs, labels)]
+        same = sum(a == b for s, t in zip(student, teacher) for a, b in zip(s, t))
+        return same / max(1, sum(len(s) for s in student))
 
     # ---------------------------------------------------------------------------------- predictions
     def predict_logits(self, model: Any, features: list[dict], collate: Callable[[list[dict]], dict], batch_size: int) -> list[np.ndarray]:

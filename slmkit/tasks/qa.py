@@ -17,7 +17,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from slmkit import qa
+from slmkit import losses, qa
 from slmkit.encoding import iterate, make_encoder, sorted_order
 from slmkit.qa import QAExample
 
@@ -101,14 +101,44 @@ class QATask:
     # ------------------------------------------------------------------------------------------ loss
     def loss(self, model: Any, batch: dict, class_weights: Any = None, label_smoothing: float = 0.0) -> Any:
         """Mean of the start and end cross-entropies over each window's tokens (padding masked out)."""
+        return self.hard_loss(model(**_model_inputs(batch)), batch, label_smoothing)
+
+    # ---------------------------------------------------------------------------------- distillation
+    # `out` is the student's output, `batch` the task's batch plus the teacher's `teacher_start_logits` and
+    # `teacher_end_logits` (batch, seq), zero at padding. Each window is one distribution over its tokens for
+    # the start and one for the end (padding masked out of both), as in the hard loss.
+    def hard_loss(self, out: Any, batch: dict, label_smoothing: float = 0.0) -> Any:
+        """Mean of the start and end cross-entropies over each window's tokens (padding masked out)."""
         import torch.nn.functional as F
 
-        out = model(**_model_inputs(batch))
         pad = batch["attention_mask"] == 0
         start = out.start_logits.float().masked_fill(pad, -1e4)  # (batch, seq)
         end = out.end_logits.float().masked_fill(pad, -1e4)
         smoothing = {"label_smoothing": label_smoothing}
         return (F.cross_entropy(start, batch["start_positions"], **smoothing) + F.cross_entropy(end, batch["end_positions"], **smoothing)) / 2
+
+    def kd_loss(self, out: Any, batch: dict, temperature: float) -> Any:
+        """Mean over start and end of KL(teacher/T || student/T)·T², each averaged over the windows."""
+        pad = batch["attention_mask"] == 0
+        terms = [
+            losses.kd_loss(getattr(out, name).float().masked_fill(pad, -1e4), batch[f"teacher_{name}"].float().masked_fill(pad, -1e4), temperature)
+            for name in self.outputs
+        ]
+        return sum(terms) / len(terms)
+
+    def logit_mse(self, out: Any, batch: dict) -> Any:
+        """Mean over start and end of the squared logit differences on real tokens."""
+        real = batch["attention_mask"].float()  # (batch, seq)
+        terms = [((getattr(out, name).float() - batch[f"teacher_{name}"].float()).pow(2) * real).sum() / real.sum() for name in self.outputs]
+        return sum(terms) / len(terms)
+
+    def agreement(self, examples: list[QAExample], features: list[dict], outputs: list, teacher_outputs: list, labels: list[str]) -> float:
+        """The fraction of questions whose best answer (its character span) is the teacher's."""
+        def spans(found: list[list[qa.Answer]]) -> list:
+            return [(a[0].start, a[0].end) if a else None for a in found]
+
+        student, teacher = spans(self.best_answers(examples, features, outputs)), spans(self.best_answers(examples, features, teacher_outputs))
+        return float(np.mean([s == t for s, t in zip(student, teacher)])) if student else 0.0
 
     # ---------------------------------------------------------------------------------- predictions
     def predict_logits(self, model: Any, features: list[dict], collate: Callable[[list[dict]], dict], batch_size: int) -> list[tuple[np.ndarray, np.ndarray]]:
@@ -127,9 +157,13 @@ class QATask:
                     outputs[i] = (starts[row, :n], ends[row, :n])
         return outputs
 
+    def best_answers(self, examples: list[QAExample], features: list[dict], outputs: list) -> list[list[qa.Answer]]:
+        """Each question's best answer (a list of one, or none) over all its windows' outputs."""
+        return qa.decode_answers(examples, features, outputs)
+
     def score(self, examples: list[QAExample], features: list[dict], outputs: list, labels: list[str], full: bool, seed: int = 0, n_resamples: int = 1000) -> dict:
         """Quick: {"f1", "exact_match"}; full: the same with 95% bootstrap intervals and per question type."""
-        predictions = [answers[0].text if answers else "" for answers in qa.decode_answers(examples, features, outputs)]
+        predictions = [answers[0].text if answers else "" for answers in self.best_answers(examples, features, outputs)]
         golds = [[text for text, _ in e.answers] for e in examples]
         if not full:
             em, f1 = qa.squad_scores(predictions, golds)
@@ -167,9 +201,9 @@ class QAPredictor:
         import torch
 
         from slmkit import artifacts
-        from slmkit.config import TrainConfig, load_config
         from slmkit.encoding import uses_token_types
         from slmkit.errors import UserError
+        from slmkit.lineage import recorded_train_config
 
         if threads:
             torch.set_num_threads(threads)
@@ -178,7 +212,7 @@ class QAPredictor:
         if task != "qa":
             raise UserError(f"{self.directory}: not a QA model directory (task {task!r}): pass a directory made by slm train --task qa")
         self.model, hf_tokenizer = artifacts.load_model(self.directory)
-        saved = load_config(TrainConfig, self.directory / artifacts.CONFIG)
+        saved = recorded_train_config(self.directory)  # slm train's settings, or a distilled student's
         self.max_length = saved.model.max_length or int(hf_tokenizer.model_max_length)
         self.task = QATask(stride=saved.model.stride)
         self.encoder = make_encoder(hf_tokenizer, self.max_length)
