@@ -320,7 +320,7 @@ def quantize(
     m = result.metrics
     if m["fp32_metric"] is not None:
         table = Table(title="accuracy-aware steps" if m["max_drop"] is not None else "int8 vs fp32", show_header=True)
-        for column in ("step", "accuracy", "drop (points)", "agreement"):
+        for column in ("step", m["metric_name"], "drop (points)", "agreement"):
             table.add_column(column, justify="left" if column == "step" else "right")
         table.add_row("fp32", f"{m['fp32_metric']:.4f}", "", "")
         for row in m["tried"]:

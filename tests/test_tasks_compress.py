@@ -1,0 +1,160 @@
+"""Compression, bench and `slm run` for NER and QA: tiny models trained once per module, then quantized (dynamic,
+static, accuracy-aware, QAT), served through the torch-free TaskSession, benchmarked side by side and run
+through the pipeline, each scored in the task's own metric (entity F1, SQuAD F1)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from slmkit.config import QuantizeConfig
+from slmkit.errors import UserError
+from test_ner import ner_rows, write_conll_rows
+from test_qa import synthetic_squad
+
+
+@pytest.fixture(scope="module")
+def tiny_tasks(tiny_base, tmp_path_factory) -> dict[str, dict[str, Path]]:
+    """The tiny BERT trained for NER (IOB1 train, BIO dev) and for QA (24-token windows, stride 8), each exported:
+    {task: {"model", "onnx", "train", "dev"}}."""
+    from slmkit.config import DataConfig, ExportConfig, ModelConfig, OptimConfig, TrainConfig
+    from slmkit.export import export
+    from slmkit.train import train
+
+    d = tmp_path_factory.mktemp("tasks")
+    files = {
+        "ner": (write_conll_rows(d / "train.conll", ner_rows(160, seed=1), "iob1"), write_conll_rows(d / "dev.conll", ner_rows(40, seed=2), "bio")),
+        "qa": (synthetic_squad(d / "train.json", 40, seed=1), synthetic_squad(d / "dev.json", 15, seed=2)),
+    }
+    models = {"ner": ModelConfig(base=str(tiny_base)), "qa": ModelConfig(base=str(tiny_base), max_length=24, stride=8)}
+    epochs = {"ner": 6, "qa": 3}
+    found = {}
+    for task, (train_file, dev_file) in files.items():
+        cfg = TrainConfig(
+            task=task, out=str(d / task), data=DataConfig(train=str(train_file), eval=str(dev_file)), model=models[task],
+            train=OptimConfig(epochs=epochs[task], batch_size=16, lr=5e-3 if task == "ner" else 3e-3, warmup=0.0, seed=7, patience=0, threads=1),
+        )
+        model = train(cfg, progress=False).out
+        onnx_dir = export(ExportConfig(model=str(model), out=str(d / f"{task}-onnx"))).out
+        found[task] = {"model": model, "onnx": onnx_dir, "train": train_file, "dev": dev_file}
+    return found
+
+
+def _session_f1(directory: Path, task: str, dev: Path) -> float:
+    """The task's F1 of an exported directory on `dev`, through the torch-free runtime."""
+    from slmkit.config import DataConfig
+    from slmkit.runtime import TaskSession
+
+    session = TaskSession(directory)
+    examples = session.task.read(dev, DataConfig())
+    features, outputs = session.run(examples)
+    return session.task.score(examples, features, outputs, session.labels, full=False)["f1"]
+
+
+# ---------------------------------------------------------------------------------------------- quantize
+
+
+@pytest.mark.parametrize("task", ["ner", "qa"])
+def test_dynamic_and_static_int8_serve_through_the_task_session(tiny_tasks, task, tmp_path):
+    from slmkit.quantize import quantize
+
+    paths = tiny_tasks[task]
+    fp32_f1 = _session_f1(paths["onnx"], task, paths["dev"])
+    assert fp32_f1 >= 0.8  # the tiny model learned the task: the comparisons below mean something
+    for method in ("dynamic", "static"):
+        result = quantize(QuantizeConfig(model=str(paths["onnx"]), out=str(tmp_path / method), method=method, calib_size=16), progress=False)
+        m = result.metrics
+        # measured on the recorded eval set in the task's metric, in points
+        assert m["metric_name"] == "f1" and m["fp32_metric"] == pytest.approx(fp32_f1)
+        assert m["drop_points"] == pytest.approx(100 * (m["fp32_metric"] - m["int8_metric"]))
+        assert m["agreement_with_fp32"] >= 0.8 and abs(m["drop_points"]) <= 10
+        assert m["bytes"] < m["fp32_bytes"]
+        manifest = json.loads((result.out / "manifest.json").read_text())
+        assert manifest["precision"] == "int8" and manifest["task"] == task and manifest["quantization"]["method"] == method
+        # the quantized directory serves through TaskSession and scores what metrics.json says
+        assert _session_f1(result.out, task, paths["dev"]) == pytest.approx(m["int8_metric"])
+        if method == "static":
+            assert m["chosen"]["calib_size"] == 16
+
+
+def test_static_calibration_feeds_qa_windows_with_their_token_types(tiny_tasks):
+    """The QA calibration batches are the task's padded windows: question segment 0, context segment 1."""
+    from slmkit.config import DataConfig
+    from slmkit.quantize import TaskCalibrationReader
+    from slmkit.tasks.qa import QATask
+
+    paths = tiny_tasks["qa"]
+    examples = QATask(stride=8).read(paths["train"], DataConfig())[:10]
+    reader = TaskCalibrationReader(paths["onnx"], examples)
+    batches = []
+    while (batch := reader.get_next()) is not None:
+        batches.append(batch)
+    assert len(batches) >= 2 and len({b["input_ids"].shape[1] for b in batches}) == 1  # one width for the histogram calibrators
+    assert all(b["input_ids"].shape[0] == TaskCalibrationReader.BATCH for b in batches)
+    first = batches[0]
+    if "token_type_ids" in first:
+        assert first["token_type_ids"].max() == 1 and first["token_type_ids"][:, 1].max() == 0
+
+
+def test_accuracy_aware_ladder_keeps_the_per_token_head_fp32_then_falls_back(tiny_tasks, tmp_path, monkeypatch):
+    import onnx
+
+    import slmkit.quantize as module
+
+    paths = tiny_tasks["ner"]
+    graph = onnx.load(str(paths["onnx"] / "model.onnx")).graph
+    steps = module.backoff_steps(graph, [])
+    assert [name for name, _ in steps][:3] == ["all int8", "head fp32", "head and embeddings fp32"] and len(steps) == 4
+    weights = {t.name for t in graph.initializer}
+    matmuls = [n.name for n in graph.node if n.op_type == "MatMul" and any(i in weights for i in n.input)]
+    assert steps[1][1] == [matmuls[-1]]  # the classifier over every token: a MatMul, not a Gemm
+
+    real = module.score_task
+
+    def pessimistic(session, evaluation, reference_pred=None):
+        scores = real(session, evaluation, reference_pred)
+        if reference_pred is not None:  # every int8 candidate loses 5 points of entity F1
+            scores["metric"] -= 0.05
+        return scores
+
+    monkeypatch.setattr(module, "score_task", pessimistic)
+    result = module.quantize(QuantizeConfig(model=str(paths["onnx"]), out=str(tmp_path / "aa"), max_drop=0.5), progress=False)
+    m = result.metrics
+    assert m["fell_back_to_fp32"] and [t["step"] for t in m["tried"]][:4] == [name for name, _ in steps]
+    assert all(t["drop_points"] == pytest.approx(5.0, abs=1e-6) for t in m["tried"][:4])
+    assert json.loads((result.out / "manifest.json").read_text())["precision"] == "fp32"
+    assert _session_f1(result.out, "ner", paths["dev"]) == pytest.approx(m["fp32_metric"])
+
+
+def test_accuracy_aware_qa_within_budget_stops_at_the_first_step(tiny_tasks, tmp_path):
+    from slmkit.quantize import quantize
+
+    m = quantize(QuantizeConfig(model=str(tiny_tasks["qa"]["onnx"]), out=str(tmp_path / "qa-aa"), max_drop=100.0), progress=False).metrics
+    assert [t["step"] for t in m["tried"]] == ["all int8"] and not m["fell_back_to_fp32"] and m["metric_name"] == "f1"
+
+
+def test_prune_and_trim_vocab_refuse_ner_and_qa_in_one_line(tiny_tasks, tmp_path):
+    from typer.testing import CliRunner
+
+    from slmkit.cli import app
+
+    for task in ("ner", "qa"):
+        for command in ("prune", "trim-vocab"):
+            result = CliRunner().invoke(app, [command, "--model", str(tiny_tasks[task]["model"]), "--out", str(tmp_path / f"{task}-{command}")])
+            assert result.exit_code == 2, result.output
+            line = result.output.strip()
+            assert "\n" not in line and f"a {task} model" in line and "slm quantize" in line
+            assert not (tmp_path / f"{task}-{command}").exists()
+
+
+def test_quantize_refuses_an_eval_file_that_is_not_the_task_s(tiny_tasks, tmp_path):
+    from slmkit.quantize import quantize
+
+    bad = tmp_path / "dev.conll"
+    bad.write_text("just one column\n", encoding="utf-8")
+    with pytest.raises(UserError):
+        quantize(QuantizeConfig(model=str(tiny_tasks["ner"]["onnx"]), out=str(tmp_path / "x"), eval_data=str(bad), max_drop=1.0), progress=False)
+    assert not (tmp_path / "x").exists()
