@@ -158,3 +158,77 @@ def test_quantize_refuses_an_eval_file_that_is_not_the_task_s(tiny_tasks, tmp_pa
     with pytest.raises(UserError):
         quantize(QuantizeConfig(model=str(tiny_tasks["ner"]["onnx"]), out=str(tmp_path / "x"), eval_data=str(bad), max_drop=1.0), progress=False)
     assert not (tmp_path / "x").exists()
+
+
+# ------------------------------------------------------------------------------------------------- bench
+
+
+@pytest.fixture(scope="module")
+def ner_int8(tiny_tasks, tmp_path_factory) -> Path:
+    from slmkit.quantize import quantize
+
+    return quantize(QuantizeConfig(model=str(tiny_tasks["ner"]["onnx"]), out=str(tmp_path_factory.mktemp("ner-q") / "ner-int8")), progress=False).out
+
+
+def _quick_bench(**overrides):
+    from slmkit.config import BenchConfig
+
+    settings = dict(threads=["1"], rounds=2, latency_calls=10, warmup=1, speed_texts=12, bootstrap=200, rss=False)
+    return BenchConfig(**{**settings, **overrides})
+
+
+def test_bench_ner_side_by_side_in_entity_f1(tiny_tasks, ner_int8, tmp_path):
+    from slmkit.bench import bench
+
+    paths = tiny_tasks["ner"]
+    cfg = _quick_bench(models=[str(paths["onnx"]), str(ner_int8)], data=str(paths["dev"]), out=str(tmp_path / "report"),
+                       baselines=["tfidf", "teacher-torch"], teacher=str(paths["model"]), train=str(paths["train"]))
+    results = bench(cfg, progress=False).results
+    assert results["task"] == "ner" and results["unit"] == "sentences" and results["metric_columns"][0] == ["f1", "entity F1"]
+    names = [r["name"] for r in results["entries"]]
+    assert names == ["ner-onnx", "ner-int8", "teacher-torch"]  # tfidf does not apply: skipped with a note
+    assert any("tfidf skipped" in w for w in results["warnings"])
+    fp32_f1 = _session_f1(paths["onnx"], "ner", paths["dev"])
+    for r in results["entries"]:
+        m = r["metrics"]
+        assert r["status"] == "ok" and m["f1_ci95"][0] <= m["f1"] <= m["f1_ci95"][1] and m["per_class"]
+        speed = r["speed"]["1"]
+        assert speed["p50_ms"]["median"] <= speed["p99_ms"]["median"] and speed["throughput_per_s"]["median"] > 0
+    by_name = {r["name"]: r for r in results["entries"]}
+    assert by_name["ner-onnx"]["metrics"]["f1"] == pytest.approx(fp32_f1)
+    assert by_name["teacher-torch"]["backend"] == "pytorch"
+    assert by_name["ner-int8"]["fp32_reference"] == "ner-onnx"
+    assert by_name["ner-int8"]["bytes"] < by_name["ner-onnx"]["bytes"]
+    assert set(results["pareto_front"]) <= set(names) and results["pareto_front"]
+    out = tmp_path / "report"
+    report = (out / "report.md").read_text()
+    assert "NER benchmark" in report and "entity F1 % (95% CI)" in report and "sentences/s" in report and "accuracy %" not in report
+    assert "Per-entity-type F1" in report and "PAY" in report
+    card = (out / "models" / "ner-int8" / "model-card.md").read_text()
+    assert "entity F1" in card and "Named entities" in card
+    jsonschema = pytest.importorskip("jsonschema", reason="jsonschema is in the test extras: pip install -e '.[test]'")
+    schema = json.loads((Path(__file__).resolve().parents[1] / "slmkit" / "schemas" / "bench-results.schema.json").read_text())
+    jsonschema.validate(json.loads((out / "results.json").read_text()), schema)
+
+
+def test_peak_rss_probe_serves_an_int8_ner_model_without_torch(ner_int8):
+    from slmkit.measure import peak_rss
+
+    rss = peak_rss(ner_int8)  # a fresh process: load, then one request (a raw sentence) through TaskSession
+    assert rss["torch_imported"] is False and 10 < rss["peak_rss_mb"] < 1000
+
+
+def test_bench_qa_scores_questions_and_refuses_mixed_tasks(tiny_tasks, tmp_path):
+    from slmkit.bench import bench
+
+    paths = tiny_tasks["qa"]
+    results = bench(_quick_bench(models=[str(paths["onnx"]), str(paths["model"])], data=str(paths["dev"]), out=str(tmp_path / "qa")), progress=False).results
+    assert results["task"] == "qa" and results["unit"] == "questions" and results["data"]["labels"] == []
+    onnx_row, torch_row = results["entries"]
+    assert onnx_row["metrics"]["n_questions"] == 30 and onnx_row["metrics"]["exact_match_ci95"]
+    # the torch-free runtime and PyTorch answer alike on the same questions
+    assert onnx_row["metrics"]["f1"] == pytest.approx(torch_row["metrics"]["f1"], abs=0.02)
+    assert "exact match % (95% CI)" in (tmp_path / "qa" / "report.md").read_text()
+    with pytest.raises(UserError, match="different tasks"):
+        bench(_quick_bench(models=[str(paths["onnx"]), str(tiny_tasks["ner"]["onnx"])], data=str(paths["dev"]), out=str(tmp_path / "mixed")), progress=False)
+    assert not (tmp_path / "mixed").exists()
