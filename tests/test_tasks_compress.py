@@ -232,3 +232,80 @@ def test_bench_qa_scores_questions_and_refuses_mixed_tasks(tiny_tasks, tmp_path)
     with pytest.raises(UserError, match="different tasks"):
         bench(_quick_bench(models=[str(paths["onnx"]), str(tiny_tasks["ner"]["onnx"])], data=str(paths["dev"]), out=str(tmp_path / "mixed")), progress=False)
     assert not (tmp_path / "mixed").exists()
+
+
+# ------------------------------------------------------------------------------------------------ slm run
+
+
+def _run_config(tiny_base: Path, task: str, train_file: Path, out: Path, **overrides):
+    from slmkit.config import BudgetConfig, DataConfig, ModelConfig, OptimConfig, RunBenchConfig, RunConfig
+
+    optim = dict(batch_size=16, lr=5e-3 if task == "ner" else 3e-3, warmup=0.0, seed=7, patience=0, threads=1, epochs=6 if task == "ner" else 3)
+    values = {
+        "task": task,
+        "data": DataConfig(train=str(train_file)),
+        "model": ModelConfig(base=str(tiny_base), **({"max_length": 24, "stride": 8} if task == "qa" else {})),
+        "train": OptimConfig(**optim),
+        "bench": RunBenchConfig(baselines=["tfidf", "teacher-torch"], threads=["1"], rounds=1, latency_calls=10, speed_texts=12, rss=False, bootstrap=100),
+        "budget": BudgetConfig(size=None, latency=None, max_drop=50.0),
+        **overrides,
+    }
+    return RunConfig(out=str(out), **values)
+
+
+def test_run_ner_trains_compresses_benches_selects_and_deploys_on_entity_f1(tiny_base, tiny_tasks, tmp_path):
+    """slm run --task ner through the CLI: held-out BIO splits, the teacher ladder (fp32, int8), the benchmark in entity
+    F1, a bundle the torch-free runtime serves; the same command again recomputes nothing."""
+    import yaml
+    from typer.testing import CliRunner
+
+    from slmkit.cli import app
+    from slmkit.config import to_dict
+    from slmkit.pipeline import verify_bundle
+    from slmkit.tasks.ner import predict_entities
+
+    cfg = _run_config(tiny_base, "ner", tiny_tasks["ner"]["train"], tmp_path / "run")
+    settings = tmp_path / "run.yaml"
+    settings.write_text(yaml.safe_dump({k: v for k, v in to_dict(cfg).items() if k in ("data", "model", "train", "bench", "budget")}))
+    args = ["run", "--task", "ner", "--config", str(settings), "--out", str(tmp_path / "run"), "--quiet"]
+    first = CliRunner().invoke(app, args)
+    assert first.exit_code == 0, first.output
+    assert "chosen:" in first.output and "f1" in first.output
+    record = json.loads((tmp_path / "run" / "run.json").read_text())
+    kinds = [s["kind"] for s in record["stages"]]
+    assert kinds == ["data", "teacher", "export", "quantize", "bench", "deploy"]  # no students until slm distill takes NER
+    assert record["selection"]["metric"] == "f1" and record["selection"]["chosen"] in ("teacher", "teacher-int8")
+    data_dir = Path(record["stages"][0]["dir"])
+    assert sorted(p.name for p in data_dir.glob("*.conll")) == ["eval.conll", "test.conll", "train.conll"]
+    results = json.loads((Path(record["stages"][4]["dir"]) / "results.json").read_text())
+    assert results["task"] == "ner" and [e["name"] for e in results["entries"]] == ["teacher", "teacher-int8", "teacher-torch"]
+    assert results["entries"][0]["metrics"]["f1"] >= 0.8
+    deploy = tmp_path / "run" / "deploy"
+    assert verify_bundle(deploy) > 3
+    manifest = json.loads((deploy / "manifest.json").read_text())
+    assert manifest["task"] == "ner" and manifest["bundle"]["metric"] == "f1"
+    assert "named-entity tagger" in (deploy / "README.md").read_text()
+    entities = predict_entities(deploy, ["please help with my refund today"])[0]
+    assert [(e["label"], e["text"]) for e in entities] == [("PAY", "refund")]
+
+    again = CliRunner().invoke(app, args)
+    assert again.exit_code == 0, again.output
+    assert {s["status"] for s in json.loads((tmp_path / "run" / "run.json").read_text())["stages"]} == {"cached"}
+
+
+def test_run_qa_selects_on_squad_f1_and_refuses_what_does_not_apply(tiny_base, tiny_tasks, tmp_path):
+    from slmkit.config import SearchConfig
+    from slmkit.pipeline import run
+    from slmkit.runtime import TaskSession
+
+    result = run(_run_config(tiny_base, "qa", tiny_tasks["qa"]["train"], tmp_path / "qa"), progress=False)
+    assert result.metric == "f1" and result.selection.chosen is not None
+    assert [check.candidate.name for check in result.selection.checks] == ["teacher", "teacher-int8"]
+    assert result.teacher.accuracy >= 0.8  # SQuAD F1 of the tiny teacher on the held-out paragraphs
+    session = TaskSession(result.bundle)
+    assert session.task.name == "qa" and session.task.stride == 8
+    with pytest.raises(UserError, match="--search explores classification"):
+        run(_run_config(tiny_base, "qa", tiny_tasks["qa"]["train"], tmp_path / "s", search=SearchConfig(trials=2)), progress=False)
+    with pytest.raises(UserError, match="not a qa one"):
+        run(_run_config(tiny_base, "qa", tiny_tasks["qa"]["train"], tmp_path / "t", teacher=str(tiny_tasks["ner"]["model"])), progress=False)
+    assert not (tmp_path / "s").exists() and not (tmp_path / "t").exists()
