@@ -136,6 +136,20 @@ def test_accuracy_aware_qa_within_budget_stops_at_the_first_step(tiny_tasks, tmp
     assert [t["step"] for t in m["tried"]] == ["all int8"] and not m["fell_back_to_fp32"] and m["metric_name"] == "f1"
 
 
+def test_qat_fine_tunes_a_qa_model_through_its_task_then_exports_and_quantizes(tiny_tasks, tmp_path):
+    """QAT reads the QA training questions through the task (windows with answer targets), fine-tunes with fake
+    quantization, exports again (the export's parity check passes) and quantizes dynamically."""
+    from slmkit.quantize import quantize
+
+    paths = tiny_tasks["qa"]
+    result = quantize(QuantizeConfig(model=str(paths["onnx"]), out=str(tmp_path / "qat"), method="qat", qat_limit=40), progress=False)
+    m = result.metrics
+    assert m["chosen"]["method"] == "qat" and m["metric_name"] == "f1" and abs(m["drop_points"]) <= 10
+    manifest = json.loads((result.out / "manifest.json").read_text())
+    assert manifest["precision"] == "int8" and manifest["task_options"] == {"stride": 8}
+    assert _session_f1(result.out, "qa", paths["dev"]) == pytest.approx(m["int8_metric"])
+
+
 def test_prune_and_trim_vocab_refuse_ner_and_qa_in_one_line(tiny_tasks, tmp_path):
     from typer.testing import CliRunner
 
@@ -298,8 +312,10 @@ def test_run_qa_selects_on_squad_f1_and_refuses_what_does_not_apply(tiny_base, t
     from slmkit.pipeline import run
     from slmkit.runtime import TaskSession
 
-    result = run(_run_config(tiny_base, "qa", tiny_tasks["qa"]["train"], tmp_path / "qa"), progress=False)
+    # the fixture's QA model as --teacher (the NER test trains its own): given, not trained
+    result = run(_run_config(tiny_base, "qa", tiny_tasks["qa"]["train"], tmp_path / "qa", teacher=str(tiny_tasks["qa"]["model"])), progress=False)
     assert result.metric == "f1" and result.selection.chosen is not None
+    assert [s["status"] for s in result.stages if s["kind"] == "teacher"] == ["given"]
     assert [check.candidate.name for check in result.selection.checks] == ["teacher", "teacher-int8"]
     assert result.teacher.accuracy >= 0.8  # SQuAD F1 of the tiny teacher on the held-out paragraphs
     session = TaskSession(result.bundle)
