@@ -486,8 +486,10 @@ def bench(
     result = run_bench(load_config(BenchConfig, config, set_, **flags), overwrite=overwrite, progress=not quiet)
     r = result.results
     first, last = r["timing"]["pareto_threads"], list(r["timing"]["threads"])[-1]
-    table = Table(title=f"{r['data']['n_examples']} examples of {r['data']['path']}", show_header=True)
-    for column in ("entry", "accuracy (95% CI)", f"p50 ms @{first}", f"texts/s @{last}", "MB", "Pareto"):
+    key, metric = (r.get("metric_columns") or [["accuracy", "accuracy"]])[0]  # NER: entity F1; QA: F1
+    unit = r.get("unit", "texts")
+    table = Table(title=f"{r['data']['n_examples']} {'examples' if unit == 'texts' else unit} of {r['data']['path']}", show_header=True)
+    for column in ("entry", f"{metric} (95% CI)", f"p50 ms @{first}", f"{unit}/s @{last}", "MB", "Pareto"):
         table.add_column(column, justify="left" if column == "entry" else "right")
     for e in r["entries"]:
         if e["status"] != "ok":
@@ -495,7 +497,7 @@ def bench(
             continue
         m, speed = e["metrics"], e["speed"]
         table.add_row(
-            e["name"], f"{100 * m['accuracy']:.1f} ({100 * m['accuracy_ci95'][0]:.1f}–{100 * m['accuracy_ci95'][1]:.1f})",
+            e["name"], f"{100 * m[key]:.1f} ({100 * m[f'{key}_ci95'][0]:.1f}–{100 * m[f'{key}_ci95'][1]:.1f})",
             f"{speed[first]['p50_ms']['median']:.3g}", f"{speed[last]['throughput_per_s']['median']:,.0f}",
             f"{(e['bytes'] or 0) / 1e6:.1f}", "✓" if e["pareto"] else "",
         )

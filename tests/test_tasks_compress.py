@@ -241,8 +241,17 @@ def test_peak_rss_probe_serves_an_int8_ner_model_without_torch(ner_int8):
 def test_bench_qa_scores_questions_and_refuses_mixed_tasks(tiny_tasks, tmp_path):
     from slmkit.bench import bench
 
+    from typer.testing import CliRunner
+
+    from slmkit.cli import app
+
     paths = tiny_tasks["qa"]
-    results = bench(_quick_bench(models=[str(paths["onnx"]), str(paths["model"])], data=str(paths["dev"]), out=str(tmp_path / "qa")), progress=False).results
+    args = ["bench", "--models", str(paths["onnx"]), str(paths["model"]), "--data", str(paths["dev"]), "--out", str(tmp_path / "qa"), "--threads", "1",
+            "--rounds", "2", "--latency-calls", "10", "--speed-texts", "12", "--bootstrap", "200", "--no-rss", "--quiet"]
+    printed = CliRunner().invoke(app, args)
+    assert printed.exit_code == 0, printed.output
+    assert "30 questions of" in printed.output and "F1 (95% CI)" in printed.output and "questions/s" in printed.output
+    results = json.loads((tmp_path / "qa" / "results.json").read_text())
     assert results["task"] == "qa" and results["unit"] == "questions" and results["data"]["labels"] == []
     onnx_row, torch_row = results["entries"]
     assert onnx_row["metrics"]["n_questions"] == 30 and onnx_row["metrics"]["exact_match_ci95"]
