@@ -48,7 +48,7 @@ class DataConfig:
     encoding: str = _f("utf-8", "Text encoding of the input files (for example latin-1 or cp1252).")
     scheme: str = _f("auto", "NER: tag scheme of the input files: auto, iob1, bio or bioes (predictions use the same).")
     tag_col: int = _f(-1, "NER: 0-based column of the tag in CoNLL files; negative counts from the end (-1: the last).")
-    strict: bool = _f(False, "NER: refuse tags that break the scheme (an I- after O) instead of repairing them with a warning.")
+    strict: bool = _f(False, "NER: refuse tags that break the scheme (an I- after O) instead of repairing them with a warning; QA: refuse answers not found at answer_start instead of moving or dropping them.")
 
 
 @dataclass
@@ -62,7 +62,7 @@ class ModelConfig:
     )
     max_length: int | None = _f(None, "Maximum tokens per text; default: the 99th percentile of the training texts, capped at 128.")
     dropout: float | None = _f(None, "Hidden and classifier dropout; default: keep the base model's.")
-    stride: int = _f(128, "QA: tokens shared by consecutive windows of a context longer than max_length.")
+    stride: int = _f(128, "QA: tokens shared by consecutive windows of a context longer than max_length; 0 turns windows off (a context that does not fit is refused).")
 
 
 @dataclass

@@ -27,6 +27,7 @@ from typing import Any, Callable
 
 import numpy as np
 
+from slmkit.data import _decode
 from slmkit.errors import UserError
 
 MAX_QUESTION_TOKENS = 64  # longer questions are cut to this many tokens (BERT's SQuAD setting)
@@ -66,10 +67,7 @@ def read_qa(path: str | Path, strict: bool = False, encoding: str = "utf-8", war
     path = Path(path)
     if not path.is_file():
         raise UserError(f"{path}: file not found: check the path")
-    try:
-        text = path.read_text(encoding=encoding)
-    except UnicodeDecodeError as e:
-        raise UserError(f"{path}: bytes at offset {e.start} are not {encoding}: pass --encoding with the file's encoding") from None
+    text = _decode(path, encoding)
     repairs = _Repairs(path, strict)
     suffix = path.suffix.lower()
     if suffix == ".json":
@@ -251,7 +249,7 @@ def pair_tokenizer(encoder: Any) -> Any:
 def encode_windows(examples: list[QAExample], encoder: Any, max_length: int, stride: int, with_answers: bool = True) -> list[dict]:
     """Question/context windows of at most `max_length` tokens, `stride` context tokens shared by neighbours.
 
-    Each feature: input_ids, type_ids (list[int]), example (index into `examples`), context_start (the window's
+    Each feature: input_ids, token_type_ids (list[int]), example (index into `examples`), context_start (the window's
     first context token), offsets ([start, end) chars of each context token, in order) and, `with_answers`,
     start_position/end_position of the first answer (0, the first token, when the window does not hold it).
     A pair longer than `max_length` needs `stride` > 0 and smaller than the room the question leaves."""
@@ -305,7 +303,7 @@ def _window_feature(index: int, e: QAExample, enc: Any, with_answers: bool) -> d
         raise UserError(f"{e.where}: the context has no tokens the model's tokenizer keeps: give the paragraph's text")
     first, last = context_tokens[0], context_tokens[-1]  # the context is contiguous in a pair encoding
     offsets = [tuple(o) for o in enc.offsets[first : last + 1]]
-    feature = {"input_ids": list(enc.ids), "type_ids": list(enc.type_ids), "example": index, "context_start": first, "offsets": offsets}
+    feature = {"input_ids": list(enc.ids), "token_type_ids": list(enc.type_ids), "example": index, "context_start": first, "offsets": offsets}
     if with_answers:
         start, end = 0, 0
         if e.answers:
@@ -476,7 +474,7 @@ def qa_report(predictions: list[str], golds: list[list[str]], questions: list[st
         mask = np.array([t == kind for t in types])
         per_type[kind] = {"n": int(mask.sum()), "exact_match": float(em[mask].mean()), "f1": float(f1[mask].mean())}
     return {
-        "n_questions": len(predictions),
+        "n_examples": len(predictions),  # questions (the key every task's report shares)
         "exact_match": float(em.mean()),
         "exact_match_ci95": mean_ci(em, n_resamples, seed=seed),
         "f1": float(f1.mean()),

@@ -111,6 +111,46 @@ def exported_tiny(trained_tiny, tmp_path_factory) -> Path:
     return export(ExportConfig(model=str(trained_tiny), out=str(tmp_path_factory.mktemp("shared-onnx") / "tiny-onnx"))).out
 
 
+# ------------------------------------------------------------------------------------------ slm run
+
+STUDENTS = ["bilstm:hidden=16,embed=16 lr=1e-2", "transformer:layers=1,hidden=32,heads=2,ffn=64"]
+
+
+def run_config(tiny_base: Path, synthetic: dict, out: Path, **overrides):
+    """`slm run` on the tiny teacher and students (each trains in about a second), with a quick benchmark (one
+    round, few calls, no RSS probe) and no budgets."""
+    from slmkit.config import BudgetConfig, DataConfig, LadderConfig, ModelConfig, OptimConfig, RunBenchConfig, RunConfig
+
+    optim = dict(batch_size=16, lr=3e-3, warmup=0.0, seed=7, patience=0, threads=1)
+    values = {
+        "data": DataConfig(train=str(synthetic["train"]), eval=str(synthetic["dev"])),
+        "test": str(synthetic["test"]),
+        "model": ModelConfig(base=str(tiny_base)),
+        "train": OptimConfig(epochs=4, **optim),
+        "students": list(STUDENTS),
+        "distill": LadderConfig(augment=0.0, train=OptimConfig(epochs=3, **optim)),
+        "bench": RunBenchConfig(baselines=["tfidf"], threads=["1"], rounds=1, latency_calls=10, speed_texts=16, rss=False, bootstrap=100),
+        "budget": BudgetConfig(size=None, latency=None, max_drop=None),
+        **overrides,
+    }
+    return RunConfig(out=str(out), **values)
+
+
+@pytest.fixture(scope="session")
+def pipeline_run(tiny_base, synthetic, tmp_path_factory):
+    """One finished `slm run` of `run_config`: (its config, its result). Shared by test_pipeline and test_search
+    (whose run continues a copy of it, reusing its teacher stages); tests that change it work on a copy."""
+    import torch
+    from slmkit.pipeline import run
+
+    cfg = run_config(tiny_base, synthetic, tmp_path_factory.mktemp("pipeline") / "run")
+    threads = torch.get_num_threads()
+    try:
+        return cfg, run(cfg, progress=False)
+    finally:
+        torch.set_num_threads(threads)  # the run sets 1 (train.threads): whatever runs next gets the thread count back
+
+
 # ------------------------------------------------------------------------------------------ headless browser
 
 CHROMIUM = "/usr/bin/chromium"  # Debian's, installed by make test when missing

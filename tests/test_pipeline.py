@@ -16,17 +16,14 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from conftest import synthetic_rows, write_csv
+from conftest import STUDENTS, run_config, synthetic_rows, write_csv
 from slmkit import artifacts
 from slmkit.cli import app
-from slmkit.config import DataConfig, ModelConfig, OptimConfig, RunConfig, RunBenchConfig, BudgetConfig, LadderConfig, RunQuantizeConfig
+from slmkit.config import RunConfig, RunQuantizeConfig
 from slmkit.errors import UserError
 from slmkit.pipeline import run, student_name, verify_bundle
 from slmkit.selection import Budgets, Candidate, parse_latency, parse_size, select, violations
 
-STUDENTS = ["bilstm:hidden=16,embed=16 lr=1e-2", "transformer:layers=1,hidden=32,heads=2,ffn=64"]
-QUICK_BENCH = RunBenchConfig(baselines=["tfidf"], threads=["1"], rounds=1, latency_calls=10, speed_texts=16, rss=False, bootstrap=100)
-NO_BUDGETS = BudgetConfig(size=None, latency=None, max_drop=None)
 STAGE_KINDS = ["data", "teacher"] + ["distill", "export", "quantize"] * 2 + ["export", "quantize", "bench"]
 TEXTS = ["my invoice is wrong", "where is the parcel today", "password locked again please help"]
 runner = CliRunner()
@@ -39,23 +36,6 @@ def one_thread():
     torch.set_num_threads(threads)  # the runs set 1 (train.threads); later test modules get torch's default back
 
 
-def run_config(tiny_base: Path, synthetic: dict, out: Path, **overrides) -> RunConfig:
-    """The pipeline on the tiny teacher and students: each trains in about a second."""
-    optim = dict(batch_size=16, lr=3e-3, warmup=0.0, seed=7, patience=0, threads=1)
-    values = {
-        "data": DataConfig(train=str(synthetic["train"]), eval=str(synthetic["dev"])),
-        "test": str(synthetic["test"]),
-        "model": ModelConfig(base=str(tiny_base)),
-        "train": OptimConfig(epochs=4, **optim),
-        "students": list(STUDENTS),
-        "distill": LadderConfig(augment=0.0, train=OptimConfig(epochs=3, **optim)),
-        "bench": QUICK_BENCH,
-        "budget": NO_BUDGETS,
-        **overrides,
-    }
-    return RunConfig(out=str(out), **values)
-
-
 def statuses(result) -> dict[str, str]:
     return {r["name"]: r["status"] for r in result.stages}
 
@@ -65,10 +45,10 @@ def stage_mtimes(out: Path) -> dict[str, float]:
 
 
 @pytest.fixture(scope="module")
-def first(tiny_base, synthetic, tmp_path_factory):
-    """One finished run, shared: (its config, its result). Tests that change it work on a copy of its directory."""
-    cfg = run_config(tiny_base, synthetic, tmp_path_factory.mktemp("pipeline") / "run")
-    return cfg, run(cfg, progress=False)
+def first(pipeline_run):
+    """One finished run, shared (with test_search, which continues a copy of it): (its config, its result). Tests
+    that change it work on a copy of its directory."""
+    return pipeline_run
 
 
 @pytest.fixture

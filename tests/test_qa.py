@@ -72,7 +72,7 @@ def test_bootstrap_interval_and_report():
     assert qa.mean_ci(values, seed=3) == qa.mean_ci(values, seed=3)
     assert qa.mean_ci(np.ones(10)) == (1.0, 1.0)
     report = qa.qa_report(["Paris", "1889", "x"], [["Paris"], ["in 1889"], ["y"]], ["Where is it?", "When was it built?", "Who?"], n_resamples=200)
-    assert report["n_questions"] == 3 and report["exact_match"] == pytest.approx(1 / 3)
+    assert report["n_examples"] == 3 and report["exact_match"] == pytest.approx(1 / 3)
     assert report["f1"] == pytest.approx((1 + 2 / 3 + 0) / 3)
     assert report["exact_match_ci95"][0] <= report["exact_match"] <= report["exact_match_ci95"][1]
     assert report["per_question_type"] == {
@@ -130,6 +130,18 @@ def test_bad_squad_files(tmp_path, content, message):
     path.write_text(content)
     with pytest.raises(UserError, match=message):
         qa.read_qa(path)
+
+
+def test_unreadable_qa_files(tmp_path):
+    with pytest.raises(UserError, match=r"train\.csv: unknown QA file type '\.csv'"):
+        qa.read_qa(squad_file(tmp_path / "train.csv", []))
+    (tmp_path / "latin.json").write_bytes('{"data": [], "title": "café"}'.encode("latin-1"))
+    with pytest.raises(UserError, match=r"latin\.json line 1: bytes that are not utf-8"):
+        qa.read_qa(tmp_path / "latin.json")
+    with pytest.raises(UserError, match="--encoding 'nope': unknown encoding"):
+        qa.read_qa(squad_file(tmp_path / "t.json", []), encoding="nope")
+    with pytest.raises(UserError, match="no questions with answers"):
+        qa.read_qa(squad_file(tmp_path / "t.json", []))
 
 
 def test_read_mrqa_inclusive_ends(tmp_path):
@@ -210,7 +222,7 @@ def test_contexts_that_fit_are_one_window_and_errors(encoder):
     short = long_example(10, 2, 2)
     (feature,) = qa.encode_windows([short], encoder, max_length=24, stride=0)
     assert window_answer(short, feature) == short.answers[0][0]
-    assert feature["type_ids"] == [0] * 5 + [1] * 11  # [CLS] question [SEP] | context [SEP]
+    assert feature["token_type_ids"] == [0] * 5 + [1] * 11  # [CLS] question [SEP] | context [SEP]
     long = long_example(60, 5, 1)
     with pytest.raises(UserError, match=r"f\.json question 6: the context is 60 tokens, longer than the 18 .* stride is 0"):
         qa.encode_windows([long], encoder, max_length=24, stride=0)
@@ -224,7 +236,7 @@ def test_contexts_that_fit_are_one_window_and_errors(encoder):
         qa.encode_windows([invisible], encoder, max_length=24, stride=4)
     very_wordy = QAExample("w", " ".join(["why"] * 100), "my parcel", [("parcel", 3)], 1, "f.json question 1")
     (feature,) = qa.encode_windows([very_wordy], encoder, max_length=128, stride=4)
-    assert feature["type_ids"].count(0) == qa.MAX_QUESTION_TOKENS + 2  # the question is cut at 64 tokens
+    assert feature["token_type_ids"].count(0) == qa.MAX_QUESTION_TOKENS + 2  # the question is cut at 64 tokens
 
 
 # ------------------------------------------------------------------------------------------------ decoding
@@ -348,48 +360,53 @@ def test_task_features_loss_and_scores(tiny_base, tmp_path):
         start[f["start_position"]] = end[f["end_position"]] = 10.0 * (f["start_position"] > 0)
         oracle.append((start, end))
     report = task.score(examples, features, oracle, [], full=True, n_resamples=100)
-    assert report["exact_match"] == report["f1"] == 1.0 and report["n_questions"] == 24 and report["n_windows"] == len(features)
+    assert report["exact_match"] == report["f1"] == 1.0 and report["n_examples"] == 24 and report["n_windows"] == len(features)
 
 
 @pytest.fixture(scope="module")
 def qa_run(tiny_base, tmp_path_factory):
-    """`slm train --task qa` (the stage) on hand-made SQuAD files: windows of 24 tokens (stride 8) over contexts of
-    up to 41 tokens."""
-    from slmkit.config import DataConfig, ModelConfig, OptimConfig, TrainConfig
-    from slmkit.train import train
+    """`slm train --task qa` on hand-made SQuAD files: windows of 24 tokens (stride 8) over contexts of up to 41
+    tokens. Returns (model directory, dev file, the CLI's output)."""
+    from typer.testing import CliRunner
+
+    from slmkit.cli import app
 
     d = tmp_path_factory.mktemp("qa-run")
     train_file, dev_file = synthetic_squad(d / "train.json", 40, seed=1), synthetic_squad(d / "dev.json", 15, seed=2)
-    cfg = TrainConfig(
-        task="qa",
-        out=str(d / "qa-model"),
-        data=DataConfig(train=str(train_file), eval=str(dev_file)),
-        model=ModelConfig(base=str(tiny_base), max_length=24, stride=8),
-        train=OptimConfig(epochs=3, batch_size=16, lr=3e-3, warmup=0.0, seed=7, patience=0, threads=1),
-    )
-    return train(cfg, progress=False)
+    out = d / "qa-model"
+    args = ["train", "--task", "qa", "--data", train_file, "--eval", dev_file, "--out", out, "--base", tiny_base, "--max-length", 24,
+            "--stride", 8, "--epochs", 3, "--batch-size", 16, "--lr", 3e-3, "--seed", 7, "--threads", 1, "--quiet",
+            "--set", "train.warmup=0", "--set", "train.patience=0"]
+    result = CliRunner().invoke(app, [str(a) for a in args])
+    assert result.exit_code == 0, result.output
+    return out, dev_file, result.output
 
 
-def test_train_task_qa_end_to_end(qa_run, tiny_base, tmp_path):
-    """The tiny BERT learns to point at the cue word; metrics.json reports EM/F1 with intervals. (The CLI's summary
-    table after training is classification's, so the stage is called directly; the CLI is checked on bad input.)"""
+def test_slm_train_and_evaluate_task_qa(qa_run, tiny_base, tmp_path):
+    """The tiny BERT learns to point at the cue word; metrics.json reports EM/F1 with intervals, and slm evaluate
+    on the same file scores the saved model the same."""
     from typer.testing import CliRunner
 
     from slmkit import artifacts
     from slmkit.cli import app
 
-    out, m = qa_run.out, qa_run.metrics
-    assert json.loads((out / "metrics.json").read_text())["eval"]["f1"] == m["eval"]["f1"]
+    out, dev_file, printed = qa_run
+    m = json.loads((out / "metrics.json").read_text())
     assert m["task"] == "qa" and m["labels"] == [] and m["n_train"] == 80 and m["n_eval"] == 30 and m["max_length"] == 24
     ev = m["eval"]
-    assert ev["n_questions"] == 30 and ev["n_windows"] > 30 and ev["stride"] == 8
+    assert ev["n_examples"] == 30 and ev["n_windows"] > 30 and ev["stride"] == 8
     assert ev["f1"] >= 0.9 and ev["exact_match"] >= 0.9  # chance: one token of ~25
     assert ev["f1_ci95"][0] <= ev["f1"] <= ev["f1_ci95"][1]
     assert [set(h) >= {"f1", "exact_match"} for h in m["history"]] == [True] * 3
+    assert "exact match" in printed and "30 examples" in printed
     model, _ = artifacts.load_model(out)
     assert type(model).__name__ == "BertForQuestionAnswering"
 
-    dev_file = Path(m["eval_source"])
+    result = CliRunner().invoke(app, ["evaluate", "--model", str(out), "--data", str(dev_file), "--out", str(tmp_path / "eval")])
+    assert result.exit_code == 0, result.output
+    again = json.loads((tmp_path / "eval" / "metrics.json").read_text())
+    assert (again["f1"], again["exact_match"], again["n_examples"]) == (ev["f1"], ev["exact_match"], 30)
+
     bad = squad_file(tmp_path / "bad.json", [(CONTEXT, [("q1", "Where?", [("Paris", 3)])])])
     result = CliRunner().invoke(app, [str(a) for a in ["train", "--task", "qa", "--data", bad, "--eval", dev_file, "--out", tmp_path / "x",
                                                         "--base", tiny_base, "--strict", "--quiet"]])
@@ -400,7 +417,7 @@ def test_train_task_qa_end_to_end(qa_run, tiny_base, tmp_path):
 def test_answer_questions_from_a_trained_directory(qa_run, tmp_path):
     from slmkit.tasks.qa import QAPredictor, answer_questions
 
-    out = qa_run.out
+    out = qa_run[0]
     context = "hello my problem is still not here today why is the help not again with a problem thanks please my courier"
     # 22 words: two windows of 18 context tokens (10 apart); the cue word is in the second only
     answers = answer_questions(out, [("why the problem", context), ("why the problem", "please help with my refund")])
@@ -423,3 +440,24 @@ def test_qa_module_imports_no_torch():
 
     code = "import sys, slmkit.qa; assert 'torch' not in sys.modules and 'transformers' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).resolve().parents[1])
+
+
+def test_exported_qa_model_answers_like_pytorch_without_torch_code(qa_run, tmp_path):
+    """slm export of a QA model: the ONNX runtime's windows and logits decode (with slmkit.qa.answer_pairs) to the
+    same answers as the PyTorch model, and slm evaluate scores the exported directory the same."""
+    from slmkit.config import DataConfig, EvalConfig, ExportConfig
+    from slmkit.evaluate import evaluate
+    from slmkit.export import export
+    from slmkit.runtime import TaskSession
+    from slmkit.tasks.qa import QAPredictor
+
+    out, dev_file, _ = qa_run
+    onnx_dir = export(ExportConfig(model=str(out), out=str(tmp_path / "onnx"), probe_size=16)).out  # fails unless outputs match
+    session = TaskSession(onnx_dir)
+    pairs = [(e.question, e.context) for e in qa.read_qa(dev_file)]
+    exported = qa.answer_pairs(pairs, session.encoder, session.manifest["max_length"], session.task.stride, session.outputs)
+    reference = QAPredictor(out).answer(pairs)
+    assert [(a[0].text, a[0].start, a[0].end) for a in exported] == [(a[0].text, a[0].start, a[0].end) for a in reference]
+    assert np.allclose([a[0].score for a in exported], [a[0].score for a in reference], atol=1e-4)
+    scored = evaluate(EvalConfig(model=str(onnx_dir), out=str(tmp_path / "eval"), data=DataConfig(eval=str(dev_file))))
+    assert scored.metrics["f1"] == json.loads((out / "metrics.json").read_text())["eval"]["f1"]

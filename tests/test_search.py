@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 import torch
-import slmkit.quantize
+import slmkit.export
 from typer.testing import CliRunner
 
 from slmkit import search
@@ -23,7 +23,8 @@ from slmkit.cli import app
 from slmkit.config import BudgetConfig, LadderConfig, LossConfig, OptimConfig, RunConfig, SearchConfig, ladder_entry, load_config
 from slmkit.errors import UserError
 from slmkit.pipeline import run
-from test_pipeline import cli_args, run_config
+from conftest import STUDENTS, run_config
+from test_pipeline import cli_args
 
 optuna = pytest.importorskip("optuna")
 ROOT = Path(__file__).resolve().parents[1]
@@ -32,6 +33,7 @@ TINY_SPACE = SearchConfig(trials=2, kinds=["cnn"], widths=[16], embeds=[16], lay
 # cnn only, to keep it quick and certain: torch.export of a BiLSTM student sometimes fails (a static-shape error on the
 # sequence axis, not reproducible in a fresh process), which a search records as a failed trial (tested below with
 # an injected failure); the space test covers every kind
+LADDER = STUDENTS[1]  # a student of the shared pipeline run: its stages are cached
 runner = CliRunner()
 
 
@@ -43,11 +45,16 @@ def one_thread():
 
 
 @pytest.fixture(scope="module")
-def searched(tiny_base, synthetic, tmp_path_factory):
+def searched(pipeline_run, tiny_base, synthetic, tmp_path_factory):
     """One run with a 2-trial search beside a one-student ladder: (config, result). The pruning rule is made to
-    stop the first trial after its first epoch (the rule itself is tested below), the second runs to the end."""
-    out = tmp_path_factory.mktemp("search") / "run"
-    cfg = run_config(tiny_base, synthetic, out, students=["cnn:filters=16,embed=16"], search=TINY_SPACE, budget=BudgetConfig(size="1GB", latency=None, max_drop=None))
+    stop the first trial after its first epoch (the rule itself is tested below), the second runs to the end.
+
+    It continues a copy of the shared pipeline run with one of that run's students as its ladder: the data,
+    teacher and ladder stages come from the cache, and everything the search adds runs here."""
+    import shutil
+
+    out = Path(shutil.copytree(pipeline_run[0].out, tmp_path_factory.mktemp("search") / "run"))
+    cfg = run_config(tiny_base, synthetic, out, students=[LADDER], search=TINY_SPACE, budget=BudgetConfig(size="1GB", latency=None, max_drop=None))
     calls = []
 
     def prune_the_first_trial(*args):
@@ -88,7 +95,9 @@ def test_a_search_adds_its_pareto_trials_to_the_selection_and_the_report(searche
 
     # the Pareto trials are candidates of the same selection, measured on the test split beside the ladder
     names = [c.candidate.name for c in result.selection.checks]
-    assert names[:4] == ["teacher", "teacher-int8", "cnn-F16-E16", "cnn-F16-E16-int8"]
+    assert names[:4] == ["teacher", "teacher-int8", "transformer-L1-H32-A2-F64", "transformer-L1-H32-A2-F64-int8"]
+    # what the search does not change was reused from the run it continues
+    assert all(r["status"] == "cached" for r in result.stages if "trial" not in r["name"] and r["kind"] not in ("bench", "deploy")), result.stages
     assert names[4:] == [f"{r['name']}-int8" for r in found.pareto]
     assert result.selection.chosen.accuracy == max(c.candidate.accuracy for c in result.selection.checks)
 
@@ -111,19 +120,21 @@ def test_a_rerun_continues_the_study_without_new_trials_and_more_trials_extend_i
     result = run(copy, progress=False)
     assert result.search.ran == 0 and result.search.pareto == first.search.pareto
     assert {r["status"] for r in result.stages} == {"cached"}
-    # one more trial, whose int8 stage fails (an error of the code, not the user's): recorded, and the run goes on
+    # one more trial, whose ONNX export fails (an error of the code, not the user's, as when the exporter cannot
+    # handle a student): recorded, and the run goes on
     more = replace(copy, search=replace(TINY_SPACE, trials=3))
 
     def broken(*args, **kwargs):
-        raise RuntimeError("quantizer crashed")
+        raise RuntimeError("exporter crashed")
 
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(slmkit.quantize, "quantize", broken)
+        patch.setattr(slmkit.export, "export", broken)
         result = run(more, progress=False)
     assert result.search.ran == 1 and result.search.counts == {"pruned": 1, "complete": 1, "fail": 1}
     study = optuna.load_study(study_name=result.search.study_name, storage=result.search.storage)
-    assert study.trials[2].user_attrs["error"] == "RuntimeError: quantizer crashed" and result.bundle is not None
-    assert not list((Path(copy.out) / "stages").glob("quantize-trial-2-*")) and not list((Path(copy.out) / "stages").glob(".*"))
+    assert study.trials[2].user_attrs["error"] == "RuntimeError: exporter crashed" and result.bundle is not None
+    stages = Path(copy.out) / "stages"
+    assert list(stages.glob("distill-trial-2-*")) and not list(stages.glob("export-trial-2-*")) and not list(stages.glob(".*"))
     # the same command replaces the failed trial
     result = run(more, progress=False)
     assert result.search.ran == 1 and result.search.counts == {"pruned": 1, "complete": 2, "fail": 1}

@@ -102,7 +102,7 @@ def test_static_calibration_feeds_qa_windows_with_their_token_types(tiny_tasks):
     batch = pad_features(features, ["input_ids", "attention_mask", "token_type_ids"], session.pad_id)
     for row, f in enumerate(features):
         types = batch["token_type_ids"][row, : len(f["input_ids"])].tolist()
-        assert types == f["type_ids"] and types[0] == 0 and types[-1] == 1
+        assert types == f["token_type_ids"] and types[0] == 0 and types[-1] == 1
 
 
 def test_accuracy_aware_ladder_keeps_the_per_token_head_fp32_then_falls_back(tiny_tasks, tmp_path, monkeypatch):

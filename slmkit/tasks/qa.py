@@ -4,8 +4,8 @@ Examples come from SQuAD v1.1 JSON or MRQA JSONL (`slmkit.qa`); a context longer
 overlapping windows (`stride` tokens shared), each a feature of its own. Training targets are the answer's
 first and last token in each window (the first token, [CLS], when the window does not hold the answer); at
 evaluation the best span over all windows of a question becomes a character span of the original context and
-is scored with SQuAD's exact match and F1. The model is transformers' `AutoModelForQuestionAnswering`, so the
-artifact also loads in `transformers.pipeline("question-answering")`.
+is scored with SQuAD's exact match and F1. The model is transformers' `AutoModelForQuestionAnswering` (its
+question-answering pipeline is gone in transformers 5; `QAPredictor` answers from a model directory).
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ class QATask:
     def read(self, path: Path, d: Any) -> list[QAExample]:
         from slmkit.progress import stderr
 
-        return qa.read_qa(path, strict=d.strict, encoding=d.encoding, warn=lambda line: stderr.print(line, highlight=False, soft_wrap=True))
+        return qa.read_qa(path, strict=d.strict, encoding=d.encoding, warn=lambda line: stderr.print(line, markup=False, highlight=False, soft_wrap=True))
 
     def split(self, examples: list[QAExample], fraction: float, seed: int) -> tuple[list[QAExample], list[QAExample]]:
         """Whole paragraphs held out, so that no context is seen in training and evaluation both."""
@@ -59,6 +59,8 @@ class QATask:
 
         config = base.config
         config.num_labels = 2
+        # the head's two outputs, named (transformers 5 leaves the default LABEL_0/LABEL_1 out of config.json)
+        config.id2label, config.label2id = {0: "start", 1: "end"}, {"start": 0, "end": 1}
         if dropout is not None:  # names differ across BERT / DistilBERT / RoBERTa configs
             for name in ("hidden_dropout_prob", "dropout", "qa_dropout"):
                 if hasattr(config, name):
@@ -85,7 +87,7 @@ class QATask:
             n = len(f["input_ids"])
             ids[row, :n] = torch.tensor(f["input_ids"])
             mask[row, :n] = 1
-            types[row, :n] = torch.tensor(f["type_ids"])
+            types[row, :n] = torch.tensor(f["token_type_ids"])
         batch = {
             "input_ids": ids,
             "attention_mask": mask,
