@@ -254,7 +254,7 @@ def test_bench_qa_scores_questions_and_refuses_mixed_tasks(tiny_tasks, tmp_path)
     results = json.loads((tmp_path / "qa" / "results.json").read_text())
     assert results["task"] == "qa" and results["unit"] == "questions" and results["data"]["labels"] == []
     onnx_row, torch_row = results["entries"]
-    assert onnx_row["metrics"]["n_questions"] == 30 and onnx_row["metrics"]["exact_match_ci95"]
+    assert onnx_row["metrics"]["n_examples"] == 30 and onnx_row["metrics"]["exact_match_ci95"]
     # the torch-free runtime and PyTorch answer alike on the same questions
     assert onnx_row["metrics"]["f1"] == pytest.approx(torch_row["metrics"]["f1"], abs=0.02)
     assert "exact match % (95% CI)" in (tmp_path / "qa" / "report.md").read_text()
