@@ -468,6 +468,8 @@ def student_stages(up: Upstream, entry: str, name: str | None = None, on_epoch: 
 
     name = name or student_name(entry)
     spec, optim, augment, loss = ladder_entry(entry, up.cfg.distill)
+    if up.cfg.task != "classification":
+        augment = 0.0  # augmented texts are whole-text paraphrases: classification only
     d = up.cfg.distill
     distill_cfg = DistillConfig(teacher=str(up.teacher_dir), student=spec, out="", data=_data(up.split_files, up.cfg.task, up.cfg.data), augment=augment,
                                 trim_vocab=d.trim_vocab and up.cfg.task == "classification",  # slm trim-vocab is for classification
