@@ -231,7 +231,7 @@ def load_weights(model: Any, directory: Path) -> None:
 
 def model_labels(directory: Path) -> list[str]:
     """The label names of a trained classifier, in class-id order (from its config.json)."""
-    id2label = read_json(directory / HF_CONFIG)["id2label"]
+    id2label = read_json(directory / HF_CONFIG).get("id2label", {})  # none in a QA model's config
     return [id2label[str(i)] for i in range(len(id2label))]
 
 

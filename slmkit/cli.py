@@ -162,27 +162,47 @@ def evaluate(
 @app.command()
 @_user_errors
 def predict(
-    texts: Annotated[Optional[list[str]], typer.Argument(help="Texts to classify (or use --input).")] = None,
+    texts: Annotated[Optional[list[str]], typer.Argument(help="Texts to classify or tag (or use --input).")] = None,
     model: Annotated[str, typer.Option(help="Model directory: the output of slm train, or of slm export / quantize (served without torch).")] = "",
-    input: Annotated[Optional[Path], typer.Option(help="File of texts: .jsonl/.csv/.tsv (column --text-col) or .txt (one per line).")] = None,
-    output: Annotated[Optional[Path], typer.Option(help="Write JSONL predictions here instead of printing them.")] = None,
+    input: Annotated[Optional[Path], typer.Option(help="File of texts: .jsonl/.csv/.tsv (column --text-col) or .txt (one per line). "
+                                                       "NER also reads .conll files and seq.in folders; QA reads JSONL rows {question, context}.")] = None,
+    output: Annotated[Optional[Path], typer.Option(help="Write JSONL predictions here instead of printing them; NER: a .conll name writes CoNLL (see --scheme).")] = None,
     text_col: Annotated[str, typer.Option(help=_h(DataConfig, "text_col"))] = "text",
     encoding: Annotated[str, typer.Option(help=_h(DataConfig, "encoding"))] = "utf-8",
     batch_size: Annotated[int, typer.Option(help="Texts per batch.")] = 64,
+    scheme: Annotated[str, typer.Option(help="NER: the tag scheme of a .conll --output: bio, iob1 or bioes.")] = "bio",
 ):
-    """Predict the label and class probabilities of each text, as JSON lines.
+    """Predict with a model of any task, as JSON lines: classification gives each text's label and class
+    probabilities; NER each text's entities {label, score, start, end, text} (or CoNLL tags with --output x.conll);
+    QA the answer {answer, score, start, end} to each question of a JSONL --input of {question, context} rows.
 
     Example: slm predict --model runs/x "where is my order?"
     """
+    from slmkit import artifacts
     from slmkit.data import read_texts
-    from slmkit.predict import predict as run_predict
 
     if not model:
         raise UserError("no model: pass --model DIR (the output of slm train)")
     if bool(texts) == bool(input):
         raise UserError("give texts as arguments or --input FILE (one of the two)")
-    items = list(texts) if texts else read_texts(input, text_col, encoding)
-    lines = [json.dumps(p.__dict__, ensure_ascii=False) for p in run_predict(model, items, batch_size)]
+    if not Path(model).is_dir():
+        raise UserError(f"{model}: model directory not found: pass the --out directory of slm train, slm export or slm quantize")
+    task = artifacts.model_task(Path(model))
+    if task == "qa":
+        if texts:
+            raise UserError("a QA model answers questions: pass --input FILE.jsonl of {\"question\": \"...\", \"context\": \"...\"} rows")
+        rows = _predict_answers(model, input, encoding, batch_size)
+    else:
+        if task == "ner":
+            rows = _predict_entities(model, texts, input, output, text_col, encoding, batch_size, scheme)
+            if rows is None:
+                return
+        else:
+            from slmkit.predict import predict as run_predict
+
+            items = list(texts) if texts else read_texts(input, text_col, encoding)
+            rows = [p.__dict__ for p in run_predict(model, items, batch_size)]
+    lines = [json.dumps(row, ensure_ascii=False) for row in rows]
     if output is None:
         sys.stdout.write("".join(line + "\n" for line in lines))
         return
@@ -190,6 +210,45 @@ def predict(
     tmp.write_text("".join(line + "\n" for line in lines), encoding="utf-8")
     tmp.replace(output)
     err.print(f"{len(lines)} predictions written to {output}")
+
+
+NER_FILE_SUFFIXES = (".conll", ".iob", ".bio", ".bioes")  # read as words (one per line), not as texts
+
+
+def _predict_entities(model: str, texts, input: Path | None, output: Path | None, text_col: str, encoding: str, batch_size: int, scheme: str) -> list[dict] | None:
+    """Entity rows {text, entities} of each text or sentence; None when CoNLL was written to --output instead."""
+    from slmkit import ner
+    from slmkit.data import read_texts
+    from slmkit.tasks.ner import open_ner_model, sentence_entities, sentence_tags
+
+    if scheme not in ("bio", "iob1", "bioes"):
+        raise UserError(f"--scheme {scheme!r}: write bio, iob1 or bioes")
+    if texts:
+        sentences = [ner.text_sentence(t, i) for i, t in enumerate(texts)]
+    elif input.is_dir() or input.name == ner.PARALLEL_IN or input.suffix.lower() in NER_FILE_SUFFIXES:
+        sentences = ner.read_sentences(input, encoding=encoding)
+    else:
+        sentences = [ner.text_sentence(t, i) for i, t in enumerate(read_texts(input, text_col, encoding))]
+    runner = open_ner_model(model, batch_size=batch_size)
+    if output is not None and output.suffix.lower() == ".conll":
+        ner.write_conll(output, sentences, sentence_tags(runner, sentences), scheme)
+        err.print(f"{len(sentences)} sentences tagged ({scheme.upper()}) to {output}")
+        return None
+    return [{"text": s.text, "entities": found} for s, found in zip(sentences, sentence_entities(runner, sentences))]
+
+
+def _predict_answers(model: str, input: Path, encoding: str, batch_size: int) -> list[dict]:
+    """Answer rows {id, question, answer, score, start, end} of a JSONL file of questions and contexts."""
+    from slmkit.qa import read_pairs
+    from slmkit.tasks.qa import open_qa_model, pair_answers
+
+    rows = read_pairs(input, encoding)
+    found = pair_answers(open_qa_model(model, batch_size=batch_size), [(q, c) for _, q, c in rows])
+    return [
+        {"id": i, "question": q, **({"answer": a[0].text, "score": a[0].score, "start": a[0].start, "end": a[0].end} if a else
+                                     {"answer": "", "score": 0.0, "start": 0, "end": 0})}
+        for (i, q, _), a in zip(rows, found)
+    ]
 
 
 # ------------------------------------------------------------------------------------------- distill
@@ -343,8 +402,8 @@ def export_web(
     batch_size: Annotated[Optional[int], typer.Option(help=_h(ExportWebConfig, "batch_size"))] = None,
     overwrite: Overwrite = False,
 ):
-    """Write a static web page that classifies text entirely in the browser: a text box with live predictions
-    and latency. ONNX Runtime Web and tokenizers.js are downloaded once from the npm registry (pinned, integrity
+    """Write a static web page that runs the model entirely in the browser: a text box with live predictions
+    and latency (an NER model's page highlights entities; a QA model's answers a question from a context). ONNX Runtime Web and tokenizers.js are downloaded once from the npm registry (pinned, integrity
     checked, cached) and copied into the site; nothing is fetched from a CDN. Serve the folder with any static
     server: python -m http.server -d site 8000.
 
@@ -531,8 +590,9 @@ def serve(
     config: Annotated[Optional[Path], typer.Option(help="YAML file of serve settings; flags and --set override it.")] = None,
     set_: Sets = None,
 ):
-    """Serve a model over HTTP: POST /v1/classify (micro-batched), /v1/models, /health/live, /health/ready,
-    Prometheus /metrics and OpenAPI docs at /docs. SIGTERM drains: admitted requests finish, new ones get 503.
+    """Serve a model over HTTP: POST /v1/classify, /v1/entities (NER) or /v1/answer (QA), whichever the model's task
+    is (micro-batched), /v1/models, /health/live, /health/ready, Prometheus /metrics and OpenAPI docs at /docs.
+    SIGTERM drains: admitted requests finish, new ones get 503.
 
     Example: slm serve runs/x-int8 --port 8000 --workers 2
     """

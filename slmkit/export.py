@@ -67,8 +67,8 @@ def export(cfg: ExportConfig, overwrite: bool = False) -> ExportResult:
     model_dir, out = Path(cfg.model), Path(cfg.out)
     artifacts.check_output(out, overwrite)
     model, hf_tokenizer = artifacts.load_model(model_dir)
-    labels = artifacts.model_labels(model_dir) if (model_dir / artifacts.HF_CONFIG).is_file() else []
     task = recorded_task(model_dir)
+    labels = [] if task.name == "qa" else artifacts.model_labels(model_dir)  # a span head has no classes
     token_types = uses_token_types(model, hf_tokenizer)
     inputs = ["input_ids", "attention_mask"] + (["token_type_ids"] if token_types else [])
     outputs = tuple(task.outputs)

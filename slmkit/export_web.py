@@ -1,4 +1,5 @@
-"""`slm export-web`: an exported model as a static site that classifies text entirely in the browser.
+"""`slm export-web`: an exported model as a static site that runs it entirely in the browser: it classifies text,
+highlights an NER model's entities, or answers a question from a context with a QA model (see slmkit.js).
 
 Read top to bottom: `export_web(cfg)` checks the input — any directory `slmkit.runtime.Predictor` loads (the
 output of slm export or slm quantize, or a pipeline's deploy directory), with the same safety checks — then
@@ -64,6 +65,8 @@ def export_web(cfg: ExportWebConfig, overwrite: bool = False, notify: Callable[[
         "labels": manifest["labels"],
         "inputs": manifest["inputs"],
         "output": manifest.get("output", "logits"),
+        "outputs": manifest.get("outputs", [manifest.get("output", "logits")]),
+        "stride": int(manifest.get("task_options", {}).get("stride", 128)),  # QA: context tokens shared by windows
         "max_length": int(manifest["max_length"]),
         "pad_id": int(manifest.get("pad_id", 0)),
         "batch_size": cfg.batch_size,
@@ -110,10 +113,10 @@ def _title(model_dir: Path) -> str:
 def _check_servable(model_dir: Path, manifest: dict) -> str:
     """What the page cannot reproduce is refused here, in one line; returns the tokenizer's model type."""
     task = manifest.get("task", "classification")
-    if task != "classification":
-        raise UserError(f"{model_dir}: a {task} model: the page classifies texts, so export-web takes classification models only")
+    if task not in ("classification", "ner", "qa"):
+        raise UserError(f"{model_dir}: a {task} model: export-web takes classification, NER and QA models")
     unknown = [name for name in manifest.get("inputs", []) if name not in INPUTS]
-    if unknown or not manifest.get("labels") or not isinstance(manifest.get("max_length"), int):
+    if unknown or (task != "qa" and not manifest.get("labels")) or not isinstance(manifest.get("max_length"), int):
         raise UserError(f"{model_dir / artifacts.MANIFEST}: not an slmkit classifier manifest (labels, max_length, inputs among {', '.join(INPUTS)}): export the model again with slm export")
     path = model_dir / artifacts.TOKENIZER
     try:

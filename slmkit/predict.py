@@ -61,7 +61,11 @@ class TorchTaskModel:
     def run(self, examples: list) -> tuple[list[dict], object]:
         """The task's features of `examples` and the model's outputs over them."""
         features = self.task.encode(examples, self.encoder, None)
-        return features, self.task.predict_logits(self.model, features, self.collate, self.batch_size)
+        return features, self.outputs(features)
+
+    def outputs(self, features: list[dict]) -> list:
+        """Per feature, its unpadded outputs, as `TaskSession.outputs` gives them for an exported model."""
+        return self.task.predict_logits(self.model, features, self.collate, self.batch_size)
 
 
 def open_task_model(model_dir: str | Path, threads: int | None = None, batch_size: int = 64, data=None):

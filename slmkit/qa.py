@@ -213,6 +213,24 @@ def _field(obj: Any, key: str, kind: type, where: str) -> Any:
     return value
 
 
+def read_pairs(path: str | Path, encoding: str = "utf-8") -> list[tuple[str, str, str]]:
+    """Questions to answer: JSONL rows `{"question", "context"}` (an optional `"id"` is kept) as (id, question,
+    context); the id defaults to the row's line number."""
+    from slmkit.data import _decode, json_lines
+
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{path}: file not found: check the path")
+    rows = []
+    for line, obj in json_lines(path, _decode(path, encoding)):
+        if not isinstance(obj, dict) or not all(isinstance(obj.get(k), str) and obj[k].strip() for k in ("question", "context")):
+            raise UserError(f'{path} line {line}: expected a JSON object with a non-empty "question" and "context": {{"question": "...", "context": "..."}}')
+        rows.append((str(obj.get("id", line)), obj["question"], obj["context"]))
+    if not rows:
+        raise UserError(f"{path}: no questions: the file holds no JSON lines")
+    return rows
+
+
 def split_by_context(examples: list[QAExample], fraction: float, seed: int) -> tuple[list[QAExample], list[QAExample]]:
     """A seeded (train, held-out) split of whole paragraphs: questions on one context never straddle it.
 

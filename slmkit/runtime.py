@@ -115,8 +115,9 @@ def pad_features(features: list[dict], inputs: list[str], pad_id: int) -> dict[s
         n = len(f["input_ids"])
         batch["input_ids"][row, :n] = f["input_ids"]
         batch["attention_mask"][row, :n] = 1
-        if "token_type_ids" in inputs and f.get("token_type_ids") is not None:
-            batch["token_type_ids"][row, :n] = f["token_type_ids"]
+        types = f.get("token_type_ids")  # QA's question/context segments
+        if "token_type_ids" in inputs and types is not None:
+            batch["token_type_ids"][row, :n] = types
     return batch
 
 

@@ -1,7 +1,14 @@
-"""`slm serve`: an exported model behind HTTP — a thin FastAPI adapter over the torch-free `Predictor`.
+"""`slm serve`: an exported model behind HTTP — a thin FastAPI adapter over the torch-free runtime.
 
     slm serve runs/x-int8                                   # http://127.0.0.1:8000, docs at /docs
     curl -s 127.0.0.1:8000/v1/classify -d '{"texts": ["where is my parcel?"]}'
+    curl -s 127.0.0.1:8000/v1/entities -d '{"texts": ["refund my courier parcel"]}'                   # an NER model
+    curl -s 127.0.0.1:8000/v1/answer -d '{"question": "where is it?", "context": "It is in Leeds."}'   # a QA model
+
+One task per server, read from the bundle's manifest (`TASK_ENDPOINTS`): classification answers /v1/classify
+(`Predictor`), NER /v1/entities and QA /v1/answer (`TaskSession` plus the task's own decoding, the code
+`slm predict` runs); the other tasks' endpoints answer 404 `wrong_task`. The batcher below merges items of any
+task: texts, or QA's (question, context) pairs, whose windows then run in one model call.
 
 `create_app(cfg)` builds the application and `serve(cfg)` checks the bundle, then runs it under uvicorn. Read
 top to bottom, this module owns:
@@ -70,7 +77,8 @@ log = logging.getLogger("uvicorn.error")  # uvicorn configures this logger: our 
 CONFIG_ENV = "SLMKIT_SERVE_CONFIG"  # how `serve` hands the config to uvicorn's worker processes
 HEALTH = ("/health/live", "/health/ready")  # open without an API key, answered while loading or draining
 DOCS = "/docs"  # the docs page: a static file holding no server data, so open without an API key (it asks for one)
-ENDPOINTS = frozenset({"/v1/classify", "/v1/models", "/metrics", DOCS, "/openapi.json", *HEALTH})  # metric labels
+TASK_ENDPOINTS = {"classification": "/v1/classify", "ner": "/v1/entities", "qa": "/v1/answer"}  # a server answers its model's task only
+ENDPOINTS = frozenset({*TASK_ENDPOINTS.values(), "/v1/models", "/metrics", DOCS, "/openapi.json", *HEALTH})  # metric labels
 DOCS_PAGE = Path(__file__).parent / "web" / "api-docs.html"  # renders /openapi.json in the page: no CDN, works offline
 # the page's script and style are inline; it may fetch from this server only, and load nothing else
 DOCS_HEADERS = {
@@ -86,12 +94,14 @@ ERROR_CODES = {
     "invalid_json": "the body is not JSON (400)",
     "unauthorized": "missing or wrong API key (401)",
     "not_found": "no such endpoint (404)",
+    "wrong_task": "the endpoint of another task: this server answers its model's task only (404)",
     "method_not_allowed": "the endpoint exists but not with this method (405)",
     "body_too_large": "the body exceeds max_body_bytes (413)",
     "invalid_request": "JSON of the wrong shape or type (422)",
     "too_many_texts": "more than max_texts texts (422)",
     "text_too_long": "a text exceeds max_chars characters and truncation is off (422)",
     "invalid_text": "a text is not valid Unicode (a lone surrogate) (422)",
+    "unreadable_pair": "a QA model cannot read this question and context (a context longer than its window when it reads no windows) (422)",
     "queue_full": "queue_size requests are already being answered: retry after Retry-After seconds (429)",
     "internal": "a server fault; details are in the server log only (500)",
     "not_ready": "the model is still loading (503)",
@@ -139,8 +149,8 @@ def open_bundle(directory: Path) -> Bundle:
     """Check a bundle and describe it, without loading the model; bad bundles are one-line UserErrors."""
     manifest = load_manifest(directory)
     task = manifest.get("task", "classification")
-    if task != "classification":
-        raise UserError(f"{directory}: a {task} model: slm serve answers classification models for now")
+    if task not in TASK_ENDPOINTS:
+        raise UserError(f"{directory}: a {task} model: slm serve answers {', '.join(TASK_ENDPOINTS)} models")
     model = directory / artifacts.ONNX_MODEL
     sha256 = artifacts.file_sha256(model)
     recorded = manifest.get("sha256") or manifest.get("bundle", {}).get("files", {}).get(artifacts.ONNX_MODEL)
@@ -156,7 +166,7 @@ def open_bundle(directory: Path) -> Bundle:
         version=str(manifest.get("version") or manifest.get("bundle", {}).get("key") or sha256[:12]),
         sha256=sha256,
         task=task,
-        labels=list(manifest["labels"]),
+        labels=list(manifest.get("labels", [])),
         precision=manifest.get("precision", "fp32"),
         max_length=int(manifest["max_length"]),
         batching="per-text" if _has_dynamic_quantization(model) else "padded",
@@ -193,10 +203,60 @@ def read_api_key(path: str | Path) -> str:
     return key
 
 
-def _warm_up(predictor: Any, max_batch: int) -> None:
+@dataclass
+class LoadedModel:
+    """The model behind the task's endpoint: `run(items)` answers a batch of items (texts; QA: (question, context)
+    pairs) with one result per item, in order (see `load_model`)."""
+
+    task: str
+    run: Callable[[list], Any]
+
+
+def load_model(bundle: Bundle, threads: int | None, batch_size: int) -> LoadedModel:
+    """The bundle's model loaded with the torch-free runtime, behind one batch function per task:
+
+    - classification: texts → class probabilities (n_texts, n_labels);
+    - ner: texts → per text its entities `{label, score, start, end, text}` (character offsets into the text);
+    - qa: (question, context) pairs → per pair `{answer, score, start, end}`, or an ApiError for a pair the model
+      cannot read. All windows of all pairs of a batch go through the model together."""
+    from slmkit.runtime import Predictor, TaskSession
+
+    if bundle.task == "classification":
+        return LoadedModel(bundle.task, Predictor(bundle.directory, threads=threads, batch_size=batch_size).predict_proba)
+    session = TaskSession(bundle.directory, threads=threads, batch_size=batch_size)
+    if bundle.task == "ner":
+        from slmkit.tasks.ner import text_entities
+
+        return LoadedModel(bundle.task, lambda texts: text_entities(session, texts))
+    return LoadedModel(bundle.task, lambda pairs: _answer_pairs(session, pairs))
+
+
+def _answer_pairs(session: Any, pairs: list[tuple[str, str]]) -> list[dict | ApiError]:
+    """The best answer of each pair; a pair the model cannot read gets an ApiError and leaves the others answered."""
+    from slmkit import qa
+
+    try:
+        found = qa.answer_pairs(pairs, session.encoder, session.encoder.truncation["max_length"], session.task.stride, session.outputs)
+    except UserError:  # one pair the model cannot read: answer the others one by one
+        if len(pairs) > 1:
+            return [result for pair in pairs for result in _answer_pairs(session, [pair])]
+        return [ApiError(422, "unreadable_pair", "the model cannot read this question and context: its context is longer than the model's "
+                                                 "window and the model reads no windows (stride 0), or it holds no tokens: send a shorter context")]
+    return [{"answer": a[0].text, "score": a[0].score, "start": a[0].start, "end": a[0].end} if a else
+            {"answer": "", "score": 0.0, "start": 0, "end": 0} for a in found]
+
+
+WARM_UP = {"classification": "warm up", "ner": "warm up", "qa": ("warm up?", "warm up")}  # one item of each task
+
+
+def _warm_up(model: LoadedModel, max_batch: int) -> None:
     """First calls allocate ONNX Runtime's buffers: make them before the first client does."""
-    predictor.predict_proba(["warm up"])
-    predictor.predict_proba([" ".join(["warm up"] * (1 + i % 16)) for i in range(max_batch)])
+    model.run([WARM_UP[model.task]])
+    grow = (lambda text, n: " ".join([text] * n))
+    if model.task == "qa":
+        model.run([(WARM_UP["qa"][0], grow(WARM_UP["qa"][1], 1 + i % 16)) for i in range(max_batch)])
+    else:
+        model.run([grow(WARM_UP[model.task], 1 + i % 16) for i in range(max_batch)])
 
 
 # ---------------------------------------------------------------------------------------------- micro-batching
@@ -204,11 +264,11 @@ def _warm_up(predictor: Any, max_batch: int) -> None:
 
 @dataclass(eq=False)
 class _Job:
-    """One request's texts on their way through the queue."""
+    """One request's items (texts, or QA pairs) on their way through the queue."""
 
-    texts: list[str]
+    texts: list
     future: asyncio.Future
-    probs: np.ndarray  # (n_texts, n_labels), filled as batches finish
+    results: list  # one per item, filled as batches finish
     arrived: float  # loop time
     taken: int = 0  # texts handed to the model so far
     done: int = 0  # texts answered so far
@@ -219,9 +279,9 @@ class Batcher:
     """One queue of texts in front of the model; one task merges them into batches and runs each batch on the
     model thread. (The queue is bounded upstream: the gate admits at most queue_size requests.)"""
 
-    def __init__(self, predict: Callable[[list[str]], np.ndarray], n_labels: int, executor: ThreadPoolExecutor,
+    def __init__(self, predict: Callable[[list], Any], executor: ThreadPoolExecutor,
                  max_batch: int, max_wait_s: float, on_batch: Callable[[int, float], None]):
-        self.predict, self.n_labels, self.executor = predict, n_labels, executor
+        self.predict, self.executor = predict, executor
         self.max_batch, self.max_wait_s, self.on_batch = max_batch, max_wait_s, on_batch
         self.jobs: deque[_Job] = deque()
         self.waiting = 0  # texts queued, not yet in the model (the queue depth)
@@ -240,10 +300,10 @@ class Batcher:
             if not job.future.done():
                 job.future.set_exception(ApiError(503, "shutting_down", "the server is shutting down: retry on another instance"))
 
-    async def classify(self, texts: list[str]) -> np.ndarray:
-        """Class probabilities (n_texts, n_labels) of `texts`, in order."""
+    async def submit(self, texts: list) -> list:
+        """The model's result for each item of `texts` (texts, or QA pairs), in order."""
         loop = asyncio.get_running_loop()
-        job = _Job(texts, loop.create_future(), np.empty((len(texts), self.n_labels), dtype=np.float32), loop.time())
+        job = _Job(texts, loop.create_future(), [None] * len(texts), loop.time())
         self.jobs.append(job)
         self.waiting += len(texts)
         self.wakeup.set()
@@ -286,21 +346,21 @@ class Batcher:
             texts = [t for job, start, stop in batch for t in job.texts[start:stop]]
             started = time.perf_counter()
             try:
-                probs = await loop.run_in_executor(self.executor, self.predict, texts)
+                results = await loop.run_in_executor(self.executor, self.predict, texts)
             except Exception as e:  # a runtime fault: the batch's requests get a 500, the server goes on
                 log.exception("model call failed on a batch of %d texts", len(texts))
-                probs, failure = None, e
+                results, failure = None, e
             self.on_batch(len(texts), time.perf_counter() - started)
             row = 0
             for job, start, stop in batch:
                 if not job.future.done():
-                    if probs is None:
+                    if results is None:
                         job.future.set_exception(failure)
                     else:
-                        job.probs[start:stop] = probs[row : row + stop - start]
+                        job.results[start:stop] = results[row : row + stop - start]
                         job.done += stop - start
                         if job.done == len(job.texts):
-                            job.future.set_result(job.probs)
+                            job.future.set_result(job.results)
                 row += stop - start
 
 
@@ -347,10 +407,10 @@ class _Metrics:
             "slm_batch_duration_seconds", "Model call time per batch, tokenization included.",
             buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0), registry=r,
         )
-        self.texts = Counter("slm_texts", "Texts classified.", registry=r)
+        self.texts = Counter("slm_texts", "Texts answered (QA: question/context pairs).", registry=r)
         Gauge("slm_queue_texts", "Texts waiting for the model (queue depth).", registry=r).set_function(lambda: service.batcher.waiting if service.batcher else 0)
         Gauge("slm_in_flight_requests", "Requests admitted and not yet answered (bounded by queue_size).", registry=r).set_function(lambda: service.in_flight)
-        Gauge("slm_texts_per_second", f"Texts classified per second over the last {THROUGHPUT_WINDOW_S:g} s.", registry=r).set_function(service.throughput.rate)
+        Gauge("slm_texts_per_second", f"Texts answered per second over the last {THROUGHPUT_WINDOW_S:g} s.", registry=r).set_function(service.throughput.rate)
         Gauge("slm_ready", "1 when the model is loaded and warmed up and the server is not draining.", registry=r).set_function(lambda: float(service.ready))
         info = Gauge("slm_model_info", "The model served (value 1).", ["name", "version", "sha256"], registry=r)
         info.labels(service.bundle.name, service.bundle.version, service.bundle.sha256).set(1)
@@ -403,24 +463,22 @@ class Service:
             self.executor.shutdown(wait=False)
 
     async def _load(self) -> None:
-        from slmkit.runtime import Predictor
-
         cfg, bundle = self.cfg, self.bundle
         started = time.perf_counter()
 
-        def load() -> Predictor:
+        def load() -> LoadedModel:
             batch_size = 1 if bundle.batching == "per-text" else cfg.max_batch
-            predictor = Predictor(bundle.directory, threads=cfg.threads, batch_size=batch_size)
-            _warm_up(predictor, cfg.max_batch)
-            return predictor
+            model = load_model(bundle, cfg.threads, batch_size)
+            _warm_up(model, cfg.max_batch)
+            return model
 
         try:
-            predictor = await asyncio.get_running_loop().run_in_executor(self.executor, load)
+            model = await asyncio.get_running_loop().run_in_executor(self.executor, load)
         except Exception:
             log.exception("loading %s failed", bundle.directory)
             self.state = "failed"
             return
-        self.batcher = Batcher(predictor.predict_proba, len(bundle.labels), self.executor, cfg.max_batch, cfg.max_wait_ms / 1000, self._on_batch)
+        self.batcher = Batcher(model.run, self.executor, cfg.max_batch, cfg.max_wait_ms / 1000, self._on_batch)
         self.batcher.start()
         self.state = "ready"
         log.info("model %s (version %s, sha256 %s…, %s, batching %s) loaded and warmed up in %.1f s: ready",
@@ -578,7 +636,7 @@ def parse_texts(body: bytes, cfg: ServeConfig) -> tuple[list[str], list[bool]]:
         raise ApiError(422, "invalid_request", 'expected a JSON object with a "texts" list: {"texts": ["..."]}')
     if len(data) > 1:
         extra = next(k for k in data if k != "texts")
-        raise ApiError(422, "invalid_request", f'unknown field {json.dumps(extra[:40])}: a classify request holds only "texts"')
+        raise ApiError(422, "invalid_request", f'unknown field {json.dumps(extra[:40])}: a request holds only "texts"')
     texts = data["texts"]
     if not isinstance(texts, list):
         raise ApiError(422, "invalid_request", f'"texts" must be a list of strings (got {_json_type(texts)})')
@@ -599,6 +657,55 @@ def parse_texts(body: bytes, cfg: ServeConfig) -> tuple[list[str], list[bool]]:
         except UnicodeEncodeError:
             raise ApiError(422, "invalid_text", f'"texts"[{i}] holds a lone surrogate (\\ud800-\\udfff): send valid Unicode') from None
     return texts, cut
+
+
+def parse_pairs(body: bytes, cfg: ServeConfig) -> tuple[list[tuple[str, str]], list[bool], bool]:
+    """The (question, context) pairs of an answer request, whether each was cut to max_chars, and whether the
+    request was the single form `{"question", "context"}` (else the batch form `{"items": [...]}`)."""
+    shape = 'send {"question": "...", "context": "..."} or {"items": [{"question": "...", "context": "..."}, ...]}'
+    try:
+        data = json.loads(body)
+    except (ValueError, RecursionError):
+        raise ApiError(400, "invalid_json", f"the body is not JSON in UTF-8: {shape}") from None
+    if not isinstance(data, dict) or not ("items" in data or {"question", "context"} <= set(data)):
+        raise ApiError(422, "invalid_request", f"expected a JSON object with a question and a context, or a list of them: {shape}")
+    single = "items" not in data
+    allowed = {"question", "context"} if single else {"items"}
+    extra = next((k for k in data if k not in allowed), None)
+    if extra is not None:
+        raise ApiError(422, "invalid_request", f'unknown field {json.dumps(extra[:40])}: {shape}')
+    items = [data] if single else data["items"]
+    if not isinstance(items, list):
+        raise ApiError(422, "invalid_request", f'"items" must be a list of {{"question", "context"}} objects (got {_json_type(items)})')
+    if not items:
+        raise ApiError(422, "invalid_request", '"items" is empty: send at least one question')
+    if len(items) > cfg.max_texts:
+        raise ApiError(422, "too_many_texts", f"a request holds at most {cfg.max_texts} items (got {len(items)}): split it")
+    pairs, cut = [], []
+    for i, item in enumerate(items):
+        where = "" if single else f'"items"[{i}]'
+        if not isinstance(item, dict) or set(item) != {"question", "context"}:
+            raise ApiError(422, "invalid_request", f'{where} must be an object with exactly "question" and "context"')
+        texts = []
+        for name in ("question", "context"):
+            field = f'{where}.{name}' if where else f'"{name}"'
+            text = item[name]
+            if not isinstance(text, str):
+                raise ApiError(422, "invalid_request", f"{field} must be a string (got {_json_type(text)})")
+            if not text.strip():
+                raise ApiError(422, "invalid_request", f"{field} is empty: give every question a question and a context")
+            if len(text) > cfg.max_chars:
+                if not cfg.truncate:
+                    raise ApiError(422, "text_too_long", f"{field} has {len(text)} characters; at most {cfg.max_chars} are accepted")
+                text = text[: cfg.max_chars]
+            try:
+                text.encode("utf-8")
+            except UnicodeEncodeError:
+                raise ApiError(422, "invalid_text", f"{field} holds a lone surrogate (\\ud800-\\udfff): send valid Unicode") from None
+            texts.append(text)
+        pairs.append((texts[0], texts[1]))
+        cut.append(any(len(item[name]) > cfg.max_chars for name in ("question", "context")))
+    return pairs, cut, single
 
 
 def _json_type(value: Any) -> str:
@@ -625,11 +732,48 @@ class ModelRef(BaseModel):
     name: str
     version: str
     sha256: str = Field(description="SHA-256 of the served model.onnx.")
-    task: str = Field(description="classification (token classification and QA endpoints will answer their own tasks).")
+    task: str = Field(description="classification (/v1/classify), ner (/v1/entities) or qa (/v1/answer): the one endpoint this server answers.")
 
 
 class ClassifyResponse(BaseModel):
     results: list[ClassPrediction] = Field(description="One result per text, in request order.")
+    model: ModelRef
+
+
+class Entity(BaseModel):
+    label: str = Field(description="The entity type (the tag without its B-/I- prefix).")
+    score: float = Field(description="The mean probability of the entity's word tags.")
+    start: int = Field(description="Character offset of the entity's first character in the text.")
+    end: int = Field(description="Character offset just past its last character: text[start:end] is the entity.")
+    text: str = Field(description="The entity's text.")
+
+
+class TextEntities(BaseModel):
+    entities: list[Entity] = Field(description="The text's entities, in text order.")
+    truncated: bool = Field(description="Whether the text was cut to max_chars characters first (offsets refer to the cut text).")
+
+
+class EntitiesResponse(BaseModel):
+    results: list[TextEntities] = Field(description="One result per text, in request order.")
+    model: ModelRef
+
+
+class AnswerResult(BaseModel):
+    answer: str = Field(description="The answer: a span of the context (empty only when the context had no span to give).")
+    score: float = Field(description="Its probability in its window: softmax(start) x softmax(end) over the context tokens.")
+    start: int = Field(description="Character offset of the answer in the context.")
+    end: int = Field(description="Character offset just past it: context[start:end] is the answer.")
+    truncated: bool = Field(description="Whether the question or the context was cut to max_chars characters first.")
+
+
+class AnswerResponse(AnswerResult):
+    """The single form's answer."""
+
+    model: ModelRef
+
+
+class AnswerBatchResponse(BaseModel):
+    results: list[AnswerResult] = Field(description="One answer per item, in request order.")
     model: ModelRef
 
 
@@ -640,6 +784,15 @@ class ErrorDetail(BaseModel):
 
 class ErrorResponse(BaseModel):
     error: ErrorDetail
+
+
+TASK_TITLES = {"classification": "Text classification", "ner": "Named entity recognition", "qa": "Extractive question answering"}
+
+
+def _label_summary(bundle: Bundle) -> str:
+    if bundle.task == "ner":
+        return f"{len({label[2:] for label in bundle.labels if label != 'O'})} entity types"
+    return f"{len(bundle.labels)} labels" if bundle.labels else "answers are spans of the context"
 
 
 def _errors(*statuses: int) -> dict:
@@ -656,7 +809,7 @@ def create_app(cfg: ServeConfig) -> FastAPI:
     service = Service(cfg, bundle, read_api_key(cfg.api_key_file) if cfg.api_key_file else None)
     app = _App(
         title="slmkit serve", version="1",
-        description=f"Text classification with **{bundle.name}** ({len(bundle.labels)} labels). Errors: "
+        description=f"{TASK_TITLES[bundle.task]} with **{bundle.name}** ({_label_summary(bundle)}), at `{TASK_ENDPOINTS[bundle.task]}`. Errors: "
                     + ", ".join(f"`{c}`" for c in ERROR_CODES) + ".",
         lifespan=service.lifespan, docs_url=None, redoc_url=None,  # /docs is our own page (below): FastAPI's needs a CDN
     )
@@ -687,38 +840,95 @@ def create_app(cfg: ServeConfig) -> FastAPI:
         if service.state == "failed":
             raise ApiError(503, "not_ready", "the model failed to load: the server log says why")
 
-    request_schema = ClassifyRequest.model_json_schema()  # with this server's limits, which the docs page shows
-    request_schema["properties"]["texts"]["maxItems"] = cfg.max_texts
+    texts_schema = ClassifyRequest.model_json_schema()  # with this server's limits, which the docs page shows
+    texts_schema["properties"]["texts"]["maxItems"] = cfg.max_texts
     if not cfg.truncate:
-        request_schema["properties"]["texts"]["items"]["maxLength"] = cfg.max_chars
+        texts_schema["properties"]["texts"]["items"]["maxLength"] = cfg.max_chars
 
-    @app.post(
-        "/v1/classify", response_model=None, summary="Classify texts",
-        responses={200: {"model": ClassifyResponse}, **_errors(400, 401, 413, 422, 429, 500, 503)},
-        openapi_extra={"requestBody": {"required": True, "content": {"application/json": {"schema": request_schema}}}},
-    )
-    async def classify(request: Request) -> Response:
-        """The label, its probability and every label's probability for each text, in request order."""
+    async def answered(request: Request, parse: Callable[[bytes, ServeConfig], tuple]) -> tuple[tuple, list]:
+        """The parsed request and the model's result per item, within the request's deadline."""
         require_ready()
         try:
             async with asyncio.timeout(cfg.timeout_s):
-                texts, cut = parse_texts(await _read_body(request, cfg.max_body_bytes), cfg)
-                probs = await service.batcher.classify(texts)
+                parsed = parse(await _read_body(request, cfg.max_body_bytes), cfg)
+                return parsed, await service.batcher.submit(parsed[0])
         except TimeoutError:
             raise ApiError(503, "timeout", f"no answer within {cfg.timeout_s:g} s: retry later or send fewer texts") from None
-        labels, best = bundle.labels, probs.argmax(axis=1)
-        results = [
-            {"label": labels[b], "score": row[b], "scores": dict(zip(labels, row)), "truncated": c}
-            for row, b, c in zip(probs.tolist(), best.tolist(), cut)
-        ]
-        body = json.dumps({"results": results, "model": service.model_ref}, ensure_ascii=False, separators=(",", ":"))
+
+    def reply(payload: dict) -> Response:
+        body = json.dumps({**payload, "model": service.model_ref}, ensure_ascii=False, separators=(",", ":"))
         return Response(body.encode(), media_type="application/json")
+
+    errors = _errors(400, 401, 404, 413, 422, 429, 500, 503)
+    if bundle.task == "classification":
+        @app.post(
+            "/v1/classify", response_model=None, summary="Classify texts", responses={200: {"model": ClassifyResponse}, **errors},
+            openapi_extra={"requestBody": {"required": True, "content": {"application/json": {"schema": texts_schema}}}},
+        )
+        async def classify(request: Request) -> Response:
+            """The label, its probability and every label's probability for each text, in request order."""
+            (texts, cut), probs = await answered(request, parse_texts)
+            probs = np.asarray(probs)
+            labels, best = bundle.labels, probs.argmax(axis=1)
+            results = [
+                {"label": labels[b], "score": row[b], "scores": dict(zip(labels, row)), "truncated": c}
+                for row, b, c in zip(probs.tolist(), best.tolist(), cut)
+            ]
+            return reply({"results": results})
+
+    if bundle.task == "ner":
+        @app.post(
+            "/v1/entities", response_model=None, summary="Find entities in texts", responses={200: {"model": EntitiesResponse}, **errors},
+            openapi_extra={"requestBody": {"required": True, "content": {"application/json": {"schema": texts_schema}}}},
+        )
+        async def entities(request: Request) -> Response:
+            """Each text's entities (label, score, and character offsets into the text), in request order. A text is
+            split into words (runs of letters and digits; each punctuation mark a word of its own); a word's tag is
+            read at its first sub-token."""
+            (texts, cut), found = await answered(request, parse_texts)
+            return reply({"results": [{"entities": e, "truncated": c} for e, c in zip(found, cut)]})
+
+    if bundle.task == "qa":
+        def text_field(description: str) -> dict:
+            field = {"type": "string", "minLength": 1, "description": description}
+            return field if cfg.truncate else {**field, "maxLength": cfg.max_chars}
+
+        pair_schema = {
+            "type": "object", "required": ["question", "context"], "additionalProperties": False,
+            "properties": {"question": text_field("The question."), "context": text_field("The text that holds the answer; long ones are read in overlapping windows.")},
+        }
+        answer_schema = {"anyOf": [
+            {**pair_schema, "title": "One question", "example": {"question": "Where is my parcel?", "context": "Your parcel is at the depot in Leeds."}},
+            {"type": "object", "title": "Several questions", "required": ["items"], "additionalProperties": False,
+             "properties": {"items": {"type": "array", "items": pair_schema, "minItems": 1, "maxItems": cfg.max_texts,
+                                      "description": "Questions with their contexts, answered in one model call (at most max_texts)."}}},
+        ]}
+
+        @app.post(
+            "/v1/answer", response_model=None, summary="Answer questions from a context",
+            responses={200: {"model": AnswerResponse | AnswerBatchResponse, "description": "One answer (single form) or a list of answers (items form)."}, **errors},
+            openapi_extra={"requestBody": {"required": True, "content": {"application/json": {"schema": answer_schema}}}},
+        )
+        async def answer(request: Request) -> Response:
+            """The best answer to each question: a span of its context, with its probability and character offsets.
+            Send one question `{"question", "context"}` (the answer comes back at the top level) or several,
+            `{"items": [{"question", "context"}, ...]}` (answers in `results`, in order)."""
+            (pairs, cut, single), found = await answered(request, parse_pairs)
+            for i, result in enumerate(found):
+                if isinstance(result, ApiError):
+                    raise ApiError(result.status, result.code, (f'"items"[{i}]: ' if not single else "") + result.message)
+            results = [{**result, "truncated": c} for result, c in zip(found, cut)]
+            return reply(results[0] if single else {"results": results})
+
+    for other, path in TASK_ENDPOINTS.items():  # the other tasks' endpoints say which one this server answers
+        if other != bundle.task:
+            app.add_api_route(path, _wrong_task(bundle.task, other), methods=["POST"], include_in_schema=False)
 
     @app.get("/v1/models", summary="What is served", responses=_errors(401, 503))
     async def models() -> Response:
-        """The model served, its labels, how it batches, the metrics recorded in its bundle, and the limits."""
+        """The model served, its endpoint, its labels, how it batches, the metrics recorded in its bundle, and the limits."""
         require_ready()
-        model = {**bundle.ref(), "labels": bundle.labels, "precision": bundle.precision, "max_length": bundle.max_length,
+        model = {**bundle.ref(), "endpoint": TASK_ENDPOINTS[bundle.task], "labels": bundle.labels, "precision": bundle.precision, "max_length": bundle.max_length,
                  "batching": bundle.batching, "metrics": bundle.metrics}
         limits = {k: getattr(cfg, k) for k in ("max_batch", "max_wait_ms", "max_body_bytes", "max_texts", "max_chars", "truncate", "queue_size", "timeout_s")}
         return Response(json.dumps({"models": [model], "limits": limits}, ensure_ascii=False), media_type="application/json")
@@ -752,6 +962,13 @@ def create_app(cfg: ServeConfig) -> FastAPI:
     return app
 
 
+def _wrong_task(task: str, other: str) -> Callable:
+    async def wrong_task(request: Request) -> Response:
+        raise ApiError(404, "wrong_task", f"this server answers a {task} model, not {other}: POST {TASK_ENDPOINTS[task]} (see /docs)")
+
+    return wrong_task
+
+
 def app_from_env() -> FastAPI:
     """uvicorn's app factory in every worker process: the config comes from the environment `serve` set."""
     return create_app(from_dict(ServeConfig, json.loads(os.environ[CONFIG_ENV])))
@@ -762,9 +979,7 @@ def serve(cfg: ServeConfig) -> None:
     cfg.validate()
     bundle = open_bundle(Path(cfg.model))  # a bad bundle is one line here, not a failed load in every worker
     try:
-        from slmkit.runtime import Predictor
-
-        Predictor(bundle.directory, threads=1)
+        load_model(bundle, threads=1, batch_size=1)
     except UserError:
         raise
     except Exception as e:  # a file ONNX Runtime cannot read

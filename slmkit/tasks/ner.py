@@ -177,13 +177,17 @@ def open_ner_model(model_dir: str | Path, threads: int | None = None, batch_size
 
 def text_entities(runner: Any, texts: list[str]) -> list[list[dict]]:
     """Per text, its entities {label, score, start, end, text}, with character offsets into the text."""
-    sentences = [ner.text_sentence(t, i) for i, t in enumerate(texts)]
-    found: list[list[dict]] = [[] for _ in texts]  # a text without words has no entities
-    present = [s for s in sentences if s.words]
+    return sentence_entities(runner, [ner.text_sentence(t, i) for i, t in enumerate(texts)])
+
+
+def sentence_entities(runner: Any, sentences: list[Sentence]) -> list[list[dict]]:
+    """Per sentence, its entities, with character offsets into `sentence.text`."""
+    found: list[list[dict]] = [[] for _ in sentences]  # a sentence without words has no entities
+    present = [i for i, s in enumerate(sentences) if s.words]
     if present:
-        features, outputs = runner.run(present)
-        for s, f, logits in zip(present, features, outputs):
-            found[s.line] = ner.predicted_entities(s, logits, f["word_starts"], runner.labels)
+        features, outputs = runner.run([sentences[i] for i in present])
+        for i, f, logits in zip(present, features, outputs):
+            found[i] = ner.predicted_entities(sentences[i], logits, f["word_starts"], runner.labels)
     return found
 
 

@@ -192,6 +192,24 @@ class QAPredictor:
         return qa.answer_pairs(pairs, self.encoder, self.max_length, self.task.stride, run, n_best)
 
 
+def open_qa_model(model_dir: str | Path, threads: int | None = None, batch_size: int = 32) -> Any:
+    """The runner of a QA model directory, trained or exported (`slmkit.predict.open_task_model`); a UserError
+    for a model of another task."""
+    from slmkit.errors import UserError
+    from slmkit.predict import open_task_model
+
+    runner = open_task_model(model_dir, threads=threads, batch_size=batch_size)
+    if runner.task.name != "qa":
+        raise UserError(f"{model_dir}: a {runner.task.name} model, not a QA one: train one with --task qa")
+    return runner
+
+
+def pair_answers(runner: Any, pairs: list[tuple[str, str]], n_best: int = 1) -> list[list[qa.Answer]]:
+    """The `n_best` answers of each (question, context) pair from a runner of `open_qa_model` (either kind): windows
+    of the model's max length and stride, every window of every pair in one batched run."""
+    return qa.answer_pairs(pairs, runner.encoder, runner.encoder.truncation["max_length"], runner.task.stride, runner.outputs, n_best)
+
+
 def answer_questions(model_dir: str | Path, pairs: list[tuple[str, str]], batch_size: int = 32, threads: int | None = None) -> list[qa.Answer]:
     """The best answer (text, score, start, end in the context) of each (question, context) pair."""
     return [answers[0] for answers in QAPredictor(model_dir, threads, batch_size).answer(pairs)]
