@@ -340,3 +340,21 @@ def test_run_qa_selects_on_squad_f1_and_refuses_what_does_not_apply(tiny_base, t
     with pytest.raises(UserError, match="not a qa one"):
         run(_run_config(tiny_base, "qa", tiny_tasks["qa"]["train"], tmp_path / "t", teacher=str(tiny_tasks["ner"]["model"])), progress=False)
     assert not (tmp_path / "s").exists() and not (tmp_path / "t").exists()
+
+
+def test_a_model_trained_on_a_seq_in_folder_finds_its_data_again(tmp_path):
+    """Export, quantize and bench read a model's recorded data back: a SNIPS/ATIS-style folder is data, not a gone file."""
+    from slmkit.config import DataConfig, TrainConfig, save_config
+    from slmkit.lineage import recorded_examples
+
+    folder = tmp_path / "slots"
+    folder.mkdir()
+    (folder / "seq.in").write_text("play jazz now\nbook a table\nplay rock\n", encoding="utf-8")
+    (folder / "seq.out").write_text("O B-genre O\nO O O\nO B-genre\n", encoding="utf-8")
+    model = tmp_path / "model"
+    model.mkdir()
+    save_config(TrainConfig(task="ner", out=str(model), data=DataConfig(train=str(folder), eval_split=0.34)), model / "config.yaml")
+    train, source = recorded_examples(model, "train", "--data")
+    held, _ = recorded_examples(model, "eval", "--eval-data")
+    assert source == folder and len(train) == 2 and len(held) == 1
+    assert sorted(tuple(s.words) for s in train + held) == [("book", "a", "table"), ("play", "jazz", "now"), ("play", "rock")]
