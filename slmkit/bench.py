@@ -18,6 +18,13 @@ Then it warns about noisy figures (max - min over 10% of the median) and int8 mo
 source, marks the Pareto front of accuracy vs batch-1 latency, and writes `results.json` (its schema is
 `slmkit/schemas/bench-results.schema.json`), `report.md`, `report.html`, the charts and a model card per slmkit
 model (`slmkit.report`). Nothing is written unless the whole run succeeds.
+
+NER and QA models go through the same steps in their task's terms: the test file is read by the models' task
+(CoNLL / seq.in+seq.out / JSONL spans; SQuAD / MRQA), each model is scored by the task's full report (entity
+F1, precision and recall; SQuAD F1 and exact match; 95% bootstrap intervals), and timed per sentence / per
+question with decoding included (`measure.TaskModel`). The teacher baselines apply (teacher-torch runs the
+PyTorch model directly: transformers 5 has no QA pipeline); tfidf and fastText classify whole texts, so they are
+skipped with a note in the report.
 """
 
 from __future__ import annotations
@@ -45,6 +52,15 @@ from slmkit.progress import TaskProgress
 
 SCHEMA_VERSION = 1  # results.json: bump on any change that is not a pure addition
 SPREAD_WARNING = 0.10  # (max - min) / median over rounds above this: the figure is noisy
+# per task: the metrics the report shows, (key in the entry's metrics, display name); the first is the one the
+# Pareto front, the charts and `slm run`'s selection use
+METRIC_COLUMNS = {
+    "classification": (("accuracy", "accuracy"), ("macro_f1", "macro-F1")),
+    "ner": (("f1", "entity F1"), ("precision", "entity precision"), ("recall", "entity recall")),
+    "qa": (("f1", "F1"), ("exact_match", "exact match")),
+}
+UNITS = {"classification": "texts", "ner": "sentences", "qa": "questions"}  # what one timed item is
+TEXT_BASELINES = ("tfidf", "fasttext")  # text classifiers: they do not apply to NER or QA
 VERSIONS = ("slmkit", "numpy", "onnxruntime", "torch", "transformers", "tokenizers", "scikit-learn", "fasttext-wheel")
 
 
@@ -80,22 +96,33 @@ def bench(cfg: BenchConfig, overwrite: bool = False, progress: bool = True) -> B
     label_map = dict(item.split("=", 1) for item in cfg.label_map)
     label_map = {old.strip(): new.strip() for old, new in label_map.items()}
     data_path = Path(cfg.data)
-    examples = _read(data_path, cfg, label_map)
+    task = bench_task(cfg)
+    baselines, notes = list(cfg.baselines), []
+    if task != "classification":
+        skipped = [b for b in baselines if b in TEXT_BASELINES]
+        baselines = [b for b in baselines if b not in TEXT_BASELINES]
+        notes += [f"baseline {b} skipped: it classifies whole texts and does not apply to the {task} task" for b in skipped]
+    teacher = Path(cfg.teacher) if cfg.teacher and any(b.startswith("teacher-") for b in baselines) else None
+    if task == "classification":
+        examples = _read(data_path, cfg, label_map)
+    else:  # read by the task, with the reading settings recorded for the models (NER columns and scheme)
+        examples = _read_task(data_path, Path(cfg.models[0]) if cfg.models else teacher)
     entries = [_model_entry(Path(m), name, cfg.batch_size) for m, name in zip(cfg.models, _model_names(cfg))]
-    for entry in entries:
-        _check_labels(examples, data_path, entry.record["labels"], f"model {entry.path}")
-    teacher = Path(cfg.teacher) if cfg.teacher and any(b.startswith("teacher-") for b in cfg.baselines) else None
+    if task == "classification":
+        for entry in entries:
+            _check_labels(examples, data_path, entry.record["labels"], f"model {entry.path}")
     if teacher is not None:
         artifacts.check_model_dir(teacher)
-        _check_labels(examples, data_path, artifacts.model_labels(teacher), f"teacher {teacher}")
-    train = _read(Path(cfg.train), cfg, label_map) if {"tfidf", "fasttext"} & set(cfg.baselines) else None
-    taken = {e.name for e in entries} & set(cfg.baselines)
+        if task == "classification":
+            _check_labels(examples, data_path, artifacts.model_labels(teacher), f"teacher {teacher}")
+    train = _read(Path(cfg.train), cfg, label_map) if set(TEXT_BASELINES) & set(baselines) else None
+    taken = {e.name for e in entries} & set(baselines)
     if taken:
         raise UserError(f"--models: the name {sorted(taken)[0]!r} is a baseline's: pass --names to name the models")
-    entries += [Entry(name, "baseline", _BASELINE_BACKENDS[name]) for name in cfg.baselines]
+    entries += [Entry(name, "baseline", _BASELINE_BACKENDS[name] if task == "classification" or name != "teacher-torch" else "pytorch") for name in baselines]
     settings = {s: 1 if s == "1" else (os.cpu_count() or 1) if s == "all" else int(s) for s in dict.fromkeys(cfg.threads)}
 
-    texts = [e.text for e in examples]
+    texts = [e.text for e in examples] if task == "classification" else examples  # timed items: texts, sentences or questions
     order = np.random.default_rng(cfg.seed).permutation(len(texts))[: cfg.speed_texts]
     speed_texts = [texts[i] for i in order]
     torch_threads = _torch_threads()
@@ -114,7 +141,7 @@ def bench(cfg: BenchConfig, overwrite: bool = False, progress: bool = True) -> B
             for entry in entries:
                 bar.step(f"scoring {entry.name}")
                 _guard(entry, lambda: scorers.update({(entry.name, s): (entry.open(n), n) for s, n in settings.items()}))
-                _guard(entry, lambda: _score(entry, scorers[(entry.name, list(settings)[-1])], examples, cfg))
+                _guard(entry, lambda: _score(entry, scorers[(entry.name, list(settings)[-1])], examples, cfg, task))
                 bar.advance()
             runs = time_rounds(entries, scorers, settings, speed_texts, cfg, bar)
             for entry in entries:
@@ -125,7 +152,7 @@ def bench(cfg: BenchConfig, overwrite: bool = False, progress: bool = True) -> B
                         _guard(entry, lambda: entry.record.update(_rss(entry)))
                 bar.advance()
             scorers.clear()
-            results = _results(cfg, entries, examples, label_map, settings, len(speed_texts), time.perf_counter() - started)
+            results = _results(cfg, entries, examples, label_map, settings, len(speed_texts), time.perf_counter() - started, task, notes)
             shutil.rmtree(work, ignore_errors=True)
             save_config(cfg, staging / artifacts.CONFIG)
             artifacts.write_json(staging / artifacts.BENCH_RESULTS, results)
@@ -145,6 +172,28 @@ def _read(path: Path, cfg: BenchConfig, label_map: dict[str, str]) -> list[Examp
     if not examples:  # read_examples already refuses a file without rows; kept for other readers
         raise UserError(f"{path}: empty test set: nothing to score")
     return [replace(e, label=label_map.get(e.label, e.label)) for e in examples]
+
+
+def bench_task(cfg: BenchConfig) -> str:
+    """The task of every model (and of the teacher): one task per report."""
+    dirs = [Path(m) for m in cfg.models] + ([Path(cfg.teacher)] if cfg.teacher and any(b.startswith("teacher-") for b in cfg.baselines) else [])
+    tasks = {d: artifacts.model_task(d) for d in dirs if d.is_dir()}
+    if len(set(tasks.values())) > 1:
+        shown = ", ".join(f"{d} ({t})" for d, t in tasks.items())
+        raise UserError(f"--models: models of different tasks in one report: {shown}: bench each task's models separately")
+    return next(iter(tasks.values()), "classification")
+
+
+def _read_task(path: Path, model_dir: Path) -> list:
+    """NER sentences or QA questions of the test file, read with the settings recorded for `model_dir`."""
+    from slmkit.lineage import task_examples
+
+    if not path.is_file():
+        raise UserError(f"{path}: test file not found: pass --data FILE")
+    examples, _ = task_examples(path, model_dir, "eval", "--data")
+    if not examples:
+        raise UserError(f"{path}: empty test set: nothing to score")
+    return examples
 
 
 def _model_names(cfg: BenchConfig) -> list[str]:
@@ -168,7 +217,8 @@ def _model_entry(directory: Path, name: str, batch_size: int) -> Entry:
         labels, precision, backend = list(manifest["labels"]), manifest.get("precision", "fp32"), "onnx"
     elif (directory / artifacts.WEIGHTS).is_file() or (directory / artifacts.HF_CONFIG).is_file():
         artifacts.check_model_dir(directory)
-        labels, precision, backend = artifacts.model_labels(directory), "fp32", "pytorch"
+        labels = artifacts.model_labels(directory) if artifacts.model_task(directory) != "qa" else []  # QA: spans, no classes
+        precision, backend = "fp32", "pytorch"
     else:
         artifacts.refuse_pickle(directory, artifacts.WEIGHTS)
         raise UserError(
@@ -250,6 +300,10 @@ def _prepare_baseline(entry: Entry, cfg: BenchConfig, train: list[Example] | Non
         entry.open = lambda threads: cls(directory, threads=threads)
         entry.bytes, entry.parameters = baselines.saved_bytes(directory), cls(directory).parameters
         entry.record["train_data"] = str(cfg.train)
+    elif entry.name == "teacher-torch" and artifacts.model_task(teacher) != "classification":  # PyTorch, run directly
+        entry.path = teacher
+        entry.open = lambda threads: measure.TaskModel(teacher, threads=threads, batch_size=cfg.batch_size)
+        entry.bytes, entry.parameters = measure.size_bytes(teacher), measure.parameters(teacher)
     elif entry.name == "teacher-torch":
         entry.path, entry.rss_opener = teacher, "slmkit.baselines:open_pipeline"
         entry.open = lambda threads: baselines.PipelineBaseline(teacher, threads=threads, batch_size=cfg.batch_size)
@@ -307,9 +361,13 @@ def _pair_int8(entries: list[Entry], teacher: Path | None) -> None:
 # ---------------------------------------------------------------------------------------- measurements
 
 
-def _score(entry: Entry, scorer_threads: tuple[Any, int], examples: list[Example], cfg: BenchConfig) -> None:
-    """Task metrics on the whole test set, with the entry's own label order."""
+def _score(entry: Entry, scorer_threads: tuple[Any, int], examples: list, cfg: BenchConfig, task: str = "classification") -> None:
+    """Task metrics on the whole test set, with the entry's own label order (NER/QA: the task's full report)."""
     scorer, threads = scorer_threads
+    if task != "classification":
+        with _threads(threads):
+            entry.record["metrics"] = scorer.score(examples, n_resamples=cfg.bootstrap, seed=cfg.seed)
+        return
     labels = list(scorer.labels)
     missing = sorted({e.label for e in examples} - set(labels))
     if missing:  # only baselines get here: models were checked before anything ran
@@ -388,9 +446,12 @@ def _threads(n: int):
 # -------------------------------------------------------------------------------------------- results
 
 
-def _results(cfg: BenchConfig, entries: list[Entry], examples: list[Example], label_map: dict, settings: dict, n_speed: int, seconds: float) -> dict:
+def _results(
+    cfg: BenchConfig, entries: list[Entry], examples: list, label_map: dict, settings: dict, n_speed: int, seconds: float, task: str = "classification", notes: list[str] = ()
+) -> dict:
     pareto_setting = "1" if "1" in settings else next(iter(settings))
-    front = pareto_front([(e.name, e.record["metrics"]["accuracy"], e.record["speed"][pareto_setting]["p50_ms"]["median"]) for e in entries if e.error is None])
+    key = METRIC_COLUMNS[task][0][0]
+    front = pareto_front([(e.name, e.record["metrics"][key], e.record["speed"][pareto_setting]["p50_ms"]["median"]) for e in entries if e.error is None])
     records = []
     for e in entries:
         record = {
@@ -422,11 +483,14 @@ def _results(cfg: BenchConfig, entries: list[Entry], examples: list[Example], la
         "data": {
             "path": str(cfg.data),
             "n_examples": len(examples),
-            "labels": sorted({e.label for e in examples}),
+            "labels": _data_labels(examples, task),
             "label_map": label_map,
             "text_col": cfg.text_col,
             "label_col": cfg.label_col,
         },
+        "task": task,
+        "metric_columns": [list(c) for c in METRIC_COLUMNS[task]],
+        "unit": UNITS[task],
         "train_data": cfg.train,
         "teacher": cfg.teacher,
         "timing": {
@@ -443,9 +507,18 @@ def _results(cfg: BenchConfig, entries: list[Entry], examples: list[Example], la
         "hardware": hardware,
         "entries": records,
         "pareto_front": [name for name, *_ in sorted(((e.name, e.record["speed"][pareto_setting]["p50_ms"]["median"]) for e in entries if e.name in front), key=lambda x: x[1])],
-        "warnings": timing_warnings(records, settings) + [f"peak RSS of {r['name']} not measured: {r['rss_error']}" for r in records if r["rss_error"]],
+        "warnings": list(notes) + timing_warnings(records, settings) + [f"peak RSS of {r['name']} not measured: {r['rss_error']}" for r in records if r["rss_error"]],
         "seconds": seconds,
     }
+
+
+def _data_labels(examples: list, task: str) -> list[str]:
+    """The test set's classes (classification), entity types (NER), or none (QA)."""
+    if task == "classification":
+        return sorted({e.label for e in examples})
+    if task == "ner":
+        return sorted({t[2:] for s in examples for t in s.tags if t != "O"})
+    return []
 
 
 def pareto_front(points: list[tuple[str, float, float]]) -> set[str]:

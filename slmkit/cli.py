@@ -379,7 +379,7 @@ def quantize(
     m = result.metrics
     if m["fp32_metric"] is not None:
         table = Table(title="accuracy-aware steps" if m["max_drop"] is not None else "int8 vs fp32", show_header=True)
-        for column in ("step", "accuracy", "drop (points)", "agreement"):
+        for column in ("step", m["metric_name"], "drop (points)", "agreement"):
             table.add_column(column, justify="left" if column == "step" else "right")
         table.add_row("fp32", f"{m['fp32_metric']:.4f}", "", "")
         for row in m["tried"]:
@@ -545,8 +545,10 @@ def bench(
     result = run_bench(load_config(BenchConfig, config, set_, **flags), overwrite=overwrite, progress=not quiet)
     r = result.results
     first, last = r["timing"]["pareto_threads"], list(r["timing"]["threads"])[-1]
-    table = Table(title=f"{r['data']['n_examples']} examples of {r['data']['path']}", show_header=True)
-    for column in ("entry", "accuracy (95% CI)", f"p50 ms @{first}", f"texts/s @{last}", "MB", "Pareto"):
+    key, metric = (r.get("metric_columns") or [["accuracy", "accuracy"]])[0]  # NER: entity F1; QA: F1
+    unit = r.get("unit", "texts")
+    table = Table(title=f"{r['data']['n_examples']} {'examples' if unit == 'texts' else unit} of {r['data']['path']}", show_header=True)
+    for column in ("entry", f"{metric} (95% CI)", f"p50 ms @{first}", f"{unit}/s @{last}", "MB", "Pareto"):
         table.add_column(column, justify="left" if column == "entry" else "right")
     for e in r["entries"]:
         if e["status"] != "ok":
@@ -554,7 +556,7 @@ def bench(
             continue
         m, speed = e["metrics"], e["speed"]
         table.add_row(
-            e["name"], f"{100 * m['accuracy']:.1f} ({100 * m['accuracy_ci95'][0]:.1f}–{100 * m['accuracy_ci95'][1]:.1f})",
+            e["name"], f"{100 * m[key]:.1f} ({100 * m[f'{key}_ci95'][0]:.1f}–{100 * m[f'{key}_ci95'][1]:.1f})",
             f"{speed[first]['p50_ms']['median']:.3g}", f"{speed[last]['throughput_per_s']['median']:,.0f}",
             f"{(e['bytes'] or 0) / 1e6:.1f}", "✓" if e["pareto"] else "",
         )
@@ -614,6 +616,7 @@ def run_pipeline(
     eval: Eval = None,
     test: Annotated[Optional[str], typer.Option(help=_h(RunConfig, "test"))] = None,
     out_dir: Annotated[Optional[str], typer.Option("--out", help=_h(RunConfig, "out"))] = None,
+    task: Annotated[Optional[str], typer.Option(help=_h(RunConfig, "task"))] = None,
     budget_size: Annotated[Optional[str], typer.Option("--budget-size", help=_h(BudgetConfig, "size") + " Default 5MB; none: no budget.")] = None,
     budget_latency: Annotated[Optional[str], typer.Option("--budget-latency", help=_h(BudgetConfig, "latency") + " Default 1ms; none: no budget.")] = None,
     max_drop: Annotated[Optional[str], typer.Option("--max-drop", help=_h(BudgetConfig, "max_drop") + " Default 3.0; none: no budget.")] = None,
@@ -650,7 +653,7 @@ def run_pipeline(
         except ValueError:
             raise UserError(f"--max-drop {max_drop!r}: not a number of accuracy points: write it like 1.0 or 0.5, or none for no budget") from None
     flags = {
-        "out": out_dir, "data.train": data, "data.eval": eval, "test": test, "data.text_col": text_col, "data.label_col": label_col,
+        "out": out_dir, "task": task, "data.train": data, "data.eval": eval, "test": test, "data.text_col": text_col, "data.label_col": label_col,
         "data.drop_empty": drop_empty, "data.encoding": encoding, "model.base": base, "teacher": teacher, "students": student or None,
         "budget.size": budget_size, "budget.latency": budget_latency, "budget.max_drop": float(max_drop) if max_drop is not None else None,
         "strict": strict, "search.trials": search, "search.storage": storage,
@@ -687,11 +690,11 @@ def _print_run(result) -> None:
     s, teacher, threads = result.selection, result.teacher, result.latency_threads
     table = Table(
         title=f"{result.n_test} test examples · budgets: {describe(result.budgets)}",
-        caption=f"p50: batch-1 latency at {threads} thread{'s' if threads != 1 else ''} · drop: accuracy points below the teacher",
+        caption=f"p50: batch-1 latency at {threads} thread{'s' if threads != 1 else ''} · drop: {result.metric} points below the teacher",
         box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False, collapse_padding=True, title_justify="left", caption_justify="left",
     )
     table.add_column("candidate", no_wrap=True)
-    for column in ("params", "acc %", "drop", "p50 ms", "MB", "budgets"):
+    for column in ("params", "acc %" if result.metric == "accuracy" else f"{result.metric} %", "drop", "p50 ms", "MB", "budgets"):
         table.add_column(column, justify="left" if column == "budgets" else "right", no_wrap=column != "budgets")
     for check in s.checks:
         c = check.candidate
@@ -715,12 +718,13 @@ def _print_run(result) -> None:
             out.print(f"{result.stale_bundle} still holds an earlier run's bundle, chosen under that run's budgets")
     else:
         out.print(
-            f"chosen: [bold]{c.name}[/bold]: accuracy {100 * c.accuracy:.2f}% vs the teacher's {100 * teacher.accuracy:.2f}% "
+            f"chosen: [bold]{c.name}[/bold]: {result.metric} {100 * c.accuracy:.2f}% vs the teacher's {100 * teacher.accuracy:.2f}% "
             f"({-c.drop_points:+.2f} points), {teacher.latency_ms / c.latency_ms:.1f}× faster ({c.latency_ms:.3g} ms vs "
             f"{teacher.latency_ms:.3g} ms batch-1 p50 at {threads} thread{'s' if threads != 1 else ''}), {c.bytes / 1e6:.2f} MB "
             f"({teacher.bytes / c.bytes:.0f}× smaller than the teacher's {teacher.bytes / 1e6:.1f} MB)", soft_wrap=True,
         )
-        out.print(f"bundle: [bold]{result.bundle}[/bold] (load it with slmkit.runtime.Predictor)", soft_wrap=True)
+        loader = "slmkit.runtime.Predictor" if result.metric == "accuracy" else "slmkit.runtime.TaskSession, or slmkit.predict.open_task_model"
+        out.print(f"bundle: [bold]{result.bundle}[/bold] (load it with {loader})", soft_wrap=True)
     if result.search is not None:
         found = result.search
         counts = ", ".join(f"{n} {state}" for state, n in sorted(found.counts.items()))

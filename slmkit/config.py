@@ -533,6 +533,7 @@ class RunConfig:
     """`slm run`: fine-tune a teacher, distill a ladder of students, compress, benchmark, select and ship."""
 
     out: str = _f("", "Run directory: cached stages, the benchmark report and the deployable bundle (deploy/).")
+    task: str = _f("classification", "Task: classification, ner or qa; NER and QA select on entity / SQuAD F1 (their student ladder waits for slm distill to support them).")
     data: DataConfig = field(default_factory=DataConfig)
     test: str | None = _f(None, "Labeled test file for the benchmark and the budgets; default: a held-out split of --data.")
     test_split: float = _f(0.2, "Fraction of --data held out as the test set when no --test file is given (seeded, stratified).")
@@ -555,6 +556,8 @@ class RunConfig:
         b, q, bench = self.budget, self.quantize, self.bench
         unknown = [x for x in bench.baselines if x not in PIPELINE_BASELINES]
         _check([
+            (self.task in TASK_METRICS, "task", f"unknown task {self.task!r}: valid tasks are {', '.join(TASK_METRICS)}"),
+            (self.task == "classification" or self.search.trials == 0, "search.trials", f"--search explores classification students only: leave it out for --task {self.task}"),
             (bool(self.data.train), "data.train", "no training data: pass --data FILE"),
             (bool(self.out), "out", "no output directory: pass --out DIR"),
             (0 < self.data.eval_split < 1, "data.eval_split", f"must be a fraction in (0, 1) (got {self.data.eval_split})"),
@@ -587,7 +590,7 @@ class RunConfig:
         ])
         parse_size(b.size, "--budget-size")
         parse_latency(b.latency, "--budget-latency")
-        TrainConfig(out=self.out, data=self.data, model=self.model, train=self.train).validate()
+        TrainConfig(task=self.task, out=self.out, data=self.data, model=self.model, train=self.train).validate()
         for entry in self.students:
             spec, train, augment, loss = ladder_entry(entry, self.distill)
             if "=" in spec.split(":")[0]:  # `--set students=cnn:filters=128,embed=64` split at the spec's own commas

@@ -55,10 +55,10 @@ def recorded_examples(model_dir: Path, split: str, flag: str) -> tuple[list, Pat
     train_path = Path(d.train)
     if split == "eval" and d.eval:
         path = Path(d.eval)
-        if not path.is_file():
+        if not path.exists():  # a file, or a seq.in/seq.out folder (NER)
             raise UserError(f"{path}: the eval file recorded for {model_dir} is gone: pass {flag} FILE")
         return task.read(path, d), path
-    if not train_path.is_file():
+    if not train_path.exists():  # a file, or a seq.in/seq.out folder (NER)
         raise UserError(f"{train_path}: the training file recorded for {model_dir} is gone: pass {flag} FILE")
     examples = task.read(train_path, d)
     if d.eval:

@@ -25,7 +25,10 @@ from slmkit import artifacts
 
 
 def open_model(directory: str | Path, threads: int | None = None, batch_size: int = 32):
-    """The runtime `Predictor` (ONNX) or a `TorchPredictor` (PyTorch) for `directory`."""
+    """The runtime `Predictor` (ONNX) or a `TorchPredictor` (PyTorch) for `directory`; a `TaskModel` for an NER
+    or QA model."""
+    if artifacts.model_task(Path(directory)) != "classification":
+        return TaskModel(directory, threads=threads, batch_size=batch_size)
     if (Path(directory) / artifacts.ONNX_MODEL).is_file():
         from slmkit.runtime import Predictor
 
@@ -33,6 +36,43 @@ def open_model(directory: str | Path, threads: int | None = None, batch_size: in
     from slmkit.predict import TorchPredictor
 
     return TorchPredictor(directory, threads=threads, batch_size=batch_size)
+
+
+class TaskModel:
+    """An NER or QA model directory (exported: the torch-free `TaskSession`; trained: PyTorch) behind the timing
+    interface: `predict_proba(items)` runs the model over a batch of the task's examples and decodes them (each
+    sentence's tags, each question's best answer), which is what serving one request costs. A plain string is
+    taken as a one-sentence text (NER) or as a question asked of itself (QA), so a probe needs no data file."""
+
+    def __init__(self, directory: str | Path, threads: int | None = None, batch_size: int = 32):
+        from slmkit.predict import open_task_model
+
+        self.runner = open_task_model(directory, threads=threads, batch_size=batch_size)
+        self.task, self.labels = self.runner.task, list(self.runner.labels)
+
+    def examples(self, items: list) -> list:
+        if self.task.name == "ner":
+            from slmkit.ner import text_sentence
+
+            return [text_sentence(x, i) if isinstance(x, str) else x for i, x in enumerate(items)]
+        from slmkit.qa import QAExample
+
+        return [QAExample(str(i), x, x, [], i) if isinstance(x, str) else x for i, x in enumerate(items)]
+
+    def predict_proba(self, items: list) -> list:
+        """Per item: (tags, their probabilities) for NER, the best answers for QA."""
+        examples = self.examples(items)
+        features, outputs = self.runner.run(examples)
+        if self.task.name == "ner":
+            return self.task.predict_tags(features, outputs, self.labels)
+        from slmkit.qa import decode_answers
+
+        return decode_answers(examples, features, outputs)
+
+    def score(self, examples: list, n_resamples: int = 1000, seed: int = 0) -> dict:
+        """The task's full report (point estimates with 95% bootstrap intervals) against the examples' gold."""
+        features, outputs = self.runner.run(examples)
+        return self.task.score(examples, features, outputs, self.labels, full=True, seed=seed, n_resamples=n_resamples)
 
 
 def latency_ms(call: Callable[[list[str]], object], texts: list[str], n: int = 200, warmup: int = 10) -> dict:

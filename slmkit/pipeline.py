@@ -26,6 +26,12 @@ With `--search N` a stage `search` runs between the ladder and the benchmark (`s
 `slmkit.search`): each trial is one more distill → export → quantize chain planned by `student_stages`, measured
 by a one-model `bench_stage` on the eval split; the Pareto front's int8 models join the benchmark and the same
 `select`. Workers sharing the run directory take turns (a file lock) on everything but the trials.
+
+`--task ner|qa` runs the same stages in the task's terms: the splits are the task's examples (NER sentences
+written as BIO CoNLL, QA questions as SQuAD JSON; QA holds out whole paragraphs), the teacher is trained for the
+task, export and quantize use its features, the benchmark scores entity F1 / SQuAD F1, and the selection ranks
+(and the max-drop budget counts points of) that F1. Students join when `slm distill` supports the task
+(`DISTILL_TASKS`); until then the candidates are the teacher ladder: the teacher in fp32 and in int8.
 """
 
 from __future__ import annotations
@@ -56,6 +62,11 @@ KEY_LENGTH = 12  # hex digits of a stage key in its directory name
 TEACHER = "teacher"  # the teacher's candidate names: "teacher" (fp32 ONNX) and "teacher-int8"
 INT8_SUFFIX = "-int8"
 LOCK_FILE = ".lock"  # with a search: workers sharing the run directory take turns on its shared stages
+DISTILL_TASKS = ("classification",)  # the tasks slm distill trains students for; the others run the teacher ladder only
+SPLIT_FILES = {  # the data stage's files per task, in a format the task's reader takes back
+    "ner": {"train": "train.conll", "eval": "eval.conll", "test": "test.conll"},
+    "qa": {"train": "train.json", "eval": "eval.json", "test": "test.json"},
+}
 ABBREVIATIONS = {"layers": "L", "hidden": "H", "heads": "A", "ffn": "F", "embed": "E", "filters": "F", "widths": "W"}
 
 
@@ -63,9 +74,9 @@ ABBREVIATIONS = {"layers": "L", "hidden": "H", "heads": "A", "ffn": "F", "embed"
 class Splits:
     """The examples every stage trains, selects epochs and is tested on, and where they came from."""
 
-    train: list[Example]
-    eval: list[Example]
-    test: list[Example]
+    train: list  # Examples; NER Sentences; QA questions
+    eval: list
+    test: list
     labels: list[str]
     sources: dict[str, str]  # split -> the file it is, or the split it was held out as
     sha256: dict[str, str]  # given file -> content hash ("train", and "eval" / "test" when given)
@@ -96,6 +107,7 @@ class RunResult:
     bundle: Path | None  # deploy/, when a candidate met every budget
     stale_bundle: Path | None  # an earlier run's deploy/ left in place when none met this run's budgets
     search: Any = None  # slmkit.search.SearchResult with --search: the study's counts and Pareto front
+    metric: str = "accuracy"  # what `accuracy` and `drop_points` of the candidates measure (NER/QA: f1)
 
 
 # ------------------------------------------------------------------------------------------ the stage
@@ -109,7 +121,7 @@ def run(cfg: RunConfig, fresh: bool = False, progress: bool = True) -> RunResult
     splits = read_splits(cfg)
     teacher_given = Path(cfg.teacher) if cfg.teacher else None
     if teacher_given is not None:
-        _check_teacher(teacher_given, splits)
+        _check_teacher(teacher_given, splits, cfg.task)
     _check_run_dir(out, splits, fresh)
     searching = cfg.search.trials > 0
     p = plan(cfg, out, splits, teacher_given)
@@ -162,7 +174,7 @@ def run(cfg: RunConfig, fresh: bool = False, progress: bool = True) -> RunResult
         candidates, teacher, baselines = candidates_from_bench(results)
         selection = select(candidates, budgets)
         record["selection"] = {"chosen": selection.chosen.name if selection.chosen else None, "explanation": selection.explanation,
-                               "budgets": describe(budgets), "teacher_accuracy": teacher.accuracy}
+                               "budgets": describe(budgets), "teacher_accuracy": teacher.accuracy, "metric": metric_key(results)}
 
         # deploy: the chosen model as a bundle, rebuilt only when the choice or its measurements changed
         deploy = out / artifacts.DEPLOY_DIR
@@ -186,7 +198,7 @@ def run(cfg: RunConfig, fresh: bool = False, progress: bool = True) -> RunResult
         artifacts.write_json(out / artifacts.RUN_RECORD, record)
     return RunResult(
         out, record["stages"], selection, teacher, baselines, budgets, len(splits.test), int(results["timing"]["threads"][results["timing"]["pareto_threads"]]),
-        bench.out / artifacts.BENCH_HTML, bundle, stale, found,
+        bench.out / artifacts.BENCH_HTML, bundle, stale, found, metric_key(results),
     )
 
 
@@ -241,6 +253,8 @@ def _say(progress: bool, line: str) -> None:
 
 def read_splits(cfg: RunConfig) -> Splits:
     """Read --data (and --eval / --test), holding out what is not given, with one-line errors for bad data."""
+    if cfg.task != "classification":
+        return read_task_splits(cfg)
     d = cfg.data
     read = lambda path: read_examples(path, d.text_col, d.label_col, d.encoding, d.drop_empty)  # noqa: E731
     train_path = Path(d.train)
@@ -269,6 +283,43 @@ def read_splits(cfg: RunConfig) -> Splits:
     return Splits(examples, eval_, test, labels, sources, sha256)
 
 
+def run_task(cfg: RunConfig):
+    """The task of the run with its settings (NER scheme and strictness, QA stride)."""
+    from slmkit.tasks import get_task, task_options
+
+    return get_task(cfg.task, **task_options(TrainConfig(task=cfg.task, data=cfg.data, model=cfg.model)))
+
+
+def read_task_splits(cfg: RunConfig) -> Splits:
+    """NER / QA: the task reads the files and holds out the test and eval sets it is not given (its own split:
+    sentences at random, QA whole paragraphs)."""
+    task, d = run_task(cfg), cfg.data
+    train_path = Path(d.train)
+    examples = task.read(train_path, d)
+    sha256, sources = {"train": artifacts.file_sha256(train_path)}, {"train": str(train_path)}
+    held_out = [name for name, given in (("eval", d.eval), ("test", cfg.test)) if not given]
+    if len(examples) < 1 + 2 * len(held_out):
+        flags = " and ".join(f"--{name}" for name in held_out)
+        raise UserError(f"{train_path}: too small to hold out {' and '.join(held_out)} sets: {len(examples)} examples, and at least {1 + 2 * len(held_out)} are needed: add examples or pass {flags} FILE")
+    if cfg.test:
+        test_path = Path(cfg.test)
+        test = task.read(test_path, d)
+        sha256["test"], sources["test"] = artifacts.file_sha256(test_path), str(test_path)
+    else:
+        examples, test = task.split(examples, cfg.test_split, cfg.seed)
+        sources["test"] = f"{cfg.test_split:.0%} split of {train_path}"
+    if d.eval:
+        eval_path = Path(d.eval)
+        eval_ = task.read(eval_path, d)
+        sha256["eval"], sources["eval"] = artifacts.file_sha256(eval_path), str(eval_path)
+    else:
+        eval_path = train_path
+        examples, eval_ = task.split(examples, d.eval_split, cfg.seed)
+        sources["eval"] = f"{d.eval_split:.0%} split of the rest of {train_path}"
+    labels = task.labels(examples, train_path, eval_, eval_path)
+    return Splits(examples, eval_, test, labels, sources, sha256)
+
+
 def _check_size(examples: list[Example], path: Path, held_out: list[str]) -> None:
     """Each label needs one example to train on plus one per held-out split, or some split lacks it entirely."""
     if not held_out:
@@ -286,8 +337,12 @@ def _check_size(examples: list[Example], path: Path, held_out: list[str]) -> Non
         )
 
 
-def _check_teacher(teacher: Path, splits: Splits) -> None:
+def _check_teacher(teacher: Path, splits: Splits, task: str = "classification") -> None:
     artifacts.check_model_dir(teacher)
+    if artifacts.model_task(teacher) != task:
+        raise UserError(f"{teacher}: a {artifacts.model_task(teacher)} model, not a {task} one: pass a teacher trained with slm train --task {task}, or leave out --teacher")
+    if task != "classification":
+        return
     id2label = artifacts.read_json(teacher / artifacts.HF_CONFIG).get("id2label")
     if not id2label:
         raise UserError(f"{teacher}: not a fine-tuned classifier (its config.json has no labels): pass --teacher, the --out directory of slm train")
@@ -371,7 +426,7 @@ def plan(cfg: RunConfig, out: Path, splits: Splits, teacher_given: Path | None) 
     stages, up = base_stages(cfg, out, splits, teacher_given)
     candidates: list[tuple[str, Stage]] = []
     seen: dict[str, str] = {}
-    for entry in cfg.students:
+    for entry in cfg.students if cfg.task in DISTILL_TASKS else []:
         name = student_name(entry)
         if name in seen:
             raise UserError(f"setting students: {seen[name]!r} and {entry!r} are the same student: list it once")
@@ -392,15 +447,15 @@ def base_stages(cfg: RunConfig, out: Path, splits: Splits, teacher_given: Path |
 
     data_key = _key("data", splits.sha256, _settings(cfg.data, "train", "eval"), cfg.test_split, cfg.seed)
     data_dir = artifacts.stage_dir(out, "data", data_key)
-    split_files = {name: data_dir / filename for name, filename in artifacts.SPLITS.items()}
+    split_files = {name: data_dir / filename for name, filename in SPLIT_FILES.get(cfg.task, artifacts.SPLITS).items()}
     data = Stage("data", "data", data_key, data_dir, lambda progress: _write_splits(splits, cfg, data_dir))
     if teacher_given is not None:
         key = _key("teacher-given", *(artifacts.file_sha256(teacher_given / n) for n in (artifacts.WEIGHTS, artifacts.TOKENIZER, artifacts.HF_CONFIG)))
         teacher = Stage(f"teacher {teacher_given}", "teacher", key, teacher_given, None)
     else:
-        key = _key("teacher", data_key, to_dict(cfg.model), to_dict(cfg.train))
+        key = _key("teacher", data_key, to_dict(cfg.model), to_dict(cfg.train), cfg.task)
         teacher_dir = artifacts.stage_dir(out, "teacher", key)
-        train_cfg = TrainConfig(out=str(teacher_dir), data=_data(split_files), model=cfg.model, train=cfg.train)
+        train_cfg = TrainConfig(task=cfg.task, out=str(teacher_dir), data=_data(split_files, cfg.task, cfg.data), model=cfg.model, train=cfg.train)
         teacher = Stage("teacher: fine-tune", "teacher", key, teacher_dir,
                         lambda progress: train(train_cfg, resume=_interrupted_training(teacher_dir), progress=progress))
     return [data, teacher], Upstream(cfg, out, data_key, split_files, teacher.key, teacher.out)
@@ -413,8 +468,11 @@ def student_stages(up: Upstream, entry: str, name: str | None = None, on_epoch: 
 
     name = name or student_name(entry)
     spec, optim, augment, loss = ladder_entry(entry, up.cfg.distill)
+    if up.cfg.task != "classification":
+        augment = 0.0  # augmented texts are whole-text paraphrases: classification only
     d = up.cfg.distill
-    distill_cfg = DistillConfig(teacher=str(up.teacher_dir), student=spec, out="", data=_data(up.split_files), augment=augment, trim_vocab=d.trim_vocab,
+    distill_cfg = DistillConfig(teacher=str(up.teacher_dir), student=spec, out="", data=_data(up.split_files, up.cfg.task, up.cfg.data), augment=augment,
+                                trim_vocab=d.trim_vocab and up.cfg.task == "classification",  # slm trim-vocab is for classification
                                 cache_dir=str(up.out / artifacts.DISTILL_CACHE), loss=loss, train=optim)
     key = _key("distill", up.teacher_key, up.data_key, _settings(distill_cfg, "teacher", "out", "data.train", "data.eval", "cache_dir"))
     distill_cfg = replace(distill_cfg, out=str(artifacts.stage_dir(up.out, f"distill-{name}", key)))
@@ -523,8 +581,14 @@ def search_students(up: Upstream, budgets: Budgets, progress: bool) -> "search.S
     return search.summarize(study, search.shown_url(url), ran)
 
 
-def _data(split_files: dict[str, Path]) -> DataConfig:
-    return DataConfig(train=str(split_files["train"]), eval=str(split_files["eval"]))  # the JSONL splits' columns: text, label
+def _data(split_files: dict[str, Path], task: str = "classification", given: DataConfig | None = None) -> DataConfig:
+    """How the stages read the split files: JSONL columns text and label; NER's BIO CoNLL (word and tag); QA's SQuAD JSON."""
+    data = DataConfig(train=str(split_files["train"]), eval=str(split_files["eval"]))
+    if task == "ner":
+        data = replace(data, scheme="bio", tag_col=-1, strict=given.strict if given else False)
+    if task == "qa" and given is not None:
+        data = replace(data, strict=given.strict)
+    return data
 
 
 def _interrupted_training(out: Path) -> bool:
@@ -534,9 +598,16 @@ def _interrupted_training(out: Path) -> bool:
 
 def _write_splits(splits: Splits, cfg: RunConfig, out: Path) -> None:
     with artifacts.staged(out, overwrite=False) as staging:
-        for name, filename in artifacts.SPLITS.items():
+        for name, filename in SPLIT_FILES.get(cfg.task, artifacts.SPLITS).items():
             rows = getattr(splits, name)
-            (staging / filename).write_text("".join(json.dumps({"text": e.text, "label": e.label}, ensure_ascii=False) + "\n" for e in rows), encoding="utf-8")
+            if cfg.task == "ner":  # BIO tags (the reader converted every scheme to BIO)
+                from slmkit.ner import write_conll
+
+                write_conll(staging / filename, rows, [s.tags for s in rows], "bio")
+            elif cfg.task == "qa":
+                artifacts.write_json(staging / filename, squad_json(rows))
+            else:
+                (staging / filename).write_text("".join(json.dumps({"text": e.text, "label": e.label}, ensure_ascii=False) + "\n" for e in rows), encoding="utf-8")
         settings = {"data": to_dict(cfg.data), "test": cfg.test, "test_split": cfg.test_split, "seed": cfg.seed}
         (staging / artifacts.CONFIG).write_text(yaml.safe_dump(settings, sort_keys=False), encoding="utf-8")
         artifacts.write_json(staging / artifacts.METRICS, {
@@ -545,29 +616,43 @@ def _write_splits(splits: Splits, cfg: RunConfig, out: Path) -> None:
         })
 
 
+def squad_json(examples: list) -> dict:
+    """QA examples as a SQuAD v1.1 file: one paragraph per distinct context, its questions in order."""
+    paragraphs: dict[str, list] = {}
+    for e in examples:
+        paragraphs.setdefault(e.context, []).append({"id": e.id, "question": e.question, "answers": [{"text": t, "answer_start": a} for t, a in e.answers]})
+    return {"version": "1.1", "data": [{"title": "slm run split", "paragraphs": [{"context": c, "qas": qas} for c, qas in paragraphs.items()]}]}
+
+
 # ------------------------------------------------------------------------------------------ selection
 
 
 def candidates_from_bench(results: dict) -> tuple[list[Candidate], Candidate, list[dict]]:
     """The deployable candidates (slmkit ONNX models) as measured, the teacher's fp32 entry, and the baselines."""
     threads = results["timing"]["pareto_threads"]  # 1 thread when measured: the budget's latency
+    key = metric_key(results)  # accuracy; NER entity F1; QA F1: `Candidate.accuracy` holds it
     ok = [e for e in results["entries"] if e["status"] == "ok"]
     by_name = {e["name"]: e for e in ok}
     if TEACHER not in by_name:
         raise RuntimeError(f"the benchmark has no {TEACHER!r} entry")  # a bug: bench raises for failing models
-    teacher_accuracy = by_name[TEACHER]["metrics"]["accuracy"]
+    teacher_accuracy = by_name[TEACHER]["metrics"][key]
 
     def candidate(e: dict) -> Candidate:
-        accuracy = e["metrics"]["accuracy"]
+        accuracy = e["metrics"][key]
         return Candidate(e["name"], accuracy, 100 * (teacher_accuracy - accuracy), e["speed"][threads]["p50_ms"]["median"], e["bytes"], e["parameters"], e["path"])
 
     candidates = [candidate(e) for e in ok if e["kind"] == "model"]
     baselines = [
         {"name": e["name"], "error": e["error"]} if e["status"] != "ok" else
-        {"name": e["name"], "accuracy": e["metrics"]["accuracy"], "latency_ms": e["speed"][threads]["p50_ms"]["median"], "bytes": e["bytes"], "error": None}
+        {"name": e["name"], "accuracy": e["metrics"][key], "latency_ms": e["speed"][threads]["p50_ms"]["median"], "bytes": e["bytes"], "error": None}
         for e in results["entries"] if e["kind"] == "baseline"
     ]
     return candidates, candidate(by_name[TEACHER]), baselines
+
+
+def metric_key(results: dict) -> str:
+    """The metric a bench report ranks by (its first metric column; classification's accuracy when absent)."""
+    return (results.get("metric_columns") or [["accuracy"]])[0][0]
 
 
 # ------------------------------------------------------------------------------------------ the bundle
@@ -588,8 +673,9 @@ def write_bundle(staging: Path, key: str, selection: Selection, teacher: Candida
     manifest["bundle"] = {
         "key": key,
         "model": chosen.name,
-        "accuracy": chosen.accuracy,
+        "accuracy": chosen.accuracy,  # of `metric`
         "teacher_accuracy": teacher.accuracy,
+        "metric": metric_key(results),
         "latency_ms": chosen.latency_ms,
         "bytes": chosen.bytes,
         "budgets": describe(budgets),
@@ -635,13 +721,25 @@ def model_card(chosen: Candidate, entry: dict, teacher: Candidate, results: dict
     """The bundle's README.md: what the model does, its data, how it compares with the teacher, how to load it."""
     m, hw, t = entry["metrics"], results["hardware"], results["timing"]
     threads = results["timing"]["threads"][t["pareto_threads"]]
-    lo, hi = m["accuracy_ci95"]
+    key, metric = (results.get("metric_columns") or [["accuracy", "accuracy"]])[0]
+    lo, hi = m[f"{key}_ci95"]
+    task = results.get("task", "classification")
     shown = ", ".join(splits.labels[:10]) + (f", … ({len(splits.labels)} in all)" if len(splits.labels) > 10 else "")
     provenance = entry.get("provenance") or {}
     teacher_base = (next(e for e in results["entries"] if e["name"] == TEACHER).get("provenance") or {}).get("base")
+    what = {"classification": "a text classifier", "ner": "a named-entity tagger", "qa": "an extractive question answerer"}[task]
+    classes = {"classification": f"{len(splits.labels)} labels: {shown}. ", "ner": f"{len(splits.labels)} BIO tags: {shown}. ", "qa": "Answers are spans of the context. "}[task]
+    load = {
+        "classification": ["from slmkit.runtime import Predictor", "", "predictor = Predictor(\"deploy\")  # this directory; onnxruntime + tokenizers, no torch",
+                           "predictor.predict([\"some text\"])  # [Prediction(text, label, score, scores)]"],
+        "ner": ["from slmkit.tasks.ner import predict_entities", "",
+                "predict_entities(\"deploy\", [\"some text\"])  # per text: [{label, score, start, end, text}]; onnxruntime, no torch"],
+        "qa": ["from slmkit.qa import QAExample", "from slmkit.runtime import TaskSession", "",
+               "session = TaskSession(\"deploy\")  # onnxruntime + tokenizers, no torch; see docs/qa.md for answers from its outputs"],
+    }[task]
     lines = [
-        f"# {chosen.name}: a text classifier chosen by `slm run`", "",
-        f"{len(splits.labels)} labels: {shown}. ONNX Runtime, {entry['precision']}, {chosen.parameters or 0:,} parameters, "
+        f"# {chosen.name}: {what} chosen by `slm run`", "",
+        f"{classes}ONNX Runtime, {entry['precision']}, {chosen.parameters or 0:,} parameters, "
         f"{chosen.bytes / 1e6:.2f} MB. Why this one: {selection.explanation}", "",
         "## Data", "",
         f"- Training: {splits.sources['train']} ({len(splits.train)} examples trained on)",
@@ -652,11 +750,11 @@ def model_card(chosen: Candidate, entry: dict, teacher: Candidate, results: dict
         lines.append(f"- Student architecture: `{provenance['student']}`, distilled from the teacher")
     lines += [
         "", "## Accuracy, speed and size", "",
-        "| | test accuracy (95% CI) | batch-1 p50 | size on disk |", "|---|---:|---:|---:|",
+        f"| | test {metric} (95% CI) | batch-1 p50 | size on disk |", "|---|---:|---:|---:|",
         f"| this model | {100 * chosen.accuracy:.2f}% ({100 * lo:.1f}–{100 * hi:.1f}) | {chosen.latency_ms:.3g} ms | {chosen.bytes / 1e6:.2f} MB |",
         f"| teacher ({teacher_base or 'fine-tuned'}, ONNX fp32) | {100 * teacher.accuracy:.2f}% | {teacher.latency_ms:.3g} ms | {teacher.bytes / 1e6:.2f} MB |",
         "",
-        f"{abs(chosen.drop_points):.2f} points {'below' if chosen.drop_points > 0 else 'above'} the teacher's accuracy; "
+        f"{abs(chosen.drop_points):.2f} points {'below' if chosen.drop_points > 0 else 'above'} the teacher's {metric}; "
         f"{teacher.latency_ms / chosen.latency_ms:.1f}× faster and "
         f"{teacher.bytes / chosen.bytes:.1f}× smaller. Latency: median over {t['rounds']} rounds of {t['latency_calls']} batch-1 calls at "
         f"{threads} thread{'s' if threads != 1 else ''} on {hw['cpu']} (tokenization included).", "",
@@ -664,16 +762,15 @@ def model_card(chosen: Candidate, entry: dict, teacher: Candidate, results: dict
         f"{describe(budgets)}: met. The full benchmark (every candidate and baseline) is in `report/report.html`.", "",
         "## How to load it", "",
         "```python",
-        "from slmkit.runtime import Predictor",
-        "",
-        "predictor = Predictor(\"deploy\")  # this directory; onnxruntime + tokenizers, no torch",
-        "predictor.predict([\"some text\"])  # [Prediction(text, label, score, scores)]",
+        *load,
         "```", "",
         "`manifest.json` lists every file's SHA-256 (`slm verify deploy` checks them); `labels.txt` holds "
         "the labels in class-id order; `model.onnx` and `tokenizer.json` also run in plain onnxruntime (see the slmkit README).", "",
         "## Limitations", "",
         f"- The interval covers resampling these {len(splits.test)} test examples, not a shift in the texts the model will see: re-evaluate on your own traffic (`slm evaluate`).",
-        "- It always answers one of its labels, so texts outside the domain get a confident-looking wrong answer.",
+        "- It always answers one of its labels, so texts outside the domain get a confident-looking wrong answer." if task == "classification" else
+        "- It always answers with a span of the context, even when the context holds no answer." if task == "qa" else
+        "- Words beyond the maximum length are tagged O.",
         "- Timings are from the machine that ran `slm run`; measure again on the serving machine.",
     ]
     if entry["precision"] == "int8" and not hw["int8_instructions"]:

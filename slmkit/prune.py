@@ -69,6 +69,8 @@ def prune(cfg: PruneConfig, overwrite: bool = False, progress: bool = True) -> P
     model_dir, out = Path(cfg.model), Path(cfg.out)
     artifacts.check_output(out, overwrite)
     artifacts.check_model_dir(model_dir)
+    if artifacts.model_task(model_dir) != "classification":
+        raise UserError(f"{model_dir}: a {artifacts.model_task(model_dir)} model: slm prune works on classification models only; shrink NER and QA models with slm quantize (dynamic, static or qat)")
     model_type = artifacts.read_json(model_dir / artifacts.HF_CONFIG).get("model_type")
     if model_type not in SUPPORTED_TYPES:
         raise UserError(f"{model_dir}: model_type {model_type!r} cannot be pruned: only BERT-architecture models (model_type bert) are supported")

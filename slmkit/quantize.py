@@ -10,9 +10,14 @@ Read top to bottom: `quantize(cfg)` checks the input is an exported directory, t
   dynamically — for when post-training quantization loses more than the budget.
 
 With `max_drop` (accuracy-aware mode) it scores each candidate on the eval set and backs off while the drop of
-the task metric exceeds the budget: first the classifier head stays fp32, then also the embedding lookups,
-then whole encoder layers from the top down, and finally the fp32 model itself. `metrics.json` records every
-step tried. Operators named in `exclude` always stay fp32.
+the task metric exceeds the budget: first the head stays fp32, then also the embedding lookups, then whole
+encoder layers from the top down, and finally the fp32 model itself. `metrics.json` records every step tried.
+Operators named in `exclude` always stay fp32.
+
+Every task goes through the same ladder. The metric is the task's own (`task.metric_names[0]`): accuracy for
+classification, entity F1 for NER, SQuAD F1 for QA, all in points. NER and QA candidates are served by the
+torch-free `TaskSession` and scored by the task's `score`; their static calibration feeds the task's own
+features (NER sentences, QA question + context windows) drawn from the training data.
 
 This CPU matters: without VNNI or AMX, int8 kernels can be no faster than fp32; the metrics say which.
 """
@@ -33,8 +38,8 @@ from slmkit.config import ExportConfig, QuantizeConfig, save_config
 from slmkit.data import read_texts
 from slmkit.errors import UserError
 from slmkit.hardware import int8_speedup_expected
-from slmkit.lineage import examples_from
-from slmkit.runtime import Predictor, load_manifest
+from slmkit.lineage import examples_from, task_examples
+from slmkit.runtime import Predictor, TaskSession, load_manifest, pad_features
 
 WEIGHT_MATMULS_PER_LAYER = 6  # query, key, value, attention output, FFN in, FFN out
 
@@ -43,6 +48,14 @@ WEIGHT_MATMULS_PER_LAYER = 6  # query, key, value, attention output, FFN in, FFN
 class QuantizeResult:
     out: Path
     metrics: dict
+
+
+@dataclass
+class TaskEvaluation:
+    """The eval set of an NER or QA model: its examples (gold tags or answers inside), scored by the task."""
+
+    examples: list
+    metric: str  # the key of task.score's quick metrics that the budget is measured in
 
 
 def quantize(cfg: QuantizeConfig, overwrite: bool = False, progress: bool = True) -> QuantizeResult:
@@ -55,8 +68,26 @@ def quantize(cfg: QuantizeConfig, overwrite: bool = False, progress: bool = True
     if manifest.get("precision") != "fp32":
         raise UserError(f"{src}: already quantized ({manifest.get('precision')}): quantize the fp32 export instead")
     artifacts.check_output(out, overwrite)
+    if manifest.get("task", "classification") != "classification":
+        calib, evaluation = task_data(cfg, src, manifest)
+    else:
+        calib, evaluation = classification_data(cfg, src, manifest)
 
-    # the data: calibration texts (static), and the eval set when the accuracy budget must be checked
+    with artifacts.staged(out, overwrite) as staging:
+        with tempfile.TemporaryDirectory(prefix=".slm-quantize-", dir=out.parent) as tmp:
+            work = Path(tmp)
+            fp32 = qat_export(cfg, manifest, work, progress) if cfg.method == "qat" else src
+            metrics = run_ladder(cfg, src, fp32, staging, work, calib, evaluation)
+        artifacts.copy_serving_files(src, staging)
+        precision = "fp32" if metrics["fell_back_to_fp32"] else "int8"
+        artifacts.write_json(staging / artifacts.MANIFEST, {**manifest, "precision": precision, "quantization": metrics["chosen"]})
+        save_config(replace(cfg, model=str(Path(cfg.model).resolve())), staging / artifacts.CONFIG)  # absolute: the lineage to the data
+        artifacts.write_json(staging / artifacts.METRICS, metrics)
+    return QuantizeResult(out, metrics)
+
+
+def classification_data(cfg: QuantizeConfig, src: Path, manifest: dict) -> tuple[list[str] | None, tuple | None]:
+    """Calibration texts (static) and the eval set (texts, class ids), when it is known."""
     calib = None
     if cfg.method == "static":
         if cfg.calib_data:
@@ -81,18 +112,29 @@ def quantize(cfg: QuantizeConfig, overwrite: bool = False, progress: bool = True
         if unknown:
             raise UserError(f"{source}: labels the model does not know: {', '.join(unknown[:5])}: pass the eval file the model was trained for")
         evaluation = ([e.text for e in examples], np.array([manifest["labels"].index(e.label) for e in examples]))
+    return calib, evaluation
 
-    with artifacts.staged(out, overwrite) as staging:
-        with tempfile.TemporaryDirectory(prefix=".slm-quantize-", dir=out.parent) as tmp:
-            work = Path(tmp)
-            fp32 = qat_export(cfg, manifest, work, progress) if cfg.method == "qat" else src
-            metrics = run_ladder(cfg, src, fp32, staging, work, calib, evaluation)
-        artifacts.copy_serving_files(src, staging)
-        precision = "fp32" if metrics["fell_back_to_fp32"] else "int8"
-        artifacts.write_json(staging / artifacts.MANIFEST, {**manifest, "precision": precision, "quantization": metrics["chosen"]})
-        save_config(replace(cfg, model=str(Path(cfg.model).resolve())), staging / artifacts.CONFIG)  # absolute: the lineage to the data
-        artifacts.write_json(staging / artifacts.METRICS, metrics)
-    return QuantizeResult(out, metrics)
+
+def task_data(cfg: QuantizeConfig, src: Path, manifest: dict) -> tuple[list | None, TaskEvaluation | None]:
+    """NER/QA: calibration examples (static; a seeded sample of the training data or `calib_data`, read by the
+    task) and the eval examples (`eval_data`, else the model's recorded eval set), when they are known."""
+    from slmkit.tasks import get_task
+
+    calib = None
+    if cfg.method == "static":
+        examples, source = task_examples(cfg.calib_data, src, "train", "--calib-data")
+        if not examples:
+            raise UserError(f"{source}: no usable calibration examples: pass another --calib-data FILE")
+        rng = np.random.default_rng(cfg.seed)
+        calib = [examples[i] for i in sorted(rng.choice(len(examples), min(cfg.calib_size, len(examples)), replace=False))]
+    try:  # always measured when the eval set is known; required for the accuracy budget
+        examples, _ = task_examples(cfg.eval_data, src, "eval", "--eval-data")
+    except UserError:
+        if cfg.max_drop is not None or cfg.eval_data:
+            raise
+        return calib, None
+    task = get_task(manifest["task"], **manifest.get("task_options", {}))
+    return calib, TaskEvaluation(examples, task.metric_names[0])
 
 
 # ---------------------------------------------------------------------------------------- the ladder
@@ -104,8 +146,7 @@ def run_ladder(cfg: QuantizeConfig, src: Path, fp32: Path, staging: Path, work: 
 
     graph = onnx.load(str(fp32 / artifacts.ONNX_MODEL)).graph
     steps = backoff_steps(graph, cfg.exclude) if cfg.max_drop is not None else [("as asked", list(cfg.exclude))]
-    reference = Predictor(src)
-    ref_scores = score(reference, evaluation) if evaluation else None
+    ref_scores = measure_dir(src, evaluation) if evaluation else None
     tried = []
     for name, exclude in steps:
         candidate = work / f"try{len(tried)}"
@@ -115,15 +156,15 @@ def run_ladder(cfg: QuantizeConfig, src: Path, fp32: Path, staging: Path, work: 
         quantize_file(cfg, fp32 / artifacts.ONNX_MODEL, candidate / artifacts.ONNX_MODEL, exclude, calib)
         record = {"step": name, "excluded_nodes": len(exclude), "bytes": (candidate / artifacts.ONNX_MODEL).stat().st_size}
         if evaluation:
-            scores = score(Predictor(candidate), evaluation, ref_scores["pred"])
+            scores = measure_dir(candidate, evaluation, ref_scores["pred"])
             record.update(metric=scores["metric"], drop_points=100 * (ref_scores["metric"] - scores["metric"]), agreement=scores["agreement"])
         tried.append(record)
         if cfg.max_drop is None or record["drop_points"] <= cfg.max_drop + 1e-9:
             shutil.move(candidate / artifacts.ONNX_MODEL, staging / artifacts.ONNX_MODEL)
-            return summary(cfg, src, staging, tried, ref_scores, exclude, fell_back=False)
+            return summary(cfg, src, staging, tried, ref_scores, exclude, fell_back=False, metric_name=metric_name(evaluation))
     shutil.copy(src / artifacts.ONNX_MODEL, staging / artifacts.ONNX_MODEL)  # nothing held the budget: keep fp32
     tried.append({"step": "fp32 (no int8 variant within the budget)", "excluded_nodes": None, "metric": ref_scores["metric"], "drop_points": 0.0, "agreement": 1.0})
-    return summary(cfg, src, staging, tried, ref_scores, [], fell_back=True)
+    return summary(cfg, src, staging, tried, ref_scores, [], fell_back=True, metric_name=metric_name(evaluation))
 
 
 def backoff_steps(graph, always: list[str]) -> list[tuple[str, list[str]]]:
@@ -133,6 +174,10 @@ def backoff_steps(graph, always: list[str]) -> list[tuple[str, list[str]]]:
     head = [n.name for n in nodes if n.op_type == "Gemm"]  # the pooler and classifier (nn.Linear on a 2-D input)
     embeddings = [n.name for n in nodes if n.op_type == "Gather" and n.input and n.input[0] in weights]
     matmuls = [n.name for n in nodes if n.op_type == "MatMul" and any(i in weights for i in n.input)]
+    # a per-token head (NER's classifier, QA's span layer) is nn.Linear on a 3-D input: a MatMul after the last layer's six
+    n_layer_matmuls = len(matmuls) // WEIGHT_MATMULS_PER_LAYER * WEIGHT_MATMULS_PER_LAYER
+    head += matmuls[n_layer_matmuls:]
+    matmuls = matmuls[:n_layer_matmuls]
     layers = [matmuls[i : i + WEIGHT_MATMULS_PER_LAYER] for i in range(0, len(matmuls), WEIGHT_MATMULS_PER_LAYER)]
     steps = [("all int8", list(always)), ("head fp32", always + head), ("head and embeddings fp32", always + head + embeddings)]
     for k in range(1, len(layers)):
@@ -141,7 +186,7 @@ def backoff_steps(graph, always: list[str]) -> list[tuple[str, list[str]]]:
     return steps
 
 
-def quantize_file(cfg: QuantizeConfig, src: Path, dst: Path, exclude: list[str], calib: list[str] | None) -> None:
+def quantize_file(cfg: QuantizeConfig, src: Path, dst: Path, exclude: list[str], calib: list | None) -> None:
     """One ONNX Runtime quantization of `src` into `dst`, keeping the nodes (or op types) in `exclude` fp32."""
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_dynamic, quantize_static
 
@@ -157,8 +202,9 @@ def quantize_file(cfg: QuantizeConfig, src: Path, dst: Path, exclude: list[str],
         )
         return
     method = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy, "percentile": CalibrationMethod.Percentile}[cfg.calib_method]
+    reader = CalibrationReader(src.parent, calib) if calib and isinstance(calib[0], str) else TaskCalibrationReader(src.parent, calib)
     quantize_static(
-        src, dst, CalibrationReader(src.parent, calib), quant_format=QuantFormat.QDQ, per_channel=cfg.per_channel, reduce_range=cfg.reduce_range,
+        src, dst, reader, quant_format=QuantFormat.QDQ, per_channel=cfg.per_channel, reduce_range=cfg.reduce_range,
         activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, op_types_to_quantize=op_types,
         nodes_to_exclude=nodes, calibrate_method=method, extra_options={"CalibMaxIntermediateOutputs": 64},
     )
@@ -184,6 +230,48 @@ class CalibrationReader:
         pass
 
 
+class TaskCalibrationReader(CalibrationReader):
+    """NER/QA calibration: the task's features of the calibration examples (sentences, question + context windows,
+    with QA's token types) in batches of 8, all padded to one width."""
+
+    def __init__(self, model_dir: Path, examples: list):
+        session = TaskSession(model_dir)
+        features = session.task.encode(examples, session.encoder, None)
+        features += features[: -len(features) % self.BATCH]  # fill the last batch with repeats
+        width = max(len(f["input_ids"]) for f in features)
+        batches = []
+        for i in range(0, len(features), self.BATCH):
+            batch = pad_features(features[i : i + self.BATCH], session.inputs, session.pad_id)
+            # pad_features pads to the batch's longest: widen every array to the calibration set's longest
+            for name, array in batch.items():
+                fill = session.pad_id if name == "input_ids" else 0
+                batch[name] = np.pad(array, ((0, 0), (0, width - array.shape[1])), constant_values=fill)
+            batches.append(batch)
+        self.batches = iter(batches)
+
+
+def metric_name(evaluation) -> str:
+    return evaluation.metric if isinstance(evaluation, TaskEvaluation) else "accuracy"
+
+
+def measure_dir(directory: Path, evaluation, reference_pred: np.ndarray | None = None) -> dict:
+    """The eval metric of the exported model in `directory` (and its agreement with a reference's predictions)."""
+    if isinstance(evaluation, TaskEvaluation):
+        return score_task(TaskSession(directory), evaluation, reference_pred)
+    return score(Predictor(directory), evaluation, reference_pred)
+
+
+def score_task(session: TaskSession, evaluation: TaskEvaluation, reference_pred: np.ndarray | None = None) -> dict:
+    """NER/QA: the task's metric on the eval examples, and agreement with a reference model's argmax: per token
+    for NER's tag logits, per window for QA's start and end logits."""
+    features, outputs = session.run(evaluation.examples)
+    metric = float(session.task.score(evaluation.examples, features, outputs, session.labels, full=False)[evaluation.metric])
+    parts = [np.atleast_1d(np.asarray(a).argmax(-1)) for out in outputs for a in (out if isinstance(out, tuple) else (out,))]
+    pred = np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64)
+    agreement = float((pred == reference_pred).mean()) if reference_pred is not None and len(pred) else 1.0
+    return {"metric": metric, "pred": pred, "agreement": agreement}
+
+
 def score(predictor: Predictor, evaluation: tuple[list[str], np.ndarray], reference_pred: np.ndarray | None = None) -> dict:
     """Accuracy on the eval set, and agreement of argmax with a reference model's predictions."""
     texts, y = evaluation
@@ -192,7 +280,7 @@ def score(predictor: Predictor, evaluation: tuple[list[str], np.ndarray], refere
     return {"metric": float((pred == y).mean()), "pred": pred, "agreement": agreement}
 
 
-def summary(cfg: QuantizeConfig, src: Path, staging: Path, tried: list[dict], ref_scores: dict | None, exclude: list[str], fell_back: bool) -> dict:
+def summary(cfg: QuantizeConfig, src: Path, staging: Path, tried: list[dict], ref_scores: dict | None, exclude: list[str], fell_back: bool, metric_name: str = "accuracy") -> dict:
     fp32_bytes = (src / artifacts.ONNX_MODEL).stat().st_size
     int8_bytes = (staging / artifacts.ONNX_MODEL).stat().st_size
     chosen = {"method": cfg.method, "per_channel": cfg.per_channel, "step": tried[-1]["step"], "excluded_nodes": exclude}
@@ -201,7 +289,7 @@ def summary(cfg: QuantizeConfig, src: Path, staging: Path, tried: list[dict], re
     return {
         "chosen": chosen,
         "fell_back_to_fp32": fell_back,
-        "metric_name": "accuracy",
+        "metric_name": metric_name,
         "fp32_metric": ref_scores["metric"] if ref_scores else None,
         "int8_metric": tried[-1].get("metric"),
         "drop_points": tried[-1].get("drop_points"),
@@ -232,14 +320,16 @@ def qat_export(cfg: QuantizeConfig, manifest: dict, work: Path, progress: bool) 
     if not (source / artifacts.WEIGHTS).is_file():
         raise UserError(f"{cfg.model}: QAT needs the PyTorch model this export came from ({source or 'not recorded'}): export it again from the slm train output")
     model, hf_tokenizer = artifacts.load_model(source)
-    task = get_task(manifest.get("task", "classification"))
+    task = get_task(manifest.get("task", "classification"), **manifest.get("task_options", {}))
     examples, data_path = examples_from(None, source, "train", "--calib-data")
     label2id = {label: i for i, label in enumerate(manifest["labels"])}
-    examples = [e for e in examples if e.label in label2id]
+    if task.name == "classification":
+        examples = [e for e in examples if e.label in label2id]
+    # NER sentences carry their tags and QA questions their answers: the task's encode makes the targets
     if cfg.qat_limit and len(examples) > cfg.qat_limit:
         rng = np.random.default_rng(cfg.seed)
         examples = [examples[i] for i in sorted(rng.choice(len(examples), cfg.qat_limit, replace=False))]
-    features = task.encode(examples, make_encoder(hf_tokenizer, hf_tokenizer.model_max_length), label2id)
+    features = task.encode(examples, make_encoder(hf_tokenizer, hf_tokenizer.model_max_length), label2id or None)
     collate = partial(task.collate, pad_id=hf_tokenizer.pad_token_id or 0, token_types=uses_token_types(model, hf_tokenizer))
     optim = OptimConfig(epochs=cfg.qat_epochs, lr=cfg.qat_lr, seed=cfg.seed, warmup=0.1)
     steps = -(-len(features) // optim.batch_size)

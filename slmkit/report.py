@@ -85,7 +85,21 @@ def slug(name: str) -> str:
 
 def _title(results: dict) -> str:
     d = results["data"]
+    task = results.get("task", "classification")
+    if task == "qa":
+        return f"QA benchmark on {Path(d['path']).name}: {d['n_examples']} questions"
+    if task == "ner":
+        return f"NER benchmark on {Path(d['path']).name}: {d['n_examples']} sentences, {len(d['labels'])} entity types"
     return f"Benchmark on {Path(d['path']).name}: {d['n_examples']} examples, {len(d['labels'])} labels"
+
+
+def _columns(results: dict) -> list[tuple[str, str]]:
+    """(metric key, display name) of the report's metric columns; the first ranks (older results: classification's)."""
+    return [tuple(c) for c in results.get("metric_columns", [["accuracy", "accuracy"], ["macro_f1", "macro-F1"]])]
+
+
+def _unit(results: dict) -> str:
+    return results.get("unit", "texts")
 
 
 def _document(results: dict, images: dict[str, str], cards: bool = True) -> list[tuple]:
@@ -96,11 +110,13 @@ def _document(results: dict, images: dict[str, str], cards: bool = True) -> list
     first = timing["pareto_threads"]
     hw = results["hardware"]
     blocks: list[tuple] = [("h1", _title(results))]
+    columns, unit = _columns(results), _unit(results)
     blocks.append(("p", f"{hw['cpu']}, {hw['cpus']} CPUs. Medians over {timing['rounds']} interleaved timing rounds, with min–max; "
-                        f"accuracy and macro-F1 with 95% bootstrap intervals ({results['bootstrap']['resamples']} resamples)."))
+                        f"{' and '.join(name for _, name in columns)} with 95% bootstrap intervals ({results['bootstrap']['resamples']} resamples)."
+                        + (f" Latency is per {unit[:-1]} and throughput in {unit} per second, decoding included." if unit != "texts" else "")))
 
-    headers = ["model", "type", "accuracy % (95% CI)", "macro-F1 % (95% CI)", f"batch-1 p50 ms, {_threads(timing, first)}"]
-    headers += [f"batch-{timing['batch_size']} texts/s, {_threads(timing, s)}" for s in settings]
+    headers = ["model", "type"] + [f"{name} % (95% CI)" for _, name in columns] + [f"batch-1 p50 ms, {_threads(timing, first)}"]
+    headers += [f"batch-{timing['batch_size']} {unit}/s, {_threads(timing, s)}" for s in settings]
     headers += ["size MB", "parameters", "peak RSS MB", "Pareto"]
     rows = []
     for r in entries:
@@ -108,7 +124,7 @@ def _document(results: dict, images: dict[str, str], cards: bool = True) -> list
             rows.append(("failed", [r["name"], _describe(r), f"failed: {r['error']}"] + ["—"] * (len(headers) - 3)))
             continue
         m = r["metrics"]
-        row = [r["name"], _describe(r), _pct_ci(m["accuracy"], m["accuracy_ci95"]), _pct_ci(m["macro_f1"], m["macro_f1_ci95"]), _spread(r["speed"][first]["p50_ms"], _ms)]
+        row = [r["name"], _describe(r)] + [_pct_ci(m[key], m.get(f"{key}_ci95")) for key, _ in columns] + [_spread(r["speed"][first]["p50_ms"], _ms)]
         row += [_spread(r["speed"][s]["throughput_per_s"], _rate) for s in settings]
         row += [_mb(r["bytes"]), _count(r["parameters"]), _num(r["peak_rss_mb"], "{:.0f}"), "✓" if r["pareto"] else ""]
         rows.append(("ok", row))
@@ -123,31 +139,33 @@ def _document(results: dict, images: dict[str, str], cards: bool = True) -> list
     if ok:
         blocks.append(("h2", "Charts"))
         for key, alt in (
-            ("pareto", f"Accuracy vs batch-1 latency ({_threads(timing, first)}); marker area is proportional to size on disk; the Pareto front is drawn"),
+            ("pareto", f"{columns[0][1].capitalize()} vs batch-1 latency ({_threads(timing, first)}); marker area is proportional to size on disk; the Pareto front is drawn"),
             ("throughput", f"Batch-{timing['batch_size']} throughput per thread setting, min–max over rounds"),
             ("size", "Size on disk"),
         ):
             if key in images:
                 blocks.append(("img", images[key], alt))
 
-        headers = ["model", "threads", "p50 ms", "p95 ms", "p99 ms", f"batch-{timing['batch_size']} texts/s"]
+        headers = ["model", "threads", "p50 ms", "p95 ms", "p99 ms", f"batch-{timing['batch_size']} {unit}/s"]
         rows = [
             ("ok", [r["name"], str(r["speed"][s]["threads"])] + [_spread(r["speed"][s][k], _ms) for k in ("p50_ms", "p95_ms", "p99_ms")] + [_spread(r["speed"][s]["throughput_per_s"], _rate)])
             for r in ok for s in settings
         ]
         blocks.append(("h2", "Latency and throughput"))
         blocks.append(("p", f"Batch-1 latency over {timing['latency_calls']} calls per round after {timing['warmup']} warm-up calls; "
-                            f"throughput over {timing['speed_texts']} test texts in batches of {timing['batch_size']}, tokenization included. "
+                            f"throughput over {timing['speed_texts']} test {unit} in batches of {timing['batch_size']}, tokenization included. "
                             f"Median over rounds (min–max)."))
         blocks.append(("table", "latency", headers, rows))
 
         labels = results["data"]["labels"]
-        headers = ["label", "support"] + [r["name"] for r in ok]
+        headers = ["label" if results.get("task", "classification") == "classification" else "entity type", "support"] + [r["name"] for r in ok]
         rows = []
         for label in labels:
-            support = next((r["metrics"]["per_class"][label]["support"] for r in ok if label in r["metrics"]["per_class"]), 0)
-            rows.append(("ok", [label, str(support)] + [_num(r["metrics"]["per_class"].get(label, {}).get("f1"), "{:.3f}") for r in ok]))
-        blocks.append(("details", "Per-class F1 (precision, recall and the confusion matrix are in results.json)", [("table", "per-class", headers, rows)]))
+            support = next((r["metrics"]["per_class"][label]["support"] for r in ok if label in r["metrics"].get("per_class", {})), 0)
+            rows.append(("ok", [label, str(support)] + [_num(r["metrics"].get("per_class", {}).get(label, {}).get("f1"), "{:.3f}") for r in ok]))
+        if rows:  # QA has no classes (its per-question-type scores are in results.json)
+            what = "Per-class F1 (precision, recall and the confusion matrix are in results.json)" if results.get("task", "classification") == "classification" else "Per-entity-type F1 (precision and recall are in results.json)"
+            blocks.append(("details", what, [("table", "per-class", headers, rows)]))
 
     blocks.append(("h2", "Setup"))
     blocks.append(("ul", "setup", _setup(results)))
@@ -179,18 +197,20 @@ def _summary(results: dict, ok: list[dict]) -> list[str]:
     timing = results["timing"]
     first, last = timing["pareto_threads"], list(timing["threads"])[-1]
     lines = []
+    key, name = _columns(results)[0]
+    unit = _unit(results)
     if ok:
-        best = max(ok, key=lambda r: r["metrics"]["accuracy"])
-        lo, hi = best["metrics"]["accuracy_ci95"]
-        lines.append(f"Most accurate: **{best['name']}**, {100 * best['metrics']['accuracy']:.1f}% (95% CI {100 * lo:.1f}–{100 * hi:.1f}).")
+        best = max(ok, key=lambda r: r["metrics"][key])
+        lo, hi = best["metrics"][f"{key}_ci95"]
+        lines.append(f"Most accurate: **{best['name']}**, {name} {100 * best['metrics'][key]:.1f}% (95% CI {100 * lo:.1f}–{100 * hi:.1f}).")
         fast = min(ok, key=lambda r: r["speed"][first]["p50_ms"]["median"])
         lines.append(f"Fastest at batch 1 ({_threads(timing, first)}): **{fast['name']}**, p50 {_ms(fast['speed'][first]['p50_ms']['median'])} ms.")
         top = max(ok, key=lambda r: r["speed"][last]["throughput_per_s"]["median"])
-        lines.append(f"Highest batch-{timing['batch_size']} throughput ({_threads(timing, last)}): **{top['name']}**, {_rate(top['speed'][last]['throughput_per_s']['median'])} texts/s.")
+        lines.append(f"Highest batch-{timing['batch_size']} throughput ({_threads(timing, last)}): **{top['name']}**, {_rate(top['speed'][last]['throughput_per_s']['median'])} {unit}/s.")
         small = min((r for r in ok if r["bytes"]), key=lambda r: r["bytes"], default=None)
         if small:
             lines.append(f"Smallest on disk: **{small['name']}**, {_mb(small['bytes'])} MB.")
-        lines.append(f"Pareto front (accuracy vs batch-1 latency, {_threads(timing, first)}), fastest first: {' → '.join(results['pareto_front'])}.")
+        lines.append(f"Pareto front ({name} vs batch-1 latency, {_threads(timing, first)}), fastest first: {' → '.join(results['pareto_front'])}.")
     for r in results["entries"]:
         if r["status"] != "ok":
             lines.append(f"**{r['name']}** failed: {r['error']}")
@@ -200,7 +220,10 @@ def _summary(results: dict, ok: list[dict]) -> list[str]:
 def _setup(results: dict) -> list[str]:
     d, t, hw = results["data"], results["timing"], results["hardware"]
     mapped = ", ".join(f"{a}→{b}" for a, b in d["label_map"].items())
-    lines = [f"Test data: `{d['path']}` (columns {d['text_col']}, {d['label_col']}), {d['n_examples']} examples, {len(d['labels'])} labels" + (f"; labels mapped: {mapped}" if mapped else "") + "."]
+    if results.get("task", "classification") == "classification":
+        lines = [f"Test data: `{d['path']}` (columns {d['text_col']}, {d['label_col']}), {d['n_examples']} examples, {len(d['labels'])} labels" + (f"; labels mapped: {mapped}" if mapped else "") + "."]
+    else:
+        lines = [f"Test data: `{d['path']}`, {d['n_examples']} {_unit(results)}, read by the {results['task']} task with the models' recorded settings."]
     if results.get("train_data"):
         lines.append(f"Trained baselines fit on `{results['train_data']}` in this run.")
     if results.get("teacher"):
@@ -245,14 +268,15 @@ def _pareto_chart(results: dict, ok: list[dict], path: Path) -> None:
     fig, ax = _figure(10, 5.2)
     largest = max(r["bytes"] or 1 for r in ok)
     area = lambda b: 40 + 1200 * (b or 0) / largest  # noqa: E731 - marker area (points²) ∝ bytes on disk
-    points = sorted(((r["speed"][setting]["p50_ms"]["median"], 100 * r["metrics"]["accuracy"], r) for r in ok), key=lambda p: (p[0], -p[1]))
+    key, name = _columns(results)[0]
+    points = sorted(((r["speed"][setting]["p50_ms"]["median"], 100 * r["metrics"][key], r) for r in ok), key=lambda p: (p[0], -p[1]))
     xs_all, ys_all = [p[0] for p in points], [p[1] for p in points]
     log_x = max(xs_all) / max(min(xs_all), 1e-9) > 20
     if log_x:
         ax.set_xscale("log")
     placed: list[tuple[float, float]] = []
     for x, y, r in points:
-        lo, hi = (100 * v for v in r["metrics"]["accuracy_ci95"])
+        lo, hi = (100 * v for v in r["metrics"][f"{key}_ci95"])
         ax.errorbar(x, y, yerr=[[max(y - lo, 0)], [max(hi - y, 0)]], fmt="none", ecolor="0.6", elinewidth=1, capsize=3, zorder=1)
         ax.scatter(x, y, s=area(r["bytes"]), color=KIND_COLORS[r["kind"]], alpha=0.55, edgecolors="black" if r["pareto"] else "none", linewidths=1.5, zorder=2)
         # labels of points that nearly coincide are stacked instead of printed over each other
@@ -266,8 +290,8 @@ def _pareto_chart(results: dict, ok: list[dict], path: Path) -> None:
         ax.plot(fx, fy, drawstyle="steps-post", color="black", linestyle="--", linewidth=1.2, zorder=0)
         ax.annotate("Pareto front", (fx[-1], fy[-1]), xytext=(7, -14), textcoords="offset points", fontsize=8.5, style="italic")
     ax.set_xlabel(f"batch-1 latency p50, ms ({_threads(results['timing'], setting)}{', log scale' if log_x else ''}) — lower is better")
-    ax.set_ylabel("accuracy %, 95% CI — higher is better")
-    ax.set_title("Accuracy vs latency (marker area ∝ size on disk)")
+    ax.set_ylabel(f"{name} %, 95% CI — higher is better")
+    ax.set_title(f"{name[0].upper() + name[1:]} vs latency (marker area ∝ size on disk)")
     ax.grid(True, alpha=0.3)
     handles = [Line2D([], [], color="black", linestyle="--", label="Pareto front")]
     handles += [Line2D([], [], marker="o", linestyle="", color=c, alpha=0.55, markersize=8, label=f"{k}s") for k, c in KIND_COLORS.items() if any(r["kind"] == k for r in ok)]
@@ -304,7 +328,7 @@ def _throughput_chart(results: dict, ok: list[dict], path: Path) -> None:
     ax.set_yticks([j + height * (len(settings) - 1) / 2 for j in range(len(ok))], [r["name"] for r in ok])
     ax.invert_yaxis()
     ax.set_xscale("log")
-    ax.set_xlabel(f"texts per second at batch {timing['batch_size']}, tokenization included (log scale; min–max bars)")
+    ax.set_xlabel(f"{_unit(results)} per second at batch {timing['batch_size']}, tokenization included (log scale; min–max bars)")
     ax.set_title("Throughput")
     ax.legend(fontsize=8, loc="lower right")
     ax.grid(True, axis="x", alpha=0.3)
@@ -337,6 +361,8 @@ def _size_chart(ok: list[dict], path: Path) -> None:
 
 def model_card(results: dict, r: dict) -> str:
     """Intended use, data, metrics with intervals, speed and limitations of one slmkit model, in markdown."""
+    if results.get("task", "classification") != "classification":
+        return _task_model_card(results, r)
     p, m, d, t, hw = r.get("provenance") or {}, r["metrics"], results["data"], results["timing"], results["hardware"]
     labels = m["labels"]
     shown = ", ".join(labels[:10]) + (f", … ({len(labels)} in all)" if len(labels) > 10 else "")
@@ -384,6 +410,49 @@ def model_card(results: dict, r: dict) -> str:
         lines.append(f"- Scores are not well calibrated (ECE {m['ece']:.3f}): do not read them as probabilities without recalibration.")
     if weakest and weakest[0][0] < 0.5:
         lines.append(f"- Some classes are weak (lowest F1 {weakest[0][0]:.2f}, {weakest[0][1]}): review them before relying on those labels.")
+    return "\n".join(lines) + "\n"
+
+
+def _task_model_card(results: dict, r: dict) -> str:
+    """The model card of an NER or QA model: what it extracts, its task metrics with intervals, speed, limitations."""
+    p, m, d, t, hw = r.get("provenance") or {}, r["metrics"], results["data"], results["timing"], results["hardware"]
+    task, unit = results["task"], _unit(results)
+    n = m.get("n_examples", m.get("n_questions"))
+    lines = [f"# Model card: {r['name']}", "", f"{_describe(r)} · {_count(r['parameters'])} parameters · {_mb(r['bytes'])} MB on disk · `{r['path']}`", ""]
+    lines += ["## Intended use", ""]
+    if task == "ner":
+        kinds = sorted({label[2:] for label in m.get("labels", []) if label != "O"}) or d["labels"]
+        lines.append(f"Named entities / slots: every word gets a BIO tag of {len(kinds)} entity types ({', '.join(kinds[:10])}); "
+                     "entities come back with label, score and character offsets (`slmkit.tasks.ner.predict_entities`).")
+    else:
+        lines.append("Extractive question answering: the answer is a span of the given context (`slmkit.tasks.qa.answer_questions`); "
+                     "a question whose answer is not in the context still gets the best-scoring span.")
+    lines += ["", "## Data", ""]
+    lines.append(f"- Training data: `{p['train_data']}`" if p.get("train_data") else "- Training data: not recorded in the model's lineage.")
+    for key, what in (("base", "Base model"), ("teacher", "Distilled from teacher"), ("derived_from", "Exported from")):
+        if p.get(key):
+            lines.append(f"- {what}: `{p[key]}`")
+    if p.get("quantization"):
+        lines.append(f"- Quantization: {p['quantization'].get('method')} int8")
+    lines.append(f"- Benchmarked on: `{d['path']}`, {n} {unit}")
+    lines += ["", f"## Metrics ({n} test {unit}; 95% bootstrap intervals, {results['bootstrap']['resamples']} resamples)", "",
+              "| metric | value | 95% CI |", "|---|---:|---:|"]
+    for key, name in _columns(results):
+        ci = m.get(f"{key}_ci95")
+        lines.append(f"| {name} | {100 * m[key]:.2f}% | " + (f"{100 * ci[0]:.2f}–{100 * ci[1]:.2f} |" if ci else " |"))
+    lines += ["", f"## Speed and footprint ({hw['cpu']}, {hw['cpus']} CPUs)", "",
+              f"| threads | p50 ms | p95 ms | p99 ms | batch {unit}/s |", "|---|---:|---:|---:|---:|"]
+    for s, speed in r["speed"].items():
+        lines.append(f"| {speed['threads']} | " + " | ".join(_spread(speed[k], _ms) for k in ("p50_ms", "p95_ms", "p99_ms")) + f" | {_spread(speed['throughput_per_s'], _rate)} |")
+    lines += ["", f"Latency per {unit[:-1]} at batch 1, throughput at batch {t['batch_size']}, tokenization and decoding included; medians over {t['rounds']} rounds. "
+              f"Peak RSS of a fresh serving process: {_num(r['peak_rss_mb'], '{:.0f}')} MB.", ""]
+    lines += ["## Limitations", "",
+              f"- The intervals cover resampling of these {n} test {unit} only: re-evaluate on your own data (`slm evaluate`).",
+              "- Timings are from one machine; compare ratios within one report, not absolute numbers across reports."]
+    if task == "qa":
+        lines.append("- Long contexts are read in overlapping windows; an answer longer than a window cannot be found.")
+    if r["precision"] == "int8" and not hw["int8_instructions"]:
+        lines.append("- This CPU has no VNNI/AMX int8 instructions: int8 may be no faster than fp32 here.")
     return "\n".join(lines) + "\n"
 
 
@@ -455,6 +524,8 @@ def _to_html(blocks: list[tuple]) -> str:
 
 def _describe(r: dict) -> str:
     if r["kind"] == "baseline":
+        if r["name"] == "teacher-torch" and r["backend"] == "pytorch":  # NER/QA: the PyTorch model run directly
+            return "baseline: teacher, PyTorch fp32"
         return BASELINES.get(r["name"], f"baseline: {r['name']}")
     return f"slmkit {BACKENDS.get(r['backend'], r['backend'])} {r['precision']}"
 

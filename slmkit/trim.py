@@ -66,6 +66,8 @@ def trim_vocab(cfg: TrimConfig, overwrite: bool = False) -> TrimResult:
     cfg.validate()
     model_dir, out = Path(cfg.model), Path(cfg.out)
     artifacts.check_model_dir(model_dir)
+    if artifacts.model_task(model_dir) != "classification":
+        raise UserError(f"{model_dir}: a {artifacts.model_task(model_dir)} model: slm trim-vocab works on classification models only; shrink NER and QA models with slm quantize (dynamic, static or qat)")
     if out.resolve() == model_dir.resolve():
         raise UserError(f"{out}: --out is the --model directory: write the trimmed model to a new directory")
     artifacts.check_output(out, overwrite)
