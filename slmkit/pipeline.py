@@ -30,8 +30,9 @@ by a one-model `bench_stage` on the eval split; the Pareto front's int8 models j
 `--task ner|qa` runs the same stages in the task's terms: the splits are the task's examples (NER sentences
 written as BIO CoNLL, QA questions as SQuAD JSON; QA holds out whole paragraphs), the teacher is trained for the
 task, export and quantize use its features, the benchmark scores entity F1 / SQuAD F1, and the selection ranks
-(and the max-drop budget counts points of) that F1. Students join when `slm distill` supports the task
-(`DISTILL_TASKS`); until then the candidates are the teacher ladder: the teacher in fp32 and in int8.
+(and the max-drop budget counts points of) that F1. The students are the ladder's kinds the task takes (`task_ladder`:
+transformer and layer-dropped students for both, a BiLSTM tagger for NER), with the teacher's vocabulary and no
+text augmentation.
 """
 
 from __future__ import annotations
@@ -49,20 +50,21 @@ import yaml
 
 from slmkit import artifacts, search
 from slmkit.config import (
-    BenchConfig, DataConfig, DistillConfig, ExportConfig, QuantizeConfig, RunConfig, TrainConfig, ladder_entry, save_config, to_dict,
+    DEFAULT_STUDENTS, BenchConfig, DataConfig, DistillConfig, ExportConfig, QuantizeConfig, RunConfig, TrainConfig, ladder_entry, save_config,
+    to_dict,
 )
 from slmkit.data import Example, check_known_labels, check_labels, read_examples, stratified_split
 from slmkit.errors import UserError
 from slmkit.progress import stderr
 from slmkit.selection import Budgets, Candidate, Selection, describe, parse_latency, parse_size, select, violations
-from slmkit.students import parse_student
+from slmkit.students import TASK_KINDS, check_task, parse_student
 
 PIPELINE_FORMAT = "slmkit-run-1"  # part of every key: a new layout never reuses an old stage
 KEY_LENGTH = 12  # hex digits of a stage key in its directory name
 TEACHER = "teacher"  # the teacher's candidate names: "teacher" (fp32 ONNX) and "teacher-int8"
 INT8_SUFFIX = "-int8"
 LOCK_FILE = ".lock"  # with a search: workers sharing the run directory take turns on its shared stages
-DISTILL_TASKS = ("classification",)  # the tasks slm distill trains students for; the others run the teacher ladder only
+DISTILL_TASKS = ("classification", "ner", "qa")  # the tasks slm distill trains students for
 SPLIT_FILES = {  # the data stage's files per task, in a format the task's reader takes back
     "ner": {"train": "train.conll", "eval": "eval.conll", "test": "test.conll"},
     "qa": {"train": "train.json", "eval": "eval.json", "test": "test.json"},
@@ -426,7 +428,7 @@ def plan(cfg: RunConfig, out: Path, splits: Splits, teacher_given: Path | None) 
     stages, up = base_stages(cfg, out, splits, teacher_given)
     candidates: list[tuple[str, Stage]] = []
     seen: dict[str, str] = {}
-    for entry in cfg.students if cfg.task in DISTILL_TASKS else []:
+    for entry in task_ladder(cfg):
         name = student_name(entry)
         if name in seen:
             raise UserError(f"setting students: {seen[name]!r} and {entry!r} are the same student: list it once")
@@ -439,6 +441,25 @@ def plan(cfg: RunConfig, out: Path, splits: Splits, teacher_given: Path | None) 
     stages += [exported, quantized]
     candidates = [(TEACHER, exported), (TEACHER + INT8_SUFFIX, quantized)] + candidates
     return Plan(stages + [bench_stage(up, candidates)], candidates, up)
+
+
+def task_ladder(cfg: RunConfig) -> list[str]:
+    """The students to distill: every entry for classification. For NER and QA, the default ladder's entries of
+    the kinds the task takes (a CNN pools the text away; QA needs a question-context reader), while an entry the
+    user listed of a kind the task cannot take is refused in one line."""
+    if cfg.task not in DISTILL_TASKS:
+        return []
+    if cfg.task == "classification":
+        return list(cfg.students)
+    default, kept = list(cfg.students) == list(DEFAULT_STUDENTS), []
+    for entry in cfg.students:
+        spec = entry.split()[0]
+        kind = parse_student(spec)[0]
+        if kind in TASK_KINDS[cfg.task]:
+            kept.append(entry)
+        elif not default:
+            check_task(spec, kind, cfg.task)  # refuses
+    return kept
 
 
 def base_stages(cfg: RunConfig, out: Path, splits: Splits, teacher_given: Path | None) -> tuple[list[Stage], Upstream]:

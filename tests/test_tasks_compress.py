@@ -283,8 +283,8 @@ def _run_config(tiny_base: Path, task: str, train_file: Path, out: Path, **overr
 
 
 def test_run_ner_trains_compresses_benches_selects_and_deploys_on_entity_f1(tiny_base, tiny_tasks, tmp_path):
-    """slm run --task ner through the CLI: held-out BIO splits, the teacher ladder (fp32, int8), the benchmark in entity
-    F1, a bundle the torch-free runtime serves; the same command again recomputes nothing."""
+    """slm run --task ner through the CLI: held-out BIO splits, the teacher and a distilled BiLSTM tagger (fp32, int8),
+    the benchmark in entity F1, a bundle the torch-free runtime serves; the same command again recomputes nothing."""
     import yaml
     from typer.testing import CliRunner
 
@@ -293,33 +293,47 @@ def test_run_ner_trains_compresses_benches_selects_and_deploys_on_entity_f1(tiny
     from slmkit.pipeline import verify_bundle
     from slmkit.tasks.ner import predict_entities
 
-    cfg = _run_config(tiny_base, "ner", tiny_tasks["ner"]["train"], tmp_path / "run")
+    cfg = _run_config(tiny_base, "ner", tiny_tasks["ner"]["train"], tmp_path / "run", students=["bilstm:hidden=16,embed=16 epochs=4 lr=5e-3"])
     settings = tmp_path / "run.yaml"
-    settings.write_text(yaml.safe_dump({k: v for k, v in to_dict(cfg).items() if k in ("data", "model", "train", "bench", "budget")}))
+    settings.write_text(yaml.safe_dump({k: v for k, v in to_dict(cfg).items() if k in ("data", "model", "train", "bench", "budget", "students")}))
     args = ["run", "--task", "ner", "--config", str(settings), "--out", str(tmp_path / "run"), "--quiet"]
     first = CliRunner().invoke(app, args)
     assert first.exit_code == 0, first.output
     assert "chosen:" in first.output and "f1" in first.output
     record = json.loads((tmp_path / "run" / "run.json").read_text())
     kinds = [s["kind"] for s in record["stages"]]
-    assert kinds == ["data", "teacher", "export", "quantize", "bench", "deploy"]  # no students until slm distill takes NER
-    assert record["selection"]["metric"] == "f1" and record["selection"]["chosen"] in ("teacher", "teacher-int8")
+    assert kinds == ["data", "teacher", "distill", "export", "quantize", "export", "quantize", "bench", "deploy"]
+    assert record["selection"]["metric"] == "f1" and record["selection"]["chosen"] is not None
     data_dir = Path(record["stages"][0]["dir"])
     assert sorted(p.name for p in data_dir.glob("*.conll")) == ["eval.conll", "test.conll", "train.conll"]
-    results = json.loads((Path(record["stages"][4]["dir"]) / "results.json").read_text())
-    assert results["task"] == "ner" and [e["name"] for e in results["entries"]] == ["teacher", "teacher-int8", "teacher-torch"]
+    results = json.loads((Path(record["stages"][7]["dir"]) / "results.json").read_text())
+    student = "bilstm-H16-E16-epochs4-lr5e-3"
+    assert results["task"] == "ner" and [e["name"] for e in results["entries"]] == ["teacher", "teacher-int8", student, student + "-int8", "teacher-torch"]
     assert results["entries"][0]["metrics"]["f1"] >= 0.8
     deploy = tmp_path / "run" / "deploy"
     assert verify_bundle(deploy) > 3
     manifest = json.loads((deploy / "manifest.json").read_text())
     assert manifest["task"] == "ner" and manifest["bundle"]["metric"] == "f1"
     assert "named-entity tagger" in (deploy / "README.md").read_text()
-    entities = predict_entities(deploy, ["please help with my refund today"])[0]
-    assert [(e["label"], e["text"]) for e in entities] == [("PAY", "refund")]
+    if manifest["bundle"]["model"].startswith("teacher"):
+        entities = predict_entities(deploy, ["please help with my refund today"])[0]
+        assert [(e["label"], e["text"]) for e in entities] == [("PAY", "refund")]
 
     again = CliRunner().invoke(app, args)
     assert again.exit_code == 0, again.output
     assert {s["status"] for s in json.loads((tmp_path / "run" / "run.json").read_text())["stages"]} == {"cached"}
+
+
+def test_the_ladder_of_ner_and_qa_keeps_the_kinds_each_task_takes(tiny_base, tmp_path):
+    from slmkit.config import RunConfig
+    from slmkit.pipeline import task_ladder
+
+    kinds = lambda task: [entry.split(":")[0] for entry in task_ladder(RunConfig(task=task, out=str(tmp_path)))]  # noqa: E731
+    assert kinds("classification") == ["cnn", "cnn", "transformer", "drop"]
+    assert kinds("ner") == ["transformer", "drop"] and kinds("qa") == ["transformer", "drop"]
+    assert task_ladder(RunConfig(task="ner", out=str(tmp_path), students=["bilstm:hidden=16", "drop:every=2"])) == ["bilstm:hidden=16", "drop:every=2"]
+    with pytest.raises(UserError, match="a bilstm student cannot do qa: use one of drop, transformer"):
+        task_ladder(RunConfig(task="qa", out=str(tmp_path), students=["bilstm:hidden=16"]))
 
 
 def test_run_qa_selects_on_squad_f1_and_refuses_what_does_not_apply(tiny_base, tiny_tasks, tmp_path):
@@ -328,7 +342,7 @@ def test_run_qa_selects_on_squad_f1_and_refuses_what_does_not_apply(tiny_base, t
     from slmkit.runtime import TaskSession
 
     # the fixture's QA model as --teacher (the NER test trains its own): given, not trained
-    result = run(_run_config(tiny_base, "qa", tiny_tasks["qa"]["train"], tmp_path / "qa", teacher=str(tiny_tasks["qa"]["model"])), progress=False)
+    result = run(_run_config(tiny_base, "qa", tiny_tasks["qa"]["train"], tmp_path / "qa", teacher=str(tiny_tasks["qa"]["model"]), students=[]), progress=False)
     assert result.metric == "f1" and result.selection.chosen is not None
     assert [s["status"] for s in result.stages if s["kind"] == "teacher"] == ["given"]
     assert [check.candidate.name for check in result.selection.checks] == ["teacher", "teacher-int8"]
