@@ -25,8 +25,9 @@ $(STAMP): pyproject.toml
 run: $(STAMP)
 	$(BIN)/slm run --data slmkit/demo/train.csv --test slmkit/demo/test.csv --out runs/demo-run
 
+# two workers (pytest-xdist): each test file stays on one worker (tests/conftest.py groups them)
 test: $(STAMP) $(CHROMIUM)
-	SLMKIT_REQUIRE_BROWSER=1 $(BIN)/python -m pytest
+	SLMKIT_REQUIRE_BROWSER=1 $(BIN)/python -m pytest -n 2 --dist loadgroup
 
 # Installed only when missing (a file target: nothing runs once it exists). Playwright drives it; its own
 # browser download is never used. Without apt-get the render test skips locally (and fails in CI).

@@ -31,6 +31,29 @@ def make_encoder(hf_tokenizer, max_length: int):
     return encoder
 
 
+def pad_batch(features: list[dict], pad_id: int, token_types: bool, per_token: dict[str, int] | None = None) -> dict:
+    """A batch's tensors padded to its longest member: input_ids (with `pad_id`), attention_mask, token_type_ids
+    when the model takes them (the features' own, as QA's question/context segments, else zeros), and each
+    per-token key of `per_token` (NER's labels) padded with its value."""
+    import torch
+
+    lengths = torch.tensor([len(f["input_ids"]) for f in features])
+    width = int(lengths.max())
+
+    def padded(key: str, fill: int):
+        out = torch.full((len(features), width), fill, dtype=torch.long)
+        for row, f in enumerate(features):
+            out[row, : len(f[key])] = torch.tensor(f[key])
+        return out
+
+    batch = {"input_ids": padded("input_ids", pad_id), "attention_mask": (torch.arange(width)[None, :] < lengths[:, None]).long()}
+    if token_types:
+        batch["token_type_ids"] = padded("token_type_ids", 0) if "token_type_ids" in features[0] else torch.zeros_like(batch["input_ids"])
+    for key, fill in (per_token or {}).items():
+        batch[key] = padded(key, fill)
+    return batch
+
+
 def uses_token_types(model, hf_tokenizer) -> bool:
     """Whether the model takes token_type_ids (BERT does; DistilBERT and RoBERTa-style models do not need them)."""
     return getattr(model.config, "type_vocab_size", 0) > 0 and "token_type_ids" in hf_tokenizer.model_input_names

@@ -23,6 +23,18 @@ SPECIAL = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
 
+# `make test` runs the suite on two workers (pytest-xdist, `--dist loadgroup`). Every file is one group, so it
+# stays on one worker and builds its module fixtures once; the search tests continue the pipeline tests' run (a
+# session fixture), so the two files form one group.
+SAME_WORKER = {"test_search": "test_pipeline"}
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        module = item.module.__name__.rsplit(".", 1)[-1]
+        item.add_marker(pytest.mark.xdist_group(SAME_WORKER.get(module, module)))
+
+
 def synthetic_rows(n: int, seed: int) -> list[tuple[str, str]]:
     rng = random.Random(seed)
     labels = sorted(CUES)

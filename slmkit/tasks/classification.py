@@ -14,7 +14,7 @@ import numpy as np
 
 from slmkit import losses, metrics
 from slmkit.data import Example, check_labels, read_examples, stratified_split
-from slmkit.encoding import derive_max_length, iterate, sorted_order
+from slmkit.encoding import derive_max_length, iterate, pad_batch, sorted_order
 
 
 class ClassificationTask:
@@ -70,16 +70,7 @@ class ClassificationTask:
         """Pad to the batch's longest sequence: input_ids/attention_mask (batch, seq), labels (batch,)."""
         import torch
 
-        width = max(len(f["input_ids"]) for f in features)
-        ids = torch.full((len(features), width), pad_id, dtype=torch.long)
-        mask = torch.zeros((len(features), width), dtype=torch.long)
-        for row, f in enumerate(features):
-            ids[row, : len(f["input_ids"])] = torch.tensor(f["input_ids"])
-            mask[row, : len(f["input_ids"])] = 1
-        batch = {"input_ids": ids, "attention_mask": mask, "labels": torch.tensor([f["label"] for f in features])}
-        if token_types:
-            batch["token_type_ids"] = torch.zeros_like(ids)
-        return batch
+        return {**pad_batch(features, pad_id, token_types), "labels": torch.tensor([f["label"] for f in features])}
 
     # ------------------------------------------------------------------------------------------ loss
     def loss(self, model: Any, batch: dict, class_weights: Any = None, label_smoothing: float = 0.0) -> Any:

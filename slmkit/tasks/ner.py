@@ -14,7 +14,7 @@ from typing import Any, Callable
 import numpy as np
 
 from slmkit import losses, ner
-from slmkit.encoding import MAX_LENGTH_CAP, iterate, make_encoder, sorted_order
+from slmkit.encoding import MAX_LENGTH_CAP, iterate, make_encoder, pad_batch, sorted_order
 from slmkit.errors import UserError
 from slmkit.ner import IGNORE, Sentence
 
@@ -99,21 +99,7 @@ class NERTask:
 
     def collate(self, features: list[dict], pad_id: int, token_types: bool) -> dict:
         """Pad to the batch's longest sequence: input_ids/attention_mask/labels (batch, seq); labels pad with -100."""
-        import torch
-
-        width = max(len(f["input_ids"]) for f in features)
-        ids = torch.full((len(features), width), pad_id, dtype=torch.long)
-        mask = torch.zeros((len(features), width), dtype=torch.long)
-        labels = torch.full((len(features), width), IGNORE, dtype=torch.long)
-        for row, f in enumerate(features):
-            n = len(f["input_ids"])
-            ids[row, :n] = torch.tensor(f["input_ids"])
-            mask[row, :n] = 1
-            labels[row, :n] = torch.tensor(f["labels"])
-        batch = {"input_ids": ids, "attention_mask": mask, "labels": labels}
-        if token_types:
-            batch["token_type_ids"] = torch.zeros_like(ids)
-        return batch
+        return pad_batch(features, pad_id, token_types, per_token={"labels": IGNORE})
 
     # ------------------------------------------------------------------------------------------ loss
     def loss(self, model: Any, batch: dict, class_weights: Any = None, label_smoothing: float = 0.0) -> Any:

@@ -18,7 +18,7 @@ from typing import Any, Callable
 import numpy as np
 
 from slmkit import losses, qa
-from slmkit.encoding import iterate, make_encoder, sorted_order
+from slmkit.encoding import iterate, make_encoder, pad_batch, sorted_order
 from slmkit.qa import QAExample
 
 
@@ -76,26 +76,13 @@ class QATask:
         return qa.encode_windows(examples, encoder, max_length, self.stride, with_answers=True)
 
     def collate(self, features: list[dict], pad_id: int, token_types: bool) -> dict:
-        """Pad to the batch's longest window: input_ids/attention_mask (batch, seq); start/end_positions (batch,)."""
+        """Pad to the batch's longest window: input_ids/attention_mask/token_type_ids (batch, seq; 0 for the
+        question, 1 for the context: BERT's segments); start/end_positions (batch,)."""
         import torch
 
-        width = max(len(f["input_ids"]) for f in features)
-        ids = torch.full((len(features), width), pad_id, dtype=torch.long)
-        mask = torch.zeros((len(features), width), dtype=torch.long)
-        types = torch.zeros((len(features), width), dtype=torch.long)
-        for row, f in enumerate(features):
-            n = len(f["input_ids"])
-            ids[row, :n] = torch.tensor(f["input_ids"])
-            mask[row, :n] = 1
-            types[row, :n] = torch.tensor(f["token_type_ids"])
-        batch = {
-            "input_ids": ids,
-            "attention_mask": mask,
-            "start_positions": torch.tensor([f.get("start_position", 0) for f in features]),
-            "end_positions": torch.tensor([f.get("end_position", 0) for f in features]),
-        }
-        if token_types:
-            batch["token_type_ids"] = types  # 0 for the question, 1 for the context (BERT's segments)
+        batch = pad_batch(features, pad_id, token_types)
+        batch["start_positions"] = torch.tensor([f.get("start_position", 0) for f in features])
+        batch["end_positions"] = torch.tensor([f.get("end_position", 0) for f in features])
         return batch
 
     # ------------------------------------------------------------------------------------------ loss
