@@ -64,6 +64,29 @@ def resolve_base(spec: str) -> Base:
     return Base(spec, directory, config, _load_tokenizer(directory, spec))
 
 
+# dropout settings across BERT / DistilBERT / RoBERTa configs (a config has only some of them)
+DROPOUT_NAMES = ("hidden_dropout_prob", "dropout", "classifier_dropout", "seq_classif_dropout", "qa_dropout")
+
+
+def with_head(base: Base, auto_class: str, labels: list[str], dropout: float | None) -> Any:
+    """The base encoder under a fresh head of transformers' `auto_class` whose outputs are named `labels`,
+    with every dropout of the config set to `dropout` when given."""
+    import transformers
+
+    config = base.config
+    config.num_labels = len(labels)
+    config.id2label = dict(enumerate(labels))
+    config.label2id = {label: i for i, label in enumerate(labels)}
+    if dropout is not None:
+        for name in DROPOUT_NAMES:
+            if hasattr(config, name):
+                setattr(config, name, dropout)
+    auto = getattr(transformers, auto_class)
+    if base.directory is None:
+        return auto.from_config(config)
+    return auto.from_pretrained(base.directory, config=config, use_safetensors=True)
+
+
 def _load_tokenizer(directory: Path, spec: str | None = None) -> Any:
     from transformers import AutoTokenizer
 

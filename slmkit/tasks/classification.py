@@ -13,6 +13,7 @@ from typing import Any, Callable
 import numpy as np
 
 from slmkit import losses, metrics
+from slmkit.base import with_head
 from slmkit.data import Example, check_labels, read_examples, stratified_split
 from slmkit.encoding import derive_max_length, iterate, pad_batch, sorted_order
 
@@ -43,19 +44,7 @@ class ClassificationTask:
     # ------------------------------------------------------------------------------------------ head
     def build_model(self, base: Any, labels: list[str], dropout: float | None) -> Any:
         """The base encoder with a fresh classification head over `labels`."""
-        from transformers import AutoModelForSequenceClassification
-
-        config = base.config
-        config.num_labels = len(labels)
-        config.id2label = dict(enumerate(labels))
-        config.label2id = {label: i for i, label in enumerate(labels)}
-        if dropout is not None:  # names differ across BERT / DistilBERT / RoBERTa configs
-            for name in ("hidden_dropout_prob", "dropout", "classifier_dropout", "seq_classif_dropout"):
-                if hasattr(config, name):
-                    setattr(config, name, dropout)
-        if base.directory is None:
-            return AutoModelForSequenceClassification.from_config(config)
-        return AutoModelForSequenceClassification.from_pretrained(base.directory, config=config, use_safetensors=True)
+        return with_head(base, self.auto_class, labels, dropout)
 
     # -------------------------------------------------------------------------------------- features
     def encode(self, examples: list[Example], encoder: Any, label2id: dict[str, int] | None) -> list[dict]:

@@ -14,6 +14,7 @@ from typing import Any, Callable
 import numpy as np
 
 from slmkit import losses, ner
+from slmkit.base import with_head
 from slmkit.encoding import MAX_LENGTH_CAP, iterate, make_encoder, pad_batch, sorted_order
 from slmkit.errors import UserError
 from slmkit.ner import IGNORE, Sentence
@@ -71,19 +72,7 @@ class NERTask:
     # ------------------------------------------------------------------------------------------ head
     def build_model(self, base: Any, labels: list[str], dropout: float | None) -> Any:
         """The base encoder with a fresh token-classification head over `labels`."""
-        from transformers import AutoModelForTokenClassification
-
-        config = base.config
-        config.num_labels = len(labels)
-        config.id2label = dict(enumerate(labels))
-        config.label2id = {label: i for i, label in enumerate(labels)}
-        if dropout is not None:  # names differ across BERT / DistilBERT / RoBERTa configs
-            for name in ("hidden_dropout_prob", "dropout", "classifier_dropout"):
-                if hasattr(config, name):
-                    setattr(config, name, dropout)
-        if base.directory is None:
-            return AutoModelForTokenClassification.from_config(config)
-        return AutoModelForTokenClassification.from_pretrained(base.directory, config=config, use_safetensors=True)
+        return with_head(base, self.auto_class, labels, dropout)
 
     # -------------------------------------------------------------------------------------- features
     def encode(self, examples: list[Sentence], encoder: Any, label2id: dict[str, int] | None) -> list[dict]:

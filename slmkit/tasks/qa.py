@@ -18,6 +18,7 @@ from typing import Any, Callable
 import numpy as np
 
 from slmkit import losses, qa
+from slmkit.base import with_head
 from slmkit.encoding import iterate, make_encoder, pad_batch, sorted_order
 from slmkit.qa import QAExample
 
@@ -54,20 +55,9 @@ class QATask:
 
     # ------------------------------------------------------------------------------------------ head
     def build_model(self, base: Any, labels: list[str], dropout: float | None) -> Any:
-        """The base encoder with a fresh span head: a linear layer giving a start and an end logit per token."""
-        from transformers import AutoModelForQuestionAnswering
-
-        config = base.config
-        config.num_labels = 2
-        # the head's two outputs, named (transformers 5 leaves the default LABEL_0/LABEL_1 out of config.json)
-        config.id2label, config.label2id = {0: "start", 1: "end"}, {"start": 0, "end": 1}
-        if dropout is not None:  # names differ across BERT / DistilBERT / RoBERTa configs
-            for name in ("hidden_dropout_prob", "dropout", "qa_dropout"):
-                if hasattr(config, name):
-                    setattr(config, name, dropout)
-        if base.directory is None:
-            return AutoModelForQuestionAnswering.from_config(config)
-        return AutoModelForQuestionAnswering.from_pretrained(base.directory, config=config, use_safetensors=True)
+        """The base encoder with a fresh span head: a linear layer giving a start and an end logit per token,
+        named in config.json (transformers 5 leaves the default LABEL_0/LABEL_1 out)."""
+        return with_head(base, self.auto_class, ["start", "end"], dropout)
 
     # -------------------------------------------------------------------------------------- features
     def encode(self, examples: list[QAExample], encoder: Any, label2id: dict | None) -> list[dict]:
