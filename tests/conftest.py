@@ -82,6 +82,62 @@ def tiny_base(tmp_path_factory) -> Path:
     return directory
 
 
+# the causal-LM families slmkit takes as `--base`; tests build each one tiny and random (a few seconds for all)
+LM_FAMILIES = ("llama", "mistral", "phi", "gemma", "qwen2")
+LM_CHAT_TEMPLATE = (
+    "{% for m in messages %}<s>{{ m['role'] }}: {{ m['content'] }}</s>{% endfor %}"
+    "{% if add_generation_prompt %}<s>assistant:{% endif %}"
+)
+
+
+def lm_corpus(n: int, seed: int) -> list[str]:
+    """Short support-message sentences from the cue words and filler: a corpus a tiny LM can learn."""
+    rng = random.Random(seed)
+    cues = [w for ws in CUES.values() for w in ws]
+    return [" ".join(rng.sample(FILLER, 3) + [rng.choice(cues)] + rng.sample(FILLER, 2)) for _ in range(n)]
+
+
+def make_causal_lm(directory: Path, family: str = "llama", seed: int = 0, hidden: int = 32, layers: int = 2) -> Path:
+    """A random-initialized `family` causal LM (hidden 32, 2 layers) with a byte-level BPE tokenizer (300 tokens,
+    <pad>=0 <s>=1 </s>=2) and a chat template, saved as a Hugging Face directory (safetensors) at `directory`."""
+    import torch
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import AutoConfig, AutoModelForCausalLM, PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=300, special_tokens=["<pad>", "<s>", "</s>"], initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    tok.train_from_iterator(lm_corpus(200, seed=seed), trainer)
+    hf_tok = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", pad_token="<pad>")
+    hf_tok.chat_template = LM_CHAT_TEMPLATE
+    extra = {"head_dim": hidden // 2} if family == "gemma" else {}
+    config = AutoConfig.for_model(
+        family, vocab_size=tok.get_vocab_size(), hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=layers,
+        num_attention_heads=2, num_key_value_heads=2 if family == "phi" else 1, max_position_embeddings=128,
+        bos_token_id=1, eos_token_id=2, pad_token_id=0, **extra,
+    )
+    torch.manual_seed(seed)
+    AutoModelForCausalLM.from_config(config).save_pretrained(directory)
+    hf_tok.save_pretrained(directory)
+    return Path(directory)
+
+
+@pytest.fixture(scope="session")
+def tiny_lm(tmp_path_factory) -> Path:
+    """A tiny random Llama-style causal LM directory (see `make_causal_lm`)."""
+    return make_causal_lm(tmp_path_factory.mktemp("tiny-llama"), "llama")
+
+
+@pytest.fixture(scope="session")
+def lm_text(tmp_path_factory) -> dict[str, Path]:
+    """corpus.txt (400 lines) and heldout.txt (60 lines) of the cue-word sentences."""
+    d = tmp_path_factory.mktemp("lm-text")
+    (d / "corpus.txt").write_text("\n".join(lm_corpus(400, seed=11)) + "\n", encoding="utf-8")
+    (d / "heldout.txt").write_text("\n".join(lm_corpus(60, seed=12)) + "\n", encoding="utf-8")
+    return {"train": d / "corpus.txt", "eval": d / "heldout.txt"}
+
+
 @pytest.fixture(scope="session")
 def synthetic(tmp_path_factory) -> dict[str, Path]:
     """train.csv (240 rows), dev.csv (60) and test.csv (60) of the three-label cue-word task."""
