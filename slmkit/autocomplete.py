@@ -180,8 +180,9 @@ class LMSuggester:
     `encode(text) -> ids` and `token_texts[id]` (each token's decoded text) come from the model's tokenizer;
     `bos_id` goes before every context. The model continues the context with " " + the typed prefix + the rest
     of the word: each step takes the most likely token whose text agrees with that (the first step takes the
-    i-th most likely, for the i-th suggestion) until the word is followed by a space or an end id; at most
-    `max_tokens` tokens per word, among the `scan` most likely at each step.
+    i-th most likely, for the i-th suggestion; at most 2k tries) until the word is followed by a space or an end
+    id; at most `max_tokens` tokens per word. While typed characters remain to match, every token that starts with the next
+    one is a candidate; after them, the `scan` most likely tokens.
     """
 
     def __init__(self, stepper, encode, token_texts: list[str], bos_id: int | None, end_ids: Iterable[int] = (), max_tokens: int = 8, scan: int = 64):
@@ -189,11 +190,30 @@ class LMSuggester:
         self.bos = [bos_id] if bos_id is not None else []
         self.end = set(end_ids)
         self.max_tokens, self.scan = max_tokens, scan
+        by_first: dict[str, list[int]] = defaultdict(list)  # tokens by their first character: what can match a typed prefix
+        for i, text in enumerate(token_texts):
+            if text:
+                by_first[text[0]].append(i)
+        self._by_first = {ch: np.array(ids) for ch, ids in by_first.items()}
+
+    @classmethod
+    def from_lm(cls, lm, **options) -> "LMSuggester":
+        """From `slmkit.generate.open_lm(directory)`: a PyTorch or an exported ONNX causal LM."""
+        tok = lm.tokenizer
+        texts = [tok.decode([i], skip_special_tokens=True) for i in range(tok.get_vocab_size())]
+        encode = lambda text: tok.encode(text, add_special_tokens=False).ids  # noqa: E731
+        return cls(lm.stepper, encode, texts, lm.bos_id, lm.eos_ids, **options)
 
     def _options(self, logits: np.ndarray, produced: str, lead: str, required: str) -> list[tuple[int, str]]:
         """The tokens, most likely first, that keep the text after the context consistent with `required`."""
         out = []
-        for t in np.argsort(-logits)[: self.scan]:
+        need = required[len(produced) :]
+        if need:  # only tokens that start with the next required character can follow
+            ids = self._by_first.get(need[0], np.zeros(0, dtype=np.int64))
+            order = ids[np.argsort(-logits[ids], kind="stable")]
+        else:
+            order = np.argsort(-logits)[: self.scan]
+        for t in order:
             t = int(t)
             if t in self.end:
                 if len(produced) >= len(required) and len(produced) > len(lead):
@@ -207,19 +227,22 @@ class LMSuggester:
             out.append((t, text))
         return out
 
-    def _complete(self, token: int, text: str, lead: str, required: str) -> str | None:
-        """Follow `token` (its text so far: `text`) greedily to the end of the word."""
+    def _complete(self, token: int, text: str, lead: str, required: str) -> tuple[str | None, list[int] | None]:
+        """Follow `token` (the text after the context so far: `text`) greedily to the end of the word: (the word,
+        its tokens; None where a token also holds the next word's start)."""
+        path = [token]
         for _ in range(self.max_tokens):
             if token in self.end:
-                return self._word(text, lead, final=True)
+                return self._word(text, lead, final=True), path[:-1]
             word = self._word(text, lead, final=False) if len(text) >= len(required) else None
             if word:
-                return word
+                return word, (path[:-1] if self.texts[token][:1].isspace() else None)
             options = self._options(self.stepper.step(token), text, lead, required)
             if not options:
-                return None
+                return None, None
             token, text = options[0][0], options[0][1] or text
-        return self._word(text, lead, final=True)
+            path.append(token)
+        return self._word(text, lead, final=True), path
 
     @staticmethod
     def _word(text: str, lead: str, final: bool) -> str | None:
@@ -233,16 +256,22 @@ class LMSuggester:
         prompt = self.bos + (list(self.encode(context)) if context else [])
         lead = " " if context else ""
         required = lead + partial
+        context_ids = list(self.encode(context)) if context else []
         options = self._options(self.stepper.start(prompt), "", lead, required)
         found: list[str] = []
-        for i, (token, text) in enumerate(options):
+        for i, (token, text) in enumerate(options[: 2 * k]):  # each try costs a pass over the context
             if len(found) >= k:
                 break
             if token in self.end:
                 continue
             if i > 0:
                 self.stepper.start(prompt)  # the stepper holds one sequence: run the context again
-            word = self._complete(token, text, lead, required)
-            if word and word.startswith(partial) and word not in found:
-                found.append(word)
+            word, path = self._complete(token, text, lead, required)
+            if not word or not word.startswith(partial) or word in found:
+                continue
+            # a path the tokenizer would never produce (" " then "p" where " p" is one token) is one the model
+            # never saw in training: its continuation is noise
+            if path is not None and list(self.encode(context + lead + word))[len(context_ids) :] != path:
+                continue
+            found.append(word)
         return found
