@@ -306,8 +306,10 @@ def generate_text(
             if keep < len(held):
                 yield held[: len(held) - keep]
                 held = held[len(held) - keep :]
-        if produced < cfg.max_new_tokens and cfg.num_beams == 1:
-            info["finish_reason"] = "stop"  # an end-of-sequence token (or a full context window, rarer)
+        limit = getattr(stepper, "context_length", None)
+        budget = cfg.max_new_tokens if limit is None else min(cfg.max_new_tokens, int(limit) - len(prompt_ids))
+        if produced < budget:
+            info["finish_reason"] = "stop"  # an end-of-sequence token; a full context window stays "length"
         if held:
             yield held
     finally:
