@@ -176,3 +176,36 @@ def test_best_epoch_for_lower_is_better_metric():
     marks = [track_epoch(state, EpochEnd(e, 1.0, 1.0, 1.0), {"perplexity": p}, o)[:2] for e, p in enumerate([50.0, 20.0, 25.0, 20.0, 30.0], start=1)]
     assert marks == [(True, False), (True, False), (False, False), (True, True), (False, True)]
     assert state["best_epoch"] == 4 and state["best"] == 20.0
+
+
+def test_distill_lm_from_teacher_continuations(tiny_trained, lm_text, tmp_path):
+    from slmkit.generate import GenerationConfig, generate_ids, open_lm
+
+    lines = lm_text["eval"].read_text().splitlines()[:24]
+    (tmp_path / "prompts.txt").write_text("".join(" ".join(line.split()[:2]) + "\n" for line in lines))
+    common = ["--task", "lm", "--teacher", tiny_trained, "--prompts", tmp_path / "prompts.txt", "--eval", lm_text["eval"], "--max-tokens", 8,
+              "--shape", "layers=1,hidden=32,heads=2,ffn=64,context=16", "--lr", "1e-2", "--threads", 1, "--cache-dir", tmp_path / "cache",
+              "--set", "train.batch_size=4", "--set", "train.warmup=0", "--quiet"]
+    result = slm("distill", *common, "--epochs", 12, "--out", tmp_path / "student")
+    assert result.exit_code == 0, result.output
+    m = json.loads((tmp_path / "student" / "metrics.json").read_text())
+    d = m["distill"]
+    assert (d["prompts"], d["continuations"], d["teacher_backend"], d["token_kd"]) == (24, 24, "torch", "on")
+    assert not d["continuations_cache"]["hit"] and len(list((tmp_path / "cache").glob("lm-*.jsonl"))) == 1
+    assert json.loads((tmp_path / "student" / "config.json").read_text())["vocab_size"] == 300  # the teacher's tokenizer
+    # the student learned the teacher's greedy continuations of the prompts
+    teacher, student = open_lm(tiny_trained, threads=1), open_lm(tmp_path / "student", threads=1)
+    greedy = GenerationConfig(max_new_tokens=8, temperature=0)
+    prompts = (tmp_path / "prompts.txt").read_text().splitlines()
+    same = [list(generate_ids(teacher.stepper, teacher.encode(p), greedy, teacher.eos_ids)) == list(generate_ids(student.stepper, student.encode(p), greedy, student.eos_ids)) for p in prompts]
+    assert sum(same) >= len(prompts) / 2, sum(same)
+    # a second student reuses the continuations; without KD (or with its own vocabulary) the loss is plain CE
+    result = slm("distill", *common, "--epochs", 1, "--kd", 0, "--out", tmp_path / "no-kd")
+    assert result.exit_code == 0, result.output
+    d = json.loads((tmp_path / "no-kd" / "metrics.json").read_text())["distill"]
+    assert d["continuations_cache"]["hit"] and d["token_kd"] == "off: kd is 0"
+    result = slm("distill", *common, "--epochs", 1, "--set", "vocab_size=270", "--out", tmp_path / "own-vocab")
+    assert result.exit_code == 0, result.output
+    assert json.loads((tmp_path / "own-vocab" / "metrics.json").read_text())["distill"]["token_kd"].startswith("off: the student has its own vocabulary")
+    result = slm("distill", *common, "--student", "cnn:filters=8", "--out", tmp_path / "bad")
+    assert result.exit_code == 2 and "--student: not used by --task lm" in result.stderr
