@@ -587,14 +587,18 @@ def serve(
     timeout: Annotated[Optional[float], typer.Option("--timeout", help=_h(ServeConfig, "timeout_s"))] = None,
     threads: Annotated[Optional[int], typer.Option(help=_h(ServeConfig, "threads"))] = None,
     access_log: Annotated[Optional[bool], typer.Option("--access-log/--no-access-log", help=_h(ServeConfig, "access_log"))] = None,
+    max_sequences: Annotated[Optional[int], typer.Option(help=_h(ServeConfig, "max_sequences"))] = None,
+    max_tokens: Annotated[Optional[int], typer.Option(help=_h(ServeConfig, "max_tokens"))] = None,
     config: Annotated[Optional[Path], typer.Option(help="YAML file of serve settings; flags and --set override it.")] = None,
     set_: Sets = None,
 ):
     """Serve a model over HTTP: POST /v1/classify, /v1/entities (NER) or /v1/answer (QA), whichever the model's task
     is (micro-batched), /v1/models, /health/live, /health/ready, Prometheus /metrics and OpenAPI docs at /docs.
+    A causal LM gets OpenAI's /v1/completions and /v1/chat/completions instead (streamed or not).
     SIGTERM drains: admitted requests finish, new ones get 503.
 
     Example: slm serve runs/x-int8 --port 8000 --workers 2
+    Example: slm serve runs/lm --max-sequences 4 --max-tokens 256
     """
     from slmkit.serve import serve as run_serve
 
@@ -602,6 +606,7 @@ def serve(
         "model": model, "host": host, "port": port, "workers": workers, "api_key_file": api_key_file, "max_batch": max_batch,
         "max_wait_ms": max_wait_ms, "max_body_bytes": max_body_bytes, "max_texts": max_texts, "max_chars": max_chars,
         "truncate": truncate, "queue_size": queue_size, "timeout_s": timeout, "threads": threads, "access_log": access_log,
+        "max_sequences": max_sequences, "max_tokens": max_tokens,
     }
     run_serve(load_config(ServeConfig, config, set_, **flags))  # uvicorn logs the address; the model logs "ready"
 
