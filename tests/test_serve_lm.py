@@ -16,10 +16,14 @@ from pathlib import Path
 
 import httpx
 import pytest
+from typer.testing import CliRunner
+
+from conftest import LM_FAMILIES, make_causal_lm
 
 openai = pytest.importorskip("openai", reason="the openai client is in the test extra: pip install 'slmkit[test]'")
 
 import slmkit.serve_lm as serve_lm  # noqa: E402
+from slmkit.cli import app as cli  # noqa: E402
 from slmkit.config import ServeConfig  # noqa: E402
 from slmkit.errors import UserError  # noqa: E402
 from slmkit.serve import create_app  # noqa: E402
@@ -254,18 +258,16 @@ def test_a_client_leaving_before_the_answer_stops_its_generation(server):
 def test_deadline_ends_with_length_and_a_full_queue_gets_429(tiny_lm, paced_loader):
     with running(tiny_lm, max_sequences=1, max_tokens=64, queue_size=1, timeout_s=0.6) as server:
         PACE["s"] = 0.03  # 60 tokens would take 1.8 s: the 0.6 s deadline comes first
-        started = time.monotonic()
         stream = server.client.completions.create(model=server.name, prompt=PROMPT, max_tokens=60, temperature=0, stream=True,
                                                   stream_options={"include_usage": True})
         first = next(iter(stream))
         with pytest.raises(openai.RateLimitError) as refused:  # the one admitted request is streaming
             server.client.completions.create(model=server.name, prompt=PROMPT, max_tokens=4)
         chunks = [first, *stream]
-        elapsed = time.monotonic() - started
     assert refused.value.status_code == 429 and int(refused.value.response.headers["retry-after"]) >= 1
     assert refused.value.body["code"] == "queue_full"
     assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == "length"
-    assert 0 < chunks[-1].usage.completion_tokens < 60 and elapsed < 1.5
+    assert 0 < chunks[-1].usage.completion_tokens < 60  # cut by the deadline, not by max_tokens
 
 
 # ------------------------------------------------------------------------------------------ bad requests
@@ -303,6 +305,18 @@ def test_bad_requests_get_openai_style_errors(server):
     with pytest.raises(openai.UnprocessableEntityError) as raised:
         client.chat.completions.create(model=name, messages=[{"role": "wizard", "content": "hi"}])
     assert_api_error(raised, 422, "invalid_request")
+    raw = [  # bodies the client library would not send
+        (b'{"model": "%s", "prompt": "\\ud800"}' % name.encode(), 422, "invalid_request"),  # a lone surrogate
+        (b'{"model": "%s", "prompt": ["a", "b"]}' % name.encode(), 422, "unsupported"),  # one prompt per request
+        (b'{"model": "%s", "prompt": [1, 2, 3]}' % name.encode(), 422, "invalid_request"),  # token ids
+        (b'{"model": "%s", "prompt": "hi", "max_tokens": -1}' % name.encode(), 422, "invalid_request"),
+        (b'[1, 2]', 422, "invalid_request"),
+        (b'{"prompt": "hi"}', 422, "invalid_request"),
+        (b'{"model": "%s", "prompt": "%s"}' % (name.encode(), b"x" * 1_000_001), 413, "body_too_large"),
+    ]
+    for body, status, code in raw:
+        response = httpx.post(f"{server.url}/v1/completions", content=body, headers={"content-type": "application/json"})
+        assert response.status_code == status and response.json()["error"]["code"] == code, (body[:60], response.text)
     not_json = httpx.post(f"{server.url}/v1/completions", content=b"{", headers={"content-type": "application/json"})
     assert not_json.status_code == 400 and not_json.json()["error"]["code"] == "invalid_json"
     wrong = httpx.post(f"{server.url}/v1/classify", json={"texts": ["hi"]})
@@ -329,3 +343,41 @@ def test_slm_serve_checks_the_lm_directory_in_one_line(tiny_lm, tmp_path):
         serve(ServeConfig(model=str(broken)))
     with pytest.raises(UserError, match="max_sequences must be at least 1"):
         serve(ServeConfig(model=str(tiny_lm), max_sequences=0))
+
+
+def test_api_key_guards_generation_but_not_health(tiny_lm, tmp_path, paced_loader):
+    key = tmp_path / "key.txt"
+    key.write_text("s3cret-key-for-tests\n")
+    with running(tiny_lm, max_tokens=8, api_key_file=str(key)) as server:
+        wrong = openai.OpenAI(base_url=f"{server.url}/v1", api_key="sk-wrong", max_retries=0)
+        with pytest.raises(openai.AuthenticationError):
+            wrong.completions.create(model=server.name, prompt=PROMPT, max_tokens=2)
+        right = openai.OpenAI(base_url=f"{server.url}/v1", api_key="s3cret-key-for-tests", max_retries=0)
+        assert right.completions.create(model=server.name, prompt=PROMPT, max_tokens=2).usage.completion_tokens == 2
+        assert httpx.get(f"{server.url}/health/ready").status_code == 200
+
+
+@pytest.mark.parametrize("family", LM_FAMILIES)
+def test_every_family_streams_its_greedy_chat_answer(family, tmp_path, paced_loader):
+    from slmkit.generate import GenerationConfig, generate_text, special_ids
+    from slmkit.lm import TorchStepper, load_causal_lm
+
+    directory = make_causal_lm(tmp_path / family, family)
+    model, tokenizer = load_causal_lm(directory)
+    expected = "".join(generate_text(TorchStepper(model), tokenizer.backend_tokenizer, "<s>user: where is my parcel</s><s>assistant:",
+                                     GenerationConfig(max_new_tokens=8, temperature=0.0), **special_ids(directory)))
+    with running(directory, max_tokens=8) as server:
+        chunks = list(server.client.chat.completions.create(model=server.name, messages=[{"role": "user", "content": "where is my parcel"}],
+                                                            temperature=0, stream=True))
+    assert "".join(c.choices[0].delta.content or "" for c in chunks) == expected and chunks[-1].choices[0].finish_reason
+
+
+def test_cli_serve_offers_the_lm_settings_and_refuses_in_one_line(tiny_lm, tmp_path):
+    runner = CliRunner()
+    shown = runner.invoke(cli, ["serve", "--help"]).stdout
+    assert "--max-sequences" in shown and "--max-tokens" in shown
+    broken = shutil.copytree(tiny_lm, tmp_path / "no-weights")
+    (broken / "model.safetensors").unlink()
+    for args, message in [([str(broken)], "missing model.safetensors"), ([str(tiny_lm), "--max-tokens", "0"], "setting max_tokens must be at least 1")]:
+        result = runner.invoke(cli, ["serve", *args])
+        assert result.exit_code == 2 and message in result.stderr and len(result.stderr.strip().splitlines()) == 1, result.output
