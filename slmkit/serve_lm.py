@@ -69,7 +69,7 @@ from starlette.exceptions import HTTPException
 
 log = logging.getLogger("uvicorn.error")
 LM_ERROR_CODES = {
-    **{k: v for k, v in ERROR_CODES.items() if k not in ("too_many_texts", "text_too_long", "unreadable_pair", "invalid_text")},
+    **{k: v for k, v in ERROR_CODES.items() if k not in ("too_many_texts", "text_too_long", "unreadable_pair")},
     "wrong_task": "the endpoint of a classification, NER or QA model: this server answers a causal LM (404)",
     "model_not_found": "the request's model is not the one this server serves: see /v1/models (404)",
     "too_many_tokens": "max_tokens above the server's cap (max_tokens setting) (422)",
@@ -295,21 +295,32 @@ def _parse(body: bytes, model_class: type[_Request]) -> _Request:
         return model_class.model_validate_json(body)
     except ValidationError as e:
         error = e.errors(include_url=False)[0]
-        param = ".".join(str(p) for p in error["loc"])
+        # pydantic names the member of a union it tried ("prompt.str"): the client sent one field, not a type
+        path = [p for p in error["loc"] if isinstance(p, int) or (p.isidentifier() and p not in _TYPE_TAGS)]
+        param = ".".join(str(p) for p in path)
         kind, message = error["type"], error["msg"].removeprefix("Value error, ")
+        if len(path) < len(error["loc"]):
+            message = "wrong type: see /docs for what it takes"
+        if kind == "json_invalid":  # JSON that json.loads reads but pydantic refuses: a lone surrogate
+            raise LMError(422, "invalid_text", "a string holds a lone surrogate (\\ud800-\\udfff): send valid Unicode") from None
         if kind == "extra_forbidden":
-            raise _error(422, "unsupported", f'"{param}": not a parameter this server takes: see /docs', param) from None
+            raise LMError(422, "unsupported", f'"{param}": not a parameter this server takes: see /docs', param) from None
         if kind == "missing":
-            raise _error(422, "invalid_request", f'"{param}" is required', param) from None
+            raise LMError(422, "invalid_request", f'"{param}" is required', param) from None
         if kind == "model_type":
-            raise _error(422, "invalid_request", "expected a JSON object: see /docs", None) from None
-        raise _error(422, "invalid_request", f'"{param}": {message}', param) from None
+            raise LMError(422, "invalid_request", "expected a JSON object: see /docs", None) from None
+        raise LMError(422, "invalid_request", f'"{param}": {message}', param) from None
 
 
-def _error(status: int, code: str, message: str, param: str | None = None, headers: dict | None = None) -> ApiError:
-    e = ApiError(status, code, message, headers)
-    e.param = param
-    return e
+_TYPE_TAGS = {"str", "int", "float", "bool", "list", "dict"}
+
+
+class LMError(ApiError):
+    """An ApiError that also names the request field at fault (OpenAI's "param")."""
+
+    def __init__(self, status: int, code: str, message: str, param: str | None = None, headers: dict[str, str] | None = None):
+        super().__init__(status, code, message, headers)
+        self.param = param
 
 
 def _message_text(message: ChatMessage, i: int) -> dict:
@@ -319,7 +330,7 @@ def _message_text(message: ChatMessage, i: int) -> dict:
         texts = []
         for part in content:
             if part.get("type") != "text" or not isinstance(part.get("text"), str):
-                raise _error(422, "unsupported", f'"messages.{i}.content": only text parts are supported', f"messages.{i}.content")
+                raise LMError(422, "unsupported", f'"messages.{i}.content": only text parts are supported', f"messages.{i}.content")
             texts.append(part["text"])
         content = "".join(texts)
     return {**message.model_dump(exclude_none=True), "role": "system" if message.role == "developer" else message.role, "content": content or ""}
@@ -508,7 +519,7 @@ class LMService:
             async with asyncio.timeout(max(0.0, deadline - time.monotonic())):
                 await self.slots.acquire()
         except TimeoutError:
-            raise _error(503, "timeout", f"no free sequence within {self.cfg.timeout_s:g} s: retry later") from None
+            raise LMError(503, "timeout", f"no free sequence within {self.cfg.timeout_s:g} s: retry later") from None
         finally:
             self.waiting -= 1
         seq = _Sequence(loop, deadline, max_tokens)
@@ -548,7 +559,7 @@ async def _pieces(seq: _Sequence) -> AsyncIterator[str]:
     while (item := await seq.pieces.get()) is not _END:
         yield item
     if seq.error is not None:
-        raise _error(500, "internal", "internal error during generation: the server log has the details")
+        raise LMError(500, "internal", "internal error during generation: the server log has the details")
 
 
 async def _until_disconnect(request: Request) -> None:
@@ -600,9 +611,9 @@ def create_lm_app(cfg: ServeConfig) -> FastAPI:
 
     def require_ready() -> LMModel:
         if service.state == "loading":
-            raise _error(503, "not_ready", "the model is still loading: retry shortly", None, {"retry-after": "1"})
+            raise LMError(503, "not_ready", "the model is still loading: retry shortly", None, {"retry-after": "1"})
         if service.state == "failed":
-            raise _error(503, "not_ready", "the model failed to load: the server log says why")
+            raise LMError(503, "not_ready", "the model failed to load: the server log says why")
         return service.model
 
     def plan(req: _Request, prompt: str, default_max_tokens: int | None) -> tuple[Any, int]:
@@ -611,27 +622,27 @@ def create_lm_app(cfg: ServeConfig) -> FastAPI:
 
         model = service.model
         if req.model != model.name:
-            raise _error(404, "model_not_found", f"the model {json.dumps(req.model[:80])} is not served here: this server serves {json.dumps(model.name)}", "model")
+            raise LMError(404, "model_not_found", f"the model {json.dumps(req.model[:80])} is not served here: this server serves {json.dumps(model.name)}", "model")
         if (why := req.unsupported()) is not None:
-            raise _error(422, "unsupported", why, why.split(":")[0].split("/")[0])
+            raise LMError(422, "unsupported", why, why.split(":")[0].split("/")[0])
         asked = getattr(req, "max_completion_tokens", None) or req.max_tokens
         if asked is not None and asked > cfg.max_tokens:
-            raise _error(422, "too_many_tokens", f"max_tokens is {asked}; this server generates at most {cfg.max_tokens} tokens per request", "max_tokens")
+            raise LMError(422, "too_many_tokens", f"max_tokens is {asked}; this server generates at most {cfg.max_tokens} tokens per request", "max_tokens")
         prompt_tokens = len(model.encode(prompt)) or int(model.special_ids.get("bos_id") is not None)  # generate_text starts an empty one at bos
         if prompt_tokens == 0:
-            raise _error(422, "invalid_request", "the prompt is empty: send some text to continue", "prompt")
+            raise LMError(422, "invalid_request", "the prompt is empty: send some text to continue", "prompt")
         room = model.context_window - prompt_tokens
         if asked is None:
             asked = min(default_max_tokens or cfg.max_tokens, cfg.max_tokens, room)
         if asked > room or room < 1:
-            raise _error(422, "context_length_exceeded", f"the prompt holds {prompt_tokens} tokens and max_tokens is {asked}: together more than the "
+            raise LMError(422, "context_length_exceeded", f"the prompt holds {prompt_tokens} tokens and max_tokens is {asked}: together more than the "
                                                          f"model's context window of {model.context_window} tokens: shorten the prompt or ask for fewer tokens", "max_tokens")
         gen = GenerationConfig(max_new_tokens=asked, temperature=req.temperature, top_k=req.top_k, top_p=req.top_p,
                                repetition_penalty=req.repetition_penalty, stop=tuple(req.stop or ()), seed=req.seed)
         try:
             gen.validate()
         except UserError as e:
-            raise _error(422, "invalid_request", str(e)) from None
+            raise LMError(422, "invalid_request", str(e)) from None
         return gen, asked
 
     async def generate(request: Request, req: _Request, prompt: str, default_max_tokens: int | None, render: Callable) -> Response:
@@ -695,7 +706,7 @@ def create_lm_app(cfg: ServeConfig) -> FastAPI:
         prompt = req.prompt
         if isinstance(prompt, list):
             if len(prompt) != 1:
-                raise _error(422, "unsupported", "prompt: send one prompt per request (a string, or a list holding one string)", "prompt")
+                raise LMError(422, "unsupported", "prompt: send one prompt per request (a string, or a list holding one string)", "prompt")
             prompt = prompt[0]
         return await generate(request, req, prompt, 16, _CompletionChunks)  # OpenAI's default max_tokens for completions
 
@@ -706,16 +717,16 @@ def create_lm_app(cfg: ServeConfig) -> FastAPI:
         model = require_ready()
         req = _parse(await _read_body(request, cfg.max_body_bytes), ChatRequest)
         if not req.messages:
-            raise _error(422, "invalid_request", '"messages" is empty: send at least one message', "messages")
+            raise LMError(422, "invalid_request", '"messages" is empty: send at least one message', "messages")
         if model.chat_template is None:
-            raise _error(422, "no_chat_template", f"{model.name} has no chat template: use /v1/completions with a prompt", "messages")
+            raise LMError(422, "no_chat_template", f"{model.name} has no chat template: use /v1/completions with a prompt", "messages")
         messages = [_message_text(m, i) for i, m in enumerate(req.messages)]
         from jinja2 import TemplateError
 
         try:
             prompt = model.render_chat(messages)
         except TemplateError as e:
-            raise _error(422, "invalid_request", f"the model's chat template refuses these messages: {e}", "messages") from None
+            raise LMError(422, "invalid_request", f"the model's chat template refuses these messages: {e}", "messages") from None
         return await generate(request, req, prompt, None, _ChatChunks)
 
     for path in TASK_ENDPOINTS.values():  # the other tasks' endpoints say what this server answers
@@ -738,7 +749,7 @@ def create_lm_app(cfg: ServeConfig) -> FastAPI:
     async def model(model_id: str) -> Response:
         require_ready()
         if model_id != service.name:
-            raise _error(404, "model_not_found", f"the model {json.dumps(model_id[:80])} is not served here: see /v1/models", "model")
+            raise LMError(404, "model_not_found", f"the model {json.dumps(model_id[:80])} is not served here: see /v1/models", "model")
         return Response(json.dumps(model_card()), media_type="application/json")
 
     @app.get("/metrics", summary="Prometheus metrics")
@@ -770,7 +781,7 @@ def create_lm_app(cfg: ServeConfig) -> FastAPI:
 
 
 async def _wrong_task(request: Request) -> Response:
-    raise _error(404, "wrong_task", "this server answers a causal LM: POST /v1/completions or /v1/chat/completions (see /docs)")
+    raise LMError(404, "wrong_task", "this server answers a causal LM: POST /v1/completions or /v1/chat/completions (see /docs)")
 
 
 class _CompletionChunks:

@@ -306,7 +306,7 @@ def test_bad_requests_get_openai_style_errors(server):
         client.chat.completions.create(model=name, messages=[{"role": "wizard", "content": "hi"}])
     assert_api_error(raised, 422, "invalid_request")
     raw = [  # bodies the client library would not send
-        (b'{"model": "%s", "prompt": "\\ud800"}' % name.encode(), 422, "invalid_request"),  # a lone surrogate
+        (b'{"model": "%s", "prompt": "\\ud800"}' % name.encode(), 422, "invalid_text"),  # a lone surrogate
         (b'{"model": "%s", "prompt": ["a", "b"]}' % name.encode(), 422, "unsupported"),  # one prompt per request
         (b'{"model": "%s", "prompt": [1, 2, 3]}' % name.encode(), 422, "invalid_request"),  # token ids
         (b'{"model": "%s", "prompt": "hi", "max_tokens": -1}' % name.encode(), 422, "invalid_request"),
