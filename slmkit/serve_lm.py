@@ -44,6 +44,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import copy
 import json
 import logging
 import threading
@@ -79,8 +80,8 @@ LM_ERROR_CODES = {
 }
 MAX_STOP = 4  # stop sequences per request, as OpenAI's API
 WARM_UP_TOKENS = 2
-LM_ARCHITECTURE_SUFFIXES = ("ForCausalLM", "LMHeadModel")  # LlamaForCausalLM ..., GPT2LMHeadModel
-ONNX_LM_TASKS = ("lm", "causal-lm")  # the manifest task of an ONNX LM export
+LM_ARCHITECTURE_SUFFIXES = ("ForCausalLM",)  # LlamaForCausalLM, MistralForCausalLM ... (what slmkit.lm loads)
+ONNX_LM_TASK = "lm"  # the manifest task of an ONNX LM export (slm export of a causal LM)
 
 
 # ---------------------------------------------------------------------------------------------- the model
@@ -92,7 +93,7 @@ def lm_kind(directory: Path) -> str | None:
     manifest = directory / artifacts.MANIFEST
     if (directory / artifacts.ONNX_MODEL).is_file() and manifest.is_file():
         with contextlib.suppress(UserError):
-            if artifacts.read_json(manifest).get("task") in ONNX_LM_TASKS:
+            if artifacts.read_json(manifest).get("task") == ONNX_LM_TASK:
                 return "onnx"
         return None
     config = directory / artifacts.HF_CONFIG
@@ -129,8 +130,8 @@ class LMModel:
 def chat_template_of(directory: Path) -> Any | None:
     """The directory's chat template compiled in jinja2's sandbox (transformers' settings), or None."""
     source = None
-    if (directory / "chat_template.jinja").is_file():
-        source = (directory / "chat_template.jinja").read_text(encoding="utf-8")
+    if (directory / artifacts.CHAT_TEMPLATE).is_file():
+        source = (directory / artifacts.CHAT_TEMPLATE).read_text(encoding="utf-8")
     elif (directory / artifacts.TOKENIZER_CONFIG).is_file():
         source = artifacts.read_json(directory / artifacts.TOKENIZER_CONFIG).get("chat_template")
         if isinstance(source, list):  # named templates: [{"name": "default", "template": ...}, ...]
@@ -176,6 +177,10 @@ def check_lm_dir(directory: Path) -> str:
     kind = lm_kind(directory)
     if kind is None:
         raise UserError(f"{directory}: not a causal LM: pass a Hugging Face causal-LM directory or an ONNX LM export")
+    if kind == "onnx":
+        from slmkit.runtime import load_lm_manifest
+
+        load_lm_manifest(directory)  # the runtime's own checks of the files and the KV-cache layout
     artifacts.refuse_pickle(directory, artifacts.WEIGHTS if kind == "pytorch" else artifacts.ONNX_MODEL)
     needed = (artifacts.TOKENIZER, artifacts.WEIGHTS if kind == "pytorch" else artifacts.ONNX_MODEL)
     missing = [n for n in needed if not (directory / n).is_file()]
@@ -201,14 +206,13 @@ def load_lm(directory: Path, threads: int | None) -> LMModel:
         model, hf_tokenizer = load_causal_lm(directory)
         return LMModel(tokenizer=hf_tokenizer.backend_tokenizer, new_stepper=lambda: TorchStepper(model),
                        context_window=_context_window(artifacts.read_json(directory / artifacts.HF_CONFIG)), **common)
-    from tokenizers import Tokenizer
+    from slmkit.runtime import LMGenerator  # the torch-free side: ONNX Runtime with the KV cache
 
-    from slmkit.runtime import OnnxStepper, open_session  # the torch-free side: onnxruntime with the KV cache
-
-    session = open_session(directory, threads)
-    manifest = artifacts.read_json(directory / artifacts.MANIFEST)
-    return LMModel(tokenizer=Tokenizer.from_file(str(directory / artifacts.TOKENIZER)), new_stepper=lambda: OnnxStepper(session, manifest),
-                   context_window=_context_window(manifest), **common)
+    generator = LMGenerator(directory, threads=threads)
+    prototype = generator.stepper
+    # one ONNX Runtime session (thread-safe) for every sequence; each copy keeps its own KV cache, which start() replaces
+    return LMModel(tokenizer=generator.tokenizer, new_stepper=lambda: copy.copy(prototype), context_window=generator.context_length,
+                   **{**common, "special_ids": {"bos_id": generator.bos_id, "eos_ids": generator.eos_ids}})
 
 
 # ---------------------------------------------------------------------------------------------- requests

@@ -381,3 +381,55 @@ def test_cli_serve_offers_the_lm_settings_and_refuses_in_one_line(tiny_lm, tmp_p
     for args, message in [([str(broken)], "missing model.safetensors"), ([str(tiny_lm), "--max-tokens", "0"], "setting max_tokens must be at least 1")]:
         result = runner.invoke(cli, ["serve", *args])
         assert result.exit_code == 2 and message in result.stderr and len(result.stderr.strip().splitlines()) == 1, result.output
+
+
+# ------------------------------------------------------------------------------------------ an ONNX LM export
+
+
+@pytest.fixture(scope="module")
+def onnx_lm(tiny_lm, tmp_path_factory) -> Path:
+    """`tiny_lm` exported to ONNX with its KV cache (slm export of a causal LM)."""
+    import slmkit.runtime
+    from slmkit.config import ExportConfig
+    from slmkit.export import export
+
+    if not hasattr(slmkit.runtime, "LMGenerator"):
+        pytest.skip("the ONNX LM runtime (slmkit.runtime.LMGenerator) is not in this tree")
+    return export(ExportConfig(model=str(tiny_lm), out=str(tmp_path_factory.mktemp("lm-onnx") / "tiny-lm-onnx"))).out
+
+
+def test_an_onnx_export_serves_concurrent_streams_like_the_runtime(onnx_lm):
+    from slmkit.generate import GenerationConfig
+    from slmkit.runtime import LMGenerator
+
+    prompts = [PROMPT, "my invoice is wrong again"]
+    generator = LMGenerator(onnx_lm)
+    expected = [generator.complete(p, GenerationConfig(max_new_tokens=20, temperature=0.0)) for p in prompts]
+    with running(onnx_lm, max_sequences=2, max_tokens=20) as server:
+        def stream(prompt: str) -> str:
+            chunks = server.client.completions.create(model=server.name, prompt=prompt, max_tokens=20, temperature=0, stream=True)
+            return "".join(c.choices[0].text for c in chunks)
+
+        with ThreadPoolExecutor(2) as pool:  # two sequences at once over one ONNX Runtime session: each keeps its own cache
+            assert list(pool.map(stream, prompts * 2)) == expected * 2
+        chat = server.client.chat.completions.create(model=server.name, messages=[{"role": "user", "content": "hi"}], max_tokens=4, temperature=0)
+        model = httpx.get(f"{server.url}/v1/models").json()["data"][0]
+    assert chat.choices[0].message.role == "assistant" and chat.usage.completion_tokens <= 4  # the export carries the chat template
+    assert model["backend"] == "onnx" and model["context_window"] == 128
+
+
+def test_an_onnx_lm_server_process_imports_no_torch(onnx_lm):
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, time\nfrom fastapi.testclient import TestClient\nimport slmkit.cli\nfrom slmkit.config import ServeConfig\n"
+        "from slmkit.serve import create_app\n"
+        f"with TestClient(create_app(ServeConfig(model={str(onnx_lm)!r}))) as c:\n"
+        "    while c.get('/health/ready').status_code != 200: time.sleep(0.01)\n"
+        f"    r = c.post('/v1/completions', json={{'model': {onnx_lm.name!r}, 'prompt': 'my parcel', 'max_tokens': 4}})\n"
+        "    assert r.status_code == 200 and r.json()['usage']['completion_tokens'] > 0, r.text\n"
+        "bad = [m for m in ('torch', 'transformers') if m in sys.modules]\nassert not bad, bad\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
