@@ -208,6 +208,15 @@ def test_seeded_sampling_repeats_and_top_p_is_taken(server, reference):
     assert first == reference(PROMPT, max_new_tokens=16, temperature=1.0, top_p=0.9, seed=7)[0]
 
 
+def test_readme_example_runs_as_written(server, capsys):
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+    block = re.search(r"<!-- serve-lm-example -->\s*```python\n(.*?)```", readme, re.S)
+    assert block, "README lost its serve-lm-example block"
+    exec(block.group(1).replace("http://127.0.0.1:8000/v1", f"{server.url}/v1"), {})
+    printed = capsys.readouterr().out
+    assert " 8 length\n" in printed  # the completion's text (random: any characters), its token count and finish_reason
+
+
 # ------------------------------------------------------------------------------------------ the queue
 
 
@@ -357,7 +366,7 @@ def test_api_key_guards_generation_but_not_health(tiny_lm, tmp_path, paced_loade
         assert httpx.get(f"{server.url}/health/ready").status_code == 200
 
 
-@pytest.mark.parametrize("family", LM_FAMILIES)
+@pytest.mark.parametrize("family", [f for f in LM_FAMILIES if f != "llama"])  # llama: tiny_lm, served above
 def test_every_family_streams_its_greedy_chat_answer(family, tmp_path, paced_loader):
     from slmkit.generate import GenerationConfig, generate_text, special_ids
     from slmkit.lm import TorchStepper, load_causal_lm
