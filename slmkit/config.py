@@ -436,7 +436,7 @@ class ServeConfig:
     truncate: bool = _f(False, "Cut texts longer than max_chars instead of refusing the request (each result says whether it was cut).")
     queue_size: int = _f(128, "Most requests admitted and not yet answered; more get 429 with Retry-After at once (before their body is read).")
     timeout_s: float = _f(10.0, "Deadline of one request in seconds: past it the answer is 503, never a late result.")
-    threads: int | None = _f(1, "ONNX Runtime threads per worker; 1 leaves the other cores to HTTP handling and other workers.")
+    threads: int | None = _f(1, "ONNX Runtime threads per worker (a causal LM in PyTorch: torch's); 1 leaves the other cores to HTTP handling and other workers.")
     access_log: bool = _f(False, "Log every request (costs throughput under load).")
     max_sequences: int = _f(2, "Causal LMs: sequences generated at once, each on a thread of its own; further requests wait for one (within timeout_s).")
     max_tokens: int = _f(256, "Causal LMs: most tokens one request may ask for (max_tokens); a request asking more gets 422.")

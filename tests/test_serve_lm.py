@@ -161,6 +161,7 @@ def test_greedy_completion_equals_generate_text_streamed_and_not(server, referen
     assert len([c for c in chunks if c.choices and c.choices[0].text]) > 1  # streamed piece by piece, not in one go
     assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == "length"
     assert chunks[-1].choices == [] and chunks[-1].usage.completion_tokens == 12 and all(c.usage is None for c in chunks[:-1])
+    assert server.metric('slm_requests_total{endpoint="/v1/completions",status="200"}') >= 2
 
 
 def test_chat_uses_the_chat_template_streamed_and_not(server, reference):
@@ -220,18 +221,22 @@ def test_readme_example_runs_as_written(server, capsys):
 # ------------------------------------------------------------------------------------------ the queue
 
 
-def test_two_streams_progress_together(server):
+def test_two_streams_progress_together(server, reference):
+    prompts = [PROMPT, "my invoice is wrong again"]
+    expected = [reference(p, max_new_tokens=24, temperature=0.0)[0] for p in prompts]
     PACE["s"] = 0.02  # 24 tokens: about half a second per stream
 
-    def stream(prompt: str) -> list[float]:
-        times = []
+    def stream(prompt: str) -> tuple[list[float], str]:
+        times, text = [], ""
         for chunk in server.client.completions.create(model=server.name, prompt=prompt, max_tokens=24, temperature=0, stream=True):
             if chunk.choices and chunk.choices[0].text:
                 times.append(time.monotonic())
-        return times
+                text += chunk.choices[0].text
+        return times, text
 
     with ThreadPoolExecutor(2) as pool:
-        a, b = pool.map(stream, [PROMPT, "my invoice is wrong again"])
+        (a, text_a), (b, text_b) = pool.map(stream, prompts)
+    assert [text_a, text_b] == expected  # two KV caches over one model: no cross-talk
     assert len(a) > 3 and len(b) > 3
     assert b[0] < a[-1] and a[0] < b[-1]  # each began before the other ended: neither waited for the other
     assert min(a[-1], b[-1]) - max(a[0], b[0]) > 0.2  # and they overlapped most of their time
