@@ -79,6 +79,7 @@ LM_ERROR_CODES = {
     "unsupported": "a parameter this server does not implement (n > 1, logprobs, echo, penalties, tools...) (422)",
 }
 MAX_STOP = 4  # stop sequences per request, as OpenAI's API
+CLIENT_CLOSED = 499  # the status recorded for a request whose client left before its answer (nginx's)
 WARM_UP_TOKENS = 2
 LM_ARCHITECTURE_SUFFIXES = ("ForCausalLM",)  # LlamaForCausalLM, MistralForCausalLM ... (what slmkit.lm loads)
 ONNX_LM_TASK = "lm"  # the manifest task of an ONNX LM export (slm export of a causal LM)
@@ -358,8 +359,8 @@ class _Sequence:
     """One request's generation: the worker thread puts text pieces into `pieces` (through the loop) and ends
     with `_END`; the event loop reads them. `cancelled` ends it at the next token."""
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, deadline: float, max_tokens: int):
-        self.loop, self.deadline, self.max_tokens = loop, deadline, max_tokens  # deadline: time.monotonic()
+    def __init__(self, loop: asyncio.AbstractEventLoop, deadline: float):
+        self.loop, self.deadline = loop, deadline  # deadline: on time.monotonic()
         self.pieces: asyncio.Queue = asyncio.Queue()
         self.cancelled = threading.Event()
         self.info: dict = {"finish_reason": "length", "prompt_tokens": 0, "completion_tokens": 0}  # generate_text fills it
@@ -429,7 +430,7 @@ class _LMMetrics:
         Gauge("slm_active_sequences", "Sequences generating now (at most max_sequences).", registry=r).set_function(lambda: service.active)
         Gauge("slm_waiting_sequences", "Requests waiting for a free sequence.", registry=r).set_function(lambda: service.waiting)
         Gauge("slm_in_flight_requests", "Requests admitted and not yet answered (bounded by queue_size).", registry=r).set_function(lambda: service.in_flight)
-        Gauge("slm_tokens_per_second", "Tokens generated per second over the last 10 s.", registry=r).set_function(service.throughput.rate)
+        Gauge("slm_tokens_per_second", "Tokens generated per second over the last 10 s.", registry=r).set_function(service.tokens_per_second)
         Gauge("slm_ready", "1 when the model is loaded and warmed up and the server is not draining.", registry=r).set_function(lambda: float(service.ready))
 
     def request(self, endpoint: str, status: int, seconds: float) -> None:
@@ -464,7 +465,8 @@ class LMService:
         self.active = 0  # sequences generating
         self.waiting = 0  # requests waiting for a sequence
         self.sequences: set[_Sequence] = set()
-        self.throughput = _Throughput()  # generated tokens/s
+        self.throughput = _Throughput()  # generated tokens/s, added to from the worker threads under the lock
+        self.throughput_lock = threading.Lock()
         self.answered = _Throughput()  # admitted requests/s, for Retry-After
         self.metrics = _LMMetrics(self)
         self._previous_sigterm: Any = None
@@ -511,11 +513,16 @@ class LMService:
                  self.model.name, self.model.kind, self.model.context_window, "with a" if self.model.chat_template else "no",
                  time.perf_counter() - started)
 
-    def _on_token(self) -> None:  # on a worker thread: Counter.inc and deque.append are thread-safe
+    def _on_token(self) -> None:  # on a worker thread (prometheus counters lock themselves)
         self.metrics.tokens.inc()
-        self.throughput.add(1)
+        with self.throughput_lock:
+            self.throughput.add(1)
 
-    async def start(self, prompt: str, gen: Any, max_tokens: int, deadline: float) -> _Sequence:
+    def tokens_per_second(self) -> float:
+        with self.throughput_lock:
+            return self.throughput.rate()
+
+    async def start(self, prompt: str, gen: Any, deadline: float) -> _Sequence:
         """A sequence generating `prompt` on a worker thread, once a sequence slot is free (503 at the deadline)."""
         loop = asyncio.get_running_loop()
         self.waiting += 1
@@ -526,7 +533,7 @@ class LMService:
             raise LMError(503, "timeout", f"no free sequence within {self.cfg.timeout_s:g} s: retry later") from None
         finally:
             self.waiting -= 1
-        seq = _Sequence(loop, deadline, max_tokens)
+        seq = _Sequence(loop, deadline)
         self.sequences.add(seq)
         self.active += 1
         future = loop.run_in_executor(self.executor, self._generate, seq, prompt, gen)
@@ -620,8 +627,8 @@ def create_lm_app(cfg: ServeConfig) -> FastAPI:
             raise LMError(503, "not_ready", "the model failed to load: the server log says why")
         return service.model
 
-    def plan(req: _Request, prompt: str, default_max_tokens: int | None) -> tuple[Any, int]:
-        """The request's GenerationConfig and max_tokens, after the limits."""
+    def plan(req: _Request, prompt: str, default_max_tokens: int | None) -> Any:
+        """The request's GenerationConfig, within the limits."""
         from slmkit.generate import GenerationConfig
 
         model = service.model
@@ -647,13 +654,13 @@ def create_lm_app(cfg: ServeConfig) -> FastAPI:
             gen.validate()
         except UserError as e:
             raise LMError(422, "invalid_request", str(e)) from None
-        return gen, asked
+        return gen
 
-    async def generate(request: Request, req: _Request, prompt: str, default_max_tokens: int | None, render: Callable) -> Response:
+    async def generate(request: Request, req: _Request, prompt: str, default_max_tokens: int | None, render: type) -> Response:
         """Start the sequence, then stream it (SSE) or answer when it ends; a client that leaves stops it."""
         started = time.monotonic()
-        gen, max_tokens = plan(req, prompt, default_max_tokens)
-        seq = await service.start(prompt, gen, max_tokens, started + cfg.timeout_s)
+        gen = plan(req, prompt, default_max_tokens)
+        seq = await service.start(prompt, gen, started + cfg.timeout_s)
         ident, created = f"{render.prefix}-{uuid.uuid4().hex}", int(time.time())
         if req.stream:
             usage = bool((req.stream_options or {}).get("include_usage"))
@@ -671,14 +678,17 @@ def create_lm_app(cfg: ServeConfig) -> FastAPI:
             await asyncio.wait({collecting, watching}, return_when=asyncio.FIRST_COMPLETED)
         finally:
             watching.cancel()
-            if not collecting.done():  # the client left: stop its generation
+            if not collecting.done():  # the client left (or the server stops): stop its generation
                 seq.cancelled.set()
                 collecting.cancel()
+        if collecting.cancelled():
+            return Response(status_code=CLIENT_CLOSED)  # nobody reads it; the metrics count it
         collecting.result()
         body = render.whole(ident, created, service.name, "".join(parts), seq.finish_reason, seq.usage())
         return Response(json.dumps(body, ensure_ascii=False).encode(), media_type="application/json")
 
-    async def _events(seq: _Sequence, render: Any, ident: str, created: int, usage: bool) -> AsyncIterator[bytes]:
+    async def _events(seq: _Sequence, render: type, ident: str, created: int, usage: bool) -> AsyncIterator[bytes]:
+        """The sequence as server-sent events: OpenAI's chunks, then data: [DONE]."""
         extra = {"usage": None} if usage else {}
 
         def event(payload: dict) -> bytes:
