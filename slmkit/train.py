@@ -221,7 +221,8 @@ def train(cfg: TrainConfig, overwrite: bool = False, resume: bool = False, progr
     torch.manual_seed(o.seed)  # the new head's initialization
     model = task.build_model(base, labels, cfg.model.dropout).to(o.device)
     if o.grad_checkpoint:
-        model.gradient_checkpointing_enable()  # activations recomputed in the backward pass: less memory, slower steps
+        # activations recomputed in the backward pass: less memory, slower steps (transformers 5.x renamed the method)
+        (getattr(model, "activation_checkpointing_enable", None) or model.gradient_checkpointing_enable)()
     collate = partial(task.collate, pad_id=base.hf_tokenizer.pad_token_id or 0, token_types=uses_token_types(model, base.hf_tokenizer))
     if o.device != "cpu":
         collate = partial(on_device, collate, o.device)
