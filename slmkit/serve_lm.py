@@ -59,7 +59,7 @@ from slmkit import artifacts
 from slmkit.config import ServeConfig
 from slmkit.errors import UserError
 from slmkit.serve import (
-    DOCS, DOCS_HEADERS, DOCS_PAGE, ERROR_CODES, LM_ENDPOINTS, TASK_ENDPOINTS, ApiError, Service, _App, _read_body, _Throughput, read_api_key,
+    DOCS, DOCS_HEADERS, DOCS_PAGE, ERROR_CODES, TASK_ENDPOINTS, ApiError, Service, _App, _read_body, _Throughput, read_api_key,
 )
 
 from fastapi import FastAPI, Request
@@ -78,6 +78,7 @@ LM_ERROR_CODES = {
     "no_chat_template": "a chat request to a model without a chat template: use /v1/completions (422)",
     "unsupported": "a parameter this server does not implement (n > 1, logprobs, echo, penalties, tools...) (422)",
 }
+DEFAULT_CONTEXT = 2048  # tokens, for a model whose config names no context window
 MAX_STOP = 4  # stop sequences per request, as OpenAI's API
 CLIENT_CLOSED = 499  # the status recorded for a request whose client left before its answer (nginx's)
 WARM_UP_TOKENS = 2
@@ -111,70 +112,33 @@ class LMModel:
     """A causal LM ready to generate: `new_stepper()` gives each sequence its own KV cache over one shared model."""
 
     name: str
-    kind: str  # "pytorch" or "onnx"
-    tokenizer: Any  # a tokenizers.Tokenizer: what generate_text encodes and decodes with
+    backend: str  # "torch" or "onnx" (slmkit.generate.open_lm's)
+    tokenizer: Any  # a tokenizers.Tokenizer: what generate_text decodes with
     new_stepper: Callable[[], Any]
     context_window: int  # tokens: prompt + completion
-    chat_template: Any | None  # a compiled jinja2 template
+    chat_template: str | None  # jinja2 source
     special_ids: dict = field(default_factory=dict)  # generate_text's bos_id and eos_ids
-    special_tokens: dict[str, str] = field(default_factory=dict)  # bos_token, eos_token ... as the template sees them
 
     def encode(self, prompt: str) -> list[int]:
-        """The prompt's ids, as generate_text encodes them (with the tokenizer's own special tokens)."""
-        return self.tokenizer.encode(prompt).ids
+        """A prompt's ids, with the tokenizer's own special tokens (as generate_text and slm generate encode a text)."""
+        return list(self.tokenizer.encode(prompt).ids)
 
-    def render_chat(self, messages: list[dict]) -> str:
-        """The prompt of a conversation: the model's chat template with the assistant's turn opened."""
-        return self.chat_template.render(messages=messages, add_generation_prompt=True, **self.special_tokens)
+    def encode_chat(self, messages: list[dict]) -> list[int]:
+        """A conversation's ids: the chat template applied with the assistant's turn opened. The template writes
+        its own special tokens (<s> ...), so the tokenizer adds none (as slm generate --chat)."""
+        from slmkit.generate import render_chat
 
-
-def chat_template_of(directory: Path) -> Any | None:
-    """The directory's chat template compiled in jinja2's sandbox (transformers' settings), or None."""
-    source = None
-    if (directory / artifacts.CHAT_TEMPLATE).is_file():
-        source = (directory / artifacts.CHAT_TEMPLATE).read_text(encoding="utf-8")
-    elif (directory / artifacts.TOKENIZER_CONFIG).is_file():
-        source = artifacts.read_json(directory / artifacts.TOKENIZER_CONFIG).get("chat_template")
-        if isinstance(source, list):  # named templates: [{"name": "default", "template": ...}, ...]
-            source = next((t.get("template") for t in source if isinstance(t, dict) and t.get("name") == "default"), None)
-    if not source:
-        return None
-    from jinja2 import TemplateError
-    from jinja2.sandbox import ImmutableSandboxedEnvironment
-
-    def raise_exception(message: str) -> None:
-        raise TemplateError(message)
-
-    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
-    env.filters["tojson"] = lambda value, indent=None: json.dumps(value, ensure_ascii=False, indent=indent)
-    env.globals["raise_exception"] = raise_exception
-    try:
-        return env.from_string(source)
-    except TemplateError as e:
-        raise UserError(f"{directory}: the chat template does not compile ({e}): fix chat_template.jinja or tokenizer_config.json") from None
-
-
-def _special_tokens(directory: Path) -> dict[str, str]:
-    config = artifacts.read_json(directory / artifacts.TOKENIZER_CONFIG) if (directory / artifacts.TOKENIZER_CONFIG).is_file() else {}
-    found = {}
-    for name in ("bos_token", "eos_token", "pad_token", "unk_token"):
-        value = config.get(name)
-        if isinstance(value, dict):  # {"content": "<s>", ...}
-            value = value.get("content")
-        if isinstance(value, str):
-            found[name] = value
-    return found
-
-
-def _context_window(config: dict) -> int:
-    for key in ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length", "context_window"):
-        if isinstance(config.get(key), int) and config[key] > 0:
-            return config[key]
-    return 2048
+        token = lambda i: self.tokenizer.id_to_token(i) if i is not None else ""  # noqa: E731
+        eos = self.special_ids.get("eos_ids") or (None,)
+        text = render_chat(self.chat_template, messages, {"bos_token": token(self.special_ids.get("bos_id")), "eos_token": token(eos[0])})
+        return list(self.tokenizer.encode(text, add_special_tokens=False).ids)
 
 
 def check_lm_dir(directory: Path) -> str:
-    """What `slm serve` checks before starting: the directory is a causal LM it can serve, with a tokenizer."""
+    """What `slm serve` checks before starting (without loading the model): a causal LM it can serve, with a
+    tokenizer and a chat template that compiles."""
+    from slmkit.generate import chat_template
+
     kind = lm_kind(directory)
     if kind is None:
         raise UserError(f"{directory}: not a causal LM: pass a Hugging Face causal-LM directory or an ONNX LM export")
@@ -187,33 +151,30 @@ def check_lm_dir(directory: Path) -> str:
     missing = [n for n in needed if not (directory / n).is_file()]
     if missing and not (kind == "pytorch" and any(directory.glob("model-*.safetensors"))):
         raise UserError(f"{directory}: missing {', '.join(missing)}: a causal LM is served from safetensors (or model.onnx) and tokenizer.json")
-    chat_template_of(directory)
+    if (source := chat_template(directory)) is not None:
+        from jinja2 import TemplateError
+        from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+        try:
+            ImmutableSandboxedEnvironment().parse(source)
+        except TemplateError as e:
+            raise UserError(f"{directory}: the chat template does not compile ({e}): fix {artifacts.CHAT_TEMPLATE} or tokenizer_config.json") from None
     return kind
 
 
 def load_lm(directory: Path, threads: int | None) -> LMModel:
-    """The directory's causal LM, loaded once per worker: PyTorch for a Hugging Face directory, ONNX Runtime for an export."""
-    from slmkit.generate import special_ids
+    """The directory's causal LM, loaded once per worker by `slm generate`'s `open_lm` (PyTorch for a Hugging
+    Face directory, ONNX Runtime without torch for an export)."""
+    from slmkit.generate import open_lm
 
-    kind = check_lm_dir(directory)
-    common = {"name": directory.resolve().name, "kind": kind, "chat_template": chat_template_of(directory),
-              "special_ids": special_ids(directory), "special_tokens": _special_tokens(directory)}
-    if kind == "pytorch":
-        import torch
-        from slmkit.lm import TorchStepper, load_causal_lm
-
-        if threads:
-            torch.set_num_threads(threads)
-        model, hf_tokenizer = load_causal_lm(directory)
-        return LMModel(tokenizer=hf_tokenizer.backend_tokenizer, new_stepper=lambda: TorchStepper(model),
-                       context_window=_context_window(artifacts.read_json(directory / artifacts.HF_CONFIG)), **common)
-    from slmkit.runtime import LMGenerator  # the torch-free side: ONNX Runtime with the KV cache
-
-    generator = LMGenerator(directory, threads=threads)
-    prototype = generator.stepper
-    # one ONNX Runtime session (thread-safe) for every sequence; each copy keeps its own KV cache, which start() replaces
-    return LMModel(tokenizer=generator.tokenizer, new_stepper=lambda: copy.copy(prototype), context_window=generator.context_length,
-                   **{**common, "special_ids": {"bos_id": generator.bos_id, "eos_ids": generator.eos_ids}})
+    check_lm_dir(directory)
+    lm = open_lm(directory, threads)
+    prototype = lm.stepper
+    # One model (an ONNX Runtime session is thread-safe; a torch module's forward keeps no state) for every
+    # sequence: each copy of the stepper holds its own KV cache, which its start() replaces.
+    return LMModel(name=directory.resolve().name, backend=lm.backend, tokenizer=lm.tokenizer, new_stepper=lambda: copy.copy(prototype),
+                   context_window=lm.context_length or DEFAULT_CONTEXT, chat_template=lm.chat_template,
+                   special_ids={"bos_id": lm.bos_id, "eos_ids": lm.eos_ids})
 
 
 # ---------------------------------------------------------------------------------------------- requests
@@ -498,7 +459,7 @@ class LMService:
             model = load_lm(self.directory, self.cfg.threads)
             # the first steps allocate the model's buffers: make them before the first client does
             warm_up = GenerationConfig(max_new_tokens=WARM_UP_TOKENS, temperature=0.0)
-            list(generate_text(model.new_stepper(), model.tokenizer, "warm up", warm_up, **model.special_ids))
+            list(generate_text(model.new_stepper(), model.tokenizer, model.encode("warm up"), warm_up, **model.special_ids))
             return model
 
         try:
@@ -510,7 +471,7 @@ class LMService:
         self.name = self.model.name
         self.state = "ready"
         log.info("causal LM %s (%s, context %d tokens, %s chat template) loaded and warmed up in %.1f s: ready",
-                 self.model.name, self.model.kind, self.model.context_window, "with a" if self.model.chat_template else "no",
+                 self.model.name, self.model.backend, self.model.context_window, "with a" if self.model.chat_template else "no",
                  time.perf_counter() - started)
 
     def _on_token(self) -> None:  # on a worker thread (prometheus counters lock themselves)
@@ -522,8 +483,8 @@ class LMService:
         with self.throughput_lock:
             return self.throughput.rate()
 
-    async def start(self, prompt: str, gen: Any, deadline: float) -> _Sequence:
-        """A sequence generating `prompt` on a worker thread, once a sequence slot is free (503 at the deadline)."""
+    async def start(self, prompt_ids: list[int], gen: Any, deadline: float) -> _Sequence:
+        """A sequence continuing `prompt_ids` on a worker thread, once a sequence slot is free (503 at the deadline)."""
         loop = asyncio.get_running_loop()
         self.waiting += 1
         try:
@@ -536,7 +497,7 @@ class LMService:
         seq = _Sequence(loop, deadline)
         self.sequences.add(seq)
         self.active += 1
-        future = loop.run_in_executor(self.executor, self._generate, seq, prompt, gen)
+        future = loop.run_in_executor(self.executor, self._generate, seq, prompt_ids, gen)
 
         def release(_: Any) -> None:
             self.active -= 1
@@ -547,13 +508,13 @@ class LMService:
         future.add_done_callback(release)
         return seq
 
-    def _generate(self, seq: _Sequence, prompt: str, gen: Any) -> None:
+    def _generate(self, seq: _Sequence, prompt_ids: list[int], gen: Any) -> None:
         """On a worker thread: the decode loop, piece by piece into the sequence's queue."""
         from slmkit.generate import generate_text
 
         stepper = _WatchedStepper(self.model.new_stepper(), seq, self._on_token)
         try:
-            for piece in generate_text(stepper, self.model.tokenizer, prompt, gen, info=seq.info, **self.model.special_ids):
+            for piece in generate_text(stepper, self.model.tokenizer, prompt_ids, gen, info=seq.info, **self.model.special_ids):
                 if piece:
                     seq.put(piece)
         except _Stopped as e:
@@ -627,19 +588,22 @@ def create_lm_app(cfg: ServeConfig) -> FastAPI:
             raise LMError(503, "not_ready", "the model failed to load: the server log says why")
         return service.model
 
-    def plan(req: _Request, prompt: str, default_max_tokens: int | None) -> Any:
+    def check(req: _Request) -> None:
+        """The request names this model and asks only for what the server implements."""
+        if req.model != service.name:
+            raise LMError(404, "model_not_found", f"the model {json.dumps(req.model[:80])} is not served here: this server serves {json.dumps(service.name)}", "model")
+        if (why := req.unsupported()) is not None:
+            raise LMError(422, "unsupported", why, why.split(":")[0].split("/")[0])
+
+    def plan(req: _Request, prompt_ids: list[int], default_max_tokens: int | None) -> Any:
         """The request's GenerationConfig, within the limits."""
         from slmkit.generate import GenerationConfig
 
         model = service.model
-        if req.model != model.name:
-            raise LMError(404, "model_not_found", f"the model {json.dumps(req.model[:80])} is not served here: this server serves {json.dumps(model.name)}", "model")
-        if (why := req.unsupported()) is not None:
-            raise LMError(422, "unsupported", why, why.split(":")[0].split("/")[0])
         asked = getattr(req, "max_completion_tokens", None) or req.max_tokens
         if asked is not None and asked > cfg.max_tokens:
             raise LMError(422, "too_many_tokens", f"max_tokens is {asked}; this server generates at most {cfg.max_tokens} tokens per request", "max_tokens")
-        prompt_tokens = len(model.encode(prompt)) or int(model.special_ids.get("bos_id") is not None)  # generate_text starts an empty one at bos
+        prompt_tokens = len(prompt_ids) or int(model.special_ids.get("bos_id") is not None)  # generate_text starts an empty one at bos
         if prompt_tokens == 0:
             raise LMError(422, "invalid_request", "the prompt is empty: send some text to continue", "prompt")
         room = model.context_window - prompt_tokens
@@ -656,11 +620,11 @@ def create_lm_app(cfg: ServeConfig) -> FastAPI:
             raise LMError(422, "invalid_request", str(e)) from None
         return gen
 
-    async def generate(request: Request, req: _Request, prompt: str, default_max_tokens: int | None, render: type) -> Response:
+    async def generate(request: Request, req: _Request, prompt_ids: list[int], default_max_tokens: int | None, render: type) -> Response:
         """Start the sequence, then stream it (SSE) or answer when it ends; a client that leaves stops it."""
         started = time.monotonic()
-        gen = plan(req, prompt, default_max_tokens)
-        seq = await service.start(prompt, gen, started + cfg.timeout_s)
+        gen = plan(req, prompt_ids, default_max_tokens)
+        seq = await service.start(prompt_ids, gen, started + cfg.timeout_s)
         ident, created = f"{render.prefix}-{uuid.uuid4().hex}", int(time.time())
         if req.stream:
             usage = bool((req.stream_options or {}).get("include_usage"))
@@ -715,14 +679,15 @@ def create_lm_app(cfg: ServeConfig) -> FastAPI:
               openapi_extra={"requestBody": {"required": True, "content": {"application/json": {"schema": CompletionRequest.model_json_schema()}}}})
     async def completions(request: Request) -> Response:
         """The prompt's continuation: one choice, with usage and finish_reason; `stream: true` for server-sent events."""
-        require_ready()
+        model = require_ready()
         req = _parse(await _read_body(request, cfg.max_body_bytes), CompletionRequest)
+        check(req)
         prompt = req.prompt
         if isinstance(prompt, list):
             if len(prompt) != 1:
                 raise LMError(422, "unsupported", "prompt: send one prompt per request (a string, or a list holding one string)", "prompt")
             prompt = prompt[0]
-        return await generate(request, req, prompt, 16, _CompletionChunks)  # OpenAI's default max_tokens for completions
+        return await generate(request, req, model.encode(prompt), 16, _CompletionChunks)  # OpenAI's default max_tokens for completions
 
     @app.post("/v1/chat/completions", response_model=None, summary="Answer a conversation (OpenAI's chat completions API)",
               openapi_extra={"requestBody": {"required": True, "content": {"application/json": {"schema": ChatRequest.model_json_schema()}}}})
@@ -730,18 +695,17 @@ def create_lm_app(cfg: ServeConfig) -> FastAPI:
         """The assistant's next message, from the conversation rendered with the model's chat template."""
         model = require_ready()
         req = _parse(await _read_body(request, cfg.max_body_bytes), ChatRequest)
+        check(req)
         if not req.messages:
             raise LMError(422, "invalid_request", '"messages" is empty: send at least one message', "messages")
         if model.chat_template is None:
             raise LMError(422, "no_chat_template", f"{model.name} has no chat template: use /v1/completions with a prompt", "messages")
         messages = [_message_text(m, i) for i, m in enumerate(req.messages)]
-        from jinja2 import TemplateError
-
         try:
-            prompt = model.render_chat(messages)
-        except TemplateError as e:
-            raise LMError(422, "invalid_request", f"the model's chat template refuses these messages: {e}", "messages") from None
-        return await generate(request, req, prompt, None, _ChatChunks)
+            prompt_ids = model.encode_chat(messages)
+        except UserError as e:  # the template's raise_exception (say, roles that do not alternate)
+            raise LMError(422, "invalid_request", str(e), "messages") from None
+        return await generate(request, req, prompt_ids, None, _ChatChunks)
 
     for path in TASK_ENDPOINTS.values():  # the other tasks' endpoints say what this server answers
         app.add_api_route(path, _wrong_task, methods=["POST"], include_in_schema=False)
@@ -749,7 +713,7 @@ def create_lm_app(cfg: ServeConfig) -> FastAPI:
     def model_card() -> dict:
         model = service.model
         return {"id": service.name, "object": "model", "created": int(service.directory.stat().st_mtime), "owned_by": "slmkit",
-                "backend": model.kind, "context_window": model.context_window, "chat_template": model.chat_template is not None}
+                "backend": model.backend, "context_window": model.context_window, "chat_template": model.chat_template is not None}
 
     limits = {k: getattr(cfg, k) for k in ("max_sequences", "max_tokens", "max_body_bytes", "queue_size", "timeout_s")}
 

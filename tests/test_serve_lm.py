@@ -16,6 +16,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from tokenizers import Tokenizer
 from typer.testing import CliRunner
 
 from conftest import LM_FAMILIES, make_causal_lm
@@ -124,7 +125,7 @@ def reference(tiny_lm):
 
     model, tokenizer = load_causal_lm(tiny_lm)
 
-    def generate(prompt: str, **settings) -> tuple[str, dict]:
+    def generate(prompt: str | list[int], **settings) -> tuple[str, dict]:
         info: dict = {}
         text = "".join(generate_text(TorchStepper(model), tokenizer.backend_tokenizer, prompt, GenerationConfig(**settings), info=info,
                                      **special_ids(tiny_lm)))
@@ -143,7 +144,7 @@ def test_models_list_names_the_served_model(server):
     (model,) = server.client.models.list().data
     assert model.id == server.name and model.owned_by == "slmkit"
     body = httpx.get(f"{server.url}/v1/models").json()
-    assert body["data"][0]["backend"] == "pytorch" and body["data"][0]["context_window"] == 128 and body["data"][0]["chat_template"] is True
+    assert body["data"][0]["backend"] == "torch" and body["data"][0]["context_window"] == 128 and body["data"][0]["chat_template"] is True
     assert body["limits"]["max_sequences"] == 2 and body["limits"]["max_tokens"] == 64
 
 
@@ -164,10 +165,11 @@ def test_greedy_completion_equals_generate_text_streamed_and_not(server, referen
     assert server.metric('slm_requests_total{endpoint="/v1/completions",status="200"}') >= 2
 
 
-def test_chat_uses_the_chat_template_streamed_and_not(server, reference):
+def test_chat_uses_the_chat_template_streamed_and_not(server, reference, tiny_lm):
     messages = [{"role": "system", "content": "be brief"}, {"role": "user", "content": "where is my parcel"}]
     rendered = "<s>system: be brief</s><s>user: where is my parcel</s><s>assistant:"  # conftest's LM_CHAT_TEMPLATE
-    expected, info = reference(rendered, max_new_tokens=10, temperature=0.0)
+    ids = Tokenizer.from_file(str(tiny_lm / "tokenizer.json")).encode(rendered, add_special_tokens=False).ids  # the template wrote <s>
+    expected, info = reference(ids, max_new_tokens=10, temperature=0.0)
     answer = server.client.chat.completions.create(model=server.name, messages=messages, max_tokens=10, temperature=0)
     assert answer.object == "chat.completion" and answer.choices[0].message.role == "assistant"
     assert answer.choices[0].message.content == expected and answer.choices[0].finish_reason == info["finish_reason"]
@@ -378,7 +380,8 @@ def test_every_family_streams_its_greedy_chat_answer(family, tmp_path, paced_loa
 
     directory = make_causal_lm(tmp_path / family, family)
     model, tokenizer = load_causal_lm(directory)
-    expected = "".join(generate_text(TorchStepper(model), tokenizer.backend_tokenizer, "<s>user: where is my parcel</s><s>assistant:",
+    prompt = tokenizer.backend_tokenizer.encode("<s>user: where is my parcel</s><s>assistant:", add_special_tokens=False).ids
+    expected = "".join(generate_text(TorchStepper(model), tokenizer.backend_tokenizer, prompt,
                                      GenerationConfig(max_new_tokens=8, temperature=0.0), **special_ids(directory)))
     with running(directory, max_tokens=8) as server:
         chunks = list(server.client.chat.completions.create(model=server.name, messages=[{"role": "user", "content": "where is my parcel"}],
