@@ -337,8 +337,12 @@ def export(
     flags = {"model": model, "out": out_dir, "opset": opset, "probe_size": probe_size, "probe_data": probe_data, "text_col": text_col, "tolerance": tolerance}
     result = run_export(load_config(ExportConfig, None, None, **flags), overwrite=overwrite)
     p, m = result.metrics["parity"], result.metrics
-    out.print(f"parity on {m['probe']['size']} probe texts: max |logit difference| {p['max_abs_logit_diff']:.2e} "
-              f"(allowed {p['tolerance']:.0e}), argmax identical; {m['onnx_bytes'] / 1e6:.1f} MB")
+    if "greedy_identical" in p:  # a causal LM, with its KV cache
+        out.print(f"parity on {m['probe']['prompts']} probe prompts and {m['probe']['steps']} cached steps each: max |logit difference| "
+                  f"{p['max_abs_logit_diff']:.2e} (allowed {p['tolerance']:.0e}), greedy continuations identical; {m['onnx_bytes'] / 1e6:.1f} MB")
+    else:
+        out.print(f"parity on {m['probe']['size']} probe texts: max |logit difference| {p['max_abs_logit_diff']:.2e} "
+                  f"(allowed {p['tolerance']:.0e}), argmax identical; {m['onnx_bytes'] / 1e6:.1f} MB")
     out.print(f"ONNX model saved to [bold]{result.out}[/bold]")
 
 
@@ -385,6 +389,10 @@ def quantize(
         for row in m["tried"]:
             table.add_row(row["step"], f"{row['metric']:.4f}", f"{row['drop_points']:.2f}", f"{row['agreement']:.4f}")
         out.print(table)
+    if "perplexity" in m:  # a causal LM: held-out perplexity and greedy agreement instead of accuracy
+        ppl, g = m["perplexity"], m["greedy"]
+        out.print(f"held-out perplexity {ppl['fp32']:.3f} fp32 -> {ppl['int8']:.3f} int8 ({ppl['change_pct']:+.2f}%) on {m['eval']['tokens']} tokens; "
+                  f"greedy agreement {100 * g['agreement']:.1f}% ({g['identical_continuations']}/{g['prompts']} continuations identical)")
     out.print(f"{m['chosen']['method']} int8: {m['bytes'] / 1e6:.1f} MB ({m['size_ratio']:.2f}x the fp32 file)"
               + (" — no int8 variant held the budget: the output is the fp32 model" if m["fell_back_to_fp32"] else ""))
     if m["note"]:
