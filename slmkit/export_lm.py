@@ -128,6 +128,7 @@ def export_lm(cfg: ExportConfig, overwrite: bool = False):
     from slmkit.lm import context_length, load_causal_lm
 
     transformers.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()  # "Loading weights" bars: the CLI prints its own lines
     cfg.validate()
     model_dir, out = Path(cfg.model), Path(cfg.out)
     artifacts.check_output(out, overwrite)
@@ -196,7 +197,7 @@ def export_lm(cfg: ExportConfig, overwrite: bool = False):
             (staging / "generation_config.json").write_bytes((model_dir / "generation_config.json").read_bytes())
         artifacts.write_json(staging / artifacts.MANIFEST, manifest)
         with _threads(1 if metrics_parameters(model) < SMALL_MODEL else None):
-            parity = check_lm_parity(model, staging, prompts, cfg.tolerance)
+            parity = check_lm_parity(model, staging, prompts, cfg.tolerance, model_dir.name)
         metrics = {
             "parity": parity,
             "probe": {"prompts": len(prompts), "steps": PROBE_STEPS, "source": str(source), "prompt_tokens": [len(p) for p in prompts]},
@@ -296,7 +297,7 @@ def _left_padded(prompts: list[list[int]], pad_id: int) -> tuple[np.ndarray, np.
     return ids, mask
 
 
-def check_lm_parity(model, directory: Path, prompts: list[list[int]], tolerance: float) -> dict:
+def check_lm_parity(model, directory: Path, prompts: list[list[int]], tolerance: float, name: str = "") -> dict:
     """The three checks of the module doc over the graph in `directory`; fails (UserError) unless all hold."""
     import torch
 
@@ -341,7 +342,7 @@ def check_lm_parity(model, directory: Path, prompts: list[list[int]], tolerance:
     ok = prompt_diff <= tolerance and step_diff <= tolerance and same_argmax and same_greedy
     if not ok:
         raise UserError(
-            f"{directory.name}: LM parity check failed: max |logit difference| {prompt_diff:.2e} on the prompts and "
+            f"{name or directory.name}: LM parity check failed: max |logit difference| {prompt_diff:.2e} on the prompts and "
             f"{step_diff:.2e} on cached steps (allowed {tolerance:.0e}), greedy continuations "
             f"{'identical' if same_greedy else 'differ'}: nothing was written; report this model's architecture"
         )
