@@ -422,7 +422,8 @@ def export_web(
     flags = {"model": model, "out": out_dir, "npm_cache": npm_cache, "registry": registry, "batch_size": batch_size}
     result = run_export_web(load_config(ExportWebConfig, None, None, **flags), overwrite=overwrite, notify=lambda line: err.print(line, highlight=False, soft_wrap=True))
     m = result.metrics
-    out.print(f"{m['labels']} labels; {m['total_bytes'] / 1e6:.1f} MB in all (model {m['bytes']['model/model.onnx'] / 1e6:.1f} MB, "
+    what = f"autocomplete ({m['suggest_tokens']} tokens per suggestion)" if m.get("task") == "lm" else f"{m['labels']} labels"
+    out.print(f"{what}; {m['total_bytes'] / 1e6:.1f} MB in all (model {m['bytes']['model/model.onnx'] / 1e6:.1f} MB, "
               f"ONNX Runtime Web {m['vendored']['onnxruntime-web']} {m['bytes']['vendor/ort-wasm-simd-threaded.wasm'] / 1e6:.1f} MB)")
     out.print(f"site written to [bold]{result.out}[/bold]; serve it with any static server (file:// URLs do not run it):")
     out.print(f"  python -m http.server -d {result.out} 8000   # then open http://localhost:8000", soft_wrap=True, highlight=False)
