@@ -342,8 +342,12 @@ def export(
     flags = {"model": model, "out": out_dir, "opset": opset, "probe_size": probe_size, "probe_data": probe_data, "text_col": text_col, "tolerance": tolerance}
     result = run_export(load_config(ExportConfig, None, None, **flags), overwrite=overwrite)
     p, m = result.metrics["parity"], result.metrics
-    out.print(f"parity on {m['probe']['size']} probe texts: max |logit difference| {p['max_abs_logit_diff']:.2e} "
-              f"(allowed {p['tolerance']:.0e}), argmax identical; {m['onnx_bytes'] / 1e6:.1f} MB")
+    if "greedy_identical" in p:  # a causal LM, with its KV cache
+        out.print(f"parity on {m['probe']['prompts']} probe prompts and {m['probe']['steps']} cached steps each: max |logit difference| "
+                  f"{p['max_abs_logit_diff']:.2e} (allowed {p['tolerance']:.0e}), greedy continuations identical; {m['onnx_bytes'] / 1e6:.1f} MB")
+    else:
+        out.print(f"parity on {m['probe']['size']} probe texts: max |logit difference| {p['max_abs_logit_diff']:.2e} "
+                  f"(allowed {p['tolerance']:.0e}), argmax identical; {m['onnx_bytes'] / 1e6:.1f} MB")
     out.print(f"ONNX model saved to [bold]{result.out}[/bold]")
 
 
@@ -390,6 +394,10 @@ def quantize(
         for row in m["tried"]:
             table.add_row(row["step"], f"{row['metric']:.4f}", f"{row['drop_points']:.2f}", f"{row['agreement']:.4f}")
         out.print(table)
+    if "perplexity" in m:  # a causal LM: held-out perplexity and greedy agreement instead of accuracy
+        ppl, g = m["perplexity"], m["greedy"]
+        out.print(f"held-out perplexity {ppl['fp32']:.3f} fp32 -> {ppl['int8']:.3f} int8 ({ppl['change_pct']:+.2f}%) on {m['eval']['tokens']} tokens; "
+                  f"greedy agreement {100 * g['agreement']:.1f}% ({g['identical_continuations']}/{g['prompts']} continuations identical)")
     out.print(f"{m['chosen']['method']} int8: {m['bytes'] / 1e6:.1f} MB ({m['size_ratio']:.2f}x the fp32 file)"
               + (" — no int8 variant held the budget: the output is the fp32 model" if m["fell_back_to_fp32"] else ""))
     if m["note"]:
@@ -419,7 +427,8 @@ def export_web(
     flags = {"model": model, "out": out_dir, "npm_cache": npm_cache, "registry": registry, "batch_size": batch_size}
     result = run_export_web(load_config(ExportWebConfig, None, None, **flags), overwrite=overwrite, notify=lambda line: err.print(line, highlight=False, soft_wrap=True))
     m = result.metrics
-    out.print(f"{m['labels']} labels; {m['total_bytes'] / 1e6:.1f} MB in all (model {m['bytes']['model/model.onnx'] / 1e6:.1f} MB, "
+    what = f"autocomplete ({m['suggest_tokens']} tokens per suggestion)" if m.get("task") == "lm" else f"{m['labels']} labels"
+    out.print(f"{what}; {m['total_bytes'] / 1e6:.1f} MB in all (model {m['bytes']['model/model.onnx'] / 1e6:.1f} MB, "
               f"ONNX Runtime Web {m['vendored']['onnxruntime-web']} {m['bytes']['vendor/ort-wasm-simd-threaded.wasm'] / 1e6:.1f} MB)")
     out.print(f"site written to [bold]{result.out}[/bold]; serve it with any static server (file:// URLs do not run it):")
     out.print(f"  python -m http.server -d {result.out} 8000   # then open http://localhost:8000", soft_wrap=True, highlight=False)
