@@ -241,10 +241,11 @@ def test_two_streams_progress_together(server, reference):
     assert [text_a, text_b] == expected  # two KV caches over one model: no cross-talk
     assert len(a) > 3 and len(b) > 3
     assert b[0] < a[-1] and a[0] < b[-1]  # each began before the other ended: neither waited for the other
-    assert min(a[-1], b[-1]) - max(a[0], b[0]) > 0.2  # and they overlapped most of their time
+    assert min(a[-1], b[-1]) - max(a[0], b[0]) > 0.1  # and overlapped (each takes 0.48 s or more)
 
 
-def test_a_dropped_stream_stops_its_generation(server):
+def test_a_dropped_stream_stops_its_generation(server, reference):
+    assert reference(PROMPT, max_new_tokens=60, temperature=0.0)[1]["completion_tokens"] == 60  # greedy runs the whole way
     PACE["s"] = 0.02  # 60 tokens would take about 1.2 s
     before = server.metric("slm_generated_tokens_total")
     stream = server.client.completions.create(model=server.name, prompt=PROMPT, max_tokens=60, temperature=0, stream=True)
@@ -260,11 +261,13 @@ def test_a_dropped_stream_stops_its_generation(server):
     assert server.metric("slm_active_sequences") == 0
 
 
-def test_a_client_leaving_before_the_answer_stops_its_generation(server):
+def test_a_client_leaving_before_the_answer_stops_its_generation(server, reference):
+    assert reference(PROMPT, max_new_tokens=60, temperature=0.0)[1]["completion_tokens"] == 60  # greedy runs the whole way
     PACE["s"] = 0.02
     before = server.metric("slm_generated_tokens_total")
     with pytest.raises(httpx.TimeoutException):
-        httpx.post(f"{server.url}/v1/completions", json={"model": server.name, "prompt": PROMPT, "max_tokens": 60}, timeout=0.3)
+        body = {"model": server.name, "prompt": PROMPT, "max_tokens": 60, "temperature": 0}
+        httpx.post(f"{server.url}/v1/completions", json=body, timeout=0.3)
     time.sleep(0.3)
     settled = server.metric("slm_generated_tokens_total")
     time.sleep(0.4)
