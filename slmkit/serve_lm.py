@@ -59,7 +59,7 @@ from slmkit import artifacts
 from slmkit.config import ServeConfig
 from slmkit.errors import UserError
 from slmkit.serve import (
-    DOCS, DOCS_HEADERS, DOCS_PAGE, ERROR_CODES, TASK_ENDPOINTS, ApiError, Service, _App, _read_body, _Throughput, read_api_key,
+    DOCS, DOCS_HEADERS, DOCS_PAGE, ERROR_CODES, TASK_ENDPOINTS, ApiError, Service, _App, _errors, _read_body, _Throughput, read_api_key,
 )
 
 from fastapi import FastAPI, Request
@@ -249,6 +249,22 @@ class ChatMessage(BaseModel):
 class ChatRequest(_Request):
     messages: list[ChatMessage] = Field(description="The conversation, oldest first; rendered with the model's chat template.")
     max_completion_tokens: int | None = Field(None, ge=1, description="The newer name of max_tokens (wins when both are sent).")
+
+
+def request_schema(model_class: type[BaseModel]) -> dict:
+    """The JSON schema of a request body for /openapi.json, self-contained: pydantic's "#/$defs/..." references
+    would not resolve inside the OpenAPI document, so they are inlined (the request models do not recurse)."""
+    schema = model_class.model_json_schema()
+    defs = schema.pop("$defs", {})
+
+    def inline(node: Any) -> Any:
+        if isinstance(node, dict):
+            if "$ref" in node:
+                return inline(defs[node["$ref"].rsplit("/", 1)[1]])
+            return {k: inline(v) for k, v in node.items()}
+        return [inline(v) for v in node] if isinstance(node, list) else node
+
+    return inline(schema)
 
 
 def _parse(body: bytes, model_class: type[_Request]) -> _Request:
@@ -675,8 +691,10 @@ def create_lm_app(cfg: ServeConfig) -> FastAPI:
         finally:
             seq.cancelled.set()  # a client that dropped the stream ends here (cancelled): its generation stops
 
-    @app.post("/v1/completions", response_model=None, summary="Continue a prompt (OpenAI's completions API)",
-              openapi_extra={"requestBody": {"required": True, "content": {"application/json": {"schema": CompletionRequest.model_json_schema()}}}})
+    errors = _errors(400, 401, 404, 413, 422, 429, 500, 503)
+
+    @app.post("/v1/completions", response_model=None, summary="Continue a prompt (OpenAI's completions API)", responses=errors,
+              openapi_extra={"requestBody": {"required": True, "content": {"application/json": {"schema": request_schema(CompletionRequest)}}}})
     async def completions(request: Request) -> Response:
         """The prompt's continuation: one choice, with usage and finish_reason; `stream: true` for server-sent events."""
         model = require_ready()
@@ -689,8 +707,8 @@ def create_lm_app(cfg: ServeConfig) -> FastAPI:
             prompt = prompt[0]
         return await generate(request, req, model.encode(prompt), 16, _CompletionChunks)  # OpenAI's default max_tokens for completions
 
-    @app.post("/v1/chat/completions", response_model=None, summary="Answer a conversation (OpenAI's chat completions API)",
-              openapi_extra={"requestBody": {"required": True, "content": {"application/json": {"schema": ChatRequest.model_json_schema()}}}})
+    @app.post("/v1/chat/completions", response_model=None, summary="Answer a conversation (OpenAI's chat completions API)", responses=errors,
+              openapi_extra={"requestBody": {"required": True, "content": {"application/json": {"schema": request_schema(ChatRequest)}}}})
     async def chat_completions(request: Request) -> Response:
         """The assistant's next message, from the conversation rendered with the model's chat template."""
         model = require_ready()
@@ -717,7 +735,7 @@ def create_lm_app(cfg: ServeConfig) -> FastAPI:
 
     limits = {k: getattr(cfg, k) for k in ("max_sequences", "max_tokens", "max_body_bytes", "queue_size", "timeout_s")}
 
-    @app.get("/v1/models", summary="What is served (OpenAI's models list)")
+    @app.get("/v1/models", summary="What is served (OpenAI's models list)", responses=_errors(401, 503))
     async def models() -> Response:
         """The model served (its id is the `model` every request names), its backend and context window, and the limits."""
         require_ready()

@@ -146,6 +146,12 @@ def test_models_list_names_the_served_model(server):
     body = httpx.get(f"{server.url}/v1/models").json()
     assert body["data"][0]["backend"] == "torch" and body["data"][0]["context_window"] == 128 and body["data"][0]["chat_template"] is True
     assert body["limits"]["max_sequences"] == 2 and body["limits"]["max_tokens"] == 64
+    openapi = httpx.get(f"{server.url}/openapi.json").json()
+    assert {"/v1/completions", "/v1/chat/completions", "/v1/models"} <= set(openapi["paths"])
+    chat = openapi["paths"]["/v1/chat/completions"]["post"]["requestBody"]["content"]["application/json"]["schema"]
+    assert chat["properties"]["messages"]["items"]["properties"]["role"]["enum"] == ["system", "developer", "user", "assistant"]
+    assert "#/$defs/" not in json.dumps(openapi)  # every reference resolves inside the document (the /docs page follows them)
+    assert {"404", "422", "429", "503"} <= set(openapi["paths"]["/v1/completions"]["post"]["responses"])
 
 
 def test_greedy_completion_equals_generate_text_streamed_and_not(server, reference):
