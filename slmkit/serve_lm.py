@@ -8,14 +8,14 @@
     for chunk in client.chat.completions.create(model="lm", messages=[{"role": "user", "content": "hi"}], stream=True):
         print(chunk.choices[0].delta.content or "", end="")
 
-`slm serve DIR` picks this module when DIR is a causal LM (`lm_kind`): a Hugging Face causal-LM directory
-(safetensors; served with PyTorch through `slmkit.lm.TorchStepper`) or an ONNX LM export (served without torch
-through `slmkit.runtime.OnnxStepper`). Both are a `Stepper` behind `slmkit.generate.generate_text`, the loop
-`slm generate` runs, so a greedy answer here equals `slm generate`'s. Read top to bottom, this module owns:
+`slm serve DIR` picks this module when DIR is a causal LM (`lm_kind`, which reads JSON only): a Hugging Face
+causal-LM directory (safetensors; PyTorch through `slmkit.lm.TorchStepper`) or an ONNX LM export (no torch:
+`slmkit.runtime.OnnxStepper`). The model is opened by `slm generate`'s `open_lm`, and every answer comes from
+`slmkit.generate.generate_text`, the loop `slm generate` runs, so a greedy answer here equals `slm generate`'s.
+Read top to bottom, this module owns:
 
-- **the model** (`LMModel`): the tokenizer, a fresh Stepper (its own KV cache) per sequence over one shared
-  model, the context window, and the chat template, rendered with jinja2 in a sandbox the way transformers does
-  (from chat_template.jinja or tokenizer_config.json).
+- **the model** (`LMModel`): the tokenizer, a Stepper per sequence (its own KV cache) over one shared model, the
+  context window, and the chat template (`slmkit.generate.render_chat`: jinja2's sandbox, as transformers does).
 - **the API**: POST /v1/completions and /v1/chat/completions, streamed (server-sent events in OpenAI's chunk
   format, ending with `data: [DONE]`) or not; GET /v1/models. Parameters: max_tokens (chat also
   max_completion_tokens), stop (a string or up to 4), temperature (0 is greedy), top_p, seed, n=1, and as
