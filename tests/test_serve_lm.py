@@ -280,19 +280,34 @@ def test_a_client_leaving_before_the_answer_stops_its_generation(server, referen
     assert server.metric("slm_generated_tokens_total") == settled and settled - before < 40
 
 
-def test_deadline_ends_with_length_and_a_full_queue_gets_429(tiny_lm, paced_loader):
-    with running(tiny_lm, max_sequences=1, max_tokens=64, queue_size=1, timeout_s=0.6) as server:
-        PACE["s"] = 0.03  # 60 tokens would take 1.8 s: the 0.6 s deadline comes first
-        stream = server.client.completions.create(model=server.name, prompt=PROMPT, max_tokens=60, temperature=0, stream=True,
-                                                  stream_options={"include_usage": True})
-        first = next(iter(stream))
-        with pytest.raises(openai.RateLimitError) as refused:  # the one admitted request is streaming
-            server.client.completions.create(model=server.name, prompt=PROMPT, max_tokens=4)
-        chunks = [first, *stream]
+def test_the_deadline_and_the_queue_bound(tiny_lm, paced_loader):
+    """One sequence, two admitted requests, a 0.8 s deadline, 0.6 s per forward pass: the first request holds the
+    sequence until its check at 1.2 s; the second waits for it past its own deadline (503); a third is refused."""
+    with running(tiny_lm, max_sequences=1, max_tokens=64, queue_size=2, timeout_s=0.8) as server:
+        PACE["s"] = 0.6
+
+        def streamed() -> list:
+            return list(server.client.completions.create(model=server.name, prompt=PROMPT, max_tokens=60, temperature=0, stream=True,
+                                                         stream_options={"include_usage": True}))
+
+        def waiting() -> Exception:
+            with pytest.raises(openai.InternalServerError) as raised:
+                server.client.completions.create(model=server.name, prompt=PROMPT, max_tokens=4)
+            return raised.value
+
+        with ThreadPoolExecutor(2) as pool:
+            first = pool.submit(streamed)
+            time.sleep(0.1)
+            second = pool.submit(waiting)
+            time.sleep(0.1)
+            with pytest.raises(openai.RateLimitError) as refused:  # two requests admitted: the queue is full
+                server.client.completions.create(model=server.name, prompt=PROMPT, max_tokens=4)
+            chunks, timed_out = first.result(), second.result()
     assert refused.value.status_code == 429 and int(refused.value.response.headers["retry-after"]) >= 1
     assert refused.value.body["code"] == "queue_full"
+    assert timed_out.status_code == 503 and timed_out.body["code"] == "timeout"
     assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == "length"
-    assert 0 < chunks[-1].usage.completion_tokens < 60  # cut by the deadline, not by max_tokens
+    assert 1 <= chunks[-1].usage.completion_tokens <= 2  # cut by the deadline, not by max_tokens
 
 
 # ------------------------------------------------------------------------------------------ bad requests
