@@ -10,6 +10,9 @@ One task per server, read from the bundle's manifest (`TASK_ENDPOINTS`): classif
 `slm predict` runs); the other tasks' endpoints answer 404 `wrong_task`. The batcher below merges items of any
 task: texts, or QA's (question, context) pairs, whose windows then run in one model call.
 
+A causal LM (a Hugging Face causal-LM directory or its ONNX export) gets OpenAI's API instead:
+slmkit/serve_lm.py, which shares this module's gate, errors, health endpoints and drain.
+
 `create_app(cfg)` builds the application and `serve(cfg)` checks the bundle, then runs it under uvicorn. Read
 top to bottom, this module owns:
 
