@@ -193,12 +193,22 @@ def test_distill_lm_from_teacher_continuations(tiny_trained, lm_text, tmp_path):
     assert (d["prompts"], d["continuations"], d["teacher_backend"], d["token_kd"]) == (24, 24, "torch", "on")
     assert not d["continuations_cache"]["hit"] and len(list((tmp_path / "cache").glob("lm-*.jsonl"))) == 1
     assert json.loads((tmp_path / "student" / "config.json").read_text())["vocab_size"] == 300  # the teacher's tokenizer
-    # the student learned the teacher's greedy continuations of the prompts
+    # the student learned the teacher's greedy continuations: its next token (teacher forced) is the teacher's at
+    # most positions, far more often than always guessing the teacher's commonest token would be
+    import torch
+
     teacher, student = open_lm(tiny_trained, threads=1), open_lm(tmp_path / "student", threads=1)
     greedy = GenerationConfig(max_new_tokens=8, temperature=0)
-    prompts = (tmp_path / "prompts.txt").read_text().splitlines()
-    same = [list(generate_ids(teacher.stepper, teacher.encode(p), greedy, teacher.eos_ids)) == list(generate_ids(student.stepper, student.encode(p), greedy, student.eos_ids)) for p in prompts]
-    assert sum(same) >= len(prompts) / 2, sum(same)
+    hits, targets = 0, []
+    for prompt in (tmp_path / "prompts.txt").read_text().splitlines():
+        ids = teacher.encode(prompt)
+        taught = list(generate_ids(teacher.stepper, ids, greedy, teacher.eos_ids))
+        with torch.inference_mode():
+            logits = student.stepper.model(torch.tensor([ids + taught])).logits[0]  # (seq, vocab)
+        hits += int((logits[len(ids) - 1 : -1].argmax(-1) == torch.tensor(taught)).sum())
+        targets += taught
+    majority = max(targets.count(t) for t in set(targets))
+    assert hits >= max(3 * majority, 0.7 * len(targets)), (hits, majority, len(targets))
     # a second student reuses the continuations; without KD (or with its own vocabulary) the loss is plain CE
     result = slm("distill", *common, "--epochs", 1, "--kd", 0, "--out", tmp_path / "no-kd")
     assert result.exit_code == 0, result.output
