@@ -140,7 +140,7 @@ def train(
 @_user_errors
 def evaluate(
     model: Annotated[str, typer.Option(help=_h(EvalConfig, "model"))],
-    data: Annotated[str, typer.Option(help="Labeled file to score: .csv, .tsv or .jsonl.")],
+    data: Annotated[str, typer.Option(help="Labeled file to score: .csv, .tsv or .jsonl; for a language model, held-out text (.txt, .jsonl or .csv).")],
     out_dir: Annotated[Optional[str], typer.Option("--out", help=_h(EvalConfig, "out"))] = None,
     text_col: TextCol = None,
     label_col: LabelCol = None,

@@ -219,3 +219,37 @@ def test_distill_lm_from_teacher_continuations(tiny_trained, lm_text, tmp_path):
     assert json.loads((tmp_path / "own-vocab" / "metrics.json").read_text())["distill"]["token_kd"].startswith("off: the student has its own vocabulary")
     result = slm("distill", *common, "--student", "cnn:filters=8", "--out", tmp_path / "bad")
     assert result.exit_code == 2 and "--student: not used by --task lm" in result.stderr
+
+
+def test_checkpoint_of_tied_weights_round_trips(tmp_path):
+    import torch
+    from transformers import AutoModelForCausalLM, LlamaConfig
+
+    from slmkit import artifacts
+
+    config = LlamaConfig(vocab_size=64, hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2, tie_word_embeddings=True)
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(config)
+    assert model.lm_head.weight is model.model.embed_tokens.weight
+    optimizer = torch.optim.AdamW(model.parameters())
+    model(torch.tensor([[1, 2, 3]]), labels=torch.tensor([[1, 2, 3]])).loss.backward()
+    optimizer.step()
+    artifacts.save_checkpoint(tmp_path, model, optimizer, {"epoch": 1})  # safetensors refuses shared tensors: stored once
+    torch.manual_seed(1)
+    fresh = AutoModelForCausalLM.from_config(config)
+    state = artifacts.load_checkpoint(tmp_path, fresh, torch.optim.AdamW(fresh.parameters()))
+    assert state["epoch"] == 1 and fresh.lm_head.weight is fresh.model.embed_tokens.weight
+    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), fresh.state_dict().values()))
+    with pytest.raises(RuntimeError, match="do not match"):
+        artifacts.load_weights(AutoModelForCausalLM.from_config(LlamaConfig(**{**config.to_dict(), "tie_word_embeddings": False})), tmp_path / "checkpoint")
+
+
+def test_help_of_the_lm_commands():
+    result = slm("generate", "--help")
+    assert result.exit_code == 0
+    for option in ("--model", "--max-tokens", "--temperature", "--top-k", "--top-p", "--repetition-penalty", "--stop", "--beams", "--seed", "--greedy", "--strict", "--chat"):
+        assert option in result.stdout
+    result = slm("train", "--help")
+    assert all(option in result.stdout for option in ("--shape", "--vocab-size", "--grad-checkpoint"))
+    result = slm("distill", "--help")
+    assert all(option in result.stdout for option in ("--task", "--prompts", "--samples", "--kd"))
