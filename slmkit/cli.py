@@ -89,6 +89,9 @@ def train(
     tag_col: Annotated[Optional[int], typer.Option(help=_h(DataConfig, "tag_col"))] = None,
     strict: Annotated[Optional[bool], typer.Option("--strict", help=_h(DataConfig, "strict"))] = None,
     stride: Annotated[Optional[int], typer.Option(help=_h(ModelConfig, "stride"))] = None,
+    shape: Annotated[Optional[str], typer.Option(help=_h(ModelConfig, "shape"))] = None,
+    vocab_size: Annotated[Optional[int], typer.Option(help=_h(ModelConfig, "vocab_size"))] = None,
+    grad_checkpoint: Annotated[Optional[bool], typer.Option("--grad-checkpoint", help=_h(OptimConfig, "grad_checkpoint"))] = None,
     config: Annotated[Optional[Path], typer.Option(help="YAML file of settings (sections data, model, train); flags and --set override it.")] = None,
     set_: Sets = None,
     overwrite: Annotated[bool, typer.Option(help="Replace --out even if it is not a previous slmkit run.")] = False,
@@ -99,7 +102,8 @@ def train(
 
     Examples: slm train --data train.csv --eval dev.csv --out runs/x;
     slm train --task ner --data train.conll --eval dev.conll --out runs/ner;
-    slm train --task qa --data train.json --eval dev.json --out runs/qa
+    slm train --task qa --data train.json --eval dev.json --out runs/qa;
+    slm train --task lm --data corpus.txt --out runs/lm --shape layers=4,hidden=256,heads=4,ffn=1024,context=128
     """
     from slmkit import artifacts
     from slmkit.train import train as run_train
@@ -118,6 +122,7 @@ def train(
             "model.max_length": max_length, "train.epochs": epochs, "train.batch_size": batch_size, "train.lr": lr,
             "train.seed": seed, "train.bf16": bf16, "train.threads": threads, "task": task, "data.scheme": scheme,
             "data.tag_col": tag_col, "data.strict": strict, "model.stride": stride,
+            "model.shape": shape, "model.vocab_size": vocab_size, "train.grad_checkpoint": grad_checkpoint,
         }
         cfg = load_config(TrainConfig, config, set_, **flags)
     result = run_train(cfg, overwrite=overwrite, resume=resume, progress=not quiet)
@@ -883,6 +888,52 @@ def label_import(
 
     n = label_admin.import_file(db, project, file)
     out.print(f"imported {n} items into project {project}")
+
+
+# ----------------------------------------------------------------------------------------- generate
+
+
+@app.command()
+@_user_errors
+def generate(
+    prompt: Annotated[str, typer.Argument(help="The text to continue.")],
+    model: Annotated[str, typer.Option(help="A causal-LM directory: slm train --task lm output, any local Hugging Face causal LM, or its ONNX export.")],
+    max_tokens: Annotated[int, typer.Option(help="Most tokens to generate.")] = 32,
+    temperature: Annotated[float, typer.Option(help="Sampling temperature; 0 is greedy.")] = 1.0,
+    top_k: Annotated[int, typer.Option(help="Sample among the k most likely tokens; 0 turns it off.")] = 0,
+    top_p: Annotated[float, typer.Option(help="Nucleus sampling: the fewest tokens whose probabilities sum to top-p; 1 turns it off.")] = 1.0,
+    repetition_penalty: Annotated[float, typer.Option(help="Above 1 discourages tokens already in the prompt or output.")] = 1.0,
+    stop: Annotated[Optional[list[str]], typer.Option(help="Stop before this text (repeatable).")] = None,
+    beams: Annotated[int, typer.Option(help="Beam search with this many beams (deterministic; printed at the end).")] = 1,
+    seed: Annotated[Optional[int], typer.Option(help="Seed of the sampling: the same seed gives the same text.")] = None,
+    greedy: Annotated[bool, typer.Option("--greedy", help="Always the most likely token (same as --temperature 0).")] = False,
+    chat: Annotated[bool, typer.Option("--chat", help="Apply the model's chat template to the prompt as a user message.")] = False,
+    strict: Annotated[bool, typer.Option("--strict", help="Refuse a prompt longer than the context window instead of cutting it from the left.")] = False,
+    threads: Annotated[Optional[int], typer.Option(help="CPU threads; default: the runtime's own choice.")] = None,
+):
+    """Continue a prompt with a causal language model, streaming the text to the terminal as it is produced.
+
+    Examples: slm generate --model runs/lm "my card was" --greedy;
+    slm generate --model runs/lm "refund" --temperature 0.8 --top-p 0.9 --seed 1 --stop "."
+    """
+    from slmkit.generate import GenerationConfig, generate_text, open_lm, truncate_prompt
+
+    cfg = GenerationConfig(
+        max_new_tokens=max_tokens, temperature=0.0 if greedy else temperature, top_k=top_k, top_p=top_p,
+        repetition_penalty=repetition_penalty, stop=tuple(stop or ()), num_beams=beams, seed=seed,
+    )
+    cfg.validate()
+    lm = open_lm(model, threads)
+    ids = lm.encode(prompt, chat=chat)
+    ids, dropped = truncate_prompt(ids, lm.context_length, cfg.max_new_tokens, strict)
+    if dropped:
+        err.print(f"warning: the prompt is longer than the {lm.context_length}-token context window: its first {dropped} tokens were cut (--strict refuses instead)")
+    info: dict = {}
+    for piece in generate_text(lm.stepper, lm.tokenizer, ids, cfg, eos_ids=lm.eos_ids, bos_id=lm.bos_id, info=info):
+        sys.stdout.write(piece)
+        sys.stdout.flush()
+    sys.stdout.write("\n")
+    err.print(f"[dim]{info['completion_tokens']} tokens ({info['finish_reason']}, {lm.backend})[/dim]")
 
 
 # ------------------------------------------------------------------------------------------- output
