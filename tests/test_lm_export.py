@@ -223,3 +223,14 @@ def test_bad_input_is_one_line_exit_2_and_leaves_nothing(case, lm_onnx, tiny_lm,
     assert result.exit_code == 2, result.output
     assert len(result.output.strip().splitlines()) == 1 and result.output.startswith("error: ") and expected in result.output, result.output
     assert not out.exists() and not list(tmp_path.glob(".*partial"))
+
+
+def test_the_documented_snippet_runs(lm_int8, capsys):
+    """docs/lm-export.md's runtime snippet, executed as written (only the directory substituted)."""
+    doc = (Path(__file__).resolve().parents[1] / "docs" / "lm-export.md").read_text(encoding="utf-8")
+    code = doc.split("<!-- lm-runtime-snippet -->\n```python\n", 1)[1].split("```", 1)[0]
+    namespace: dict = {}
+    exec(compile(code.replace("runs/lm-int8", str(lm_int8)), "lm-export.md", "exec"), namespace)
+    printed = capsys.readouterr().out
+    greedy = namespace["lm"].complete("my parcel", namespace["greedy"])
+    assert printed.startswith(greedy + "\n") and namespace["ids"] == namespace["lm"].generate_ids(namespace["lm"].encode("my parcel"), namespace["greedy"])

@@ -30,8 +30,8 @@ from slmkit.runtime import LMGenerator
 runner = CliRunner()
 SUGGEST = 8
 PREFIXES = [
-    "my parcel", "please help with the ", "Why is my password still locked?", "thanks", "a", " ", "café naïve 🙂",
-    "日本語", "refund\nnew line", " ".join(["my parcel is late"] * 40),  # the last one: longer than the context window
+    "my parcel", "Why is my password still locked? ", "a", " ", "café naïve 🙂 日本語", "refund\nnew line",
+    " ".join(["my parcel is late"] * 40),  # longer than the context window: cut from the left
 ]
 
 
