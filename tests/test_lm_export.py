@@ -118,6 +118,21 @@ def test_cached_steps_equal_full_sequence_logits(lm_onnx, torch_lm):
     assert cached.length == len(ids) + len(fed)
 
 
+def test_forked_steppers_share_the_session_and_keep_their_own_cache(lm_onnx):
+    first = OnnxStepper(lm_onnx)
+    second = first.fork()
+    assert second.session is first.session
+    a, b = [1, 40, 41, 42], [1, 90]
+    got_a, got_b = [first.start(a)], [second.start(b)]
+    for token in (7, 8, 9):  # interleaved, as two requests in flight
+        got_a.append(first.step(token))
+        got_b.append(second.step(token + 100))
+    alone = OnnxStepper(lm_onnx)
+    want_b = [alone.start(b)] + [alone.step(t + 100) for t in (7, 8, 9)]
+    want_a = [alone.start(a)] + [alone.step(t) for t in (7, 8, 9)]
+    assert all(np.array_equal(x, y) for x, y in zip(got_a + got_b, want_a + want_b))
+
+
 def test_batched_left_padded_prompts_and_a_past_match_pytorch(lm_onnx, torch_lm):
     """The dynamic axes: batch 3, left padding, a past of 5 tokens, a 2-token step."""
     import onnxruntime as ort
