@@ -85,6 +85,48 @@ def first_token_ms(generator, prompt: str, calls: int) -> tuple[float, float]:
     return statistics.median(walls), statistics.median(cpus)
 
 
+def browser_figures(variants: dict, workdir: Path, prompt: str, tokens: int) -> dict:
+    """The autocomplete page (slm export-web) of each variant in headless Chromium: median first-token ms of 10
+    8-token completions of `prompt`, and tokens/s of the steps after it in a `tokens`-token completion."""
+    import functools
+    import threading
+    from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+
+    from playwright.sync_api import sync_playwright
+
+    from slmkit.config import ExportWebConfig
+    from slmkit.export_web import export_web
+
+    sites = workdir / "sites"
+    for name, path in variants.items():
+        export_web(ExportWebConfig(model=str(path), out=str(sites / name)), overwrite=True)
+
+    class Quiet(SimpleHTTPRequestHandler):
+        def log_message(self, *args):
+            pass
+
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(Quiet, directory=str(sites)))
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    figures = {}
+    flags = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update", "--no-first-run"]
+    try:
+        with sync_playwright() as pw:
+            browser = pw.chromium.launch(executable_path="/usr/bin/chromium", args=flags)
+            for name in variants:
+                page = browser.new_page()
+                page.goto(f"http://127.0.0.1:{httpd.server_address[1]}/{name}/")
+                page.evaluate("() => window.slmkit.ready.then(() => true)")
+                page.evaluate("() => window.slmkit.complete('warm up', 8)")
+                firsts = [page.evaluate("p => window.slmkit.complete(p, 8)", prompt)["first_token_ms"] for _ in range(10)]
+                long = page.evaluate("([p, n]) => window.slmkit.complete(p, n)", [prompt, tokens])
+                steps = max(1, len(long["ids"]) - 1)
+                figures[name] = {"first_token_ms": statistics.median(firsts), "tokens_per_s": 1000 * steps / (long["total_ms"] - long["first_token_ms"])}
+            browser.close()
+    finally:
+        httpd.shutdown()
+    return figures
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/slmkit-lm-bench"))
@@ -94,6 +136,7 @@ def main() -> None:
     parser.add_argument("--tokens", type=int, default=64, help="greedy tokens per timed run")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--out", type=Path, default=RESULTS / "lm_runtime.md")
+    parser.add_argument("--browser", action="store_true", help="also time the export-web page in headless Chromium (/usr/bin/chromium)")
     args = parser.parse_args()
 
     import onnxruntime
@@ -130,6 +173,8 @@ def main() -> None:
         for i, clock in enumerate(("wall", "CPU")):
             cache, rerun, first = med[f"{name} cache"][i], med[f"{name} no cache"][i], med[f"{name} first token ms"][i]
             rows.append(f"| {name} | {clock} | {cache:.0f} | {rerun:.0f} | {cache / rerun:.1f}x | {first:.2f} | {sizes[name] / 1e6:.2f} |")
+    web = browser_figures(variants, args.workdir, PROMPT, args.tokens) if args.browser else {}
+    web_rows = [f"| {name} | {f['tokens_per_s']:.0f} | {f['first_token_ms']:.1f} |" for name, f in web.items()]
     parity = exported.metrics["parity"]
     q = quantized.metrics
     command = "nice -n 19 python benchmarks/lm_runtime.py " + " ".join(shlex.quote(a) for a in sys.argv[1:])
@@ -144,6 +189,9 @@ def main() -> None:
         "| model | clock | tokens/s, KV cache | tokens/s, full re-run | cache speed-up | first token (ms) | model.onnx (MB) |",
         "|---|---|---|---|---|---|---|",
         *rows,
+        "",
+        *(["", "In the browser (the `slm export-web` page, ONNX Runtime Web, WebAssembly, one thread, headless Chromium):", "",
+            "| model | tokens/s, KV cache | first token (ms) |", "|---|---|---|", *web_rows] if web else []),
         "",
         f"Export parity: max |logit difference| {parity['max_abs_logit_diff']:.1e} (prompts and cached steps), greedy continuations "
         f"identical: {parity['greedy_identical']}. int8: held-out perplexity {q['perplexity']['fp32']:.2f} -> {q['perplexity']['int8']:.2f} "
@@ -160,7 +208,7 @@ def main() -> None:
     ])
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(text, encoding="utf-8")
-    args.out.with_suffix(".json").write_text(json.dumps({"runs": runs, "median": med, "bytes": sizes}, indent=2) + "\n", encoding="utf-8")
+    args.out.with_suffix(".json").write_text(json.dumps({"runs": runs, "median": med, "bytes": sizes, "browser": web}, indent=2) + "\n", encoding="utf-8")
     print(text)
 
 
