@@ -434,7 +434,7 @@ def quantize(
         out.print(table)
     if "perplexity" in m:  # a causal LM: held-out perplexity and greedy agreement instead of accuracy
         ppl, g = m["perplexity"], m["greedy"]
-        out.print(f"held-out perplexity {ppl['fp32']:.3f} fp32 -> {ppl['int8']:.3f} int8 ({ppl['change_pct']:+.2f}%) on {m['eval']['tokens']} tokens; "
+        out.print(f"held-out perplexity {ppl['fp32']:.3f} fp32 -> {ppl['int8']:.3f} int8 ({ppl['change_pct']:+.2f}%) on {m['eval']['tokens']} tokens of {m['eval']['source']}; "
                   f"greedy agreement {100 * g['agreement']:.1f}% ({g['identical_continuations']}/{g['prompts']} continuations identical)")
     out.print(f"{m['chosen']['method']} int8: {m['bytes'] / 1e6:.1f} MB ({m['size_ratio']:.2f}x the fp32 file)"
               + (" — no int8 variant held the budget: the output is the fp32 model" if m["fell_back_to_fp32"] else ""))

@@ -38,13 +38,13 @@ import numpy as np
 
 from slmkit import artifacts
 from slmkit.config import ExportConfig, save_config
-from slmkit.data import read_texts
 from slmkit.errors import UserError
 
 PROBE_PROMPTS = 8  # at most this many probe prompts (cfg.probe_size caps it lower)
 PROBE_STEPS = 16  # cached steps (and greedy tokens) checked per prompt
 MAX_PROMPT_TOKENS = 32
 SMALL_MODEL = 100_000_000  # parameters: below, the parity probe runs PyTorch on one thread (see _threads)
+LM_FILES = ("generation_config.json", "chat_template.jinja")  # beside artifacts.SERVING_FILES: what generation reads
 PAST_INPUT = "past_key_values.{layer}.{kind}"  # kind: key | value
 PRESENT_OUTPUT = "present.{layer}.{kind}"
 # when neither --probe-data nor the model's training corpus is at hand (a checkpoint brought from elsewhere)
@@ -193,8 +193,9 @@ def export_lm(cfg: ExportConfig, overwrite: bool = False):
             "torch": torch.__version__,
         }
         artifacts.copy_serving_files(model_dir, staging)
-        if (model_dir / "generation_config.json").is_file():
-            (staging / "generation_config.json").write_bytes((model_dir / "generation_config.json").read_bytes())
+        for name in LM_FILES:
+            if (model_dir / name).is_file():
+                (staging / name).write_bytes((model_dir / name).read_bytes())
         artifacts.write_json(staging / artifacts.MANIFEST, manifest)
         with _threads(1 if metrics_parameters(model) < SMALL_MODEL else None):
             parity = check_lm_parity(model, staging, prompts, cfg.tolerance, model_dir.name)
@@ -245,19 +246,25 @@ def special_tokens(model_dir: Path, config) -> dict:
     return {"bos_id": ids["bos_id"], "eos_ids": list(ids["eos_ids"]), "pad_id": int(pad) if isinstance(pad, int) else 0}
 
 
+def lm_texts(path: str | None, model_dir: Path, split: str, flag: str, text_col: str = "text") -> tuple[list[str], str]:
+    """Documents of an LM: `path` (a .txt or .jsonl corpus) when given, else the model's recorded `split` (its
+    training corpus, or the held-out documents `slm train --task lm` split off), else the built-in sentences (a
+    checkpoint brought from elsewhere records no data). Returns them and where they came from."""
+    from slmkit.lineage import recorded_examples
+    from slmkit.tasks.lm import read_documents
+
+    if path:
+        return read_documents(Path(path), text_col), str(path)
+    try:
+        docs, source = recorded_examples(model_dir, split, flag)
+        return list(docs), str(source) + ("" if split == "train" else f" ({split} split)")
+    except UserError:
+        return list(BUILTIN_PROBE), "built-in probe sentences"
+
+
 def probe_texts(cfg: ExportConfig, model_dir: Path) -> tuple[list[str], str]:
     """Texts to draw the probe prompts from: --probe-data, else the model's training corpus, else built-in ones."""
-    from slmkit.lineage import training_config
-
-    if cfg.probe_data:
-        return read_texts(cfg.probe_data, cfg.text_col), cfg.probe_data
-    train = (training_config(model_dir).get("data") or {}).get("train")
-    if train and Path(train).is_file():
-        try:
-            return read_texts(train, cfg.text_col), train
-        except UserError:
-            pass  # a corpus format read_texts does not know: the built-in prompts still prove parity
-    return list(BUILTIN_PROBE), "built-in probe sentences"
+    return lm_texts(cfg.probe_data, model_dir, "train", "--probe-data", cfg.text_col)
 
 
 def probe_prompts(tokenizer, texts: list[str], n: int, max_tokens: int) -> list[list[int]]:

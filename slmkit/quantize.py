@@ -401,7 +401,7 @@ def quantize_lm(cfg: QuantizeConfig, src: Path, out: Path, manifest: dict, overw
     """An exported causal LM to int8 (ONNX Runtime dynamic: MatMul weights and the embedding table), measured on
     held-out text instead of accuracy: perplexity of fp32 and int8, and how many greedy tokens agree (the
     continuations of the held-out texts' first halves, compared up to the first difference)."""
-    from slmkit.export_lm import probe_prompts
+    from slmkit.export_lm import LM_FILES, probe_prompts
     from slmkit.runtime import LMGenerator
 
     if cfg.method != "dynamic":
@@ -413,7 +413,7 @@ def quantize_lm(cfg: QuantizeConfig, src: Path, out: Path, manifest: dict, overw
     prompts = probe_prompts(fp32.tokenizer, texts, LM_PROMPTS, min(32, fp32.context_length - LM_GREEDY_TOKENS - 1))
     with artifacts.staged(out, overwrite) as staging:
         artifacts.copy_serving_files(src, staging)
-        for name in ("generation_config.json",):
+        for name in LM_FILES:
             if (src / name).is_file():
                 shutil.copy(src / name, staging / name)
         quantize_file(cfg, src / artifacts.ONNX_MODEL, staging / artifacts.ONNX_MODEL, list(cfg.exclude), None)
@@ -455,18 +455,11 @@ def quantize_lm(cfg: QuantizeConfig, src: Path, out: Path, manifest: dict, overw
 
 
 def lm_eval_texts(cfg: QuantizeConfig, src: Path) -> tuple[list[str], str]:
-    """Held-out texts: --eval-data, else the LM's recorded eval corpus, else its training corpus, else the
-    built-in probe sentences (the source is recorded in metrics.json)."""
-    from slmkit.export_lm import BUILTIN_PROBE
-    from slmkit.lineage import training_config
+    """Held-out documents (see slmkit.export_lm.lm_texts: --eval-data, the recorded held-out split, or the built-in
+    sentences), a seeded sample of LM_EVAL_TEXTS when there are more."""
+    from slmkit.export_lm import lm_texts
 
-    if cfg.eval_data:
-        texts, source = read_texts(cfg.eval_data, cfg.text_col), cfg.eval_data
-    else:
-        data = training_config(src).get("data") or {}
-        path = next((p for p in (data.get("eval"), data.get("train")) if p and Path(p).is_file()), None)
-        texts, source = (read_texts(path, cfg.text_col), path) if path else (list(BUILTIN_PROBE), "built-in probe sentences")
-    texts = [t for t in texts if t.strip()]
+    texts, source = lm_texts(cfg.eval_data, src, "eval", "--eval-data", cfg.text_col)
     if len(texts) > LM_EVAL_TEXTS:
         rng = np.random.default_rng(cfg.seed)
         texts = [texts[i] for i in sorted(rng.choice(len(texts), LM_EVAL_TEXTS, replace=False))]

@@ -15,6 +15,7 @@ otherwise make the runtime read any file on the machine).
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -276,6 +277,13 @@ class OnnxStepper:
     def length(self) -> int:
         """Tokens seen since `start` (prompt and steps)."""
         return len(self._ids)
+
+    def fork(self) -> "OnnxStepper":
+        """A new stepper over the same loaded session (ONNX Runtime sessions run concurrently), with its own cache:
+        one per sequence in flight, without loading the model again."""
+        other = copy.copy(self)
+        other._past, other._ids = [], []
+        return other
 
     def _run(self, new_ids: list[int], past: list[np.ndarray], past_length: int) -> np.ndarray:
         total = past_length + len(new_ids)

@@ -118,6 +118,21 @@ def test_cached_steps_equal_full_sequence_logits(lm_onnx, torch_lm):
     assert cached.length == len(ids) + len(fed)
 
 
+def test_forked_steppers_share_the_session_and_keep_their_own_cache(lm_onnx):
+    first = OnnxStepper(lm_onnx)
+    second = first.fork()
+    assert second.session is first.session
+    a, b = [1, 40, 41, 42], [1, 90]
+    got_a, got_b = [first.start(a)], [second.start(b)]
+    for token in (7, 8, 9):  # interleaved, as two requests in flight
+        got_a.append(first.step(token))
+        got_b.append(second.step(token + 100))
+    alone = OnnxStepper(lm_onnx)
+    want_b = [alone.start(b)] + [alone.step(t + 100) for t in (7, 8, 9)]
+    want_a = [alone.start(a)] + [alone.step(t) for t in (7, 8, 9)]
+    assert all(np.array_equal(x, y) for x, y in zip(got_a + got_b, want_a + want_b))
+
+
 def test_batched_left_padded_prompts_and_a_past_match_pytorch(lm_onnx, torch_lm):
     """The dynamic axes: batch 3, left padding, a past of 5 tokens, a 2-token step."""
     import onnxruntime as ort
@@ -223,3 +238,14 @@ def test_bad_input_is_one_line_exit_2_and_leaves_nothing(case, lm_onnx, tiny_lm,
     assert result.exit_code == 2, result.output
     assert len(result.output.strip().splitlines()) == 1 and result.output.startswith("error: ") and expected in result.output, result.output
     assert not out.exists() and not list(tmp_path.glob(".*partial"))
+
+
+def test_the_documented_snippet_runs(lm_int8, capsys):
+    """docs/lm-export.md's runtime snippet, executed as written (only the directory substituted)."""
+    doc = (Path(__file__).resolve().parents[1] / "docs" / "lm-export.md").read_text(encoding="utf-8")
+    code = doc.split("<!-- lm-runtime-snippet -->\n```python\n", 1)[1].split("```", 1)[0]
+    namespace: dict = {}
+    exec(compile(code.replace("runs/lm-int8", str(lm_int8)), "lm-export.md", "exec"), namespace)
+    printed = capsys.readouterr().out
+    greedy = namespace["lm"].complete("my parcel", namespace["greedy"])
+    assert printed.startswith(greedy + "\n") and namespace["ids"] == namespace["lm"].generate_ids(namespace["lm"].encode("my parcel"), namespace["greedy"])

@@ -179,7 +179,7 @@ async function start() {
       suggestion = { text: found.text, for: text };
       $("result").dataset.text = text; // which text the shown suggestion is of
       $("result").dataset.suggestion = found.text;
-      $("latency").textContent = `first token ${found.first_token_ms.toFixed(1)} ms, ${found.ids.length} tokens in ${found.total_ms.toFixed(1)} ms`;
+      $("latency").textContent = `first token ${found.first_token_ms.toFixed(1)} ms, ${found.ids.length} ${found.ids.length === 1 ? "token" : "tokens"} in ${found.total_ms.toFixed(1)} ms`;
       render();
     } while (again);
     running = false;
