@@ -158,8 +158,7 @@ def _json_default(value: Any) -> Any:
     raise TypeError(f"not JSON serializable: {type(value).__name__}")
 
 
-CHAT_TEMPLATE = "chat_template.jinja"  # a causal LM's chat template (transformers 5 writes it beside tokenizer_config.json)
-SERVING_FILES = (TOKENIZER, HF_CONFIG, TOKENIZER_CONFIG, "special_tokens_map.json", "vocab.txt", CHAT_TEMPLATE)
+SERVING_FILES = (TOKENIZER, HF_CONFIG, TOKENIZER_CONFIG, "special_tokens_map.json", "vocab.txt")
 
 
 def copy_serving_files(src: Path, dst: Path) -> None:

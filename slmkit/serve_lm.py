@@ -158,7 +158,7 @@ def check_lm_dir(directory: Path) -> str:
         try:
             ImmutableSandboxedEnvironment().parse(source)
         except TemplateError as e:
-            raise UserError(f"{directory}: the chat template does not compile ({e}): fix {artifacts.CHAT_TEMPLATE} or tokenizer_config.json") from None
+            raise UserError(f"{directory}: the chat template does not compile ({e}): fix chat_template.jinja or tokenizer_config.json") from None
     return kind
 
 
@@ -170,9 +170,11 @@ def load_lm(directory: Path, threads: int | None) -> LMModel:
     check_lm_dir(directory)
     lm = open_lm(directory, threads)
     prototype = lm.stepper
-    # One model (an ONNX Runtime session is thread-safe; a torch module's forward keeps no state) for every
-    # sequence: each copy of the stepper holds its own KV cache, which its start() replaces.
-    return LMModel(name=directory.resolve().name, backend=lm.backend, tokenizer=lm.tokenizer, new_stepper=lambda: copy.copy(prototype),
+    # One loaded model for every sequence, each with a stepper of its own (its own KV cache): the ONNX stepper's
+    # fork() shares its session (ONNX Runtime sessions run concurrently); a TorchStepper holds only the module,
+    # whose forward keeps no state, and the cache that its start() replaces, so a copy is a fork.
+    fork = getattr(prototype, "fork", None) or (lambda: copy.copy(prototype))
+    return LMModel(name=directory.resolve().name, backend=lm.backend, tokenizer=lm.tokenizer, new_stepper=fork,
                    context_window=lm.context_length or DEFAULT_CONTEXT, chat_template=lm.chat_template,
                    special_ids={"bos_id": lm.bos_id, "eos_ids": lm.eos_ids})
 
