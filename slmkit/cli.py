@@ -140,7 +140,7 @@ def train(
 @_user_errors
 def evaluate(
     model: Annotated[str, typer.Option(help=_h(EvalConfig, "model"))],
-    data: Annotated[str, typer.Option(help="Labeled file to score: .csv, .tsv or .jsonl.")],
+    data: Annotated[str, typer.Option(help="Labeled file to score: .csv, .tsv or .jsonl; for a language model, held-out text (.txt, .jsonl or .csv).")],
     out_dir: Annotated[Optional[str], typer.Option("--out", help=_h(EvalConfig, "out"))] = None,
     text_col: TextCol = None,
     label_col: LabelCol = None,
@@ -380,8 +380,12 @@ def export(
     flags = {"model": model, "out": out_dir, "opset": opset, "probe_size": probe_size, "probe_data": probe_data, "text_col": text_col, "tolerance": tolerance}
     result = run_export(load_config(ExportConfig, None, None, **flags), overwrite=overwrite)
     p, m = result.metrics["parity"], result.metrics
-    out.print(f"parity on {m['probe']['size']} probe texts: max |logit difference| {p['max_abs_logit_diff']:.2e} "
-              f"(allowed {p['tolerance']:.0e}), argmax identical; {m['onnx_bytes'] / 1e6:.1f} MB")
+    if "greedy_identical" in p:  # a causal LM, with its KV cache
+        out.print(f"parity on {m['probe']['prompts']} probe prompts and {m['probe']['steps']} cached steps each: max |logit difference| "
+                  f"{p['max_abs_logit_diff']:.2e} (allowed {p['tolerance']:.0e}), greedy continuations identical; {m['onnx_bytes'] / 1e6:.1f} MB")
+    else:
+        out.print(f"parity on {m['probe']['size']} probe texts: max |logit difference| {p['max_abs_logit_diff']:.2e} "
+                  f"(allowed {p['tolerance']:.0e}), argmax identical; {m['onnx_bytes'] / 1e6:.1f} MB")
     out.print(f"ONNX model saved to [bold]{result.out}[/bold]")
 
 
@@ -428,6 +432,10 @@ def quantize(
         for row in m["tried"]:
             table.add_row(row["step"], f"{row['metric']:.4f}", f"{row['drop_points']:.2f}", f"{row['agreement']:.4f}")
         out.print(table)
+    if "perplexity" in m:  # a causal LM: held-out perplexity and greedy agreement instead of accuracy
+        ppl, g = m["perplexity"], m["greedy"]
+        out.print(f"held-out perplexity {ppl['fp32']:.3f} fp32 -> {ppl['int8']:.3f} int8 ({ppl['change_pct']:+.2f}%) on {m['eval']['tokens']} tokens of {m['eval']['source']}; "
+                  f"greedy agreement {100 * g['agreement']:.1f}% ({g['identical_continuations']}/{g['prompts']} continuations identical)")
     out.print(f"{m['chosen']['method']} int8: {m['bytes'] / 1e6:.1f} MB ({m['size_ratio']:.2f}x the fp32 file)"
               + (" — no int8 variant held the budget: the output is the fp32 model" if m["fell_back_to_fp32"] else ""))
     if m["note"]:
@@ -457,7 +465,8 @@ def export_web(
     flags = {"model": model, "out": out_dir, "npm_cache": npm_cache, "registry": registry, "batch_size": batch_size}
     result = run_export_web(load_config(ExportWebConfig, None, None, **flags), overwrite=overwrite, notify=lambda line: err.print(line, highlight=False, soft_wrap=True))
     m = result.metrics
-    out.print(f"{m['labels']} labels; {m['total_bytes'] / 1e6:.1f} MB in all (model {m['bytes']['model/model.onnx'] / 1e6:.1f} MB, "
+    what = f"autocomplete ({m['suggest_tokens']} tokens per suggestion)" if m.get("task") == "lm" else f"{m['labels']} labels"
+    out.print(f"{what}; {m['total_bytes'] / 1e6:.1f} MB in all (model {m['bytes']['model/model.onnx'] / 1e6:.1f} MB, "
               f"ONNX Runtime Web {m['vendored']['onnxruntime-web']} {m['bytes']['vendor/ort-wasm-simd-threaded.wasm'] / 1e6:.1f} MB)")
     out.print(f"site written to [bold]{result.out}[/bold]; serve it with any static server (file:// URLs do not run it):")
     out.print(f"  python -m http.server -d {result.out} 8000   # then open http://localhost:8000", soft_wrap=True, highlight=False)
@@ -630,14 +639,18 @@ def serve(
     timeout: Annotated[Optional[float], typer.Option("--timeout", help=_h(ServeConfig, "timeout_s"))] = None,
     threads: Annotated[Optional[int], typer.Option(help=_h(ServeConfig, "threads"))] = None,
     access_log: Annotated[Optional[bool], typer.Option("--access-log/--no-access-log", help=_h(ServeConfig, "access_log"))] = None,
+    max_sequences: Annotated[Optional[int], typer.Option(help=_h(ServeConfig, "max_sequences"))] = None,
+    max_tokens: Annotated[Optional[int], typer.Option(help=_h(ServeConfig, "max_tokens"))] = None,
     config: Annotated[Optional[Path], typer.Option(help="YAML file of serve settings; flags and --set override it.")] = None,
     set_: Sets = None,
 ):
     """Serve a model over HTTP: POST /v1/classify, /v1/entities (NER) or /v1/answer (QA), whichever the model's task
     is (micro-batched), /v1/models, /health/live, /health/ready, Prometheus /metrics and OpenAPI docs at /docs.
+    A causal LM gets OpenAI's /v1/completions and /v1/chat/completions instead (streamed or not).
     SIGTERM drains: admitted requests finish, new ones get 503.
 
     Example: slm serve runs/x-int8 --port 8000 --workers 2
+    Example: slm serve runs/lm --max-sequences 4 --max-tokens 256
     """
     from slmkit.serve import serve as run_serve
 
@@ -645,6 +658,7 @@ def serve(
         "model": model, "host": host, "port": port, "workers": workers, "api_key_file": api_key_file, "max_batch": max_batch,
         "max_wait_ms": max_wait_ms, "max_body_bytes": max_body_bytes, "max_texts": max_texts, "max_chars": max_chars,
         "truncate": truncate, "queue_size": queue_size, "timeout_s": timeout, "threads": threads, "access_log": access_log,
+        "max_sequences": max_sequences, "max_tokens": max_tokens,
     }
     run_serve(load_config(ServeConfig, config, set_, **flags))  # uvicorn logs the address; the model logs "ready"
 

@@ -423,7 +423,7 @@ class BenchConfig:
 class ServeConfig:
     """`slm serve`: an exported model behind HTTP, with micro-batching, limits and a graceful shutdown."""
 
-    model: str = _f("", "Model bundle: an slm export or slm quantize output, or a run's deploy/ directory.")
+    model: str = _f("", "Model bundle: an slm export or slm quantize output, or a run's deploy/ directory; or a causal LM (a Hugging Face causal-LM directory or an ONNX LM export), served with an OpenAI-compatible API.")
     host: str = _f("127.0.0.1", "Interface to listen on; 0.0.0.0 opens the server to other machines.")
     port: int = _f(8000, "TCP port to listen on.")
     workers: int = _f(1, "Server processes (uvicorn workers) sharing the port; each loads its own copy of the model.")
@@ -436,8 +436,10 @@ class ServeConfig:
     truncate: bool = _f(False, "Cut texts longer than max_chars instead of refusing the request (each result says whether it was cut).")
     queue_size: int = _f(128, "Most requests admitted and not yet answered; more get 429 with Retry-After at once (before their body is read).")
     timeout_s: float = _f(10.0, "Deadline of one request in seconds: past it the answer is 503, never a late result.")
-    threads: int | None = _f(1, "ONNX Runtime threads per worker; 1 leaves the other cores to HTTP handling and other workers.")
+    threads: int | None = _f(1, "ONNX Runtime threads per worker (a causal LM in PyTorch: torch's); 1 leaves the other cores to HTTP handling and other workers.")
     access_log: bool = _f(False, "Log every request (costs throughput under load).")
+    max_sequences: int = _f(2, "Causal LMs: sequences generated at once, each on a thread of its own; further requests wait for one (within timeout_s).")
+    max_tokens: int = _f(256, "Causal LMs: most tokens one request may ask for (max_tokens); a request asking more gets 422.")
 
     def validate(self) -> None:
         _check([
@@ -453,6 +455,8 @@ class ServeConfig:
             (self.queue_size >= 1, "queue_size", f"must be at least 1 (got {self.queue_size})"),
             (self.timeout_s > 0, "timeout_s", f"must be positive (got {self.timeout_s})"),
             (self.threads is None or self.threads >= 1, "threads", f"must be at least 1 (got {self.threads})"),
+            (self.max_sequences >= 1, "max_sequences", f"must be at least 1 (got {self.max_sequences})"),
+            (self.max_tokens >= 1, "max_tokens", f"must be at least 1 (got {self.max_tokens})"),
         ])
 
 

@@ -58,9 +58,14 @@ def logits_module(model, token_types: bool, outputs: tuple[str, ...] = (OUTPUT,)
 
 
 def export(cfg: ExportConfig, overwrite: bool = False) -> ExportResult:
-    """Export `cfg.model` to ONNX in `cfg.out` and prove parity on a probe batch."""
+    """Export `cfg.model` to ONNX in `cfg.out` and prove parity on a probe batch (a causal LM: slmkit.export_lm)."""
     import torch
     import transformers
+
+    from slmkit.export_lm import export_lm, is_causal_lm_dir
+
+    if is_causal_lm_dir(Path(cfg.model)):
+        return export_lm(cfg, overwrite)
 
     transformers.logging.set_verbosity_error()
     cfg.validate()

@@ -46,11 +46,16 @@ class ExportWebResult:
 
 
 def export_web(cfg: ExportWebConfig, overwrite: bool = False, notify: Callable[[str], None] | None = None) -> ExportWebResult:
-    """Write a static site into `cfg.out` that classifies text with `cfg.model` in the browser. `notify` hears
+    """Write a static site into `cfg.out` that classifies text with `cfg.model` in the browser (a causal LM's
+    site autocompletes instead: slmkit.export_web_lm). `notify` hears
     of downloads (the first build on a machine fetches about 33 MB from the npm registry)."""
     cfg.validate()
     model_dir, out = Path(cfg.model), Path(cfg.out)
     manifest = load_manifest(model_dir)  # the runtime's checks: an exported model, no pickle, no outside data
+    if manifest.get("task") == "lm":  # a causal LM: the autocomplete page
+        from slmkit.export_web_lm import export_web_lm
+
+        return export_web_lm(cfg, model_dir, manifest, overwrite, notify)
     tokenizer_type = _check_servable(model_dir, manifest)
     if model_dir.resolve().is_relative_to(out.resolve()):
         raise UserError(f"{out}: --out holds the model directory {model_dir}, which the site would replace: choose another --out")
@@ -118,6 +123,14 @@ def _check_servable(model_dir: Path, manifest: dict) -> str:
     unknown = [name for name in manifest.get("inputs", []) if name not in INPUTS]
     if unknown or (task != "qa" and not manifest.get("labels")) or not isinstance(manifest.get("max_length"), int):
         raise UserError(f"{model_dir / artifacts.MANIFEST}: not an slmkit classifier manifest (labels, max_length, inputs among {', '.join(INPUTS)}): export the model again with slm export")
+    kind = _check_tokenizer(model_dir)
+    if _external_data(model_dir / artifacts.ONNX_MODEL):
+        raise UserError(f"{model_dir / artifacts.ONNX_MODEL}: keeps tensors in external data files, which the page does not load: export it as one file (slm export does)")
+    return kind
+
+
+def _check_tokenizer(model_dir: Path) -> str:
+    """The tokenizer.json's model type, refused in one line unless the page's tokenizers.js reproduces it."""
     path = model_dir / artifacts.TOKENIZER
     try:
         kind = artifacts.read_json(path)["model"]["type"]
@@ -125,8 +138,6 @@ def _check_servable(model_dir: Path, manifest: dict) -> str:
         raise UserError(f"{path}: not a tokenizers tokenizer.json (no model.type): export the model again with slm export") from None
     if kind not in SUPPORTED_TOKENIZERS:
         raise UserError(f"{path}: a {kind} tokenizer is not supported by export-web ({' and '.join(SUPPORTED_TOKENIZERS)} are): serve this model from Python (slmkit.runtime.Predictor) instead")
-    if _external_data(model_dir / artifacts.ONNX_MODEL):
-        raise UserError(f"{model_dir / artifacts.ONNX_MODEL}: keeps tensors in external data files, which the page does not load: export it as one file (slm export does)")
     return kind
 
 

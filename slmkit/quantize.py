@@ -68,6 +68,8 @@ def quantize(cfg: QuantizeConfig, overwrite: bool = False, progress: bool = True
     if manifest.get("precision") != "fp32":
         raise UserError(f"{src}: already quantized ({manifest.get('precision')}): quantize the fp32 export instead")
     artifacts.check_output(out, overwrite)
+    if manifest.get("task") == "lm":
+        return quantize_lm(cfg, src, out, manifest, overwrite)
     if manifest.get("task", "classification") != "classification":
         calib, evaluation = task_data(cfg, src, manifest)
     else:
@@ -386,3 +388,87 @@ def _fake_quantized_linear(layer, x, qmax: int = 127):
     w_scale = torch.clamp(w.detach().abs().amax(dim=1) / qmax, min=1e-8).float()
     w = torch.fake_quantize_per_channel_affine(w, w_scale, torch.zeros_like(w_scale, dtype=torch.int32), 0, -qmax, qmax)
     return F.linear(x, w, layer.bias)
+
+
+# ------------------------------------------------------------------------------------------ causal LMs
+
+LM_EVAL_TEXTS = 200  # held-out texts scored for perplexity (a seeded sample when there are more)
+LM_PROMPTS = 16  # prompts whose greedy continuations are compared
+LM_GREEDY_TOKENS = 16
+
+
+def quantize_lm(cfg: QuantizeConfig, src: Path, out: Path, manifest: dict, overwrite: bool) -> QuantizeResult:
+    """An exported causal LM to int8 (ONNX Runtime dynamic: MatMul weights and the embedding table), measured on
+    held-out text instead of accuracy: perplexity of fp32 and int8, and how many greedy tokens agree (the
+    continuations of the held-out texts' first halves, compared up to the first difference)."""
+    from slmkit.export_lm import LM_FILES, probe_prompts
+    from slmkit.runtime import LMGenerator
+
+    if cfg.method != "dynamic":
+        raise UserError(f"--method {cfg.method}: a causal LM is quantized with --method dynamic (int8 weights, activations quantized per step)")
+    if cfg.max_drop is not None:
+        raise UserError("--max-drop: the accuracy budget is for classifiers; a causal LM's int8 is reported by perplexity and greedy agreement (metrics.json)")
+    texts, source = lm_eval_texts(cfg, src)
+    fp32 = LMGenerator(src)
+    prompts = probe_prompts(fp32.tokenizer, texts, LM_PROMPTS, min(32, fp32.context_length - LM_GREEDY_TOKENS - 1))
+    with artifacts.staged(out, overwrite) as staging:
+        artifacts.copy_serving_files(src, staging)
+        for name in LM_FILES:
+            if (src / name).is_file():
+                shutil.copy(src / name, staging / name)
+        quantize_file(cfg, src / artifacts.ONNX_MODEL, staging / artifacts.ONNX_MODEL, list(cfg.exclude), None)
+        chosen = {"method": cfg.method, "per_channel": cfg.per_channel, "step": "as asked", "excluded_nodes": list(cfg.exclude)}
+        artifacts.write_json(staging / artifacts.MANIFEST, {**manifest, "precision": "int8", "quantization": chosen})
+        int8 = LMGenerator(staging)
+        ppl_fp32, tokens = lm_perplexity(fp32, texts)
+        ppl_int8, _ = lm_perplexity(int8, texts)
+        greedy = dict(max_new_tokens=LM_GREEDY_TOKENS, temperature=0.0)
+        agreed, identical = 0, 0
+        from slmkit.generate import GenerationConfig
+
+        for prompt in prompts:
+            a = fp32.generate_ids(prompt, GenerationConfig(**greedy), stop_at_eos=False)
+            b = int8.generate_ids(prompt, GenerationConfig(**greedy), stop_at_eos=False)
+            same = next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))
+            agreed += same
+            identical += a == b
+        fp32_bytes, int8_bytes = (src / artifacts.ONNX_MODEL).stat().st_size, (staging / artifacts.ONNX_MODEL).stat().st_size
+        metrics = {
+            "chosen": chosen,
+            "fell_back_to_fp32": False,
+            "metric_name": "perplexity",
+            "fp32_metric": None,  # no accuracy: the LM's figures are below
+            "perplexity": {"fp32": ppl_fp32, "int8": ppl_int8, "change_pct": 100 * (ppl_int8 / ppl_fp32 - 1)},
+            "greedy": {"prompts": len(prompts), "tokens_each": LM_GREEDY_TOKENS, "agreement": agreed / (len(prompts) * LM_GREEDY_TOKENS),
+                       "identical_continuations": identical},
+            "eval": {"texts": len(texts), "tokens": tokens, "source": str(source)},
+            "max_drop": None,
+            "fp32_bytes": fp32_bytes,
+            "bytes": int8_bytes,
+            "size_ratio": int8_bytes / fp32_bytes,
+            "int8_instructions": int8_speedup_expected(),
+            "note": None if int8_speedup_expected() else "this CPU has no VNNI/AMX int8 instructions: int8 may be no faster than fp32 here",
+        }
+        save_config(replace(cfg, model=str(src.resolve())), staging / artifacts.CONFIG)
+        artifacts.write_json(staging / artifacts.METRICS, metrics)
+    return QuantizeResult(out, metrics)
+
+
+def lm_eval_texts(cfg: QuantizeConfig, src: Path) -> tuple[list[str], str]:
+    """Held-out documents (see slmkit.export_lm.lm_texts: --eval-data, the recorded held-out split, or the built-in
+    sentences), a seeded sample of LM_EVAL_TEXTS when there are more."""
+    from slmkit.export_lm import lm_texts
+
+    texts, source = lm_texts(cfg.eval_data, src, "eval", "--eval-data", cfg.text_col)
+    if len(texts) > LM_EVAL_TEXTS:
+        rng = np.random.default_rng(cfg.seed)
+        texts = [texts[i] for i in sorted(rng.choice(len(texts), LM_EVAL_TEXTS, replace=False))]
+    return texts, source
+
+
+def lm_perplexity(generator, texts: list[str]) -> tuple[float, int]:
+    """exp(mean negative log-likelihood per token) over `texts`, and the number of tokens scored."""
+    nll = np.concatenate([generator.token_nll(t) for t in texts])
+    if not len(nll):
+        raise UserError("the held-out texts have no token to score (each is one token or empty): pass longer --eval-data")
+    return float(np.exp(nll.mean())), int(len(nll))

@@ -15,6 +15,7 @@ otherwise make the runtime read any file on the machine).
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -230,3 +231,166 @@ class Predictor:
         if info["precision"] == "int8" and not int8_speedup_expected():
             info["note"] = "this CPU has no VNNI/AMX int8 instructions: int8 may be no faster than fp32 here"
         return info
+
+
+# ------------------------------------------------------------------------------------------ causal LMs
+
+
+def load_lm_manifest(directory: Path) -> dict:
+    """The manifest of an exported causal LM (`slm export` of a causal-LM directory), refusing anything else."""
+    manifest = load_manifest(directory)
+    if manifest.get("task") != "lm" or "cache" not in manifest:
+        raise UserError(f"{directory}: a {manifest.get('task', 'classification')} model, not an exported causal LM: pass the slm export output of a causal-LM directory")
+    return manifest
+
+
+class OnnxStepper:
+    """An exported causal LM behind `slmkit.generate` (its `Stepper`), batch 1, on ONNX Runtime.
+
+    `start` runs the prompt with an empty past; `step` feeds one token with the previous call's present
+    key/values as its past, kept as numpy arrays between calls (the graph concatenates the new token's keys
+    and values onto them). `cache=False` re-runs the whole sequence every step instead: the same logits, what
+    the cache saves.
+
+    One intra-op thread by default: a small model's one-token step is overhead-bound, and more threads only
+    spin (on a shared 2-vCPU machine they made steps many times slower); pass `threads` for a large model."""
+
+    def __init__(self, directory: str | Path, threads: int | None = 1, cache: bool = True, manifest: dict | None = None):
+        self.directory = Path(directory)
+        self.manifest = manifest or load_lm_manifest(self.directory)
+        self.session = open_session(self.directory, threads)
+        layout = self.manifest["cache"]
+        self.layers, self.kv_heads, self.head_dim = layout["layers"], layout["kv_heads"], layout["head_dim"]
+        self.past_names = [layout["past"].format(layer=i, kind=k) for i in range(self.layers) for k in ("key", "value")]
+        self.present_names = [layout["present"].format(layer=i, kind=k) for i in range(self.layers) for k in ("key", "value")]
+        self.outputs = ["logits"] + self.present_names
+        self.positions = bool(self.manifest.get("position_ids", True))
+        self.context_length = int(self.manifest["context_length"])
+        self.cache = cache
+        self._ones = np.ones((1, self.context_length), dtype=np.int64)  # attention masks are views of it
+        self._arange = np.arange(self.context_length, dtype=np.int64)[None, :]
+        self._empty = np.zeros((1, self.kv_heads, 0, self.head_dim), dtype=np.float32)
+        self._past: list[np.ndarray] = []
+        self._ids: list[int] = []
+
+    @property
+    def length(self) -> int:
+        """Tokens seen since `start` (prompt and steps)."""
+        return len(self._ids)
+
+    def fork(self) -> "OnnxStepper":
+        """A new stepper over the same loaded session (ONNX Runtime sessions run concurrently), with its own cache:
+        one per sequence in flight, without loading the model again."""
+        other = copy.copy(self)
+        other._past, other._ids = [], []
+        return other
+
+    def _run(self, new_ids: list[int], past: list[np.ndarray], past_length: int) -> np.ndarray:
+        total = past_length + len(new_ids)
+        if total > self.context_length:
+            raise UserError(f"{total} tokens exceed the model's context window of {self.context_length}: shorten the prompt or generate fewer tokens")
+        feed = {"input_ids": np.array([new_ids], dtype=np.int64), "attention_mask": self._ones[:, :total]}
+        if self.positions:
+            feed["position_ids"] = self._arange[:, past_length:total]
+        feed.update(zip(self.past_names, past))
+        result = self.session.run(self.outputs, feed)
+        self._past = result[1:]  # (1, kv_heads, total, head_dim) each
+        return result[0][0, -1]  # (vocab,) float32
+
+    def start(self, prompt_ids: list[int]) -> np.ndarray:
+        self._ids = [int(t) for t in prompt_ids]
+        if not self._ids:
+            raise UserError("empty prompt: give at least one token")
+        return self._run(self._ids, [self._empty] * len(self.past_names), 0)
+
+    def step(self, token_id: int) -> np.ndarray:
+        if not self._ids:
+            raise RuntimeError("OnnxStepper.step before start")
+        self._ids.append(int(token_id))
+        if not self.cache:
+            return self._run(self._ids, [self._empty] * len(self.past_names), 0)
+        return self._run([int(token_id)], self._past, len(self._ids) - 1)
+
+    def sequence_logits(self, ids: list[int]) -> np.ndarray:
+        """The logits (len(ids), vocab) at every position of one sequence, no past: for perplexity."""
+        if len(ids) > self.context_length:
+            raise UserError(f"{len(ids)} tokens exceed the model's context window of {self.context_length}")
+        feed = {"input_ids": np.array([ids], dtype=np.int64), "attention_mask": self._ones[:, : len(ids)]}
+        if self.positions:
+            feed["position_ids"] = self._arange[:, : len(ids)]
+        feed.update({name: self._empty for name in self.past_names})
+        return self.session.run(["logits"], feed)[0][0]
+
+
+class LMGenerator:
+    """Text completions from an exported causal LM, torch-free: ONNX Runtime with the KV cache, `tokenizers`,
+    and slmkit's one decode loop (`slmkit.generate`: greedy, sampling, beam search, stop strings).
+
+        from slmkit.runtime import LMGenerator
+        from slmkit.generate import GenerationConfig
+        lm = LMGenerator("runs/lm-onnx")
+        lm.complete("my parcel has", GenerationConfig(max_new_tokens=8, temperature=0))
+        for piece in lm.stream("my parcel has", GenerationConfig(max_new_tokens=8)): print(piece, end="")
+
+    A prompt longer than the context window (less room for the new tokens) is cut from the left with a warning,
+    or refused with `strict=True`."""
+
+    def __init__(self, directory: str | Path, threads: int | None = 1, cache: bool = True):
+        from tokenizers import Tokenizer
+
+        self.directory = Path(directory)
+        self.manifest = load_lm_manifest(self.directory)
+        self.stepper = OnnxStepper(self.directory, threads, cache, self.manifest)
+        self.tokenizer = Tokenizer.from_file(str(self.directory / artifacts.TOKENIZER))
+        self.tokenizer.no_padding()
+        self.tokenizer.no_truncation()
+        self.bos_id = self.manifest.get("bos_id")
+        self.eos_ids = tuple(self.manifest.get("eos_ids") or ())
+        self.context_length = self.stepper.context_length
+
+    def encode(self, prompt: str) -> list[int]:
+        """The prompt's token ids, with the tokenizer's own special tokens (as Hugging Face encodes it)."""
+        ids = self.tokenizer.encode(prompt).ids
+        return ids if ids or self.bos_id is None else [int(self.bos_id)]
+
+    def fit(self, prompt_ids: list[int], max_new_tokens: int, strict: bool = False) -> list[int]:
+        """The prompt cut from the left to leave room for the new tokens (a warning says so), or refused (`strict`)."""
+        import warnings
+
+        from slmkit.generate import truncate_prompt
+
+        kept, dropped = truncate_prompt(prompt_ids, self.context_length, max_new_tokens, strict)
+        if dropped:
+            warnings.warn(f"prompt is {len(prompt_ids)} tokens: the first {dropped} were dropped to fit the context window of {self.context_length}", stacklevel=3)
+        return kept
+
+    def stream(self, prompt: str, cfg=None, strict: bool = False, info: dict | None = None):
+        """The continuation of `prompt` as text pieces, as they are generated."""
+        from slmkit.generate import GenerationConfig, generate_text
+
+        cfg = cfg or GenerationConfig()
+        cfg.validate()
+        ids = self.fit(self.encode(prompt), cfg.max_new_tokens, strict)
+        return generate_text(self.stepper, self.tokenizer, ids, cfg, eos_ids=self.eos_ids, bos_id=self.bos_id, info=info)
+
+    def complete(self, prompt: str, cfg=None, strict: bool = False) -> str:
+        """The whole continuation of `prompt` (greedy when cfg.temperature is 0)."""
+        return "".join(self.stream(prompt, cfg, strict))
+
+    def generate_ids(self, prompt_ids: list[int], cfg=None, stop_at_eos: bool = True, strict: bool = False) -> list[int]:
+        """The new token ids after `prompt_ids`."""
+        from slmkit.generate import GenerationConfig, generate_ids
+
+        cfg = cfg or GenerationConfig()
+        ids = self.fit([int(t) for t in prompt_ids], cfg.max_new_tokens, strict)
+        return list(generate_ids(self.stepper, ids, cfg, self.eos_ids if stop_at_eos else ()))
+
+    def token_nll(self, text: str) -> np.ndarray:
+        """Negative log-likelihood (nats) of each token of `text` after the first, the text cut to the context window."""
+        ids = self.encode(text)[: self.context_length]
+        if len(ids) < 2:
+            return np.zeros(0, dtype=np.float64)
+        logits = self.stepper.sequence_logits(ids)[:-1].astype(np.float64)  # (n - 1, vocab): each predicts the next
+        top = logits.max(-1, keepdims=True)
+        log_norm = top[:, 0] + np.log(np.exp(logits - top).sum(-1))
+        return log_norm - logits[np.arange(len(ids) - 1), ids[1:]]

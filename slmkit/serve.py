@@ -10,6 +10,9 @@ One task per server, read from the bundle's manifest (`TASK_ENDPOINTS`): classif
 `slm predict` runs); the other tasks' endpoints answer 404 `wrong_task`. The batcher below merges items of any
 task: texts, or QA's (question, context) pairs, whose windows then run in one model call.
 
+A causal LM (a Hugging Face causal-LM directory or its ONNX export) gets OpenAI's API instead:
+slmkit/serve_lm.py, which shares this module's gate, errors, health endpoints and drain.
+
 `create_app(cfg)` builds the application and `serve(cfg)` checks the bundle, then runs it under uvicorn. Read
 top to bottom, this module owns:
 
@@ -78,7 +81,8 @@ CONFIG_ENV = "SLMKIT_SERVE_CONFIG"  # how `serve` hands the config to uvicorn's 
 HEALTH = ("/health/live", "/health/ready")  # open without an API key, answered while loading or draining
 DOCS = "/docs"  # the docs page: a static file holding no server data, so open without an API key (it asks for one)
 TASK_ENDPOINTS = {"classification": "/v1/classify", "ner": "/v1/entities", "qa": "/v1/answer"}  # a server answers its model's task only
-ENDPOINTS = frozenset({*TASK_ENDPOINTS.values(), "/v1/models", "/metrics", DOCS, "/openapi.json", *HEALTH})  # metric labels
+LM_ENDPOINTS = ("/v1/completions", "/v1/chat/completions")  # a causal LM's (slmkit/serve_lm.py)
+ENDPOINTS = frozenset({*TASK_ENDPOINTS.values(), *LM_ENDPOINTS, "/v1/models", "/metrics", DOCS, "/openapi.json", *HEALTH})  # metric labels
 DOCS_PAGE = Path(__file__).parent / "web" / "api-docs.html"  # renders /openapi.json in the page: no CDN, works offline
 # the page's script and style are inline; it may fetch from this server only, and load nothing else
 DOCS_HEADERS = {
@@ -805,6 +809,10 @@ def _errors(*statuses: int) -> dict:
 def create_app(cfg: ServeConfig) -> FastAPI:
     """The ASGI application serving `cfg.model`; the model itself loads in the background at start-up."""
     cfg.validate()
+    if _is_causal_lm(cfg.model):  # the OpenAI-compatible API for generative models
+        from slmkit.serve_lm import create_lm_app
+
+        return create_lm_app(cfg)
     bundle = open_bundle(Path(cfg.model))
     service = Service(cfg, bundle, read_api_key(cfg.api_key_file) if cfg.api_key_file else None)
     app = _App(
@@ -969,6 +977,13 @@ def _wrong_task(task: str, other: str) -> Callable:
     return wrong_task
 
 
+def _is_causal_lm(model: str) -> bool:
+    """Whether `model` is a causal LM, served by slmkit/serve_lm.py (JSON files read only: no torch here)."""
+    from slmkit.serve_lm import lm_kind
+
+    return bool(model) and lm_kind(Path(model)) is not None
+
+
 def app_from_env() -> FastAPI:
     """uvicorn's app factory in every worker process: the config comes from the environment `serve` set."""
     return create_app(from_dict(ServeConfig, json.loads(os.environ[CONFIG_ENV])))
@@ -977,20 +992,27 @@ def app_from_env() -> FastAPI:
 def serve(cfg: ServeConfig) -> None:
     """Check the bundle and the settings, then serve until SIGTERM or Ctrl-C."""
     cfg.validate()
-    bundle = open_bundle(Path(cfg.model))  # a bad bundle is one line here, not a failed load in every worker
-    try:
-        load_model(bundle, threads=1, batch_size=1)
-    except UserError:
-        raise
-    except Exception as e:  # a file ONNX Runtime cannot read
-        raise UserError(f"{bundle.directory}: ONNX Runtime cannot load the model ({type(e).__name__}): export it again with slm export") from None
+    if _is_causal_lm(cfg.model):  # checked here, loaded once in each worker (a large LM is not loaded twice)
+        from slmkit.serve_lm import check_lm_dir
+
+        check_lm_dir(Path(cfg.model))
+        directory = Path(cfg.model)
+    else:
+        bundle = open_bundle(Path(cfg.model))  # a bad bundle is one line here, not a failed load in every worker
+        try:
+            load_model(bundle, threads=1, batch_size=1)
+        except UserError:
+            raise
+        except Exception as e:  # a file ONNX Runtime cannot read
+            raise UserError(f"{bundle.directory}: ONNX Runtime cannot load the model ({type(e).__name__}): export it again with slm export") from None
+        directory = bundle.directory
     if cfg.api_key_file:
         read_api_key(cfg.api_key_file)
     try:
         import uvicorn
     except ImportError:
         raise UserError("slm serve needs uvicorn: pip install 'slmkit[serve]'") from None
-    os.environ[CONFIG_ENV] = json.dumps(to_dict(cfg) | {"model": str(bundle.directory.resolve())})
+    os.environ[CONFIG_ENV] = json.dumps(to_dict(cfg) | {"model": str(directory.resolve())})
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")  # batches are small: no tokenizer thread pool
     # uvicorn re-raises SIGTERM once its shutdown is done; with this handler in place the process exits 0
     signal.signal(signal.SIGTERM, lambda sig, frame: None)

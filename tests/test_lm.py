@@ -193,12 +193,22 @@ def test_distill_lm_from_teacher_continuations(tiny_trained, lm_text, tmp_path):
     assert (d["prompts"], d["continuations"], d["teacher_backend"], d["token_kd"]) == (24, 24, "torch", "on")
     assert not d["continuations_cache"]["hit"] and len(list((tmp_path / "cache").glob("lm-*.jsonl"))) == 1
     assert json.loads((tmp_path / "student" / "config.json").read_text())["vocab_size"] == 300  # the teacher's tokenizer
-    # the student learned the teacher's greedy continuations of the prompts
+    # the student learned the teacher's greedy continuations: its next token (teacher forced) is the teacher's at
+    # most positions, far more often than always guessing the teacher's commonest token would be
+    import torch
+
     teacher, student = open_lm(tiny_trained, threads=1), open_lm(tmp_path / "student", threads=1)
     greedy = GenerationConfig(max_new_tokens=8, temperature=0)
-    prompts = (tmp_path / "prompts.txt").read_text().splitlines()
-    same = [list(generate_ids(teacher.stepper, teacher.encode(p), greedy, teacher.eos_ids)) == list(generate_ids(student.stepper, student.encode(p), greedy, student.eos_ids)) for p in prompts]
-    assert sum(same) >= len(prompts) / 2, sum(same)
+    hits, targets = 0, []
+    for prompt in (tmp_path / "prompts.txt").read_text().splitlines():
+        ids = teacher.encode(prompt)
+        taught = list(generate_ids(teacher.stepper, ids, greedy, teacher.eos_ids))
+        with torch.inference_mode():
+            logits = student.stepper.model(torch.tensor([ids + taught])).logits[0]  # (seq, vocab)
+        hits += int((logits[len(ids) - 1 : -1].argmax(-1) == torch.tensor(taught)).sum())
+        targets += taught
+    majority = max(targets.count(t) for t in set(targets))
+    assert hits >= max(3 * majority, 0.7 * len(targets)), (hits, majority, len(targets))
     # a second student reuses the continuations; without KD (or with its own vocabulary) the loss is plain CE
     result = slm("distill", *common, "--epochs", 1, "--kd", 0, "--out", tmp_path / "no-kd")
     assert result.exit_code == 0, result.output
@@ -209,3 +219,37 @@ def test_distill_lm_from_teacher_continuations(tiny_trained, lm_text, tmp_path):
     assert json.loads((tmp_path / "own-vocab" / "metrics.json").read_text())["distill"]["token_kd"].startswith("off: the student has its own vocabulary")
     result = slm("distill", *common, "--student", "cnn:filters=8", "--out", tmp_path / "bad")
     assert result.exit_code == 2 and "--student: not used by --task lm" in result.stderr
+
+
+def test_checkpoint_of_tied_weights_round_trips(tmp_path):
+    import torch
+    from transformers import AutoModelForCausalLM, LlamaConfig
+
+    from slmkit import artifacts
+
+    config = LlamaConfig(vocab_size=64, hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2, tie_word_embeddings=True)
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(config)
+    assert model.lm_head.weight is model.model.embed_tokens.weight
+    optimizer = torch.optim.AdamW(model.parameters())
+    model(torch.tensor([[1, 2, 3]]), labels=torch.tensor([[1, 2, 3]])).loss.backward()
+    optimizer.step()
+    artifacts.save_checkpoint(tmp_path, model, optimizer, {"epoch": 1})  # safetensors refuses shared tensors: stored once
+    torch.manual_seed(1)
+    fresh = AutoModelForCausalLM.from_config(config)
+    state = artifacts.load_checkpoint(tmp_path, fresh, torch.optim.AdamW(fresh.parameters()))
+    assert state["epoch"] == 1 and fresh.lm_head.weight is fresh.model.embed_tokens.weight
+    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), fresh.state_dict().values()))
+    with pytest.raises(RuntimeError, match="do not match"):
+        artifacts.load_weights(AutoModelForCausalLM.from_config(LlamaConfig(**{**config.to_dict(), "tie_word_embeddings": False})), tmp_path / "checkpoint")
+
+
+def test_help_of_the_lm_commands():
+    result = slm("generate", "--help")
+    assert result.exit_code == 0
+    for option in ("--model", "--max-tokens", "--temperature", "--top-k", "--top-p", "--repetition-penalty", "--stop", "--beams", "--seed", "--greedy", "--strict", "--chat"):
+        assert option in result.stdout
+    result = slm("train", "--help")
+    assert all(option in result.stdout for option in ("--shape", "--vocab-size", "--grad-checkpoint"))
+    result = slm("distill", "--help")
+    assert all(option in result.stdout for option in ("--task", "--prompts", "--samples", "--kd"))

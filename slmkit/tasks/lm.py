@@ -1,8 +1,8 @@
 """Causal language modelling (`slm train --task lm`): a decoder that predicts the next token of plain text.
 
 Data is a corpus of documents: a .txt file (one per line; blank lines skipped), .jsonl (one object a line, the
-text under `--text-col`) or .csv/.tsv (the `--text-col` column; the other columns are ignored). Each document is tokenized as the tokenizer does for a prompt (a trained-from-scratch
-tokenizer adds <s>) and ends with </s>. Training packs the documents into windows of the context length (a window
+text under `--text-col`) or .csv/.tsv (the `--text-col` column; the other columns are ignored). Each document is
+tokenized as the tokenizer does for a prompt (a trained-from-scratch tokenizer adds <s>) and ends with </s>. Training packs the documents into windows of the context length (a window
 may span documents, <s> marks where each starts); evaluation runs each document on its own (a long one in windows
 that overlap by a token), so the loss of every document is known and the perplexity interval resamples documents.
 
@@ -48,11 +48,11 @@ IGNORE = -100  # a label the loss skips (padding; later, prompt tokens of instru
 
 
 def read_documents(path: Path, text_col: str = "text", encoding: str = "utf-8") -> list[str]:
-    """The documents of a corpus file: .txt (one per line, blank lines skipped) or .jsonl (`text_col` of each
-    object). An empty or binary file is refused with the line to fix."""
+    """The documents of a corpus file: .txt (one per line, blank lines skipped), .jsonl (`text_col` of each object)
+    or .csv/.tsv (the `text_col` column). An empty or binary file is refused with the line to fix."""
     path = Path(path)
     if not path.is_file():
-        raise UserError(f"{path}: corpus file not found: pass --data with a .txt or .jsonl file")
+        raise UserError(f"{path}: corpus file not found: pass a .txt, .jsonl or .csv file")
     suffix = path.suffix.lower()
     if suffix not in TEXT_SUFFIXES + JSONL_SUFFIXES + tuple(TABLE_SUFFIXES):
         raise UserError(f"{path}: a corpus must be .txt (one document per line), .jsonl (one object per line with a {text_col!r} field) or .csv/.tsv (a {text_col!r} column)")
