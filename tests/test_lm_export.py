@@ -7,7 +7,6 @@ exported too (with a smaller probe). References are independent of the export's 
 
 from __future__ import annotations
 
-import json
 import subprocess
 import sys
 import warnings
