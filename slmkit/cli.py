@@ -194,6 +194,8 @@ def predict(
     if not Path(model).is_dir():
         raise UserError(f"{model}: model directory not found: pass the --out directory of slm train, slm export or slm quantize")
     task = artifacts.model_task(Path(model))
+    if task == "lm":
+        raise UserError(f"{model}: a language model continues text rather than labeling it: use slm generate --model {model} \"prompt\"")
     if task == "qa":
         if texts:
             raise UserError("a QA model answers questions: pass --input FILE.jsonl of {\"question\": \"...\", \"context\": \"...\"} rows")
