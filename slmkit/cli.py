@@ -23,6 +23,7 @@ from slmkit.config import (
     BenchConfig, BudgetConfig, DataConfig, DistillConfig, EvalConfig, ExportConfig, ExportWebConfig, ModelConfig, OptimConfig, PruneConfig,
     QuantizeConfig, RunConfig, SearchConfig, ServeConfig, TrainConfig, TrimConfig, help_of, load_config,
 )
+from slmkit.config import LMDistillConfig
 from slmkit.errors import UserError
 from slmkit.selection import describe
 
@@ -139,7 +140,7 @@ def train(
 @_user_errors
 def evaluate(
     model: Annotated[str, typer.Option(help=_h(EvalConfig, "model"))],
-    data: Annotated[str, typer.Option(help="Labeled file to score: .csv, .tsv or .jsonl.")],
+    data: Annotated[str, typer.Option(help="Labeled file to score: .csv, .tsv or .jsonl; for a language model, held-out text (.txt, .jsonl or .csv).")],
     out_dir: Annotated[Optional[str], typer.Option("--out", help=_h(EvalConfig, "out"))] = None,
     text_col: TextCol = None,
     label_col: LabelCol = None,
@@ -193,6 +194,8 @@ def predict(
     if not Path(model).is_dir():
         raise UserError(f"{model}: model directory not found: pass the --out directory of slm train, slm export or slm quantize")
     task = artifacts.model_task(Path(model))
+    if task == "lm":
+        raise UserError(f"{model}: a language model continues text rather than labeling it: use slm generate --model {model} \"prompt\"")
     if task == "qa":
         if texts:
             raise UserError("a QA model answers questions: pass --input FILE.jsonl of {\"question\": \"...\", \"context\": \"...\"} rows")
@@ -276,16 +279,29 @@ def distill(
     epochs: Annotated[Optional[int], typer.Option(help=_h(OptimConfig, "epochs"))] = None,
     lr: Annotated[Optional[float], typer.Option(help=_h(OptimConfig, "lr"))] = None,
     threads: Annotated[Optional[int], typer.Option(help=_h(OptimConfig, "threads"))] = None,
+    task: Annotated[Optional[str], typer.Option(help="lm: distill a causal language model from its continuations of --prompts (the other tasks are read from the teacher).")] = None,
+    prompts: Annotated[Optional[str], typer.Option(help=_h(LMDistillConfig, "prompts"))] = None,
+    shape: Annotated[Optional[str], typer.Option(help=_h(LMDistillConfig, "shape"))] = None,
+    samples: Annotated[Optional[int], typer.Option(help=_h(LMDistillConfig, "samples"))] = None,
+    max_tokens: Annotated[Optional[int], typer.Option(help=_h(LMDistillConfig, "max_new_tokens"))] = None,
+    temperature: Annotated[Optional[float], typer.Option(help=_h(LMDistillConfig, "temperature"))] = None,
+    kd: Annotated[Optional[float], typer.Option(help=_h(LMDistillConfig, "kd"))] = None,
     config: Annotated[Optional[Path], typer.Option(help="YAML file of settings (teacher, student, data, loss, train, ...); flags and --set override it.")] = None,
     set_: Sets = None,
     overwrite: Annotated[bool, typer.Option(help="Replace --out even if it is not a previous slmkit output.")] = False,
     quiet: Annotated[bool, typer.Option(help="No progress bars.")] = False,
 ):
-    """Distill a fine-tuned teacher (classifier, NER or QA) into a small student (layer-dropped, small transformer, BiLSTM or CNN).
+    """Distill a fine-tuned teacher (classifier, NER or QA) into a small student (layer-dropped, small transformer, BiLSTM or CNN),
+    or (--task lm) a causal LM into a small one trained on its continuations of your prompts.
 
-    Example: slm distill --teacher runs/x --data train.csv --student transformer:layers=2,hidden=128 --out runs/s
+    Examples: slm distill --teacher runs/x --data train.csv --student transformer:layers=2,hidden=128 --out runs/s;
+    slm distill --task lm --teacher models/big-lm --prompts prompts.txt --out runs/student
     """
     from slmkit.distill import distill as run_distill
+
+    if task == "lm":
+        _distill_lm(locals())
+        return
 
     if augment is not None:
         try:
@@ -309,6 +325,30 @@ def distill(
         f"(retention {100 * m['retention']:.1f}%, agreement {100 * m['agreement']:.1f}%); parameters "
         f"{m['parameters']['teacher'] / 1e6:.2f}M → {m['parameters']['student'] / 1e6:.2f}M; teacher cache "
         f"{'hit' if m['teacher_cache']['hit'] else 'miss'}"
+    )
+    out.print(f"student saved to [bold]{result.out}[/bold]")
+
+
+def _distill_lm(a: dict) -> None:
+    """`slm distill --task lm`: the flags of the distill command that apply to language models."""
+    from slmkit.distill_lm import distill_lm
+
+    ignored = [flag for flag, name in (("--student", "student"), ("--data", "data"), ("--label-col", "label_col"), ("--unlabeled", "unlabeled"), ("--augment", "augment")) if a[name] is not None]
+    if ignored:
+        raise UserError(f"{', '.join(ignored)}: not used by --task lm: pass --prompts (what the teacher continues) and --shape (the student)")
+    flags = {
+        "teacher": a["teacher"], "prompts": a["prompts"], "out": a["out_dir"], "eval": a["eval"], "text_col": a["text_col"],
+        "shape": a["shape"], "samples": a["samples"], "max_new_tokens": a["max_tokens"], "temperature": a["temperature"], "kd": a["kd"],
+        "cache_dir": a["cache_dir"], "train.epochs": a["epochs"], "train.lr": a["lr"], "train.threads": a["threads"],
+    }
+    result = distill_lm(load_config(LMDistillConfig, a["config"], a["set_"], **flags), overwrite=a["overwrite"], progress=not a["quiet"])
+    m = result.metrics
+    print_report(m["eval"], f"student on {m['eval_source']}")
+    d = m["distill"]
+    made = "cached" if d["continuations_cache"]["hit"] else f"{d['generation_seconds']:.1f} s"
+    out.print(
+        f"{d['continuations']} teacher continuations ({made}); "
+        f"token-level KD {d['token_kd']}; student {m['parameters'] / 1e6:.2f}M parameters"
     )
     out.print(f"student saved to [bold]{result.out}[/bold]")
 

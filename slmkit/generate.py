@@ -190,7 +190,7 @@ def beam_search(stepper: Stepper, prompt_ids: list[int], cfg: GenerationConfig, 
     def normalized(score: float, tokens: list[int], ended: bool) -> float:
         return score / max(1, len(tokens) + int(ended))
 
-    for step in range(budget):
+    for _ in range(budget):
         candidates: list[tuple[float, list[int], int]] = []
         for score, tokens in beams:
             logits = stepper.start(prompt_ids + tokens)
@@ -207,8 +207,10 @@ def beam_search(stepper: Stepper, prompt_ids: list[int], cfg: GenerationConfig, 
             beams.append((score, tokens + [token]))
             if len(beams) == width:
                 break
+        if not beams:  # every candidate ended
+            break
         if len(finished) >= width:
-            best_running = max(normalized(s, t, False) for s, t in beams) if beams else -np.inf
+            best_running = max(normalized(s, t, False) for s, t in beams)
             if max(normalized(s, t, True) for s, t in finished) >= best_running:
                 break
     pool = [(normalized(s, t, True), t) for s, t in finished] + [(normalized(s, t, False), t) for s, t in beams]
@@ -306,8 +308,10 @@ def generate_text(
             if keep < len(held):
                 yield held[: len(held) - keep]
                 held = held[len(held) - keep :]
-        if produced < cfg.max_new_tokens and cfg.num_beams == 1:
-            info["finish_reason"] = "stop"  # an end-of-sequence token (or a full context window, rarer)
+        limit = getattr(stepper, "context_length", None)
+        budget = cfg.max_new_tokens if limit is None else min(cfg.max_new_tokens, int(limit) - len(prompt_ids))
+        if produced < budget:
+            info["finish_reason"] = "stop"  # an end-of-sequence token; a full context window stays "length"
         if held:
             yield held
     finally:
@@ -390,7 +394,8 @@ def open_lm(directory: str | Path, threads: int | None = None) -> OpenLM:
     if (d / "model.onnx").is_file():
         from slmkit.runtime import OnnxStepper  # the ONNX export of a causal LM with its KV cache
 
-        stepper, backend = OnnxStepper(d, threads=threads), "onnx"
+        # one thread unless asked: a small model's one-token step is overhead-bound (see OnnxStepper)
+        stepper, backend = (OnnxStepper(d, threads=threads) if threads else OnnxStepper(d)), "onnx"
     else:
         from slmkit.lm import TorchStepper, load_causal_lm
 
@@ -402,13 +407,20 @@ def open_lm(directory: str | Path, threads: int | None = None) -> OpenLM:
         stepper, backend = TorchStepper(model), "torch"
     if not (d / "tokenizer.json").is_file():
         raise UserError(f"--model {directory}: no tokenizer.json: the directory needs the model's fast tokenizer")
+    tokenizer = Tokenizer.from_file(str(d / "tokenizer.json"))
+    tokenizer.no_padding()
+    tokenizer.no_truncation()
+    specials = special_ids(d)
+    manifest = getattr(stepper, "manifest", None) or {}  # an export records its special ids in its manifest
+    if "eos_ids" in manifest:
+        specials = {"bos_id": manifest.get("bos_id"), "eos_ids": tuple(manifest.get("eos_ids") or ())}
     return OpenLM(
         stepper=stepper,
-        tokenizer=Tokenizer.from_file(str(d / "tokenizer.json")),
+        tokenizer=tokenizer,
         context_length=getattr(stepper, "context_length", None),
         chat_template=chat_template(d),
         backend=backend,
-        **special_ids(d),
+        **specials,
     )
 
 

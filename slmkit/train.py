@@ -1,4 +1,5 @@
-"""`slm train`: fine-tune a base encoder on labeled text, with slmkit's one training loop.
+"""`slm train`: fine-tune a base encoder on labeled text (or train a causal LM on plain text, `--task lm`), with
+slmkit's one training loop.
 
 Read top to bottom: `train(cfg)` reads and checks the data, resolves the base model, builds the task's
 model, then drives `run_epochs` — the training loop, a generator that yields a record per optimizer step
@@ -167,8 +168,13 @@ def track_epoch(state: dict, record: EpochEnd, scores: dict, o: OptimConfig) -> 
 # ------------------------------------------------------------------------------------------ the stage
 
 
-def train(cfg: TrainConfig, overwrite: bool = False, resume: bool = False, progress: bool = True) -> TrainResult:
-    """Fine-tune `cfg.model.base` on `cfg.data` and write the model directory `cfg.out`."""
+def train(
+    cfg: TrainConfig, overwrite: bool = False, resume: bool = False, progress: bool = True, task=None, extra: dict | None = None
+) -> TrainResult:
+    """Fine-tune `cfg.model.base` on `cfg.data` and write the model directory `cfg.out`.
+
+    `task`: a task object to use instead of the one `cfg.task` names (a stage that varies the loss, such as LM
+    distillation with its teacher); `extra`: more entries for metrics.json."""
     import torch
     import transformers
 
@@ -186,7 +192,7 @@ def train(cfg: TrainConfig, overwrite: bool = False, resume: bool = False, progr
     main = distributed.is_main()  # rank 0 alone writes the artifact and logs
     if o.bf16 and o.device == "cpu" and not native_bf16() and main:
         stderr.print("warning: --bf16 on a CPU without native bf16 (AVX-512 BF16 or AMX): training will be much slower than fp32")
-    task = get_task(cfg.task, **task_options(cfg))
+    task = task or get_task(cfg.task, **task_options(cfg))
     o = replace(o, metric=o.metric or task.metric_names[0])
     cfg = replace(cfg, train=o)
 
@@ -296,6 +302,7 @@ def train(cfg: TrainConfig, overwrite: bool = False, resume: bool = False, progr
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         "eval": eval_scores(full=True),
         "history": state["history"],
+        **(extra or {}),
     }
     artifacts.write_json(staging / artifacts.METRICS, result)
     artifacts.commit(staging, out)

@@ -176,3 +176,85 @@ def test_best_epoch_for_lower_is_better_metric():
     marks = [track_epoch(state, EpochEnd(e, 1.0, 1.0, 1.0), {"perplexity": p}, o)[:2] for e, p in enumerate([50.0, 20.0, 25.0, 20.0, 30.0], start=1)]
     assert marks == [(True, False), (True, False), (False, False), (True, True), (False, True)]
     assert state["best_epoch"] == 4 and state["best"] == 20.0
+
+
+def test_distill_lm_from_teacher_continuations(tiny_trained, lm_text, tmp_path):
+    from slmkit.generate import GenerationConfig, generate_ids, open_lm
+
+    lines = lm_text["eval"].read_text().splitlines()[:24]
+    (tmp_path / "prompts.txt").write_text("".join(" ".join(line.split()[:2]) + "\n" for line in lines))
+    common = ["--task", "lm", "--teacher", tiny_trained, "--prompts", tmp_path / "prompts.txt", "--eval", lm_text["eval"], "--max-tokens", 8,
+              "--shape", "layers=1,hidden=32,heads=2,ffn=64,context=16", "--lr", "1e-2", "--threads", 1, "--cache-dir", tmp_path / "cache",
+              "--set", "train.batch_size=4", "--set", "train.warmup=0", "--quiet"]
+    result = slm("distill", *common, "--epochs", 12, "--out", tmp_path / "student")
+    assert result.exit_code == 0, result.output
+    m = json.loads((tmp_path / "student" / "metrics.json").read_text())
+    d = m["distill"]
+    assert (d["prompts"], d["continuations"], d["teacher_backend"], d["token_kd"]) == (24, 24, "torch", "on")
+    assert not d["continuations_cache"]["hit"] and len(list((tmp_path / "cache").glob("lm-*.jsonl"))) == 1
+    assert json.loads((tmp_path / "student" / "config.json").read_text())["vocab_size"] == 300  # the teacher's tokenizer
+    # the student learned the teacher's greedy continuations: its next token (teacher forced) is the teacher's at
+    # most positions, far more often than always guessing the teacher's commonest token would be
+    import torch
+
+    teacher, student = open_lm(tiny_trained, threads=1), open_lm(tmp_path / "student", threads=1)
+    greedy = GenerationConfig(max_new_tokens=8, temperature=0)
+    hits, targets = 0, []
+    for prompt in (tmp_path / "prompts.txt").read_text().splitlines():
+        ids = teacher.encode(prompt)
+        taught = list(generate_ids(teacher.stepper, ids, greedy, teacher.eos_ids))
+        with torch.inference_mode():
+            logits = student.stepper.model(torch.tensor([ids + taught])).logits[0]  # (seq, vocab)
+        hits += int((logits[len(ids) - 1 : -1].argmax(-1) == torch.tensor(taught)).sum())
+        targets += taught
+    majority = max(targets.count(t) for t in set(targets))
+    assert hits >= max(3 * majority, 0.7 * len(targets)), (hits, majority, len(targets))
+    # a second student reuses the continuations; without KD (or with its own vocabulary) the loss is plain CE
+    result = slm("distill", *common, "--epochs", 1, "--kd", 0, "--out", tmp_path / "no-kd")
+    assert result.exit_code == 0, result.output
+    d = json.loads((tmp_path / "no-kd" / "metrics.json").read_text())["distill"]
+    assert d["continuations_cache"]["hit"] and d["token_kd"] == "off: kd is 0"
+    result = slm("distill", *common, "--epochs", 1, "--set", "vocab_size=270", "--out", tmp_path / "own-vocab")
+    assert result.exit_code == 0, result.output
+    assert json.loads((tmp_path / "own-vocab" / "metrics.json").read_text())["distill"]["token_kd"].startswith("off: the student has its own vocabulary")
+    result = slm("distill", *common, "--student", "cnn:filters=8", "--out", tmp_path / "bad")
+    assert result.exit_code == 2 and "--student: not used by --task lm" in result.stderr
+
+
+def test_checkpoint_of_tied_weights_round_trips(tmp_path):
+    import torch
+    from transformers import AutoModelForCausalLM, LlamaConfig
+
+    from slmkit import artifacts
+
+    config = LlamaConfig(vocab_size=64, hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2, tie_word_embeddings=True)
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(config)
+    assert model.lm_head.weight is model.model.embed_tokens.weight
+    optimizer = torch.optim.AdamW(model.parameters())
+    model(torch.tensor([[1, 2, 3]]), labels=torch.tensor([[1, 2, 3]])).loss.backward()
+    optimizer.step()
+    artifacts.save_checkpoint(tmp_path, model, optimizer, {"epoch": 1})  # safetensors refuses shared tensors: stored once
+    torch.manual_seed(1)
+    fresh = AutoModelForCausalLM.from_config(config)
+    state = artifacts.load_checkpoint(tmp_path, fresh, torch.optim.AdamW(fresh.parameters()))
+    assert state["epoch"] == 1 and fresh.lm_head.weight is fresh.model.embed_tokens.weight
+    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), fresh.state_dict().values()))
+    with pytest.raises(RuntimeError, match="do not match"):
+        artifacts.load_weights(AutoModelForCausalLM.from_config(LlamaConfig(**{**config.to_dict(), "tie_word_embeddings": False})), tmp_path / "checkpoint")
+
+
+def test_help_of_the_lm_commands():
+    result = slm("generate", "--help")
+    assert result.exit_code == 0
+    for option in ("--model", "--max-tokens", "--temperature", "--top-k", "--top-p", "--repetition-penalty", "--stop", "--beams", "--seed", "--greedy", "--strict", "--chat"):
+        assert option in result.stdout
+    result = slm("train", "--help")
+    assert all(option in result.stdout for option in ("--shape", "--vocab-size", "--grad-checkpoint"))
+    result = slm("distill", "--help")
+    assert all(option in result.stdout for option in ("--task", "--prompts", "--samples", "--kd"))
+
+
+def test_predict_points_a_language_model_to_generate(tiny_trained):
+    result = slm("predict", "--model", tiny_trained, "hello")
+    assert result.exit_code == 2 and "use slm generate" in result.stderr
