@@ -31,7 +31,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 RESULTS = ROOT / "benchmarks" / "results"
-PROMPT = "where is my parcel? the courier"  # 10 tokens with the benchmark's tokenizer
+PROMPT = "where is my parcel? the courier lost it"  # 11 tokens with the benchmark's tokenizer
 SENTENCES = [
     "please help me with my parcel", "my card was charged twice", "where is my refund", "the courier lost my parcel",
     "i forgot my password again", "why is my account locked", "thanks for your help today", "how do i top up my card",

@@ -194,6 +194,8 @@ def predict(
     if not Path(model).is_dir():
         raise UserError(f"{model}: model directory not found: pass the --out directory of slm train, slm export or slm quantize")
     task = artifacts.model_task(Path(model))
+    if task == "lm":
+        raise UserError(f"{model}: a language model continues text rather than labeling it: use slm generate --model {model} \"prompt\"")
     if task == "qa":
         if texts:
             raise UserError("a QA model answers questions: pass --input FILE.jsonl of {\"question\": \"...\", \"context\": \"...\"} rows")
@@ -372,6 +374,8 @@ def export(
 ):
     """Export a trained model to ONNX (dynamic batch and sequence axes) with its tokenizer and labels, and
     prove parity with PyTorch on a probe batch: max |logit difference| and argmax, written to metrics.json.
+    A causal LM becomes one graph with a KV cache (past/present key/values per layer), proven on prompts, cached
+    steps and greedy continuations (docs/lm-export.md).
 
     Example: slm export --model runs/x --out runs/x-onnx
     """
@@ -454,7 +458,8 @@ def export_web(
     overwrite: Overwrite = False,
 ):
     """Write a static web page that runs the model entirely in the browser: a text box with live predictions
-    and latency (an NER model's page highlights entities; a QA model's answers a question from a context). ONNX Runtime Web and tokenizers.js are downloaded once from the npm registry (pinned, integrity
+    and latency (an NER model's page highlights entities; a QA model's answers a question from a context; a
+    causal LM's page shows its greedy completion as ghost text while you type, Tab accepts it). ONNX Runtime Web and tokenizers.js are downloaded once from the npm registry (pinned, integrity
     checked, cached) and copied into the site; nothing is fetched from a CDN. Serve the folder with any static
     server: python -m http.server -d site 8000.
 

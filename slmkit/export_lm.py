@@ -146,7 +146,7 @@ def export_lm(cfg: ExportConfig, overwrite: bool = False):
     context = context_length(model.config) or 2048
     window = getattr(model.config, "sliding_window", None)
     if isinstance(window, int) and 0 < window < context and getattr(model.config, "use_sliding_window", True):
-        context = window  # the traced graph keeps the whole cache: stay inside the window
+        context = window - 1  # a sliding layer keeps the last window - 1 tokens: within them, no token is dropped
     tokenizer = Tokenizer.from_file(str(model_dir / artifacts.TOKENIZER))
     tokenizer.no_padding()
     tokenizer.no_truncation()
@@ -197,7 +197,7 @@ def export_lm(cfg: ExportConfig, overwrite: bool = False):
             if (model_dir / name).is_file():
                 (staging / name).write_bytes((model_dir / name).read_bytes())
         artifacts.write_json(staging / artifacts.MANIFEST, manifest)
-        with _threads(1 if metrics_parameters(model) < SMALL_MODEL else None):
+        with _threads(1 if parameter_count(model) < SMALL_MODEL else None):
             parity = check_lm_parity(model, staging, prompts, cfg.tolerance, model_dir.name)
         metrics = {
             "parity": parity,
@@ -205,14 +205,14 @@ def export_lm(cfg: ExportConfig, overwrite: bool = False):
             "export_seconds": export_seconds,
             "onnx_bytes": onnx_path.stat().st_size,
             "pytorch_bytes": sum(p.stat().st_size for p in model_dir.glob("*.safetensors")),
-            "parameters": metrics_parameters(model),
+            "parameters": parameter_count(model),
         }
         save_config(replace(cfg, model=str(model_dir.resolve())), staging / artifacts.CONFIG)
         artifacts.write_json(staging / artifacts.METRICS, metrics)
     return ExportResult(out, metrics)
 
 
-def metrics_parameters(model) -> int:
+def parameter_count(model) -> int:
     return sum(p.numel() for p in model.parameters())
 
 

@@ -190,7 +190,7 @@ def beam_search(stepper: Stepper, prompt_ids: list[int], cfg: GenerationConfig, 
     def normalized(score: float, tokens: list[int], ended: bool) -> float:
         return score / max(1, len(tokens) + int(ended))
 
-    for step in range(budget):
+    for _ in range(budget):
         candidates: list[tuple[float, list[int], int]] = []
         for score, tokens in beams:
             logits = stepper.start(prompt_ids + tokens)
@@ -207,8 +207,10 @@ def beam_search(stepper: Stepper, prompt_ids: list[int], cfg: GenerationConfig, 
             beams.append((score, tokens + [token]))
             if len(beams) == width:
                 break
+        if not beams:  # every candidate ended
+            break
         if len(finished) >= width:
-            best_running = max(normalized(s, t, False) for s, t in beams) if beams else -np.inf
+            best_running = max(normalized(s, t, False) for s, t in beams)
             if max(normalized(s, t, True) for s, t in finished) >= best_running:
                 break
     pool = [(normalized(s, t, True), t) for s, t in finished] + [(normalized(s, t, False), t) for s, t in beams]

@@ -4,6 +4,9 @@
     predictor = Predictor("runs/x-int8")
     predictor.predict(["where is my parcel?"])   # [Prediction(label=..., score=..., scores={...})]
 
+An exported causal LM (task "lm") is served by `LMGenerator` (text completions, streamed) over `OnnxStepper`
+(the KV-cache steps behind slmkit.generate's decode loop); see docs/lm-export.md.
+
 Importing this module imports neither torch nor transformers (a test checks it): a serving process stays near
 100 MB. Texts are tokenized together, sorted by length and run in batches padded only to their own longest
 member, then returned in input order.

@@ -198,3 +198,39 @@ def test_context_window_ends_generation():
     text = "".join(generate_text(stepper, Chars(pieces), [0], GenerationConfig(temperature=0, max_new_tokens=10), info=info))
     assert text == "abccx" and info["finish_reason"] == "length" and info["completion_tokens"] == 3
     assert list(generate_ids(stepper, [0, 0, 0, 0], GenerationConfig(temperature=0))) == []
+
+
+class Markov:
+    """A stepper whose next-token logits depend on the last token only: `table[last]`."""
+
+    def __init__(self, table: np.ndarray):
+        self.table = table.astype(np.float32)
+
+    def start(self, prompt_ids):
+        self.last = prompt_ids[-1]
+        return self.table[self.last]
+
+    def step(self, token_id):
+        self.last = token_id
+        return self.table[token_id]
+
+
+def test_beam_search_finishes_at_the_end_token():
+    # from 0: token 1 (p 0.6) or 2 (p 0.4); after 1 the end (3) is nearly certain; after 2, 2 again is (p 0.99)
+    p = np.full((4, 4), 1e-6)
+    p[0, 1], p[0, 2] = 0.6, 0.4
+    p[1, 3], p[1, 0] = 0.99, 0.01
+    p[2, 2], p[2, 3] = 0.99, 0.01
+    p[3, 3] = 1.0
+    stepper = Markov(np.log(p))
+    cfg = GenerationConfig(num_beams=2, max_new_tokens=6)
+    assert list(generate_ids(stepper, [0], cfg, eos_ids=[3])) == [1]  # ends: mean log-prob of 1 then the end is the best
+    assert list(generate_ids(stepper, [0], GenerationConfig(temperature=0, max_new_tokens=6), eos_ids=[3])) == [1]
+    # without end ids, 3 is a token like any other: 1 then 3s (0.6 * 0.99) beats the 2s (0.4 * 0.99^5)
+    assert list(generate_ids(stepper, [0], cfg)) == [1, 3, 3, 3, 3, 3]
+    # a beam that looks worse at first can win: from 0, 1 (0.6) leads to a 0.5/0.5 split, 2 (0.4) to certain 2s
+    p[1, 3], p[1, 0], p[1, 1] = 1e-6, 0.5, 0.5
+    p[0, 0] = 1e-6
+    stepper = Markov(np.log(p / p.sum(1, keepdims=True)))
+    assert list(generate_ids(stepper, [0], GenerationConfig(temperature=0, max_new_tokens=4)))[0] == 1  # greedy takes 1
+    assert list(generate_ids(stepper, [0], GenerationConfig(num_beams=2, max_new_tokens=4))) == [2, 2, 2, 2]

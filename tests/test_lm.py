@@ -253,3 +253,8 @@ def test_help_of_the_lm_commands():
     assert all(option in result.stdout for option in ("--shape", "--vocab-size", "--grad-checkpoint"))
     result = slm("distill", "--help")
     assert all(option in result.stdout for option in ("--task", "--prompts", "--samples", "--kd"))
+
+
+def test_predict_points_a_language_model_to_generate(tiny_trained):
+    result = slm("predict", "--model", tiny_trained, "hello")
+    assert result.exit_code == 2 and "use slm generate" in result.stderr

@@ -7,7 +7,6 @@ exported too (with a smaller probe). References are independent of the export's 
 
 from __future__ import annotations
 
-import json
 import subprocess
 import sys
 import warnings
@@ -249,3 +248,21 @@ def test_the_documented_snippet_runs(lm_int8, capsys):
     printed = capsys.readouterr().out
     greedy = namespace["lm"].complete("my parcel", namespace["greedy"])
     assert printed.startswith(greedy + "\n") and namespace["ids"] == namespace["lm"].generate_ids(namespace["lm"].encode("my parcel"), namespace["greedy"])
+
+
+def test_the_slm_train_lm_output_exports_and_quantizes_with_its_own_corpus(lm_text, tmp_path):
+    """`slm train --task lm` -> export -> quantize: the probe prompts come from its training corpus and the int8
+    perplexity from the eval split it held out (the lineage), not from built-in sentences."""
+    shape = ["--shape", "layers=1,hidden=32,heads=2,ffn=64,context=64", "--vocab-size", "300", "--epochs", "1", "--batch-size", "32",
+             "--set", "train.threads=1", "--quiet"]
+    trained, onnx_dir, int8_dir = tmp_path / "lm", tmp_path / "lm-onnx", tmp_path / "lm-int8"
+    result = runner.invoke(app, ["train", "--task", "lm", "--data", str(lm_text["train"]), "--out", str(trained), *shape])
+    assert result.exit_code == 0, result.output
+    result = runner.invoke(app, ["export", "--model", str(trained), "--out", str(onnx_dir), "--probe-size", "2"])
+    assert result.exit_code == 0, result.output
+    assert artifacts.read_json(onnx_dir / "metrics.json")["probe"]["source"] == str(lm_text["train"])
+    assert artifacts.read_json(onnx_dir / "manifest.json")["context_length"] == 64
+    result = runner.invoke(app, ["quantize", "--model", str(onnx_dir), "--out", str(int8_dir)])
+    assert result.exit_code == 0, result.output
+    evaluated = artifacts.read_json(int8_dir / "metrics.json")["eval"]
+    assert evaluated["source"] == f"{lm_text['train']} (eval split)" and evaluated["texts"] == 40  # 10% of 400 documents
