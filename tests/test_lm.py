@@ -141,6 +141,7 @@ def test_bad_input_is_one_line_and_writes_nothing(tiny_base, lm_text, tmp_path):
         (["--data", lm_text["train"], "--shape", "layers=2,width=64"], "unknown key 'width': valid keys are layers, hidden, heads, kv_heads, ffn, context"),
         (["--data", lm_text["train"], "--shape", "hidden=30,heads=4"], "hidden (30) must be a multiple of heads (4)"),
         (["--data", lm_text["train"], "--base", tiny_base], "not a causal language model (config.json says BertModel)"),
+        (["--data", lm_text["train"], "--base", tiny_base, "--shape", "layers=2"], "--shape and --vocab-size describe a model trained from scratch"),
         (["--data", lm_text["train"], "--base", tmp_path], "not a Hugging Face model directory (no config.json"),
     ]
     for args, message in cases:
