@@ -259,3 +259,29 @@ def test_help_of_the_lm_commands():
 def test_predict_points_a_language_model_to_generate(tiny_trained):
     result = slm("predict", "--model", tiny_trained, "hello")
     assert result.exit_code == 2 and "use slm generate" in result.stderr
+
+
+def test_resume_continues_an_interrupted_lm_run(lm_text, tmp_path, monkeypatch):
+    from slmkit import artifacts
+
+    args = ["train", "--task", "lm", "--data", lm_text["eval"], "--epochs", 3, *TINY]
+    result = slm(*args, "--out", tmp_path / "whole")
+    assert result.exit_code == 0, result.output
+    real_save = artifacts.save_checkpoint
+
+    def killed_after_epoch_1(staging, model, optimizer, state):
+        real_save(staging, model, optimizer, state)
+        if state["epoch"] == 1:
+            raise KeyboardInterrupt  # Ctrl-C right after epoch 1 was saved
+
+    monkeypatch.setattr(artifacts, "save_checkpoint", killed_after_epoch_1)
+    result = slm(*args, "--out", tmp_path / "cut")
+    assert result.exit_code == 130 and not (tmp_path / "cut").exists()
+    monkeypatch.setattr(artifacts, "save_checkpoint", real_save)
+    result = slm("train", "--out", tmp_path / "cut", "--resume", "--quiet")  # the tokenizer is trained again, identically
+    assert result.exit_code == 0, result.output
+    whole, resumed = (json.loads((tmp_path / d / "metrics.json").read_text())["history"] for d in ("whole", "cut"))
+    assert [h["epoch"] for h in resumed] == [1, 2, 3]
+    for got, want in zip(resumed, whole):
+        assert got["train_loss"] == pytest.approx(want["train_loss"], rel=1e-5) and got["perplexity"] == pytest.approx(want["perplexity"], rel=1e-5)
+    assert (tmp_path / "cut" / "tokenizer.json").read_text() == (tmp_path / "whole" / "tokenizer.json").read_text()
