@@ -35,7 +35,7 @@ def _f(default: Any, help: str) -> Any:
 TASK_METRICS = {"classification": ("accuracy", "macro_f1"), "ner": ("f1",), "qa": ("f1", "exact_match"), "lm": ("perplexity",)}
 LOWER_IS_BETTER = ("perplexity",)  # the metrics whose best epoch is the lowest; every other one is higher-is-better
 LM_DEFAULT_SHAPE = "layers=4,hidden=256,heads=4,ffn=1024,context=128"
-LM_DEFAULT_VOCAB = 4096
+LM_DEFAULT_VOCAB = 4096  # ModelConfig.vocab_size's default (written out there too)
 LM_MIN_VOCAB = 259  # a byte-level BPE vocabulary holds the 256 bytes and <pad> <s> </s> before any merge
 
 
@@ -68,7 +68,7 @@ class ModelConfig:
     dropout: float | None = _f(None, "Hidden and classifier dropout; default: keep the base model's.")
     stride: int = _f(128, "QA: tokens shared by consecutive windows of a context longer than max_length; 0 turns windows off (a context that does not fit is refused).")
     shape: str = _f(LM_DEFAULT_SHAPE, "LM from scratch: the Llama-style decoder's shape, keys layers, hidden, heads, kv_heads, ffn and context (tokens a window holds).")
-    vocab_size: int = _f(LM_DEFAULT_VOCAB, "LM from scratch: size of the byte-level BPE vocabulary trained on the corpus (at least 259; a corpus supports only so many merges, e.g. banking77's 10,000 messages about 5,100).")
+    vocab_size: int = _f(4096, "LM from scratch: size of the byte-level BPE vocabulary trained on the corpus (at least 259; a corpus supports only so many merges, e.g. banking77's 10,000 messages about 5,100).")
 
 
 @dataclass
