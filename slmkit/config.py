@@ -35,6 +35,7 @@ def _f(default: Any, help: str) -> Any:
 TASK_METRICS = {"classification": ("accuracy", "macro_f1"), "ner": ("f1",), "qa": ("f1", "exact_match"), "lm": ("perplexity",)}
 LOWER_IS_BETTER = ("perplexity",)  # the metrics whose best epoch is the lowest; every other one is higher-is-better
 LM_DEFAULT_SHAPE = "layers=4,hidden=256,heads=4,ffn=1024,context=128"
+LM_DEFAULT_VOCAB = 4096  # ModelConfig.vocab_size's default (written out there too)
 LM_MIN_VOCAB = 259  # a byte-level BPE vocabulary holds the 256 bytes and <pad> <s> </s> before any merge
 
 

@@ -246,6 +246,13 @@ class _Detokenizer:
             return after[len(before) :]
         return ""
 
+    def flush(self) -> str:
+        """What is still held at the end (bytes of an unfinished character decode to U+FFFD, as in `decode`)."""
+        before = self._decode(self.ids[self.prefix : self.read])
+        after = self._decode(self.ids[self.prefix :])
+        self.prefix = self.read = len(self.ids)
+        return after[len(before) :] if len(after) > len(before) else ""
+
 
 def _held_back(text: str, stops: Sequence[str]) -> int:
     """Length of the longest end of `text` that could still grow into a stop string."""
@@ -312,6 +319,11 @@ def generate_text(
         budget = cfg.max_new_tokens if limit is None else min(cfg.max_new_tokens, int(limit) - len(prompt_ids))
         if produced < budget:
             info["finish_reason"] = "stop"  # an end-of-sequence token; a full context window stays "length"
+        held += detok.flush()
+        hits = [i for i in (held.find(s) for s in cfg.stop) if i >= 0]
+        if hits:
+            info["finish_reason"] = "stop"
+            held = held[: min(hits)]
         if held:
             yield held
     finally:

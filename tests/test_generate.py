@@ -25,6 +25,18 @@ from slmkit.generate import (
 )
 
 
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """One torch thread: a tiny model's steps are overhead-bound, and on a busy 2-vCPU machine two threads
+    spin (several times slower); the count is restored after the module."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def test_generate_module_is_torch_free():
     code = "import sys, slmkit.generate; print('torch' in sys.modules, 'transformers' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=Path(__file__).parent.parent)
@@ -234,3 +246,24 @@ def test_beam_search_finishes_at_the_end_token():
     stepper = Markov(np.log(p / p.sum(1, keepdims=True)))
     assert list(generate_ids(stepper, [0], GenerationConfig(temperature=0, max_new_tokens=4)))[0] == 1  # greedy takes 1
     assert list(generate_ids(stepper, [0], GenerationConfig(num_beams=2, max_new_tokens=4))) == [2, 2, 2, 2]
+
+
+def test_chat_prompt_renders_like_transformers(tiny_lm):
+    import torch
+
+    from slmkit.generate import open_lm
+    from slmkit.lm import load_causal_lm
+
+    lm = open_lm(tiny_lm)
+    model, tok = load_causal_lm(tiny_lm)
+    messages = [{"role": "user", "content": "my card is locked"}]
+    ref = tok.apply_chat_template(messages, add_generation_prompt=True, tokenize=True, return_dict=False)
+    ids = lm.encode("my card is locked", chat=True)
+    assert ids == list(ref) and ids[0] == 1  # the template's own <s>, as a special token
+    greedy = GenerationConfig(temperature=0, max_new_tokens=8)
+    out = model.generate(torch.tensor([ids]), do_sample=False, max_new_tokens=8, pad_token_id=0)[0, len(ids):].tolist()
+    text = "".join(generate_text(lm.stepper, lm.tokenizer, ids, greedy, eos_ids=lm.eos_ids))
+    assert text == tok.decode(out[: out.index(2)] if 2 in out else out)  # the same text, up to the end token
+    with pytest.raises(UserError, match="no chat template"):
+        lm.chat_template = None
+        lm.encode("x", chat=True)

@@ -20,6 +20,18 @@ TINY = ["--shape", "layers=1,hidden=32,heads=2,ffn=64,context=64", "--vocab-size
         "--seed", "7", "--set", "train.warmup=0", "--set", "train.patience=0", "--set", "train.threads=1", "--quiet"]
 
 
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """One torch thread: a tiny model's steps are overhead-bound, and on a busy 2-vCPU machine two threads
+    spin (several times slower); the count is restored after the module."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def slm(*args):
     return runner.invoke(app, [str(a) for a in args])
 
@@ -141,6 +153,7 @@ def test_bad_input_is_one_line_and_writes_nothing(tiny_base, lm_text, tmp_path):
         (["--data", lm_text["train"], "--shape", "layers=2,width=64"], "unknown key 'width': valid keys are layers, hidden, heads, kv_heads, ffn, context"),
         (["--data", lm_text["train"], "--shape", "hidden=30,heads=4"], "hidden (30) must be a multiple of heads (4)"),
         (["--data", lm_text["train"], "--base", tiny_base], "not a causal language model (config.json says BertModel)"),
+        (["--data", lm_text["train"], "--base", tiny_base, "--shape", "layers=2"], "--shape and --vocab-size describe a model trained from scratch"),
         (["--data", lm_text["train"], "--base", tmp_path], "not a Hugging Face model directory (no config.json"),
     ]
     for args, message in cases:
@@ -258,3 +271,29 @@ def test_help_of_the_lm_commands():
 def test_predict_points_a_language_model_to_generate(tiny_trained):
     result = slm("predict", "--model", tiny_trained, "hello")
     assert result.exit_code == 2 and "use slm generate" in result.stderr
+
+
+def test_resume_continues_an_interrupted_lm_run(lm_text, tmp_path, monkeypatch):
+    from slmkit import artifacts
+
+    args = ["train", "--task", "lm", "--data", lm_text["eval"], "--epochs", 3, *TINY]
+    result = slm(*args, "--out", tmp_path / "whole")
+    assert result.exit_code == 0, result.output
+    real_save = artifacts.save_checkpoint
+
+    def killed_after_epoch_1(staging, model, optimizer, state):
+        real_save(staging, model, optimizer, state)
+        if state["epoch"] == 1:
+            raise KeyboardInterrupt  # Ctrl-C right after epoch 1 was saved
+
+    monkeypatch.setattr(artifacts, "save_checkpoint", killed_after_epoch_1)
+    result = slm(*args, "--out", tmp_path / "cut")
+    assert result.exit_code == 130 and not (tmp_path / "cut").exists()
+    monkeypatch.setattr(artifacts, "save_checkpoint", real_save)
+    result = slm("train", "--out", tmp_path / "cut", "--resume", "--quiet")  # the tokenizer is trained again, identically
+    assert result.exit_code == 0, result.output
+    whole, resumed = (json.loads((tmp_path / d / "metrics.json").read_text())["history"] for d in ("whole", "cut"))
+    assert [h["epoch"] for h in resumed] == [1, 2, 3]
+    for got, want in zip(resumed, whole):
+        assert got["train_loss"] == pytest.approx(want["train_loss"], rel=1e-5) and got["perplexity"] == pytest.approx(want["perplexity"], rel=1e-5)
+    assert (tmp_path / "cut" / "tokenizer.json").read_text() == (tmp_path / "whole" / "tokenizer.json").read_text()

@@ -24,7 +24,7 @@ import numpy as np
 
 from slmkit import losses, metrics
 from slmkit.base import DEFAULT_BASE, SCRATCH_PREFIX, Base
-from slmkit.config import LM_DEFAULT_SHAPE, LM_MIN_VOCAB
+from slmkit.config import LM_DEFAULT_SHAPE, LM_DEFAULT_VOCAB, LM_MIN_VOCAB
 from slmkit.encoding import iterate, sorted_order
 from slmkit.errors import UserError
 
@@ -169,6 +169,8 @@ def resolve_lm_base(
     from slmkit.lm import check_causal_lm_dir, load_causal_lm_tokenizer
 
     if not is_scratch(spec):
+        if shape != LM_DEFAULT_SHAPE or vocab_size != LM_DEFAULT_VOCAB:
+            raise UserError(f"--base {spec}: --shape and --vocab-size describe a model trained from scratch; a --base model keeps its own: drop them")
         directory = check_causal_lm_dir(spec, "--base")
         config = AutoConfig.from_pretrained(directory)
         if dropout is not None and hasattr(config, "attention_dropout"):
@@ -224,7 +226,7 @@ class LMTask:
     def __init__(
         self,
         shape: str = LM_DEFAULT_SHAPE,
-        vocab_size: int = 4096,
+        vocab_size: int = LM_DEFAULT_VOCAB,
         base: str = DEFAULT_BASE,
         tokenizer_from: Path | None = None,
         teacher: Any = None,
