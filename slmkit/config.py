@@ -77,7 +77,7 @@ class OptimConfig:
 
     epochs: int = _f(5, "Passes over the training data.")
     batch_size: int = _f(32, "Examples per optimizer step.")
-    lr: float = _f(1e-4, "Peak learning rate of AdamW (after warmup).")
+    lr: float | None = _f(None, "Peak learning rate of AdamW (after warmup); default: the task's (1e-4 to fine-tune a pretrained model, 1e-3 for a language model trained from scratch).")
     weight_decay: float = _f(0.01, "AdamW weight decay; biases and LayerNorm weights are never decayed.")
     warmup: float = _f(0.1, "Fraction of all steps spent warming the learning rate up from 0 (then linear decay to 0).")
     grad_clip: float = _f(1.0, "Clip the global gradient norm to this value; 0 disables clipping.")
@@ -113,7 +113,7 @@ class TrainConfig:
             (o.batch_size >= 1, "train.batch_size", f"must be at least 1 (got {o.batch_size})"),
             (o.eval_batch_size >= 1, "train.eval_batch_size", f"must be at least 1 (got {o.eval_batch_size})"),
             (re.fullmatch(r"cpu|cuda(:\d+)?", o.device) is not None, "train.device", f"must be cpu, cuda or cuda:N (got {o.device!r})"),
-            (o.lr > 0, "train.lr", f"must be positive (got {o.lr})"),
+            (o.lr is None or o.lr > 0, "train.lr", f"must be positive (got {o.lr})"),
             (o.weight_decay >= 0, "train.weight_decay", f"must be 0 or more (got {o.weight_decay})"),
             (0 <= o.warmup < 1, "train.warmup", f"must be a fraction in [0, 1) (got {o.warmup})"),
             (o.grad_clip >= 0, "train.grad_clip", f"must be 0 or more (got {o.grad_clip})"),

@@ -193,7 +193,7 @@ def train(
     if o.bf16 and o.device == "cpu" and not native_bf16() and main:
         stderr.print("warning: --bf16 on a CPU without native bf16 (AVX-512 BF16 or AMX): training will be much slower than fp32")
     task = task or get_task(cfg.task, **task_options(cfg))
-    o = replace(o, metric=o.metric or task.metric_names[0])
+    o = replace(o, metric=o.metric or task.metric_names[0], lr=o.lr or task.default_lr)
     cfg = replace(cfg, train=o)
 
     # data: read, check, split

@@ -8,6 +8,7 @@ import json
 import math
 
 import numpy as np
+import yaml
 import pytest
 from typer.testing import CliRunner
 
@@ -297,3 +298,16 @@ def test_resume_continues_an_interrupted_lm_run(lm_text, tmp_path, monkeypatch):
     for got, want in zip(resumed, whole):
         assert got["train_loss"] == pytest.approx(want["train_loss"], rel=1e-5) and got["perplexity"] == pytest.approx(want["perplexity"], rel=1e-5)
     assert (tmp_path / "cut" / "tokenizer.json").read_text() == (tmp_path / "whole" / "tokenizer.json").read_text()
+
+
+def test_learning_rate_defaults_to_the_tasks(lm_text, tmp_path):
+    """1e-3 for a decoder from scratch, 1e-4 to fine-tune; what was used is recorded with the model."""
+    from slmkit.tasks import get_task
+
+    assert get_task("lm").default_lr == 1e-3 and get_task("lm", base=str(lm_text["train"])).default_lr == 1e-4
+    assert get_task("classification").default_lr == 1e-4
+    out = tmp_path / "lm"
+    args = [a for a in TINY if a not in ("--lr", "1e-2")]
+    result = slm("train", "--task", "lm", "--data", lm_text["train"], "--out", out, "--epochs", 1, *args)
+    assert result.exit_code == 0, result.output
+    assert yaml.safe_load((out / "config.yaml").read_text())["train"]["lr"] == 1e-3

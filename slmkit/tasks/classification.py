@@ -21,6 +21,7 @@ from slmkit.encoding import derive_max_length, iterate, pad_batch, sorted_order
 class ClassificationTask:
     name = "classification"
     metric_names = ("accuracy", "macro_f1")
+    default_lr = 1e-4  # fine-tuning a pretrained encoder
     auto_class = "AutoModelForSequenceClassification"
     outputs = ("logits",)  # the model outputs an export keeps
     per_token = False  # one row of logits per text, not per token

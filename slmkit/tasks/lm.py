@@ -240,6 +240,8 @@ class LMTask:
         self.tokenizer_from, self.teacher, self.kd, self.kd_temperature = tokenizer_from, teacher, kd, kd_temperature
         self.eos_id: int | None = None
         self.context: int | None = None
+        # a decoder trained from scratch learns at 1e-3; continuing a pretrained causal LM (or LoRA on it) at 1e-4
+        self.default_lr = 1e-3 if is_scratch(base) else 1e-4
 
     # ------------------------------------------------------------------------------------------ data
     def read(self, path: Path, d: Any) -> list[str]:

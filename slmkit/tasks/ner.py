@@ -23,6 +23,7 @@ from slmkit.ner import IGNORE, Sentence
 class NERTask:
     name = "ner"
     metric_names = ("f1", "precision", "recall", "token_accuracy")
+    default_lr = 1e-4  # fine-tuning a pretrained encoder
     auto_class = "AutoModelForTokenClassification"
     outputs = ("logits",)  # the model outputs an export keeps
     per_token = True  # logits (n_tokens, n_tags) per sentence

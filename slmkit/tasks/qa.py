@@ -26,6 +26,7 @@ from slmkit.qa import QAExample
 class QATask:
     name = "qa"
     metric_names = ("f1", "exact_match")
+    default_lr = 1e-4  # fine-tuning a pretrained encoder
     auto_class = "AutoModelForQuestionAnswering"
     outputs = ("start_logits", "end_logits")  # the model outputs an export keeps
     per_token = True  # a start and an end logit per token of each window
