@@ -366,7 +366,7 @@ class DistillConfig:
         ])
 
 
-BASELINES = ("tfidf", "fasttext", "teacher-torch", "teacher-int8")  # what `slm bench --baselines` accepts
+BASELINES = ("tfidf", "fasttext", "teacher-torch", "teacher-int8", "kn4")  # what `slm bench --baselines` accepts (kn4: language models)
 
 
 @dataclass
@@ -382,7 +382,7 @@ class BenchConfig:
     encoding: str = _f("utf-8", "Text encoding of --data and --train.")
     label_map: list[str] = _f([], "Rename data labels to the models' labels: old=new,other=new2 (applies to --data and --train).")
     drop_empty: bool = _f(False, "Skip rows whose text is empty instead of stopping with an error.")
-    baselines: list[str] = _f([], "Baselines measured beside the models: tfidf, fasttext (trained on --train), teacher-torch, teacher-int8 (from --teacher).")
+    baselines: list[str] = _f([], "Baselines measured beside the models: tfidf, fasttext (trained on --train), teacher-torch, teacher-int8 (from --teacher); for language models kn4, a word 4-gram Kneser-Ney model trained on --train.")
     train: str | None = _f(None, "Labeled training file for the trained baselines (tfidf, fasttext).")
     teacher: str | None = _f(None, "Fine-tuned teacher directory (slm train output) for teacher-torch and teacher-int8.")
     threads: list[str] = _f(["1", "all"], "Thread counts every model is timed at: numbers, or 'all' for every CPU.")
@@ -394,10 +394,12 @@ class BenchConfig:
     rss: bool = _f(True, "Measure peak RSS in a fresh process per model (loads the model and serves one request).")
     bootstrap: int = _f(1000, "Bootstrap resamples for the 95% confidence intervals.")
     seed: int = _f(0, "Seed of the bootstrap, the timing sample and the trained baselines.")
+    sample: int = _f(200, "Language models: texts of --data (a seeded sample) scored for next-word accuracy@3 and keystroke savings; all when fewer.")
+    new_tokens: int = _f(32, "Language models: tokens generated greedily after each timing prompt (fewer when the context window is short).")
 
     def validate(self) -> None:
         unknown = [b for b in self.baselines if b not in BASELINES]
-        needs_train = [b for b in self.baselines if b in ("tfidf", "fasttext")]
+        needs_train = [b for b in self.baselines if b in ("tfidf", "fasttext", "kn4")]
         needs_teacher = [b for b in self.baselines if b.startswith("teacher-")]
         _check([
             (bool(self.models) or bool(self.baselines), "models", "nothing to measure: pass --models DIR [DIR ...] and/or --baselines"),
@@ -416,6 +418,8 @@ class BenchConfig:
             (self.speed_texts >= 1, "speed_texts", f"must be at least 1 (got {self.speed_texts})"),
             (self.batch_size >= 1, "batch_size", f"must be at least 1 (got {self.batch_size})"),
             (self.bootstrap >= 100, "bootstrap", f"must be at least 100 resamples (got {self.bootstrap})"),
+            (self.sample >= 1, "sample", f"must be at least 1 text (got {self.sample})"),
+            (self.new_tokens >= 1, "new_tokens", f"must be at least 1 token (got {self.new_tokens})"),
         ])
 
 
