@@ -348,7 +348,7 @@ def _results(cfg: BenchConfig, entries: list[Entry], docs: list[str], sample: li
     return {
         "schema_version": SCHEMA_VERSION,
         "created": "",
-        "data": {"path": str(cfg.data), "n_examples": len(docs), "labels": [], "label_map": {}, "text_col": cfg.text_col, "label_col": None,
+        "data": {"path": str(cfg.data), "n_examples": len(docs), "labels": [], "label_map": {}, "text_col": cfg.text_col, "label_col": cfg.label_col,
                  "sample": len(sample)},
         "task": "lm",
         "metric_columns": [list(c) for c in METRIC_COLUMNS],
