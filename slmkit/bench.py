@@ -360,7 +360,8 @@ def _pair_int8(entries: list[Entry], teacher: Path | None) -> None:
         if entry.name == "teacher-int8":
             names = {e.name for e in entries if e.error is None}
             entry.fp32_reference = "teacher-torch" if "teacher-torch" in names else by_path.get(teacher.resolve()) if teacher else None
-            continue
+            if entry.fp32_reference is not None:
+                continue  # else (slm run's own teacher-int8 candidate): the ONNX model it was quantized from, below
         candidates = []
         config = entry.path / artifacts.CONFIG
         if config.is_file():

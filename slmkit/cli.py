@@ -754,7 +754,8 @@ def _print_run(result) -> None:
     s, teacher, threads = result.selection, result.teacher, result.latency_threads
     table = Table(
         title=f"{result.n_test} test examples · budgets: {describe(result.budgets)}",
-        caption=f"p50: batch-1 latency at {threads} thread{'s' if threads != 1 else ''} · drop: {result.metric} points below the teacher",
+        caption=f"p50: ms per generated token at {threads} thread{'s' if threads != 1 else ''} · drop: per-word perplexity increase vs the teacher, %"
+        if result.metric == "next_word_accuracy" else f"p50: batch-1 latency at {threads} thread{'s' if threads != 1 else ''} · drop: {result.metric} points below the teacher",
         box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False, collapse_padding=True, title_justify="left", caption_justify="left",
     )
     table.add_column("candidate", no_wrap=True)
@@ -769,8 +770,8 @@ def _print_run(result) -> None:
         if b["error"]:
             table.add_row(f"[dim]  {b['name']} (baseline)[/dim]", "", "", "", "", "", f"[red]failed[/red]: {b['error']}")
             continue
-        table.add_row(f"[dim]  {b['name']} (baseline)[/dim]", "", f"{100 * b['accuracy']:.2f}", f"{100 * (teacher.accuracy - b['accuracy']):+.2f}",
-                      f"{b['latency_ms']:.3g}", f"{(b['bytes'] or 0) / 1e6:.2f}", "[dim]not deployable[/dim]")
+        table.add_row(f"[dim]  {b['name']} (baseline)[/dim]", "", f"{100 * b['accuracy']:.2f}", f"{100 * (teacher.accuracy - b['accuracy']):+.2f}" if result.metric != "next_word_accuracy" else "",
+                      f"{b['latency_ms']:.3g}" if b["latency_ms"] is not None else "—", f"{(b['bytes'] or 0) / 1e6:.2f}", "[dim]not deployable[/dim]")
     out.print(table)
     ran = sum(r["status"] == "ran" for r in result.stages)
     cached = sum(r["status"] == "cached" for r in result.stages)
@@ -783,11 +784,11 @@ def _print_run(result) -> None:
     else:
         out.print(
             f"chosen: [bold]{c.name}[/bold]: {result.metric} {100 * c.accuracy:.2f}% vs the teacher's {100 * teacher.accuracy:.2f}% "
-            f"({-c.drop_points:+.2f} points), {teacher.latency_ms / c.latency_ms:.1f}× faster ({c.latency_ms:.3g} ms vs "
+            f"({-c.drop_points:+.2f} {'% perplexity' if result.metric == 'next_word_accuracy' else 'points'}), {teacher.latency_ms / c.latency_ms:.1f}× faster ({c.latency_ms:.3g} ms vs "
             f"{teacher.latency_ms:.3g} ms batch-1 p50 at {threads} thread{'s' if threads != 1 else ''}), {c.bytes / 1e6:.2f} MB "
             f"({teacher.bytes / c.bytes:.0f}× smaller than the teacher's {teacher.bytes / 1e6:.1f} MB)", soft_wrap=True,
         )
-        loader = "slmkit.runtime.Predictor" if result.metric == "accuracy" else "slmkit.runtime.TaskSession, or slmkit.predict.open_task_model"
+        loader = {"accuracy": "slmkit.runtime.Predictor", "next_word_accuracy": "slmkit.runtime.LMGenerator, or slm serve"}.get(result.metric, "slmkit.runtime.TaskSession, or slmkit.predict.open_task_model")
         out.print(f"bundle: [bold]{result.bundle}[/bold] (load it with {loader})", soft_wrap=True)
     if result.search is not None:
         found = result.search
