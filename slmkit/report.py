@@ -664,6 +664,11 @@ def _lm_summary(results: dict, ok: list[dict]) -> list[str]:
             lines.append(f"Fastest generation ({_threads(timing, first)}): **{fast['name']}**, {_rate(fast['speed'][first]['throughput_per_s']['median'])} tokens/s, "
                          f"time to first token {_ms(fast['speed'][first]['ttft_ms']['median'])} ms.")
             lines.append(f"Pareto front (next-word accuracy@3 vs ms per token, {_threads(timing, first)}), fastest first: {' → '.join(results['pareto_front'])}.")
+            ref = timed[0]  # ratios within this run: absolute numbers drift between runs on shared machines
+            rate = lambda r: r["speed"][first]["throughput_per_s"]["median"]  # noqa: E731
+            if len(timed) > 1:
+                lines.append(f"Tokens/s relative to {ref['name']} ({_threads(timing, first)}): "
+                             + ", ".join(f"{r['name']} {rate(r) / rate(ref):.2f}×" for r in timed[1:]) + ".")
     for r in results["entries"]:
         if r["status"] != "ok":
             lines.append(f"**{r['name']}** failed: {r['error']}")

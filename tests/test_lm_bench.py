@@ -200,4 +200,6 @@ def test_bad_input(lm_models, texts, tiny_base, tmp_path):
     line = one_line_error(invoke("bench", "--models", lm_models["lm-onnx"], tiny_base, "--data", texts["eval"], "--out", tmp_path / "r", *QUICK))
     assert "models of different tasks" in line and "(lm)" in line
     assert "--train" in one_line_error(invoke(*base, "--data", texts["eval"], "--baselines", "kn4"))
+    # and the other way round: a classifier given a plain-text corpus
+    assert "unknown file type '.txt'" in one_line_error(invoke("bench", "--models", tiny_base, "--data", texts["eval"], "--out", tmp_path / "r", *QUICK))
     assert not (tmp_path / "r").exists()
