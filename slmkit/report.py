@@ -688,17 +688,25 @@ def _lm_charts(results: dict, ok: list[dict], directory: Path) -> dict[str, Path
     timed, lines = [r for r in ok if r["speed"]], [r for r in ok if not r["speed"]]
     fig, ax = _figure(9, 5)
     largest = max((r["bytes"] or 1 for r in ok), default=1)
-    for r in timed:
-        x, y = r["speed"][setting]["p50_ms"]["median"], 100 * r["metrics"]["next_word_accuracy"]
+    xs = [r["speed"][setting]["p50_ms"]["median"] for r in timed]
+    ys = [100 * r["metrics"]["next_word_accuracy"] for r in timed]
+    log_x = bool(xs) and max(xs) / max(min(xs), 1e-9) > 20
+    if log_x:
+        ax.set_xscale("log")
+    placed: list[tuple[float, float]] = []
+    for r, x, y in zip(timed, xs, ys):
         lo, hi = (100 * v for v in r["metrics"]["next_word_accuracy_ci95"])
         ax.errorbar(x, y, yerr=[[max(y - lo, 0)], [max(hi - y, 0)]], fmt="none", ecolor="0.6", capsize=3, zorder=1)
         ax.scatter(x, y, s=40 + 1200 * (r["bytes"] or 0) / largest, color=KIND_COLORS[r["kind"]], alpha=0.55, edgecolors="black" if r["pareto"] else "none", zorder=2)
-        ax.annotate(r["name"], (x, y), xytext=(7, 6), textcoords="offset points", fontsize=8.5, fontweight="bold" if r["pareto"] else "normal")
+        here = (_position(x, xs, log_x), _position(y, ys, False))  # labels of nearly coinciding points are stacked
+        stacked = sum(abs(here[0] - a) < 0.06 and abs(here[1] - b) < 0.06 for a, b in placed)
+        placed.append(here)
+        ax.annotate(r["name"], (x, y), xytext=(7, 6 + 11 * stacked), textcoords="offset points", fontsize=8.5, fontweight="bold" if r["pareto"] else "normal")
     for r in lines:
         y = 100 * r["metrics"]["next_word_accuracy"]
         ax.axhline(y, color=KIND_COLORS["baseline"], linestyle=":", linewidth=1.5)
         ax.annotate(r["name"], (0, y), xycoords=("axes fraction", "data"), xytext=(4, 4), textcoords="offset points", fontsize=8.5, color=KIND_COLORS["baseline"])
-    ax.set_xlabel(f"ms per generated token, p50 ({_threads(results['timing'], setting)}) — lower is better")
+    ax.set_xlabel(f"ms per generated token, p50 ({_threads(results['timing'], setting)}{', log scale' if log_x else ''}) — lower is better")
     ax.set_ylabel("next-word accuracy@3 %, 95% CI — higher is better")
     ax.set_title("Autocomplete quality vs generation speed (marker area ∝ size on disk)")
     ax.grid(True, alpha=0.3)
