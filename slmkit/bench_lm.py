@@ -86,9 +86,10 @@ def bench_lm(cfg: BenchConfig, overwrite: bool = False, progress: bool = True) -
                 if entry.kind == "model":
                     for s, n in settings.items():
                         opened[(entry.name, s)] = entry.open(n)
-                    last = list(settings)[-1]
-                    with _threads(settings[last]):
-                        entry.record["metrics"] = score_lm(opened[(entry.name, last)], docs, sample, cfg)
+                    # scoring is thousands of one-token steps: one thread when timed at one (more only spin on small models)
+                    setting = "1" if "1" in settings else list(settings)[-1]
+                    with _threads(settings[setting]):
+                        entry.record["metrics"] = score_lm(opened[(entry.name, setting)], docs, sample, cfg)
                 else:
                     _guard(entry, lambda: entry.record.update(metrics=score_ngram(entry.record.pop("model"), docs, sample, cfg)))
                 bar.advance()
@@ -182,7 +183,7 @@ def document_nll(lm, text: str) -> tuple[float, int]:
     """(total NLL in nats, predicted tokens) of one document: every token after the first, in windows of the
     context length that overlap by one token (each window starts fresh), so long documents are scored whole."""
     ids = lm.encode(text)
-    context = lm.context_length or len(ids)
+    context = max(lm.context_length or len(ids), 2)
     total, count, start = 0.0, 0, 0
     while start < len(ids) - 1:
         window = ids[start : start + context]
