@@ -801,8 +801,9 @@ def model_card(chosen: Candidate, entry: dict, teacher: Candidate, results: dict
         f"| this model | {100 * chosen.accuracy:.2f}% ({100 * lo:.1f}–{100 * hi:.1f}) | {chosen.latency_ms:.3g} ms | {chosen.bytes / 1e6:.2f} MB |",
         f"| teacher ({teacher_base or 'fine-tuned'}, ONNX fp32) | {100 * teacher.accuracy:.2f}% | {teacher.latency_ms:.3g} ms | {teacher.bytes / 1e6:.2f} MB |",
         "",
-        f"{abs(chosen.drop_points):.2f} points {'below' if chosen.drop_points > 0 else 'above'} the teacher's {metric}; "
-        f"{teacher.latency_ms / chosen.latency_ms:.1f}× faster and "
+        (f"per-word perplexity {abs(chosen.drop_points):.2f}% {'above' if chosen.drop_points > 0 else 'below'} the teacher's; " if task == "lm" else
+         f"{abs(chosen.drop_points):.2f} points {'below' if chosen.drop_points > 0 else 'above'} the teacher's {metric}; ")
+        + f"{teacher.latency_ms / chosen.latency_ms:.1f}× faster and "
         f"{teacher.bytes / chosen.bytes:.1f}× smaller. Latency: median over {t['rounds']} rounds of {t['latency_calls']} batch-1 calls at "
         f"{threads} thread{'s' if threads != 1 else ''} on {hw['cpu']} (tokenization included).", "",
         "## Budgets", "",
