@@ -97,7 +97,14 @@ def bench(cfg: BenchConfig, overwrite: bool = False, progress: bool = True) -> B
     label_map = {old.strip(): new.strip() for old, new in label_map.items()}
     data_path = Path(cfg.data)
     task = bench_task(cfg)
+    if task == "lm":  # causal language models: perplexity, autocomplete and per-token speed (slmkit.bench_lm)
+        from slmkit.bench_lm import bench_lm
+
+        return bench_lm(cfg, overwrite, progress)
     baselines, notes = list(cfg.baselines), []
+    if "kn4" in baselines:
+        baselines.remove("kn4")
+        notes.append("baseline kn4 skipped: it is a word n-gram language model and applies to --models that are causal LMs")
     if task != "classification":
         skipped = [b for b in baselines if b in TEXT_BASELINES]
         baselines = [b for b in baselines if b not in TEXT_BASELINES]
@@ -177,11 +184,20 @@ def _read(path: Path, cfg: BenchConfig, label_map: dict[str, str]) -> list[Examp
 def bench_task(cfg: BenchConfig) -> str:
     """The task of every model (and of the teacher): one task per report."""
     dirs = [Path(m) for m in cfg.models] + ([Path(cfg.teacher)] if cfg.teacher and any(b.startswith("teacher-") for b in cfg.baselines) else [])
-    tasks = {d: artifacts.model_task(d) for d in dirs if d.is_dir()}
+    tasks = {d: _dir_task(d) for d in dirs if d.is_dir()}
     if len(set(tasks.values())) > 1:
         shown = ", ".join(f"{d} ({t})" for d, t in tasks.items())
         raise UserError(f"--models: models of different tasks in one report: {shown}: bench each task's models separately")
+    if not tasks and cfg.baselines and all(b == "kn4" for b in cfg.baselines):
+        return "lm"  # only the word n-gram baseline: a language-model report
     return next(iter(tasks.values()), "classification")
+
+
+def _dir_task(directory: Path) -> str:
+    """A model directory's task; "lm" for any causal LM (a Hugging Face *ForCausalLM records no slmkit task)."""
+    from slmkit.export_lm import is_causal_lm_dir
+
+    return "lm" if is_causal_lm_dir(directory) else artifacts.model_task(directory)
 
 
 def _read_task(path: Path, model_dir: Path) -> list:
@@ -344,7 +360,8 @@ def _pair_int8(entries: list[Entry], teacher: Path | None) -> None:
         if entry.name == "teacher-int8":
             names = {e.name for e in entries if e.error is None}
             entry.fp32_reference = "teacher-torch" if "teacher-torch" in names else by_path.get(teacher.resolve()) if teacher else None
-            continue
+            if entry.fp32_reference is not None:
+                continue  # else (slm run's own teacher-int8 candidate): the ONNX model it was quantized from, below
         candidates = []
         config = entry.path / artifacts.CONFIG
         if config.is_file():

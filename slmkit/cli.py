@@ -579,6 +579,8 @@ def bench(
     speed_texts: Annotated[Optional[int], typer.Option(help=_h(BenchConfig, "speed_texts"))] = None,
     bootstrap: Annotated[Optional[int], typer.Option(help=_h(BenchConfig, "bootstrap"))] = None,
     rss: Annotated[Optional[bool], typer.Option("--rss/--no-rss", help=_h(BenchConfig, "rss"))] = None,
+    sample: Annotated[Optional[int], typer.Option(help=_h(BenchConfig, "sample"))] = None,
+    new_tokens: Annotated[Optional[int], typer.Option(help=_h(BenchConfig, "new_tokens"))] = None,
     config: Annotated[Optional[Path], typer.Option(help="YAML file of bench settings; flags and --set override it.")] = None,
     set_: Sets = None,
     overwrite: Overwrite = False,
@@ -589,6 +591,10 @@ def bench(
     results.json, report.md, a self-contained report.html with charts, and a model card per slmkit model.
 
     Example: slm bench --models runs/a runs/a-int8 --data test.csv --baselines tfidf,teacher-torch --train train.csv --teacher runs/t --out reports/x
+
+    Causal LMs (slm train --task lm outputs, Hugging Face causal LMs, their ONNX exports): held-out perplexity per token and per
+    word, next-word accuracy@3 and keystroke savings, ms per token, tokens/s and time to first token with the KV cache:
+    slm bench --models runs/lm runs/lm-onnx runs/lm-int8 --data heldout.txt --baselines kn4 --train corpus.txt --out reports/lm
     """
     from slmkit.bench import bench as run_bench
 
@@ -597,14 +603,15 @@ def bench(
         "models": listed or None, "data": data, "out": out_dir, "baselines": baselines, "train": train, "teacher": teacher,
         "names": names, "text_col": text_col, "label_col": label_col, "label_map": label_map, "drop_empty": drop_empty,
         "threads": threads, "rounds": rounds, "latency_calls": latency_calls, "speed_texts": speed_texts,
-        "bootstrap": bootstrap, "rss": rss,
+        "bootstrap": bootstrap, "rss": rss, "sample": sample, "new_tokens": new_tokens,
     }
     result = run_bench(load_config(BenchConfig, config, set_, **flags), overwrite=overwrite, progress=not quiet)
     r = result.results
     first, last = r["timing"]["pareto_threads"], list(r["timing"]["threads"])[-1]
     key, metric = (r.get("metric_columns") or [["accuracy", "accuracy"]])[0]  # NER: entity F1; QA: F1
     unit = r.get("unit", "texts")
-    table = Table(title=f"{r['data']['n_examples']} {'examples' if unit == 'texts' else unit} of {r['data']['path']}", show_header=True)
+    shown = "examples" if unit == "texts" else "texts" if unit == "tokens" else unit
+    table = Table(title=f"{r['data']['n_examples']} {shown} of {r['data']['path']}", show_header=True)
     for column in ("entry", f"{metric} (95% CI)", f"p50 ms @{first}", f"{unit}/s @{last}", "MB", "Pareto"):
         table.add_column(column, justify="left" if column == "entry" else "right")
     for e in r["entries"]:
@@ -614,7 +621,7 @@ def bench(
         m, speed = e["metrics"], e["speed"]
         table.add_row(
             e["name"], f"{100 * m[key]:.1f} ({100 * m[f'{key}_ci95'][0]:.1f}–{100 * m[f'{key}_ci95'][1]:.1f})",
-            f"{speed[first]['p50_ms']['median']:.3g}", f"{speed[last]['throughput_per_s']['median']:,.0f}",
+            f"{speed[first]['p50_ms']['median']:.3g}" if speed else "—", f"{speed[last]['throughput_per_s']['median']:,.0f}" if speed else "—",
             f"{(e['bytes'] or 0) / 1e6:.1f}", "✓" if e["pareto"] else "",
         )
     out.print(table)
@@ -752,7 +759,8 @@ def _print_run(result) -> None:
     s, teacher, threads = result.selection, result.teacher, result.latency_threads
     table = Table(
         title=f"{result.n_test} test examples · budgets: {describe(result.budgets)}",
-        caption=f"p50: batch-1 latency at {threads} thread{'s' if threads != 1 else ''} · drop: {result.metric} points below the teacher",
+        caption=f"p50: ms per generated token at {threads} thread{'s' if threads != 1 else ''} · drop: per-word perplexity increase vs the teacher, %"
+        if result.metric == "next_word_accuracy" else f"p50: batch-1 latency at {threads} thread{'s' if threads != 1 else ''} · drop: {result.metric} points below the teacher",
         box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False, collapse_padding=True, title_justify="left", caption_justify="left",
     )
     table.add_column("candidate", no_wrap=True)
@@ -767,8 +775,8 @@ def _print_run(result) -> None:
         if b["error"]:
             table.add_row(f"[dim]  {b['name']} (baseline)[/dim]", "", "", "", "", "", f"[red]failed[/red]: {b['error']}")
             continue
-        table.add_row(f"[dim]  {b['name']} (baseline)[/dim]", "", f"{100 * b['accuracy']:.2f}", f"{100 * (teacher.accuracy - b['accuracy']):+.2f}",
-                      f"{b['latency_ms']:.3g}", f"{(b['bytes'] or 0) / 1e6:.2f}", "[dim]not deployable[/dim]")
+        table.add_row(f"[dim]  {b['name']} (baseline)[/dim]", "", f"{100 * b['accuracy']:.2f}", f"{100 * (teacher.accuracy - b['accuracy']):+.2f}" if result.metric != "next_word_accuracy" else "",
+                      f"{b['latency_ms']:.3g}" if b["latency_ms"] is not None else "—", f"{(b['bytes'] or 0) / 1e6:.2f}", "[dim]not deployable[/dim]")
     out.print(table)
     ran = sum(r["status"] == "ran" for r in result.stages)
     cached = sum(r["status"] == "cached" for r in result.stages)
@@ -781,11 +789,11 @@ def _print_run(result) -> None:
     else:
         out.print(
             f"chosen: [bold]{c.name}[/bold]: {result.metric} {100 * c.accuracy:.2f}% vs the teacher's {100 * teacher.accuracy:.2f}% "
-            f"({-c.drop_points:+.2f} points), {teacher.latency_ms / c.latency_ms:.1f}× faster ({c.latency_ms:.3g} ms vs "
+            f"({-c.drop_points:+.2f} {'% perplexity' if result.metric == 'next_word_accuracy' else 'points'}), {teacher.latency_ms / c.latency_ms:.1f}× faster ({c.latency_ms:.3g} ms vs "
             f"{teacher.latency_ms:.3g} ms batch-1 p50 at {threads} thread{'s' if threads != 1 else ''}), {c.bytes / 1e6:.2f} MB "
             f"({teacher.bytes / c.bytes:.0f}× smaller than the teacher's {teacher.bytes / 1e6:.1f} MB)", soft_wrap=True,
         )
-        loader = "slmkit.runtime.Predictor" if result.metric == "accuracy" else "slmkit.runtime.TaskSession, or slmkit.predict.open_task_model"
+        loader = {"accuracy": "slmkit.runtime.Predictor", "next_word_accuracy": "slmkit.runtime.LMGenerator, or slm serve"}.get(result.metric, "slmkit.runtime.TaskSession, or slmkit.predict.open_task_model")
         out.print(f"bundle: [bold]{result.bundle}[/bold] (load it with {loader})", soft_wrap=True)
     if result.search is not None:
         found = result.search

@@ -367,7 +367,7 @@ class DistillConfig:
         ])
 
 
-BASELINES = ("tfidf", "fasttext", "teacher-torch", "teacher-int8")  # what `slm bench --baselines` accepts
+BASELINES = ("tfidf", "fasttext", "teacher-torch", "teacher-int8", "kn4")  # what `slm bench --baselines` accepts (kn4: language models)
 
 
 @dataclass
@@ -383,7 +383,7 @@ class BenchConfig:
     encoding: str = _f("utf-8", "Text encoding of --data and --train.")
     label_map: list[str] = _f([], "Rename data labels to the models' labels: old=new,other=new2 (applies to --data and --train).")
     drop_empty: bool = _f(False, "Skip rows whose text is empty instead of stopping with an error.")
-    baselines: list[str] = _f([], "Baselines measured beside the models: tfidf, fasttext (trained on --train), teacher-torch, teacher-int8 (from --teacher).")
+    baselines: list[str] = _f([], "Baselines measured beside the models: tfidf, fasttext (trained on --train), teacher-torch, teacher-int8 (from --teacher); for language models kn4, a word 4-gram Kneser-Ney model trained on --train.")
     train: str | None = _f(None, "Labeled training file for the trained baselines (tfidf, fasttext).")
     teacher: str | None = _f(None, "Fine-tuned teacher directory (slm train output) for teacher-torch and teacher-int8.")
     threads: list[str] = _f(["1", "all"], "Thread counts every model is timed at: numbers, or 'all' for every CPU.")
@@ -395,10 +395,12 @@ class BenchConfig:
     rss: bool = _f(True, "Measure peak RSS in a fresh process per model (loads the model and serves one request).")
     bootstrap: int = _f(1000, "Bootstrap resamples for the 95% confidence intervals.")
     seed: int = _f(0, "Seed of the bootstrap, the timing sample and the trained baselines.")
+    sample: int = _f(200, "Language models: texts of --data (a seeded sample) scored for next-word accuracy@3 and keystroke savings; all when fewer.")
+    new_tokens: int = _f(32, "Language models: tokens generated greedily after each timing prompt (fewer when the context window is short).")
 
     def validate(self) -> None:
         unknown = [b for b in self.baselines if b not in BASELINES]
-        needs_train = [b for b in self.baselines if b in ("tfidf", "fasttext")]
+        needs_train = [b for b in self.baselines if b in ("tfidf", "fasttext", "kn4")]
         needs_teacher = [b for b in self.baselines if b.startswith("teacher-")]
         _check([
             (bool(self.models) or bool(self.baselines), "models", "nothing to measure: pass --models DIR [DIR ...] and/or --baselines"),
@@ -417,6 +419,8 @@ class BenchConfig:
             (self.speed_texts >= 1, "speed_texts", f"must be at least 1 (got {self.speed_texts})"),
             (self.batch_size >= 1, "batch_size", f"must be at least 1 (got {self.batch_size})"),
             (self.bootstrap >= 100, "bootstrap", f"must be at least 100 resamples (got {self.bootstrap})"),
+            (self.sample >= 1, "sample", f"must be at least 1 text (got {self.sample})"),
+            (self.new_tokens >= 1, "new_tokens", f"must be at least 1 token (got {self.new_tokens})"),
         ])
 
 
@@ -507,6 +511,7 @@ class RunBenchConfig:
     latency_calls: int = _f(100, "Timed batch-1 calls per round.")
     speed_texts: int = _f(256, "Test texts used for timing.")
     rss: bool = _f(True, "Measure each candidate's peak RSS in a fresh process.")
+    sample: int = _f(200, "--task lm: test texts (a seeded sample) scored for next-word accuracy@3 and keystroke savings.")
     bootstrap: int = _f(1000, "Bootstrap resamples for the 95% intervals.")
 
 
@@ -516,7 +521,7 @@ class BudgetConfig:
 
     size: str | None = _f("5MB", "Largest model file on disk, like 5MB, 500kB or 1.5GB (decimal units; KiB/MiB/GiB binary).")
     latency: str | None = _f("1ms", "Largest batch-1 p50 latency on this CPU, at 1 thread (or the first bench.threads setting), like 1ms or 500us.")
-    max_drop: float | None = _f(3.0, "Largest test-accuracy drop vs the teacher, in points (a few hundred test texts give intervals of about ±3 points).")
+    max_drop: float | None = _f(3.0, "Largest test-accuracy drop vs the teacher, in points (a few hundred test texts give intervals of about ±3 points); --task lm: largest increase of the per-word perplexity vs the teacher, in percent.")
 
 
 SEARCH_KINDS = ("cnn", "bilstm", "transformer", "drop")  # the student kinds a search may try (slmkit.students)
@@ -545,7 +550,7 @@ class RunConfig:
     """`slm run`: fine-tune a teacher, distill a ladder of students, compress, benchmark, select and ship."""
 
     out: str = _f("", "Run directory: cached stages, the benchmark report and the deployable bundle (deploy/).")
-    task: str = _f("classification", "Task: classification, ner or qa; NER and QA select on entity / SQuAD F1 (their student ladder waits for slm distill to support them).")
+    task: str = _f("classification", "Task: classification, ner, qa or lm; NER and QA select on entity / SQuAD F1 (their student ladder waits for slm distill to support them); lm trains a causal LM (or takes --teacher), exports it with the KV cache and int8, and ships the fastest within the budgets (latency per generated token).")
     data: DataConfig = field(default_factory=DataConfig)
     test: str | None = _f(None, "Labeled test file for the benchmark and the budgets; default: a held-out split of --data.")
     test_split: float = _f(0.2, "Fraction of --data held out as the test set when no --test file is given (seeded, stratified).")
@@ -566,10 +571,10 @@ class RunConfig:
         from slmkit.students import parse_student
 
         b, q, bench = self.budget, self.quantize, self.bench
-        unknown = [x for x in bench.baselines if x not in PIPELINE_BASELINES]
+        unknown = [x for x in bench.baselines if x not in PIPELINE_BASELINES + ("kn4",)]
         _check([
             (self.task in TASK_METRICS, "task", f"unknown task {self.task!r}: valid tasks are {', '.join(TASK_METRICS)}"),
-            (self.task != "lm", "task", "slm run does not chain language models yet: train one with slm train --task lm"),
+            (self.task != "lm" or q.method == "dynamic", "quantize.method", f"a causal LM is quantized with dynamic int8 (got {q.method!r}): set quantize.method=dynamic"),
             (self.task == "classification" or self.search.trials == 0, "search.trials", f"--search explores classification students only: leave it out for --task {self.task}"),
             (bool(self.data.train), "data.train", "no training data: pass --data FILE"),
             (bool(self.out), "out", "no output directory: pass --out DIR"),
@@ -579,7 +584,7 @@ class RunConfig:
             (q.method in ("dynamic", "static", "qat"), "quantize.method", f"must be dynamic, static or qat (got {q.method!r})"),
             (q.max_drop is None or q.max_drop >= 0, "quantize.max_drop", f"must be 0 or more points (got {q.max_drop})"),
             (b.max_drop is None or b.max_drop >= 0, "budget.max_drop", f"must be 0 or more points (got {b.max_drop}); --max-drop none turns it off"),
-            (not unknown, "bench.baselines", f"unknown baseline {', '.join(unknown)}: valid ones are {', '.join(PIPELINE_BASELINES)}"),
+            (not unknown, "bench.baselines", f"unknown baseline {', '.join(unknown)}: valid ones are {', '.join(PIPELINE_BASELINES)} (and kn4 for --task lm)"),
             (bool(bench.threads) and all(t == "all" or (t.isdigit() and int(t) >= 1) for t in bench.threads), "bench.threads", f"must be thread counts (1, 2, ...) or 'all' (got {','.join(bench.threads)})"),
             (bench.rounds >= 1, "bench.rounds", f"must be at least 1 (got {bench.rounds})"),
             (bench.latency_calls >= 10, "bench.latency_calls", f"must be at least 10 (got {bench.latency_calls})"),

@@ -50,7 +50,7 @@ import yaml
 
 from slmkit import artifacts, search
 from slmkit.config import (
-    DEFAULT_STUDENTS, BenchConfig, DataConfig, DistillConfig, ExportConfig, QuantizeConfig, RunConfig, TrainConfig, ladder_entry, save_config,
+    DEFAULT_STUDENTS, PIPELINE_BASELINES, BenchConfig, DataConfig, DistillConfig, ExportConfig, QuantizeConfig, RunConfig, TrainConfig, ladder_entry, save_config,
     to_dict,
 )
 from slmkit.data import Example, check_known_labels, check_labels, read_examples, stratified_split
@@ -119,7 +119,8 @@ def run(cfg: RunConfig, fresh: bool = False, progress: bool = True) -> RunResult
     """Run (or resume) the pipeline into `cfg.out` and return what was chosen and measured."""
     cfg.validate()
     out = Path(cfg.out)
-    budgets = Budgets(parse_size(cfg.budget.size, "--budget-size"), parse_latency(cfg.budget.latency, "--budget-latency"), cfg.budget.max_drop)
+    budgets = Budgets(parse_size(cfg.budget.size, "--budget-size"), parse_latency(cfg.budget.latency, "--budget-latency"), cfg.budget.max_drop,
+                      "perplexity" if cfg.task == "lm" else "accuracy")
     splits = read_splits(cfg)
     teacher_given = Path(cfg.teacher) if cfg.teacher else None
     if teacher_given is not None:
@@ -174,7 +175,7 @@ def run(cfg: RunConfig, fresh: bool = False, progress: bool = True) -> RunResult
         # select: the most accurate candidate within every budget, from the benchmark's figures
         _say(progress, f"[bold]stage {total - 1} of {total}[/bold]: select ({describe(budgets)})")
         candidates, teacher, baselines = candidates_from_bench(results)
-        selection = select(candidates, budgets)
+        selection = select(candidates, budgets, prefer="speed" if cfg.task == "lm" else "accuracy")
         record["selection"] = {"chosen": selection.chosen.name if selection.chosen else None, "explanation": selection.explanation,
                                "budgets": describe(budgets), "teacher_accuracy": teacher.accuracy, "metric": metric_key(results)}
 
@@ -340,6 +341,11 @@ def _check_size(examples: list[Example], path: Path, held_out: list[str]) -> Non
 
 
 def _check_teacher(teacher: Path, splits: Splits, task: str = "classification") -> None:
+    if task == "lm":  # any local causal LM (slm train --task lm, or a Hugging Face *ForCausalLM directory)
+        from slmkit.lm import check_causal_lm_dir
+
+        check_causal_lm_dir(teacher, "--teacher")
+        return
     artifacts.check_model_dir(teacher)
     if artifacts.model_task(teacher) != task:
         raise UserError(f"{teacher}: a {artifacts.model_task(teacher)} model, not a {task} one: pass a teacher trained with slm train --task {task}, or leave out --teacher")
@@ -511,7 +517,7 @@ def compress_stages(up: Upstream, name: str, source: Stage) -> tuple[Stage, Stag
     export_cfg = replace(export_cfg, out=str(artifacts.stage_dir(up.out, f"export-{name}", export_key)))
     exported = Stage(f"export {name} to ONNX", "export", export_key, Path(export_cfg.out), lambda progress: export(export_cfg))
     q = up.cfg.quantize
-    quantize_cfg = QuantizeConfig(model=export_cfg.out, out="", method=q.method, per_channel=q.per_channel, max_drop=q.max_drop,
+    quantize_cfg = QuantizeConfig(model=export_cfg.out, out="", method=q.method, per_channel=q.per_channel, max_drop=q.max_drop if up.cfg.task != "lm" else None,
                                   eval_data=str(up.split_files["eval"]), calib_data=str(up.split_files["train"]))
     quantize_key = _key("quantize", export_key, up.data_key, _settings(quantize_cfg, "model", "out", "eval_data", "calib_data"))
     quantize_cfg = replace(quantize_cfg, out=str(artifacts.stage_dir(up.out, f"quantize-{name}", quantize_key)))
@@ -528,12 +534,14 @@ def bench_stage(up: Upstream, candidates: list[tuple[str, Stage]], name: str = "
 
     b = up.cfg.bench
     baselines, threads, rss = list(b.baselines), list(b.threads), b.rss
+    if up.cfg.task == "lm":  # the word n-gram baseline (the classifiers' baselines do not apply); by default
+        baselines = [x for x in baselines if x == "kn4"] or (["kn4"] if baselines == list(PIPELINE_BASELINES) else [])
     if trial:
         baselines, threads, rss = [], ["1" if "1" in b.threads else b.threads[0]], False
     bench_cfg = BenchConfig(
         models=[str(s.out) for _, s in candidates], names=[n for n, _ in candidates], data=str(up.split_files[split]), out="",
         baselines=baselines, train=str(up.split_files["train"]), teacher=str(up.teacher_dir), threads=threads, rounds=b.rounds,
-        latency_calls=b.latency_calls, speed_texts=b.speed_texts, rss=rss, bootstrap=b.bootstrap,
+        latency_calls=b.latency_calls, speed_texts=b.speed_texts, rss=rss, bootstrap=b.bootstrap, sample=b.sample,
     )
     key = _key("bench", [s.key for _, s in candidates], up.teacher_key, up.data_key, split, _settings(bench_cfg, "models", "data", "out", "train", "teacher"))
     bench_cfg = replace(bench_cfg, out=str(artifacts.stage_dir(up.out, name, key)))
@@ -627,6 +635,8 @@ def _write_splits(splits: Splits, cfg: RunConfig, out: Path) -> None:
                 write_conll(staging / filename, rows, [s.tags for s in rows], "bio")
             elif cfg.task == "qa":
                 artifacts.write_json(staging / filename, squad_json(rows))
+            elif cfg.task == "lm":  # documents, read back by the LM task's JSONL reader
+                (staging / filename).write_text("".join(json.dumps({"text": doc}, ensure_ascii=False) + "\n" for doc in rows), encoding="utf-8")
             else:
                 (staging / filename).write_text("".join(json.dumps({"text": e.text, "label": e.label}, ensure_ascii=False) + "\n" for e in rows), encoding="utf-8")
         settings = {"data": to_dict(cfg.data), "test": cfg.test, "test_split": cfg.test_split, "seed": cfg.seed}
@@ -657,15 +667,18 @@ def candidates_from_bench(results: dict) -> tuple[list[Candidate], Candidate, li
     if TEACHER not in by_name:
         raise RuntimeError(f"the benchmark has no {TEACHER!r} entry")  # a bug: bench raises for failing models
     teacher_accuracy = by_name[TEACHER]["metrics"][key]
+    lm = results.get("task") == "lm"
 
     def candidate(e: dict) -> Candidate:
         accuracy = e["metrics"][key]
-        return Candidate(e["name"], accuracy, 100 * (teacher_accuracy - accuracy), e["speed"][threads]["p50_ms"]["median"], e["bytes"], e["parameters"], e["path"])
+        # a language model's quality budget: how much higher its per-word perplexity is than the teacher's, in percent
+        drop = 100 * (e["metrics"]["perplexity_per_word"] / by_name[TEACHER]["metrics"]["perplexity_per_word"] - 1) if lm else 100 * (teacher_accuracy - accuracy)
+        return Candidate(e["name"], accuracy, drop, e["speed"][threads]["p50_ms"]["median"], e["bytes"], e["parameters"], e["path"])
 
     candidates = [candidate(e) for e in ok if e["kind"] == "model"]
     baselines = [
         {"name": e["name"], "error": e["error"]} if e["status"] != "ok" else
-        {"name": e["name"], "accuracy": e["metrics"][key], "latency_ms": e["speed"][threads]["p50_ms"]["median"], "bytes": e["bytes"], "error": None}
+        {"name": e["name"], "accuracy": e["metrics"][key], "latency_ms": e["speed"][threads]["p50_ms"]["median"] if e["speed"] else None, "bytes": e["bytes"], "error": None}
         for e in results["entries"] if e["kind"] == "baseline"
     ]
     return candidates, candidate(by_name[TEACHER]), baselines
@@ -686,7 +699,15 @@ def write_bundle(staging: Path, key: str, selection: Selection, teacher: Candida
     for name in (artifacts.ONNX_MODEL, artifacts.TOKENIZER):
         shutil.copy(source / name, staging / name)
     manifest = artifacts.read_json(source / artifacts.MANIFEST)
-    (staging / artifacts.LABELS).write_text("".join(label + "\n" for label in manifest["labels"]), encoding="utf-8")
+    if cfg.task == "lm":  # what slmkit.runtime.LMGenerator and slm serve read: configs, generation settings, chat template
+        from slmkit.export_lm import LM_FILES
+
+        artifacts.copy_serving_files(source, staging)
+        for name in LM_FILES:
+            if (source / name).is_file():
+                shutil.copy(source / name, staging / name)
+    else:
+        (staging / artifacts.LABELS).write_text("".join(label + "\n" for label in manifest["labels"]), encoding="utf-8")
     shutil.copytree(report, staging / artifacts.BUNDLE_REPORT)
     entry = next(e for e in results["entries"] if e["name"] == chosen.name)
     (staging / artifacts.BUNDLE_README).write_text(model_card(chosen, entry, teacher, results, splits, cfg, budgets, selection), encoding="utf-8")
@@ -748,8 +769,10 @@ def model_card(chosen: Candidate, entry: dict, teacher: Candidate, results: dict
     shown = ", ".join(splits.labels[:10]) + (f", … ({len(splits.labels)} in all)" if len(splits.labels) > 10 else "")
     provenance = entry.get("provenance") or {}
     teacher_base = (next(e for e in results["entries"] if e["name"] == TEACHER).get("provenance") or {}).get("base")
-    what = {"classification": "a text classifier", "ner": "a named-entity tagger", "qa": "an extractive question answerer"}[task]
-    classes = {"classification": f"{len(splits.labels)} labels: {shown}. ", "ner": f"{len(splits.labels)} BIO tags: {shown}. ", "qa": "Answers are spans of the context. "}[task]
+    what = {"classification": "a text classifier", "ner": "a named-entity tagger", "qa": "an extractive question answerer", "lm": "a causal language model for autocomplete"}[task]
+    classes = {"classification": f"{len(splits.labels)} labels: {shown}. ", "ner": f"{len(splits.labels)} BIO tags: {shown}. ", "qa": "Answers are spans of the context. ",
+               "lm": f"Held-out perplexity per word {m['perplexity_per_word']:.2f}" + (f" (per token {m['perplexity_per_token']:.2f})" if m.get("perplexity_per_token") else "")
+                     + f"; latency is per generated token with the KV cache, time to first token {entry['speed'][t['pareto_threads']]['ttft_ms']['median']:.3g} ms. " if task == "lm" else ""}[task]
     load = {
         "classification": ["from slmkit.runtime import Predictor", "", "predictor = Predictor(\"deploy\")  # this directory; onnxruntime + tokenizers, no torch",
                            "predictor.predict([\"some text\"])  # [Prediction(text, label, score, scores)]"],
@@ -757,6 +780,9 @@ def model_card(chosen: Candidate, entry: dict, teacher: Candidate, results: dict
                 "predict_entities(\"deploy\", [\"some text\"])  # per text: [{label, score, start, end, text}]; onnxruntime, no torch"],
         "qa": ["from slmkit.qa import QAExample", "from slmkit.runtime import TaskSession", "",
                "session = TaskSession(\"deploy\")  # onnxruntime + tokenizers, no torch; see docs/qa.md for answers from its outputs"],
+        "lm": ["from slmkit.generate import GenerationConfig", "from slmkit.runtime import LMGenerator", "",
+               "lm = LMGenerator(\"deploy\")  # onnxruntime + tokenizers with the KV cache, no torch; or: slm serve --model deploy",
+               "lm.complete(\"my card\", GenerationConfig(max_new_tokens=8, temperature=0))"],
     }[task]
     lines = [
         f"# {chosen.name}: {what} chosen by `slm run`", "",
@@ -775,8 +801,9 @@ def model_card(chosen: Candidate, entry: dict, teacher: Candidate, results: dict
         f"| this model | {100 * chosen.accuracy:.2f}% ({100 * lo:.1f}–{100 * hi:.1f}) | {chosen.latency_ms:.3g} ms | {chosen.bytes / 1e6:.2f} MB |",
         f"| teacher ({teacher_base or 'fine-tuned'}, ONNX fp32) | {100 * teacher.accuracy:.2f}% | {teacher.latency_ms:.3g} ms | {teacher.bytes / 1e6:.2f} MB |",
         "",
-        f"{abs(chosen.drop_points):.2f} points {'below' if chosen.drop_points > 0 else 'above'} the teacher's {metric}; "
-        f"{teacher.latency_ms / chosen.latency_ms:.1f}× faster and "
+        (f"per-word perplexity {abs(chosen.drop_points):.2f}% {'above' if chosen.drop_points > 0 else 'below'} the teacher's; " if task == "lm" else
+         f"{abs(chosen.drop_points):.2f} points {'below' if chosen.drop_points > 0 else 'above'} the teacher's {metric}; ")
+        + f"{teacher.latency_ms / chosen.latency_ms:.1f}× faster and "
         f"{teacher.bytes / chosen.bytes:.1f}× smaller. Latency: median over {t['rounds']} rounds of {t['latency_calls']} batch-1 calls at "
         f"{threads} thread{'s' if threads != 1 else ''} on {hw['cpu']} (tokenization included).", "",
         "## Budgets", "",
@@ -785,12 +812,13 @@ def model_card(chosen: Candidate, entry: dict, teacher: Candidate, results: dict
         "```python",
         *load,
         "```", "",
-        "`manifest.json` lists every file's SHA-256 (`slm verify deploy` checks them); `labels.txt` holds "
-        "the labels in class-id order; `model.onnx` and `tokenizer.json` also run in plain onnxruntime (see the slmkit README).", "",
+        "`manifest.json` lists every file's SHA-256 (`slm verify deploy` checks them); " + ("`labels.txt` holds the labels in class-id order; " if task != "lm" else "")
+        + "`model.onnx` and `tokenizer.json` also run in plain onnxruntime (see the slmkit README).", "",
         "## Limitations", "",
         f"- The interval covers resampling these {len(splits.test)} test examples, not a shift in the texts the model will see: re-evaluate on your own traffic (`slm evaluate`).",
         "- It always answers one of its labels, so texts outside the domain get a confident-looking wrong answer." if task == "classification" else
         "- It always answers with a span of the context, even when the context holds no answer." if task == "qa" else
+        "- It continues any prompt, on-domain or not; the `accuracy` figures above are next-word accuracy@3 on the test texts." if task == "lm" else
         "- Words beyond the maximum length are tagged O.",
         "- Timings are from the machine that ran `slm run`; measure again on the serving machine.",
     ]

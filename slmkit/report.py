@@ -24,6 +24,7 @@ BASELINES = {
     "fasttext": "baseline: fastText",
     "teacher-torch": "baseline: teacher, HF pipeline (PyTorch fp32)",
     "teacher-int8": "baseline: teacher, ONNX Runtime dynamic int8",
+    "kn4": "baseline: word 4-gram Kneser-Ney",
 }
 CSS = """
 body { font-family: system-ui, -apple-system, 'Segoe UI', sans-serif; margin: 2rem auto; max-width: 1200px; padding: 0 1rem; color: #222; }
@@ -86,6 +87,8 @@ def slug(name: str) -> str:
 def _title(results: dict) -> str:
     d = results["data"]
     task = results.get("task", "classification")
+    if task == "lm":
+        return f"Language-model benchmark on {Path(d['path']).name}: {d['n_examples']} held-out texts"
     if task == "qa":
         return f"QA benchmark on {Path(d['path']).name}: {d['n_examples']} questions"
     if task == "ner":
@@ -103,6 +106,8 @@ def _unit(results: dict) -> str:
 
 
 def _document(results: dict, images: dict[str, str], cards: bool = True) -> list[tuple]:
+    if results.get("task") == "lm":
+        return _lm_document(results, images, cards)
     entries = results["entries"]
     ok = [r for r in entries if r["status"] == "ok"]
     timing = results["timing"]
@@ -247,6 +252,8 @@ def write_charts(results: dict, directory: Path) -> dict[str, Path]:
     ok = [r for r in results["entries"] if r["status"] == "ok"]
     if not ok:
         return {}
+    if results.get("task") == "lm":
+        return _lm_charts(results, ok, directory)
     paths = {key: directory / name for key, name in artifacts.BENCH_CHARTS.items()}
     _pareto_chart(results, ok, paths["pareto"])
     _throughput_chart(results, ok, paths["throughput"])
@@ -361,6 +368,8 @@ def _size_chart(ok: list[dict], path: Path) -> None:
 
 def model_card(results: dict, r: dict) -> str:
     """Intended use, data, metrics with intervals, speed and limitations of one slmkit model, in markdown."""
+    if results.get("task") == "lm":
+        return _lm_model_card(results, r)
     if results.get("task", "classification") != "classification":
         return _task_model_card(results, r)
     p, m, d, t, hw = r.get("provenance") or {}, r["metrics"], results["data"], results["timing"], results["hardware"]
@@ -566,3 +575,198 @@ def _count(n: int | None) -> str:
 
 def _num(x: float | None, fmt: str) -> str:
     return "—" if x is None else fmt.format(x)
+
+
+# -------------------------------------------------------------------------------------------- language models
+# A causal-LM report (slmkit.bench_lm): quality is held-out perplexity (per token and per word, lower is better)
+# and autocomplete (next-word accuracy@3, keystroke savings); speed is per generated token with the KV cache.
+
+
+def _lm_document(results: dict, images: dict[str, str], cards: bool = True) -> list[tuple]:
+    entries, timing, hw = results["entries"], results["timing"], results["hardware"]
+    ok = [r for r in entries if r["status"] == "ok"]
+    settings, first = list(timing["threads"]), timing["pareto_threads"]
+    blocks: list[tuple] = [("h1", _title(results))]
+    blocks.append(("p", f"{hw['cpu']}, {hw['cpus']} CPUs. Perplexity on all {results['data']['n_examples']} held-out texts (per token, and per "
+                        f"whitespace word: comparable across tokenizers and with the n-gram baseline; lower is better); next-word accuracy@3 and "
+                        f"keystroke savings on a seeded sample of {results['data'].get('sample', '?')} texts (higher is better); 95% bootstrap "
+                        f"intervals over texts ({results['bootstrap']['resamples']} resamples). Speed: batch-1 greedy generation with the KV cache, "
+                        f"medians over {timing['rounds']} interleaved rounds (min–max)."))
+    headers = ["model", "type", "perplexity / token (95% CI)", "perplexity / word (95% CI)", "next-word acc@3 % (95% CI)", "keystroke savings % (95% CI)",
+               f"ms / token, {_threads(timing, first)}", f"time to first token ms, {_threads(timing, first)}"]
+    headers += [f"tokens/s, {_threads(timing, s)}" for s in settings] + ["size MB", "parameters", "peak RSS MB", "Pareto"]
+    rows = []
+    for r in entries:
+        if r["status"] != "ok":
+            rows.append(("failed", [r["name"], _describe(r), f"failed: {r['error']}"] + ["—"] * (len(headers) - 3)))
+            continue
+        m, speed = r["metrics"], r["speed"]
+        row = [r["name"], _describe(r), _ppl_ci(m.get("perplexity_per_token"), m.get("perplexity_per_token_ci95")), _ppl_ci(m["perplexity_per_word"], m["perplexity_per_word_ci95"]),
+               _pct_ci(m["next_word_accuracy"], m["next_word_accuracy_ci95"]), _pct_ci(m["keystroke_savings"], m["keystroke_savings_ci95"])]
+        row += [_spread(speed[first]["p50_ms"], _ms), _spread(speed[first]["ttft_ms"], _ms)] if speed else ["—", "—"]
+        row += [_spread(speed[s]["throughput_per_s"], _rate) if speed else "—" for s in settings]
+        row += [_mb(r["bytes"]), _count(r["parameters"]), _num(r["peak_rss_mb"], "{:.0f}"), "✓" if r["pareto"] else ""]
+        rows.append(("ok", row))
+    blocks.append(("table", "results", headers, rows))
+    blocks.append(("ul", "summary", _lm_summary(results, ok)))
+    if results["warnings"]:
+        blocks.append(("h2", "Warnings"))
+        blocks.append(("ul", "warnings", results["warnings"]))
+    if ok:
+        blocks.append(("h2", "Charts"))
+        for key, alt in (("pareto", f"Next-word accuracy@3 vs ms per generated token ({_threads(timing, first)}); marker area is proportional to size on disk; "
+                                    "word n-gram baselines (no tokens to time) are drawn as horizontal lines"),
+                         ("size", "Per-word perplexity vs size on disk")):
+            if key in images:
+                blocks.append(("img", images[key], alt))
+        timed = [r for r in ok if r["speed"]]
+        headers = ["model", "threads", "ms/token p50", "p95", "p99", "time to first token ms", "tokens/s"]
+        rows = [("ok", [r["name"], str(r["speed"][s]["threads"])] + [_spread(r["speed"][s][k], _ms) for k in ("p50_ms", "p95_ms", "p99_ms", "ttft_ms")]
+                 + [_spread(r["speed"][s]["throughput_per_s"], _rate)]) for r in timed for s in settings]
+        if rows:
+            blocks.append(("h2", "Generation speed"))
+            blocks.append(("p", f"Prompts of up to {timing.get('prompt_tokens')} tokens cut from the held-out texts, then {timing.get('new_tokens')} greedy tokens "
+                                f"each (fewer when the context window is short), until {timing['latency_calls']} tokens are timed per round after "
+                                f"{timing['warmup']} warm-up steps. Time to first token: the prompt's prefill and the first pick."))
+            blocks.append(("table", "latency", headers, rows))
+    blocks.append(("h2", "Setup"))
+    d, t = results["data"], timing
+    setup = [f"Held-out text: `{d['path']}`, {d['n_examples']} texts ({next((r['metrics']['n_words'] for r in ok), 0)} words)."]
+    if results.get("train_data"):
+        setup.append(f"Word n-gram baselines trained on `{results['train_data']}` in this run (words are runs of non-space characters).")
+    setup.append(f"Timing: {t['rounds']} rounds interleaved over all entries and thread settings ({', '.join(f'{k} = {v}' for k, v in t['threads'].items())}). "
+                 f"A figure whose max − min exceeds {100 * t['spread_warning']:.0f}% of its median is flagged.")
+    setup.append("Peak RSS: a fresh process that loads the model and generates a few tokens (VmHWM). Size: the weights file (model.onnx or model.safetensors).")
+    versions = ", ".join(f"{k} {v}" for k, v in hw.get("versions", {}).items())
+    setup.append(f"CPU: {hw['cpu']}; int8 instructions (VNNI/AMX): {'yes' if hw['int8_instructions'] else 'no'}. Python {hw['python']}; {versions}. "
+                 f"Created {results['created']} in {results['seconds']:.0f} s.")
+    blocks.append(("ul", "setup", setup))
+    models = [r for r in ok if r["kind"] == "model"]
+    if models and cards:
+        blocks.append(("h2", "Model cards"))
+        blocks.append(("ul", "cards", [f"[{r['name']}]({artifacts.BENCH_CARDS}/{slug(r['name'])}/{artifacts.MODEL_CARD})" for r in models]))
+    return blocks
+
+
+def _lm_summary(results: dict, ok: list[dict]) -> list[str]:
+    timing = results["timing"]
+    first = timing["pareto_threads"]
+    lines = []
+    if ok:
+        best = min(ok, key=lambda r: r["metrics"]["perplexity_per_word"])
+        lines.append(f"Lowest per-word perplexity: **{best['name']}**, {best['metrics']['perplexity_per_word']:.2f}.")
+        acc = max(ok, key=lambda r: r["metrics"]["next_word_accuracy"])
+        lines.append(f"Best next-word accuracy@3: **{acc['name']}**, {100 * acc['metrics']['next_word_accuracy']:.1f}%; "
+                     f"keystroke savings {100 * acc['metrics']['keystroke_savings']:.1f}%.")
+        timed = [r for r in ok if r["speed"]]
+        if timed:
+            fast = max(timed, key=lambda r: r["speed"][first]["throughput_per_s"]["median"])
+            lines.append(f"Fastest generation ({_threads(timing, first)}): **{fast['name']}**, {_rate(fast['speed'][first]['throughput_per_s']['median'])} tokens/s, "
+                         f"time to first token {_ms(fast['speed'][first]['ttft_ms']['median'])} ms.")
+            lines.append(f"Pareto front (next-word accuracy@3 vs ms per token, {_threads(timing, first)}), fastest first: {' → '.join(results['pareto_front'])}.")
+            ref = timed[0]  # ratios within this run: absolute numbers drift between runs on shared machines
+            rate = lambda r: r["speed"][first]["throughput_per_s"]["median"]  # noqa: E731
+            if len(timed) > 1:
+                lines.append(f"Tokens/s relative to {ref['name']} ({_threads(timing, first)}): "
+                             + ", ".join(f"{r['name']} {rate(r) / rate(ref):.2f}×" for r in timed[1:]) + ".")
+    for r in results["entries"]:
+        if r["status"] != "ok":
+            lines.append(f"**{r['name']}** failed: {r['error']}")
+    return lines
+
+
+def _ppl_ci(value: float | None, ci: list[float] | None) -> str:
+    if value is None:
+        return "—"
+    return f"{value:.2f} ({ci[0]:.2f}–{ci[1]:.2f})" if ci else f"{value:.2f}"
+
+
+def _lm_charts(results: dict, ok: list[dict], directory: Path) -> dict[str, Path]:
+    """Quality vs speed (accuracy@3 against ms per token; baselines as lines) and quality vs size."""
+    paths = {"pareto": directory / artifacts.BENCH_CHARTS["pareto"], "size": directory / artifacts.BENCH_CHARTS["size"]}
+    setting = results["timing"]["pareto_threads"]
+    timed, lines = [r for r in ok if r["speed"]], [r for r in ok if not r["speed"]]
+    fig, ax = _figure(9, 5)
+    largest = max((r["bytes"] or 1 for r in ok), default=1)
+    xs = [r["speed"][setting]["p50_ms"]["median"] for r in timed]
+    ys = [100 * r["metrics"]["next_word_accuracy"] for r in timed]
+    log_x = bool(xs) and max(xs) / max(min(xs), 1e-9) > 20
+    if log_x:
+        ax.set_xscale("log")
+    placed: list[tuple[float, float]] = []
+    for r, x, y in zip(timed, xs, ys):
+        lo, hi = (100 * v for v in r["metrics"]["next_word_accuracy_ci95"])
+        ax.errorbar(x, y, yerr=[[max(y - lo, 0)], [max(hi - y, 0)]], fmt="none", ecolor="0.6", capsize=3, zorder=1)
+        ax.scatter(x, y, s=40 + 1200 * (r["bytes"] or 0) / largest, color=KIND_COLORS[r["kind"]], alpha=0.55, edgecolors="black" if r["pareto"] else "none", zorder=2)
+        here = (_position(x, xs, log_x), _position(y, ys, False))  # labels of nearly coinciding points are stacked
+        stacked = sum(abs(here[0] - a) < 0.06 and abs(here[1] - b) < 0.06 for a, b in placed)
+        placed.append(here)
+        ax.annotate(r["name"], (x, y), xytext=(7, 6 + 11 * stacked), textcoords="offset points", fontsize=8.5, fontweight="bold" if r["pareto"] else "normal")
+    for r in lines:
+        y = 100 * r["metrics"]["next_word_accuracy"]
+        ax.axhline(y, color=KIND_COLORS["baseline"], linestyle=":", linewidth=1.5)
+        ax.annotate(r["name"], (0, y), xycoords=("axes fraction", "data"), xytext=(4, 4), textcoords="offset points", fontsize=8.5, color=KIND_COLORS["baseline"])
+    ax.set_xlabel(f"ms per generated token, p50 ({_threads(results['timing'], setting)}{', log scale' if log_x else ''}) — lower is better")
+    ax.set_ylabel("next-word accuracy@3 %, 95% CI — higher is better")
+    ax.set_title("Autocomplete quality vs generation speed (marker area ∝ size on disk)")
+    ax.grid(True, alpha=0.3)
+    ax.margins(x=0.15, y=0.15)
+    fig.tight_layout()
+    fig.savefig(paths["pareto"])
+    sized = [r for r in ok if r["bytes"]]
+    fig, ax = _figure(9, 4.5)
+    for r in sized:
+        x, y = r["bytes"] / 1e6, r["metrics"]["perplexity_per_word"]
+        lo, hi = r["metrics"]["perplexity_per_word_ci95"]
+        ax.errorbar(x, y, yerr=[[max(y - lo, 0)], [max(hi - y, 0)]], fmt="o", color=KIND_COLORS[r["kind"]], capsize=3)
+        ax.annotate(r["name"], (x, y), xytext=(7, 6), textcoords="offset points", fontsize=8.5)
+    for r in ok:
+        if not r["bytes"]:
+            ax.axhline(r["metrics"]["perplexity_per_word"], color=KIND_COLORS["baseline"], linestyle=":", linewidth=1.5, label=r["name"])
+    if any(not r["bytes"] for r in ok):
+        ax.legend(fontsize=8, frameon=False)
+    ax.set_xlabel("size on disk, MB")
+    ax.set_ylabel("perplexity per word — lower is better")
+    ax.set_title("Held-out perplexity vs size")
+    ax.grid(True, alpha=0.3)
+    ax.margins(x=0.2, y=0.15)
+    fig.tight_layout()
+    fig.savefig(paths["size"])
+    return paths
+
+
+def _lm_model_card(results: dict, r: dict) -> str:
+    """A causal LM's card: what it is for, its data, perplexity and autocomplete figures with intervals, speed."""
+    p, m, d, t, hw = r.get("provenance") or {}, r["metrics"], results["data"], results["timing"], results["hardware"]
+    lines = [f"# Model card: {r['name']}", "", f"{_describe(r)} · {_count(r['parameters'])} parameters · {_mb(r['bytes'])} MB on disk · `{r['path']}`", ""]
+    lines += ["## Intended use", "",
+              f"Text continuation and word autocomplete in the domain of its training text (`slm generate --model {r['path']} \"prompt\"`; "
+              "`slmkit.autocomplete.LMSuggester` for word suggestions). It continues any prompt fluently-looking, including off-domain ones.", ""]
+    lines += ["## Data", ""]
+    lines.append(f"- Training data: `{p['train_data']}`" if p.get("train_data") else "- Training data: not recorded in the model's lineage.")
+    for key, what in (("base", "Base model"), ("teacher", "Distilled from teacher"), ("derived_from", "Exported from")):
+        if p.get(key):
+            lines.append(f"- {what}: `{p[key]}`")
+    if p.get("quantization"):
+        lines.append("- Quantization: int8")
+    lines.append(f"- Benchmarked on: `{d['path']}`, {m['n_examples']} texts, {m['n_words']} words")
+    lines += ["", f"## Metrics (95% bootstrap intervals over texts, {results['bootstrap']['resamples']} resamples)", "",
+              "| metric | value | 95% CI |", "|---|---:|---:|"]
+    if m.get("perplexity_per_token") is not None:
+        lines.append(f"| perplexity per token | {m['perplexity_per_token']:.3f} | {m['perplexity_per_token_ci95'][0]:.3f}–{m['perplexity_per_token_ci95'][1]:.3f} |")
+    lines.append(f"| perplexity per word | {m['perplexity_per_word']:.3f} | {m['perplexity_per_word_ci95'][0]:.3f}–{m['perplexity_per_word_ci95'][1]:.3f} |")
+    for key, name in (("next_word_accuracy", f"next-word accuracy@{m.get('k', 3)}"), ("keystroke_savings", "keystroke savings")):
+        lines.append(f"| {name} ({m['sample_texts']} texts) | {100 * m[key]:.2f}% | {100 * m[f'{key}_ci95'][0]:.2f}–{100 * m[f'{key}_ci95'][1]:.2f} |")
+    lines += ["", f"## Speed and footprint ({hw['cpu']}, {hw['cpus']} CPUs)", "",
+              "| threads | ms/token p50 | p95 | p99 | time to first token ms | tokens/s |", "|---|---:|---:|---:|---:|---:|"]
+    for speed in (r["speed"] or {}).values():
+        lines.append(f"| {speed['threads']} | " + " | ".join(_spread(speed[k], _ms) for k in ("p50_ms", "p95_ms", "p99_ms", "ttft_ms")) + f" | {_spread(speed['throughput_per_s'], _rate)} |")
+    lines += ["", f"Batch-1 greedy generation with the KV cache; medians over {t['rounds']} rounds. Peak RSS of a fresh process that loads it and "
+              f"generates: {_num(r['peak_rss_mb'], '{:.0f}')} MB.", ""]
+    lines += ["## Limitations", "",
+              "- The intervals cover resampling of these held-out texts only: measure again on your users' text.",
+              "- Prompts longer than the context window are cut from the left.",
+              "- Timings are from one machine; compare ratios within one report, not absolute numbers across reports."]
+    if r["precision"] == "int8" and not hw["int8_instructions"]:
+        lines.append("- This CPU has no VNNI/AMX int8 instructions: int8 may be no faster than fp32 here.")
+    return "\n".join(lines) + "\n"

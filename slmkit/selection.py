@@ -49,6 +49,7 @@ class Budgets:
     max_bytes: int | None = None
     max_latency_ms: float | None = None
     max_drop: float | None = None  # points of accuracy
+    quality: str = "accuracy"  # what max_drop bounds: "accuracy" (points) or "perplexity" (a language model's increase, %)
 
 
 @dataclass(frozen=True)
@@ -129,6 +130,8 @@ def _amount(text: str | None, flag: str, units: dict[str, float], example: str) 
 def describe(budgets: Budgets) -> str:
     """'size ≤ 5 MB, latency ≤ 1 ms, accuracy drop ≤ 1.00 points' (or 'no budgets')."""
     parts = [f"{axis} ≤ {fmt(getattr(budgets, limit))}" for axis, (limit, _, _, fmt) in AXES.items() if getattr(budgets, limit) is not None]
+    if budgets.quality == "perplexity" and budgets.max_drop is not None:  # a language model's quality budget
+        parts[-1] = f"perplexity increase ≤ {budgets.max_drop:.2f}%"
     return ", ".join(parts) or "no budgets"
 
 
@@ -144,12 +147,17 @@ def violations(candidate: Candidate, budgets: Budgets) -> dict[str, float]:
     }
 
 
-def select(candidates: list[Candidate], budgets: Budgets) -> Selection:
-    """The most accurate candidate meeting every budget (ties: faster, then smaller), or None with the reason."""
+def select(candidates: list[Candidate], budgets: Budgets, prefer: str = "accuracy") -> Selection:
+    """The most accurate candidate meeting every budget (ties: faster, then smaller), or None with the reason.
+    `prefer="speed"`: the fastest one meeting every budget (ties: smaller, then more accurate) — for language models,
+    whose quality budget already bounds how much worse than the teacher a candidate may be."""
     if not candidates:
         raise ValueError("select() needs at least one candidate")
     checks = [Check(c, violations(c, budgets)) for c in candidates]
     passing = [check.candidate for check in checks if check.meets]
+    if passing and prefer == "speed":
+        chosen = min(passing, key=lambda c: (c.latency_ms, c.bytes, -c.accuracy))
+        return Selection(chosen, checks, f"{chosen.name} is the fastest of the {len(passing)} of {len(candidates)} candidates that meet {describe(budgets)}.")
     if passing:
         chosen = max(passing, key=lambda c: (c.accuracy, -c.latency_ms, -c.bytes))
         return Selection(chosen, checks, f"{chosen.name} is the most accurate of the {len(passing)} of {len(candidates)} candidates that meet {describe(budgets)}.")
