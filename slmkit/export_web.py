@@ -50,19 +50,13 @@ def export_web(cfg: ExportWebConfig, overwrite: bool = False, notify: Callable[[
     site autocompletes instead: slmkit.export_web_lm). `notify` hears
     of downloads (the first build on a machine fetches about 33 MB from the npm registry)."""
     cfg.validate()
-    model_dir, out = Path(cfg.model), Path(cfg.out)
+    model_dir = Path(cfg.model)
     manifest = load_manifest(model_dir)  # the runtime's checks: an exported model, no pickle, no outside data
     if manifest.get("task") == "lm":  # a causal LM: the autocomplete page
         from slmkit.export_web_lm import export_web_lm
 
         return export_web_lm(cfg, model_dir, manifest, overwrite, notify)
     tokenizer_type = _check_servable(model_dir, manifest)
-    if model_dir.resolve().is_relative_to(out.resolve()):
-        raise UserError(f"{out}: --out holds the model directory {model_dir}, which the site would replace: choose another --out")
-    artifacts.check_output(out, overwrite)
-    cache = Path(cfg.npm_cache).expanduser() if cfg.npm_cache else npm.default_cache()
-    vendored = [(package, npm.fetch(package, cache, cfg.registry, notify)) for package in PACKAGES]  # before writing anything
-
     page_manifest = {
         "format": "slmkit-web",
         "model": _title(model_dir),
@@ -79,6 +73,21 @@ def export_web(cfg: ExportWebConfig, overwrite: bool = False, notify: Callable[[
         "tokenizer": tokenizer_type,
         "vendored": {p.name: p.version for p in PACKAGES},
     }
+    return write_site(cfg, model_dir, page_manifest, artifacts.WEB_SCRIPT, artifacts.WEB_PAGE, {"labels": len(page_manifest["labels"])}, overwrite, notify)
+
+
+def write_site(cfg: ExportWebConfig, model_dir: Path, page_manifest: dict, script: str, page: str, metrics: dict,
+               overwrite: bool, notify: Callable[[str], None] | None) -> ExportWebResult:
+    """The site every page shares, written into `cfg.out`: model/ (the graph, tokenizer.json and `page_manifest`),
+    vendor/ (the pinned packages, fetched before anything is written, their licenses and THIRD_PARTY.md), the
+    page's script and HTML (`script`, `page` in slmkit/web), config.yaml, and metrics.json (bytes per file,
+    `metrics`, the vendored versions)."""
+    out = Path(cfg.out)
+    if model_dir.resolve().is_relative_to(out.resolve()):
+        raise UserError(f"{out}: --out holds the model directory {model_dir}, which the site would replace: choose another --out")
+    artifacts.check_output(out, overwrite)
+    cache = Path(cfg.npm_cache).expanduser() if cfg.npm_cache else npm.default_cache()
+    vendored = [(package, npm.fetch(package, cache, cfg.registry, notify)) for package in PACKAGES]  # before writing anything
     with artifacts.staged(out, overwrite) as staging:
         site_model, vendor = staging / artifacts.WEB_MODEL, staging / artifacts.WEB_VENDOR
         site_model.mkdir()
@@ -92,16 +101,16 @@ def export_web(cfg: ExportWebConfig, overwrite: bool = False, notify: Callable[[
                 shutil.copyfile(path, vendor / target)
         (vendor / "LICENSE-onnxruntime-web").write_text((ASSETS / ORT_LICENSE).read_text(encoding="utf-8"), encoding="utf-8")
         (vendor / "THIRD_PARTY.md").write_text(_third_party(cfg.registry), encoding="utf-8")
-        (staging / artifacts.WEB_SCRIPT).write_text((ASSETS / artifacts.WEB_SCRIPT).read_text(encoding="utf-8"), encoding="utf-8")
-        page = (ASSETS / artifacts.WEB_PAGE).read_text(encoding="utf-8")
-        page = page.replace("__TITLE__", html.escape(page_manifest["model"])).replace("__FOLDER__", html.escape(out.name))
-        (staging / artifacts.WEB_PAGE).write_text(page, encoding="utf-8")
+        (staging / artifacts.WEB_SCRIPT).write_text((ASSETS / script).read_text(encoding="utf-8"), encoding="utf-8")
+        text = (ASSETS / page).read_text(encoding="utf-8")
+        text = text.replace("__TITLE__", html.escape(page_manifest["model"])).replace("__FOLDER__", html.escape(out.name))
+        (staging / artifacts.WEB_PAGE).write_text(text, encoding="utf-8")
 
         files = sorted(p for p in staging.rglob("*") if p.is_file())
         metrics = {
             "bytes": {p.relative_to(staging).as_posix(): p.stat().st_size for p in files},
             "total_bytes": sum(p.stat().st_size for p in files),
-            "labels": len(page_manifest["labels"]),
+            **metrics,
             "vendored": page_manifest["vendored"],
         }
         save_config(cfg, staging / artifacts.CONFIG)  # paths as given: the site may be published, absolute paths stay private

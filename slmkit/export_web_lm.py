@@ -15,13 +15,11 @@ The page's completion equals `slmkit.runtime.LMGenerator`'s greedy one (tests/te
 
 from __future__ import annotations
 
-import html
-import shutil
 from pathlib import Path
 from typing import Callable
 
-from slmkit import artifacts, npm
-from slmkit.config import ExportWebConfig, save_config
+from slmkit import artifacts
+from slmkit.config import ExportWebConfig
 from slmkit.errors import UserError
 
 SCRIPT = "lm.js"  # in slmkit/web: written as the site's slmkit.js
@@ -31,20 +29,13 @@ SUGGEST_TOKENS = 8  # new tokens per suggestion: a few words, well inside the 20
 
 def export_web_lm(cfg: ExportWebConfig, model_dir: Path, manifest: dict, overwrite: bool = False, notify: Callable[[str], None] | None = None):
     """Write the autocomplete site of the exported causal LM `model_dir` into `cfg.out` (module doc)."""
-    from slmkit.export_web import ASSETS, ORT_LICENSE, PACKAGES, ExportWebResult, _check_tokenizer, _external_data, _third_party, _title
+    from slmkit.export_web import PACKAGES, _check_tokenizer, _external_data, _title, write_site
 
-    out = Path(cfg.out)
     if "cache" not in manifest or not isinstance(manifest.get("context_length"), int):
         raise UserError(f"{model_dir / artifacts.MANIFEST}: not an slmkit causal-LM manifest (no cache layout or context_length): export the model again with slm export")
     tokenizer_type = _check_tokenizer(model_dir)
     if _external_data(model_dir / artifacts.ONNX_MODEL):
         raise UserError(f"{model_dir / artifacts.ONNX_MODEL}: keeps tensors in external data files, which the page does not load: export it as one file (slm export does)")
-    if model_dir.resolve().is_relative_to(out.resolve()):
-        raise UserError(f"{out}: --out holds the model directory {model_dir}, which the site would replace: choose another --out")
-    artifacts.check_output(out, overwrite)
-    cache = Path(cfg.npm_cache).expanduser() if cfg.npm_cache else npm.default_cache()
-    vendored = [(package, npm.fetch(package, cache, cfg.registry, notify)) for package in PACKAGES]  # before writing anything
-
     page_manifest = {
         "format": "slmkit-web",
         "model": _title(model_dir),
@@ -62,32 +53,4 @@ def export_web_lm(cfg: ExportWebConfig, model_dir: Path, manifest: dict, overwri
         "tokenizer": tokenizer_type,
         "vendored": {p.name: p.version for p in PACKAGES},
     }
-    with artifacts.staged(out, overwrite) as staging:
-        site_model, vendor = staging / artifacts.WEB_MODEL, staging / artifacts.WEB_VENDOR
-        site_model.mkdir()
-        vendor.mkdir()
-        for name in (artifacts.ONNX_MODEL, artifacts.TOKENIZER):
-            shutil.copyfile(model_dir / name, site_model / name)
-        artifacts.write_json(site_model / artifacts.MANIFEST, page_manifest)
-        for package, files in vendored:
-            for name, path in files.items():
-                target = f"LICENSE-{package.name.rsplit('/', 1)[-1]}" if name == "LICENSE" else name
-                shutil.copyfile(path, vendor / target)
-        (vendor / "LICENSE-onnxruntime-web").write_text((ASSETS / ORT_LICENSE).read_text(encoding="utf-8"), encoding="utf-8")
-        (vendor / "THIRD_PARTY.md").write_text(_third_party(cfg.registry), encoding="utf-8")
-        (staging / artifacts.WEB_SCRIPT).write_text((ASSETS / SCRIPT).read_text(encoding="utf-8"), encoding="utf-8")
-        page = (ASSETS / PAGE).read_text(encoding="utf-8")
-        page = page.replace("__TITLE__", html.escape(page_manifest["model"])).replace("__FOLDER__", html.escape(out.name))
-        (staging / artifacts.WEB_PAGE).write_text(page, encoding="utf-8")
-
-        files = sorted(p for p in staging.rglob("*") if p.is_file())
-        metrics = {
-            "bytes": {p.relative_to(staging).as_posix(): p.stat().st_size for p in files},
-            "total_bytes": sum(p.stat().st_size for p in files),
-            "task": "lm",
-            "suggest_tokens": SUGGEST_TOKENS,
-            "vendored": page_manifest["vendored"],
-        }
-        save_config(cfg, staging / artifacts.CONFIG)  # paths as given: the site may be published, absolute paths stay private
-        artifacts.write_json(staging / artifacts.METRICS, metrics)
-    return ExportWebResult(out, metrics)
+    return write_site(cfg, model_dir, page_manifest, SCRIPT, PAGE, {"task": "lm", "suggest_tokens": SUGGEST_TOKENS}, overwrite, notify)

@@ -806,6 +806,36 @@ def _errors(*statuses: int) -> dict:
 # ---------------------------------------------------------------------------------------------- the app
 
 
+def add_operations_routes(app: FastAPI, service, metrics_help: str) -> None:
+    """The routes every slmkit server has: /metrics (Prometheus text, `metrics_help` its description), the docs
+    page, /health/live and /health/ready (read from `service.state` and `service.draining`)."""
+
+    @app.get("/metrics", summary="Prometheus metrics", description=metrics_help, responses=_errors(401))
+    async def metrics() -> Response:
+        from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+        return Response(generate_latest(service.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+    docs_page = DOCS_PAGE.read_bytes()
+
+    @app.get(DOCS, include_in_schema=False)
+    async def docs() -> Response:
+        """The API described and tried in the browser, from this server's /openapi.json (no CDN: works offline)."""
+        return Response(docs_page, media_type="text/html; charset=utf-8", headers=DOCS_HEADERS)
+
+    @app.get("/health/live", summary="Liveness")
+    async def live() -> Response:
+        """200 while the process works (also while loading); 503 if the model failed to load."""
+        failed = service.state == "failed"
+        return Response(json.dumps({"status": "failed" if failed else "live"}), 503 if failed else 200, media_type="application/json")
+
+    @app.get("/health/ready", summary="Readiness")
+    async def ready() -> Response:
+        """200 once the model is loaded and warmed up; 503 while loading, after a failed load and while draining."""
+        status = "draining" if service.draining else service.state
+        return Response(json.dumps({"status": status}), 200 if status == "ready" else 503, media_type="application/json")
+
+
 def create_app(cfg: ServeConfig) -> FastAPI:
     """The ASGI application serving `cfg.model`; the model itself loads in the background at start-up."""
     cfg.validate()
@@ -941,32 +971,7 @@ def create_app(cfg: ServeConfig) -> FastAPI:
         limits = {k: getattr(cfg, k) for k in ("max_batch", "max_wait_ms", "max_body_bytes", "max_texts", "max_chars", "truncate", "queue_size", "timeout_s")}
         return Response(json.dumps({"models": [model], "limits": limits}, ensure_ascii=False), media_type="application/json")
 
-    @app.get("/metrics", summary="Prometheus metrics", responses=_errors(401))
-    async def metrics() -> Response:
-        """Requests by endpoint and status, latency histogram, batch sizes, queue depth, texts/s, process RSS and fds."""
-        from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-
-        return Response(generate_latest(service.metrics.registry), media_type=CONTENT_TYPE_LATEST)
-
-    docs_page = DOCS_PAGE.read_bytes()
-
-    @app.get(DOCS, include_in_schema=False)
-    async def docs() -> Response:
-        """The API described and tried in the browser, from this server's /openapi.json (no CDN: works offline)."""
-        return Response(docs_page, media_type="text/html; charset=utf-8", headers=DOCS_HEADERS)
-
-    @app.get("/health/live", summary="Liveness")
-    async def live() -> Response:
-        """200 while the process works (also while loading); 503 if the model failed to load."""
-        failed = service.state == "failed"
-        return Response(json.dumps({"status": "failed" if failed else "live"}), 503 if failed else 200, media_type="application/json")
-
-    @app.get("/health/ready", summary="Readiness")
-    async def ready() -> Response:
-        """200 once the model is loaded and warmed up; 503 while loading, after a failed load and while draining."""
-        status = "draining" if service.draining else service.state
-        return Response(json.dumps({"status": status}), 200 if status == "ready" else 503, media_type="application/json")
-
+    add_operations_routes(app, service, "Requests by endpoint and status, latency histogram, batch sizes, queue depth, texts/s, process RSS and fds.")
     return app
 
 

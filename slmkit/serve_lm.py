@@ -59,7 +59,7 @@ from slmkit import artifacts
 from slmkit.config import ServeConfig
 from slmkit.errors import UserError
 from slmkit.serve import (
-    DOCS, DOCS_HEADERS, DOCS_PAGE, ERROR_CODES, TASK_ENDPOINTS, ApiError, Service, _App, _errors, _read_body, _Throughput, read_api_key,
+    ERROR_CODES, TASK_ENDPOINTS, ApiError, Service, _App, _errors, _read_body, _Throughput, add_operations_routes, read_api_key,
 )
 
 from fastapi import FastAPI, Request
@@ -750,31 +750,7 @@ def create_lm_app(cfg: ServeConfig) -> FastAPI:
             raise LMError(404, "model_not_found", f"the model {json.dumps(model_id[:80])} is not served here: see /v1/models", "model")
         return Response(json.dumps(model_card()), media_type="application/json")
 
-    @app.get("/metrics", summary="Prometheus metrics")
-    async def metrics() -> Response:
-        """Requests by endpoint and status, latency, tokens generated, active and waiting sequences, tokens/s."""
-        from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-
-        return Response(generate_latest(service.metrics.registry), media_type=CONTENT_TYPE_LATEST)
-
-    docs_page = DOCS_PAGE.read_bytes()
-
-    @app.get(DOCS, include_in_schema=False)
-    async def docs() -> Response:
-        return Response(docs_page, media_type="text/html; charset=utf-8", headers=DOCS_HEADERS)
-
-    @app.get("/health/live", summary="Liveness")
-    async def live() -> Response:
-        """200 while the process works (also while loading); 503 if the model failed to load."""
-        failed = service.state == "failed"
-        return Response(json.dumps({"status": "failed" if failed else "live"}), 503 if failed else 200, media_type="application/json")
-
-    @app.get("/health/ready", summary="Readiness")
-    async def ready() -> Response:
-        """200 once the model is loaded and warmed up; 503 while loading, after a failed load and while draining."""
-        status = "draining" if service.draining else service.state
-        return Response(json.dumps({"status": status}), 200 if status == "ready" else 503, media_type="application/json")
-
+    add_operations_routes(app, service, "Requests by endpoint and status, latency, tokens generated, active and waiting sequences, tokens/s.")
     return app
 
 
