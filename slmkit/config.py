@@ -217,7 +217,7 @@ class QuantizeConfig:
         _check([
             (bool(self.model), "model", "no model directory: pass --model DIR"),
             (bool(self.out), "out", "no output directory: pass --out DIR"),
-            (self.method in ("dynamic", "static", "qat", "int8-weight", "int4-weight"), "method", f"must be dynamic, static, qat, int8-weight or int4-weight (got {self.method!r})"),
+            (self.method in ("dynamic", "static", "qat", "int8-weight", "int4-weight"), "method", f"must be dynamic, static or qat (for a PyTorch causal LM: int8-weight or int4-weight) (got {self.method!r})"),
             (self.context >= 8, "context", f"must be at least 8 tokens (got {self.context})"),
             (self.eval_tokens >= 2, "eval_tokens", f"must be at least 2 (got {self.eval_tokens})"),
             (self.gen_tokens >= 1, "gen_tokens", f"must be at least 1 (got {self.gen_tokens})"),

@@ -337,9 +337,12 @@ def check_lm_config(cfg: QuantizeConfig) -> None:
 def quantize_lm(cfg: QuantizeConfig, overwrite: bool = False) -> QuantizeLMResult:
     """Quantize the causal LM `cfg.model` (int8-weight or int4-weight) into `cfg.out` with the quality report."""
     import torch
+    import transformers
 
     from slmkit.lm import context_length, load_causal_lm
 
+    transformers.utils.logging.disable_progress_bar()  # "Loading weights" bars: the stage reports its own progress
+    transformers.logging.set_verbosity_error()
     cfg.validate()
     check_lm_config(cfg)
     src, out = Path(cfg.model), Path(cfg.out)
