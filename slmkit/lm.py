@@ -52,7 +52,13 @@ def load_causal_lm(directory: str | Path, flag: str = "--model") -> tuple[Any, A
     """(model in eval mode, its Hugging Face fast tokenizer) from a local causal-LM directory."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from slmkit import lora, wquant
+
+    if lora.is_adapter_dir(Path(directory)):  # a LoRA adapter kept apart: its recorded base, the adapter merged in
+        return lora.load_adapter(Path(directory), lambda base: load_causal_lm(base, flag))
     d = check_causal_lm_dir(directory, flag)
+    if wquant.is_quantized_dir(d):  # an slm quantize --method int8-weight|int4-weight output
+        return wquant.load_quantized(d)
     try:
         tokenizer = AutoTokenizer.from_pretrained(d)
     except Exception as e:
