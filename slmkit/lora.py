@@ -18,7 +18,9 @@ bf16 autocast is the loop's own (`train.bf16`); everything here also runs on a G
 
 from __future__ import annotations
 
+import contextlib
 import json
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -104,13 +106,30 @@ def attach(model, spec: LoraSpec):
             f"{','.join(n for n in available if n != 'lm_head')} (e.g. targets=q_proj,v_proj)"
         )
     config = LoraConfig(r=spec.r, lora_alpha=spec.alpha, target_modules=list(spec.targets), lora_dropout=spec.dropout, bias="none", task_type="CAUSAL_LM")
-    return get_peft_model(model, config)
+    with _quiet_peft():
+        return get_peft_model(model, config)
+
+
+@contextlib.contextmanager
+def _quiet_peft():
+    """PEFT 0.21 reads transformers' deprecated `is_gradient_checkpointing` (a FutureWarning on every call)."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+        yield
 
 
 def enable_gradient_checkpointing(model) -> None:
     """Recompute activations in the backward pass (non-reentrant: frozen inputs need no gradient)."""
-    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    model.config.use_cache = False  # a KV cache is of no use in training, and checkpointing refuses it
+    hf_model = model.get_base_model() if hasattr(model, "get_base_model") else model
+    if hasattr(hf_model, "activation_checkpointing_enable"):  # transformers >= 5.x's name
+        hf_model.activation_checkpointing_enable({"use_reentrant": False})
+    else:
+        hf_model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    hf_model.config.use_cache = False  # a KV cache is of no use in training, and checkpointing refuses it
+
+
+def is_checkpointing(model) -> bool:
+    return any(getattr(m, "gradient_checkpointing", False) is True for m in model.modules())
 
 
 def adapter_state(model) -> dict:
@@ -129,8 +148,8 @@ def merge(model):
     """The base model with the adapters folded into its weights (a plain transformers model)."""
     merged = model.merge_and_unload()
     merged.config.use_cache = True
-    if getattr(merged, "is_gradient_checkpointing", False):
-        merged.gradient_checkpointing_disable()
+    if is_checkpointing(merged):
+        (getattr(merged, "activation_checkpointing_disable", None) or merged.gradient_checkpointing_disable)()
     return merged
 
 
@@ -168,7 +187,8 @@ def load_adapter(directory: Path, load_base, merged: bool = True):
     if not (directory / ADAPTER_WEIGHTS).is_file():
         raise UserError(f"{directory}: no {ADAPTER_WEIGHTS} (pickle adapters are never loaded): save the adapter with safetensors")
     model, tokenizer = load_base(adapter_base(directory))
-    model = PeftModel.from_pretrained(model, directory, use_safetensors=True)
+    with _quiet_peft():
+        model = PeftModel.from_pretrained(model, directory, use_safetensors=True)
     if merged:
         model = model.merge_and_unload()
     model.eval()
