@@ -224,9 +224,34 @@ def model_task(directory: Path) -> str:
 
 def load_weights(model: Any, directory: Path) -> None:
     """Load `directory`'s model.safetensors into `model` in place (every key must match)."""
+    load_state(model, directory / WEIGHTS)
+
+
+def unique_state(model: Any) -> dict:
+    """The model's state dict without the second name of a tied tensor (a causal LM's output layer that is its
+    input embedding): safetensors stores each tensor once, as save_pretrained does."""
+    seen: set = set()
+    state = {}
+    for name, tensor in model.state_dict().items():
+        key = (tensor.data_ptr(), tensor.dtype, tuple(tensor.shape))
+        if tensor.numel() and key in seen:
+            continue
+        seen.add(key)
+        state[name] = tensor.contiguous()
+    return state
+
+
+def load_state(model: Any, path: Path) -> None:
+    """Load a safetensors state dict into `model` in place: every key must match, except the tied names a file
+    stores once (see `unique_state`)."""
     from safetensors.torch import load_file
 
-    model.load_state_dict(load_file(str(directory / WEIGHTS)))
+    missing, unexpected = model.load_state_dict(load_file(str(path)), strict=False)
+    params = model.state_dict()
+    loaded = {params[k].data_ptr() for k in params if k not in missing}
+    untied = [k for k in missing if params[k].data_ptr() not in loaded]
+    if untied or unexpected:
+        raise RuntimeError(f"{path}: weights do not match the model (missing {untied[:5]}, unexpected {unexpected[:5]})")
 
 
 def model_labels(directory: Path) -> list[str]:
@@ -289,7 +314,7 @@ def save_checkpoint(staging: Path, model: Any, optimizer: Any, state: dict) -> N
     tmp = staging / (CHECKPOINT + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
-    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(tmp / WEIGHTS))
+    save_file(unique_state(model), str(tmp / WEIGHTS))
     opt = optimizer.state_dict()
     tensors = {f"{i}.{name}": t for i, s in opt["state"].items() for name, t in s.items()}
     save_file(tensors, str(tmp / OPTIMIZER))
@@ -303,7 +328,7 @@ def load_checkpoint(staging: Path, model: Any, optimizer: Any) -> dict:
     from safetensors.torch import load_file
 
     ckpt = staging / CHECKPOINT
-    model.load_state_dict(load_file(str(ckpt / WEIGHTS)))
+    load_state(model, ckpt / WEIGHTS)
     state = read_json(ckpt / CHECKPOINT_STATE)
     per_param: dict[int, dict] = {}
     for key, tensor in load_file(str(ckpt / OPTIMIZER)).items():

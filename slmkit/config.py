@@ -32,7 +32,10 @@ def _f(default: Any, help: str) -> Any:
 
 
 # per task, the eval metrics that can select the best epoch (`train.metric`); the first is the default
-TASK_METRICS = {"classification": ("accuracy", "macro_f1"), "ner": ("f1",), "qa": ("f1", "exact_match")}
+TASK_METRICS = {"classification": ("accuracy", "macro_f1"), "ner": ("f1",), "qa": ("f1", "exact_match"), "lm": ("perplexity",)}
+LOWER_IS_BETTER = ("perplexity",)  # the metrics whose best epoch is the lowest; every other one is higher-is-better
+LM_DEFAULT_SHAPE = "layers=4,hidden=256,heads=4,ffn=1024,context=128"
+LM_MIN_VOCAB = 259  # a byte-level BPE vocabulary holds the 256 bytes and <pad> <s> </s> before any merge
 
 
 @dataclass
@@ -63,6 +66,8 @@ class ModelConfig:
     max_length: int | None = _f(None, "Maximum tokens per text; default: the 99th percentile of the training texts, capped at 128.")
     dropout: float | None = _f(None, "Hidden and classifier dropout; default: keep the base model's.")
     stride: int = _f(128, "QA: tokens shared by consecutive windows of a context longer than max_length; 0 turns windows off (a context that does not fit is refused).")
+    shape: str = _f(LM_DEFAULT_SHAPE, "LM from scratch: the Llama-style decoder's shape, keys layers, hidden, heads, kv_heads, ffn and context (tokens a window holds).")
+    vocab_size: int = _f(8000, "LM from scratch: size of the byte-level BPE vocabulary trained on the corpus (at least 259).")
 
 
 @dataclass
@@ -85,13 +90,14 @@ class OptimConfig:
     bucket: bool = _f(True, "Batch examples of similar length together (less padding, faster); false: random batches.")
     device: str = _f("cpu", "Where to train: cpu, or cuda / cuda:N where PyTorch sees a GPU (under torchrun: cuda:LOCAL_RANK).")
     eval_batch_size: int = _f(64, "Examples per batch when evaluating.")
+    grad_checkpoint: bool = _f(False, "Gradient checkpointing: recompute activations in the backward pass (less memory, about a third slower).")
 
 
 @dataclass
 class TrainConfig:
     """`slm train`: fine-tune a base model on labeled data."""
 
-    task: str = _f("classification", "Task: classification, ner (token classification) or qa (extractive question answering).")
+    task: str = _f("classification", "Task: classification, ner (token classification), qa (extractive question answering) or lm (a causal language model on plain text).")
     out: str = _f("", "Output directory for the trained model.")
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -114,12 +120,13 @@ class TrainConfig:
             (o.patience >= 0, "train.patience", f"must be 0 or more (got {o.patience})"),
             (o.threads is None or o.threads >= 1, "train.threads", f"must be at least 1 (got {o.threads})"),
             (0 < d.eval_split < 1, "data.eval_split", f"must be a fraction in (0, 1) (got {d.eval_split})"),
-            (m.max_length is None or 8 <= m.max_length <= 512, "model.max_length", f"must be in [8, 512] (got {m.max_length})"),
+            (m.max_length is None or 8 <= m.max_length <= (4096 if self.task == "lm" else 512), "model.max_length", f"must be in [8, {4096 if self.task == 'lm' else 512}] (got {m.max_length})"),
             (m.dropout is None or 0 <= m.dropout < 1, "model.dropout", f"must be in [0, 1) (got {m.dropout})"),
             (not o.class_weights or self.task == "classification", "train.class_weights", "applies to classification only: drop it"),
             (m.stride >= 0, "model.stride", f"must be 0 or more (got {m.stride})"),
             (d.scheme in ("auto", "iob1", "bio", "bioes"), "data.scheme", f"must be auto, iob1, bio or bioes (got {d.scheme!r})"),
             (self.task in TASK_METRICS, "task", f"unknown task {self.task!r}: valid tasks are {', '.join(TASK_METRICS)}"),
+            (self.task != "lm" or m.vocab_size >= LM_MIN_VOCAB, "model.vocab_size", f"must be at least {LM_MIN_VOCAB}, the 256 bytes and 3 special tokens (got {m.vocab_size})"),
         ]
         metrics = TASK_METRICS.get(self.task, ())
         checks.append((o.metric is None or o.metric in metrics, "train.metric", f"must be {' or '.join(metrics)} for task {self.task} (got {o.metric!r})"))

@@ -50,8 +50,11 @@ def check_causal_lm_dir(directory: str | Path, flag: str = "--model") -> Path:
 
 def load_causal_lm(directory: str | Path, flag: str = "--model") -> tuple[Any, Any]:
     """(model in eval mode, its Hugging Face fast tokenizer) from a local causal-LM directory."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    import transformers
+    from transformers import AutoModelForCausalLM
 
+    transformers.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()  # no "Loading weights" bar in the terminal
     from slmkit import lora, wquant
 
     if lora.is_adapter_dir(Path(directory)):  # a LoRA adapter kept apart: its recorded base, the adapter merged in
@@ -59,18 +62,29 @@ def load_causal_lm(directory: str | Path, flag: str = "--model") -> tuple[Any, A
     d = check_causal_lm_dir(directory, flag)
     if wquant.is_quantized_dir(d):  # an slm quantize --method int8-weight|int4-weight output
         return wquant.load_quantized(d)
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(d)
-    except Exception as e:
-        raise UserError(f"{flag} {directory}: no usable tokenizer ({_first_line(e)}): the directory needs tokenizer.json") from None
-    if getattr(tokenizer, "backend_tokenizer", None) is None:
-        raise UserError(f"{flag} {directory}: only fast (tokenizer.json) tokenizers are supported")
+    tokenizer = load_causal_lm_tokenizer(d, flag)
     try:
         model = AutoModelForCausalLM.from_pretrained(d, use_safetensors=True)
     except Exception as e:
         raise UserError(f"{flag} {directory}: the model cannot be loaded ({_first_line(e)})") from None
     model.eval()
     return model, tokenizer
+
+
+def load_causal_lm_tokenizer(directory: str | Path, flag: str = "--model") -> Any:
+    """The Hugging Face fast tokenizer of a causal-LM directory (tokenizer.json), with a pad token (its end token
+    when it has none: padding is masked anyway)."""
+    from transformers import AutoTokenizer
+
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(directory)
+    except Exception as e:
+        raise UserError(f"{flag} {directory}: no usable tokenizer ({_first_line(e)}): the directory needs tokenizer.json") from None
+    if getattr(tokenizer, "backend_tokenizer", None) is None:
+        raise UserError(f"{flag} {directory}: only fast (tokenizer.json) tokenizers are supported")
+    if tokenizer.pad_token is None and tokenizer.eos_token is not None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
 
 
 def context_length(config: Any) -> int | None:

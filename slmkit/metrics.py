@@ -101,3 +101,40 @@ def classification_report(
         "labels": list(labels),
         "confusion_matrix": confusion_matrix(y_true, y_pred, n).tolist(),
     }
+
+
+def perplexity(nll: np.ndarray, tokens: np.ndarray) -> float:
+    """exp(total negative log-likelihood / total predicted tokens) over documents: `nll` (n_docs,) in nats summed
+    over each document's tokens, `tokens` (n_docs,) how many tokens each predicted."""
+    total = float(np.sum(tokens))
+    if total <= 0:
+        raise ValueError("perplexity needs at least one predicted token")
+    return float(np.exp(np.sum(nll) / total))
+
+
+def perplexity_interval(
+    nll: np.ndarray, tokens: np.ndarray, n_resamples: int = 1000, confidence: float = 0.95, seed: int = 0
+) -> tuple[float, float]:
+    """Percentile bootstrap interval of `perplexity` over documents resampled with replacement (a document's
+    tokens stay together: they are not independent)."""
+    nll, tokens = np.asarray(nll, dtype=np.float64), np.asarray(tokens, dtype=np.float64)
+    rng = np.random.default_rng(seed)
+    idx = rng.integers(0, len(nll), size=(n_resamples, len(nll)))
+    # a resample with no predicted tokens (only possible with empty documents) has no perplexity: skip it
+    totals = tokens[idx].sum(axis=1)
+    scores = np.exp(nll[idx].sum(axis=1)[totals > 0] / totals[totals > 0])
+    alpha = (1 - confidence) / 2
+    low, high = np.quantile(scores, [alpha, 1 - alpha])
+    return float(low), float(high)
+
+
+def perplexity_report(nll: np.ndarray, tokens: np.ndarray, n_resamples: int = 1000, seed: int = 0) -> dict:
+    """What `slm evaluate` reports for a language model on held-out documents, as a JSON-ready dict."""
+    nll, tokens = np.asarray(nll, dtype=np.float64), np.asarray(tokens, dtype=np.float64)
+    return {
+        "n_examples": int(len(nll)),  # documents
+        "n_tokens": int(tokens.sum()),  # predicted tokens
+        "perplexity": perplexity(nll, tokens),
+        "perplexity_ci95": perplexity_interval(nll, tokens, n_resamples, seed=seed),
+        "loss": float(nll.sum() / tokens.sum()),  # mean cross-entropy per token, nats
+    }

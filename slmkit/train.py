@@ -27,7 +27,7 @@ import numpy as np
 
 from slmkit import artifacts, distributed
 from slmkit.base import resolve_base
-from slmkit.config import OptimConfig, TrainConfig, save_config
+from slmkit.config import LOWER_IS_BETTER, OptimConfig, TrainConfig, save_config
 from slmkit.encoding import POOL_BATCHES, bucketed_order, make_encoder, uses_token_types
 from slmkit.errors import UserError
 from slmkit.hardware import native_bf16
@@ -141,8 +141,13 @@ def track_epoch(state: dict, record: EpochEnd, scores: dict, o: OptimConfig) -> 
     """Early-stopping bookkeeping for a finished epoch scored `scores` on the eval set.
 
     Updates `state` (best, best_epoch, bad_epochs, epoch, train_seconds, history) and returns (is_best, stop,
-    the progress line). A tie keeps the later (longer-trained, more confident) weights but is not progress."""
-    improved, is_best = scores[o.metric] > state["best"], scores[o.metric] >= state["best"]
+    the progress line). A tie keeps the later (longer-trained, more confident) weights but is not progress.
+    The first epoch is always the best so far; perplexity is best when lowest, every other metric when highest."""
+    value, best, first = scores[o.metric], state["best"], state["best_epoch"] == 0
+    if o.metric in LOWER_IS_BETTER:
+        improved, is_best = first or value < best, first or value <= best
+    else:
+        improved, is_best = first or value > best, first or value >= best
     state["bad_epochs"] = 0 if improved else state["bad_epochs"] + 1
     if is_best:
         state.update(best=scores[o.metric], best_epoch=record.epoch)
@@ -199,17 +204,24 @@ def train(cfg: TrainConfig, overwrite: bool = False, resume: bool = False, progr
     label2id = {label: i for i, label in enumerate(labels)}
 
     # model and features
-    base = resolve_base(cfg.model.base)
+    if hasattr(task, "resolve_base"):  # lm: a local causal LM, or a tokenizer trained on the corpus and a fresh config
+        base = task.resolve_base(cfg.model.base, train_ex, train_path, cfg.model.dropout)
+        cfg = replace(cfg, model=replace(cfg.model, base=base.name))
+        max_length = task.default_max_length(base.hf_tokenizer, train_ex, base.config, cfg.model.max_length)
+    else:
+        base = resolve_base(cfg.model.base)
+        max_length = cfg.model.max_length or task.default_max_length(base.hf_tokenizer, train_ex)
     # only now: bad input above leaves nothing behind. The other processes write nothing; with --resume they
     # read the checkpoint too (then `begin` only checks it is there)
     staging = artifacts.begin(out, overwrite, resume) if main or resume else artifacts.staging_dir(out)
-    max_length = cfg.model.max_length or task.default_max_length(base.hf_tokenizer, train_ex)
     cfg = replace(cfg, model=replace(cfg.model, max_length=max_length))
     encoder = make_encoder(base.hf_tokenizer, max_length)
     train_feats = task.encode(train_ex, encoder, label2id)
-    eval_feats = task.encode(eval_ex, encoder, label2id)
+    eval_feats = getattr(task, "encode_eval", task.encode)(eval_ex, encoder, label2id)  # lm: one document at a time
     torch.manual_seed(o.seed)  # the new head's initialization
     model = task.build_model(base, labels, cfg.model.dropout).to(o.device)
+    if o.grad_checkpoint:
+        model.gradient_checkpointing_enable()  # activations recomputed in the backward pass: less memory, slower steps
     collate = partial(task.collate, pad_id=base.hf_tokenizer.pad_token_id or 0, token_types=uses_token_types(model, base.hf_tokenizer))
     if o.device != "cpu":
         collate = partial(on_device, collate, o.device)

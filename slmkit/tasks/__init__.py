@@ -4,7 +4,8 @@ A task reads its own data format (`read`, `split`, `labels`), supplies the model
 `auto_class`), turns examples into features (`encode`) and features into padded tensors (`collate`), defines
 the training loss (`loss`), runs a model over features (`predict_logits`) and scores the outputs against the
 examples (`score`: quick per-epoch metrics, or the full report with intervals). `slmkit.train` is written once
-against this interface; classification, token classification (ner) and extractive QA plug in here.
+against this interface; classification, token classification (ner), extractive QA and causal language
+modelling (lm) plug in here.
 """
 
 from __future__ import annotations
@@ -17,10 +18,11 @@ from slmkit.errors import UserError
 
 def task_classes() -> dict[str, type]:
     from slmkit.tasks.classification import ClassificationTask
+    from slmkit.tasks.lm import LMTask
     from slmkit.tasks.ner import NERTask
     from slmkit.tasks.qa import QATask
 
-    classes: dict[str, type] = {"classification": ClassificationTask, "ner": NERTask, "qa": QATask}
+    classes: dict[str, type] = {"classification": ClassificationTask, "ner": NERTask, "qa": QATask, "lm": LMTask}
     return classes
 
 
@@ -38,4 +40,6 @@ def task_options(cfg: Any) -> dict:
         return {"scheme": cfg.data.scheme, "strict": cfg.data.strict}
     if cfg.task == "qa":
         return {"stride": cfg.model.stride}
+    if cfg.task == "lm":
+        return {"shape": cfg.model.shape, "vocab_size": cfg.model.vocab_size, "base": cfg.model.base}
     return {}
