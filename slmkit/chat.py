@@ -91,6 +91,24 @@ def _conversation(row: dict, where: str) -> Conversation:
     raise UserError(f"{where}: expected {ACCEPTED} (its keys: {keys})")
 
 
+def is_chat_file(path: str | Path, encoding: str = "utf-8") -> bool:
+    """A .jsonl file whose first row is a conversation ("messages") or an instruction ("instruction")."""
+    import json
+
+    path = Path(path)
+    if path.suffix.lower() not in (".jsonl", ".ndjson") or not path.is_file():
+        return False
+    with open(path, encoding=encoding, errors="replace") as f:
+        for raw in f:
+            if raw.strip():
+                try:
+                    row = json.loads(raw)
+                except json.JSONDecodeError:
+                    return False
+                return isinstance(row, dict) and ("messages" in row or "instruction" in row)
+    return False
+
+
 # ---------------------------------------------------------------------------------------------- features
 
 
@@ -148,6 +166,20 @@ def encode_training_data(items: list[str] | list[Conversation], hf_tokenizer, ma
     if not kept:
         raise UserError(f"{source}: no example has a response token within {max_length} tokens: raise --max-length or shorten the prompts")
     return kept, len(features) - len(kept)
+
+
+def encode_conversations(conversations: list[Conversation], hf_tokenizer, max_length: int, source: str | Path, tag_docs: bool = False) -> list[dict]:
+    """Training (or, with `tag_docs`, evaluation: each tagged with its conversation's index as "doc") features of
+    conversations; those with no reply token left after truncation are dropped (an error if none is left)."""
+    check_chat_template(hf_tokenizer, getattr(hf_tokenizer, "name_or_path", "the model"))
+    features = []
+    for i, conversation in enumerate(conversations):
+        f = encode_conversation(conversation, hf_tokenizer, max_length)
+        if any(label != IGNORE for label in f["labels"][1:]):
+            features.append({**f, "doc": i} if tag_docs else f)
+    if not features:
+        raise UserError(f"{source}: no conversation has a reply token within {max_length} tokens: raise --max-length or shorten the prompts")
+    return features
 
 
 def collate(rows: list[dict], pad_id: int) -> dict:

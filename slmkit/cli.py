@@ -92,6 +92,8 @@ def train(
     shape: Annotated[Optional[str], typer.Option(help=_h(ModelConfig, "shape"))] = None,
     vocab_size: Annotated[Optional[int], typer.Option(help=_h(ModelConfig, "vocab_size"))] = None,
     grad_checkpoint: Annotated[Optional[bool], typer.Option("--grad-checkpoint", help=_h(OptimConfig, "grad_checkpoint"))] = None,
+    lora: Annotated[Optional[str], typer.Option(help=_h(ModelConfig, "lora"))] = None,
+    merge: Annotated[Optional[bool], typer.Option("--merge/--keep-adapter", help=_h(ModelConfig, "merge"))] = None,
     config: Annotated[Optional[Path], typer.Option(help="YAML file of settings (sections data, model, train); flags and --set override it.")] = None,
     set_: Sets = None,
     overwrite: Annotated[bool, typer.Option(help="Replace --out even if it is not a previous slmkit run.")] = False,
@@ -103,7 +105,8 @@ def train(
     Examples: slm train --data train.csv --eval dev.csv --out runs/x;
     slm train --task ner --data train.conll --eval dev.conll --out runs/ner;
     slm train --task qa --data train.json --eval dev.json --out runs/qa;
-    slm train --task lm --data corpus.txt --out runs/lm --shape layers=4,hidden=256,heads=4,ffn=1024,context=128
+    slm train --task lm --data corpus.txt --out runs/lm --shape layers=4,hidden=256,heads=4,ffn=1024,context=128;
+    slm train --task lm --base my-llm --data chat.jsonl --lora r=16,alpha=32,targets=q_proj,v_proj --merge --out runs/my-llm-chat
     """
     from slmkit import artifacts
     from slmkit.train import train as run_train
@@ -123,6 +126,7 @@ def train(
             "train.seed": seed, "train.bf16": bf16, "train.threads": threads, "task": task, "data.scheme": scheme,
             "data.tag_col": tag_col, "data.strict": strict, "model.stride": stride,
             "model.shape": shape, "model.vocab_size": vocab_size, "train.grad_checkpoint": grad_checkpoint,
+            "model.lora": lora, "model.merge": merge,
         }
         cfg = load_config(TrainConfig, config, set_, **flags)
     result = run_train(cfg, overwrite=overwrite, resume=resume, progress=not quiet)

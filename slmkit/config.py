@@ -68,6 +68,8 @@ class ModelConfig:
     stride: int = _f(128, "QA: tokens shared by consecutive windows of a context longer than max_length; 0 turns windows off (a context that does not fit is refused).")
     shape: str = _f(LM_DEFAULT_SHAPE, "LM from scratch: the Llama-style decoder's shape, keys layers, hidden, heads, kv_heads, ffn and context (tokens a window holds).")
     vocab_size: int = _f(8000, "LM from scratch: size of the byte-level BPE vocabulary trained on the corpus (at least 259).")
+    lora: str | None = _f(None, "LM with --base DIR: train LoRA adapters only, e.g. r=16,alpha=32,targets=q_proj,v_proj[,dropout=0.05].")
+    merge: bool = _f(False, "With --lora: fold the adapters into the base and save a plain model (default: keep the adapter apart).")
 
 
 @dataclass
@@ -127,6 +129,8 @@ class TrainConfig:
             (d.scheme in ("auto", "iob1", "bio", "bioes"), "data.scheme", f"must be auto, iob1, bio or bioes (got {d.scheme!r})"),
             (self.task in TASK_METRICS, "task", f"unknown task {self.task!r}: valid tasks are {', '.join(TASK_METRICS)}"),
             (self.task != "lm" or m.vocab_size >= LM_MIN_VOCAB, "model.vocab_size", f"must be at least {LM_MIN_VOCAB}, the 256 bytes and 3 special tokens (got {m.vocab_size})"),
+            (not m.lora or self.task == "lm", "model.lora", "LoRA adapts a causal LM: use it with --task lm --base DIR"),
+            (not m.merge or bool(m.lora), "model.merge", "merges LoRA adapters: pass --lora too, or drop --merge"),
         ]
         metrics = TASK_METRICS.get(self.task, ())
         checks.append((o.metric is None or o.metric in metrics, "train.metric", f"must be {' or '.join(metrics)} for task {self.task} (got {o.metric!r})"))

@@ -94,10 +94,8 @@ def linear_names(model) -> list[str]:
     return list(names)
 
 
-def attach(model, spec: LoraSpec):
-    """The model with LoRA adapters on `spec.targets` (a PEFT model; the base weights frozen)."""
-    from peft import LoraConfig, get_peft_model
-
+def check_targets(model, spec: LoraSpec) -> None:
+    """Every target names linear layers of `model`; else a UserError listing the ones it has."""
     available = linear_names(model)
     missing = [t for t in spec.targets if t not in available]
     if missing:
@@ -105,6 +103,22 @@ def attach(model, spec: LoraSpec):
             f"--lora targets: {', '.join(missing)} not in this {model.config.model_type} model: its linear layers are "
             f"{','.join(n for n in available if n != 'lm_head')} (e.g. targets=q_proj,v_proj)"
         )
+
+
+def check_targets_for_config(config, spec: LoraSpec) -> None:
+    """`check_targets` on the architecture of a transformers config, built without memory (meta device)."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    with torch.device("meta"):
+        check_targets(AutoModelForCausalLM.from_config(config), spec)
+
+
+def attach(model, spec: LoraSpec):
+    """The model with LoRA adapters on `spec.targets` (a PEFT model; the base weights frozen)."""
+    from peft import LoraConfig, get_peft_model
+
+    check_targets(model, spec)
     config = LoraConfig(r=spec.r, lora_alpha=spec.alpha, target_modules=list(spec.targets), lora_dropout=spec.dropout, bias="none", task_type="CAUSAL_LM")
     with _quiet_peft():
         return get_peft_model(model, config)
@@ -140,7 +154,11 @@ def adapter_state(model) -> dict:
 def save_adapter(model, hf_tokenizer, directory: Path, base: str | Path) -> None:
     """adapter_model.safetensors + adapter_config.json (with the base directory's absolute path) + the tokenizer."""
     model.peft_config["default"].base_model_name_or_path = str(Path(base).resolve())
+    card = Path(directory) / "README.md"
+    had_card = card.exists()
     model.save_pretrained(directory, safe_serialization=True)
+    if not had_card:
+        card.unlink(missing_ok=True)  # PEFT's empty model-card template
     hf_tokenizer.save_pretrained(directory)
 
 
@@ -195,3 +213,35 @@ def load_adapter(directory: Path, load_base, merged: bool = True):
     if (directory / "tokenizer.json").is_file():
         tokenizer = AutoTokenizer.from_pretrained(directory)
     return model, tokenizer
+
+
+# ------------------------------------------------------------------------------------------ slm train --task lm --lora
+
+
+def load_adapter_weights(model, directory: Path) -> None:
+    """Put the adapter weights saved in `directory` (a `save_adapter` output) back into the PEFT `model`."""
+    from peft import set_peft_model_state_dict
+    from safetensors.torch import load_file
+
+    result = set_peft_model_state_dict(model, load_file(str(Path(directory) / ADAPTER_WEIGHTS)))
+    unexpected = getattr(result, "unexpected_keys", [])
+    if unexpected:
+        raise RuntimeError(f"{directory / ADAPTER_WEIGHTS}: tensors the model has no place for: {unexpected[:3]}")
+
+
+def finish(model, hf_tokenizer, directory: Path, spec_text: str, merge_adapters: bool) -> dict:
+    """The end of a LoRA run whose best adapter is saved in `directory`: with `merge_adapters`, replace it by the base
+    with the adapters folded in (a plain causal-LM directory). What was done, for metrics.json."""
+    spec = parse_lora(spec_text)
+    record = {
+        "lora": {
+            "spec": spec.to_text(),
+            "trainable_parameters": sum(p.numel() for p in adapter_state(model).values()),
+            "adapter": "merged into the base" if merge_adapters else f"kept apart ({ADAPTER_WEIGHTS}; base recorded in {ADAPTER_CONFIG})",
+        }
+    }
+    if merge_adapters:
+        (Path(directory) / ADAPTER_WEIGHTS).unlink()
+        (Path(directory) / ADAPTER_CONFIG).unlink()
+        save_merged(model, hf_tokenizer, Path(directory))
+    return record

@@ -7,9 +7,11 @@ import json
 from functools import partial
 
 import pytest
+from typer.testing import CliRunner
 
 from conftest import CUES, LM_FAMILIES, lm_corpus, make_causal_lm
 from slmkit import chat, lora
+from slmkit.cli import app
 from slmkit.errors import UserError
 
 CUE_LABEL = {w: label for label, ws in CUES.items() for w in ws}
@@ -230,3 +232,73 @@ def test_adapter_whose_base_is_gone(family_dirs, tmp_path):
 
     with pytest.raises(UserError, match="the adapter's base model .*gone is gone: put it back"):
         load_causal_lm(adapter)
+
+
+# ------------------------------------------------------------------------------------------ slm train --task lm --lora
+
+runner = CliRunner()
+LORA = ["--lora", "r=4,alpha=8,targets=q_proj,v_proj,dropout=0", "--epochs", "3", "--lr", "3e-2", "--batch-size", "8", "--set", "train.warmup=0", "--threads", "1", "--quiet"]
+
+
+@pytest.fixture(scope="module")
+def chat_files(tmp_path_factory):
+    d = tmp_path_factory.mktemp("chat-data")
+    (d / "train.jsonl").write_text("\n".join(json.dumps({"messages": c}) for c in conversations(48, seed=1)) + "\n", encoding="utf-8")
+    (d / "dev.jsonl").write_text("\n".join(json.dumps({"instruction": c[0]["content"], "response": c[1]["content"]}) for c in conversations(16, seed=2)) + "\n", encoding="utf-8")
+    return {"train": d / "train.jsonl", "eval": d / "dev.jsonl"}
+
+
+def test_slm_train_lm_lora_merge_or_keep_adapter(family_dirs, chat_files, tmp_path):
+    import torch
+
+    from slmkit.lm import load_causal_lm
+
+    base = family_dirs["qwen2"]
+    data = ["--task", "lm", "--base", base, "--data", chat_files["train"], "--eval", chat_files["eval"]]
+    merged_out, adapter_out = tmp_path / "merged", tmp_path / "adapter"
+    result = runner.invoke(app, ["train", *map(str, data), "--out", str(merged_out), "--merge", *LORA])
+    assert result.exit_code == 0, result.output
+    # the same run with gradient checkpointing, keeping the adapter apart
+    result = runner.invoke(app, ["train", *map(str, data), "--out", str(adapter_out), "--grad-checkpoint", *LORA])
+    assert result.exit_code == 0, result.output
+
+    assert {"model.safetensors", "config.json", "tokenizer.json", "config.yaml", "metrics.json"} <= {p.name for p in merged_out.iterdir()}
+    assert not (merged_out / "adapter_config.json").exists() and not (merged_out / "README.md").exists()
+    assert {"adapter_model.safetensors", "adapter_config.json", "tokenizer.json", "config.yaml", "metrics.json"} <= {p.name for p in adapter_out.iterdir()}
+    assert not (adapter_out / "model.safetensors").exists()
+    for out in (merged_out, adapter_out):
+        m = json.loads((out / "metrics.json").read_text())
+        perplexities = [h["perplexity"] for h in m["history"]]
+        assert perplexities == sorted(perplexities, reverse=True) and perplexities[-1] < perplexities[0] - 2, perplexities
+        assert m["lora"]["spec"] == "r=4,alpha=8,targets=q_proj,v_proj,dropout=0" and m["lora"]["trainable_parameters"] == 2 * (4 * 32 + 4 * 32) + 2 * (4 * 32 + 4 * 16)
+    assert json.loads((adapter_out / "metrics.json").read_text())["eval"]["perplexity"] == pytest.approx(json.loads((merged_out / "metrics.json").read_text())["eval"]["perplexity"], rel=1e-5)
+
+    # both load through the one loader; the adapter (merged in memory) gives the merged model's logits
+    merged, tok = load_causal_lm(merged_out)
+    adapted, _ = load_causal_lm(adapter_out)
+    original, _ = load_causal_lm(base)
+    ids = torch.tensor([tok.apply_chat_template(conversations(1, seed=9)[0][:1], add_generation_prompt=True)["input_ids"]])
+    with torch.no_grad():
+        a, b, c = (m(input_ids=ids).logits for m in (merged, adapted, original))
+    assert (a - b).abs().max().item() < 1e-4 and (a - c).abs().max().item() > 1e-3
+
+
+def test_slm_train_lora_bad_input(family_dirs, chat_files, tiny_base, tmp_path):
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(json.dumps({"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]}) + "\n" + '{"prompt": "x"}\n')
+    llama = str(family_dirs["llama"])
+    out = tmp_path / "out"
+    cases = [
+        (["--base", llama, "--lora", "r=4,targets=q_proj,query"], "--lora targets: query not in this llama model: its linear layers are q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj"),
+        (["--lora", "r=4,targets=q_proj"], "--lora adapts an existing causal LM: pass --base DIR"),
+        (["--base", str(tiny_base), "--lora", "r=4,targets=q_proj"], "not a causal language model"),
+        (["--base", llama, "--lora", "r=0"], "--lora: r must be at least 1"),
+        (["--base", llama, "--merge"], "setting model.merge: merges LoRA adapters: pass --lora too"),
+        (["--base", llama, "--lora", "r=4", "--data", str(bad)], "bad.jsonl line 2: expected a \"messages\" list"),
+    ]
+    for args, message in cases:
+        argv = ["train", "--task", "lm", "--data", str(chat_files["train"]), "--out", str(out), "--epochs", "1", "--quiet", *args]
+        result = runner.invoke(app, argv)
+        assert result.exit_code == 2, (args, result.output)
+        assert message in result.stderr and len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.jsonl"]
