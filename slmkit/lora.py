@@ -199,7 +199,8 @@ def load_adapter(directory: Path, load_base, merged: bool = True):
     """(model, tokenizer) of an adapter directory: its recorded base loaded with `load_base(dir) -> (model,
     tokenizer)`, the adapter put on (safetensors only) and, with `merged`, folded in. Eval mode."""
     from peft import PeftModel
-    from transformers import AutoTokenizer
+
+    from slmkit.lm import load_causal_lm_tokenizer
 
     directory = Path(directory)
     if not (directory / ADAPTER_WEIGHTS).is_file():
@@ -211,7 +212,7 @@ def load_adapter(directory: Path, load_base, merged: bool = True):
         model = model.merge_and_unload()
     model.eval()
     if (directory / "tokenizer.json").is_file():
-        tokenizer = AutoTokenizer.from_pretrained(directory)
+        tokenizer = load_causal_lm_tokenizer(directory)
     return model, tokenizer
 
 

@@ -204,7 +204,9 @@ def load_quantized(directory: Path):
     quantized layers put in place, every tensor from quantized.safetensors (strict)."""
     import transformers
     from safetensors.torch import load_model
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from slmkit.lm import load_causal_lm_tokenizer
 
     directory = Path(directory)
     record = artifacts.read_json(directory / QUANT_RECORD)
@@ -224,7 +226,7 @@ def load_quantized(directory: Path):
     if missing or unexpected:
         raise UserError(f"{directory / QUANT_WEIGHTS}: does not match config.json ({len(missing)} missing, {len(unexpected)} unexpected tensors): quantize it again")
     model.eval()
-    return model, AutoTokenizer.from_pretrained(directory)
+    return model, load_causal_lm_tokenizer(directory)
 
 
 def weight_bytes(model) -> int:
