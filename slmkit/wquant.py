@@ -37,6 +37,7 @@ the share of positions whose most likely next token is the fp32 model's. Size is
 from __future__ import annotations
 
 import copy
+import functools
 import math
 import shutil
 import time
@@ -64,7 +65,9 @@ class QuantizeLMResult:
 # ------------------------------------------------------------------------------------------ the formats
 
 
+@functools.cache
 def _linear_module():
+    """The QuantLinear class (defined on first use: importing this module does not import torch)."""
     import torch
 
     class QuantLinear(torch.nn.Module):
@@ -84,7 +87,8 @@ def _linear_module():
         @classmethod
         def from_linear(cls, linear, bits: int, group_size: int):
             layer = cls(linear.in_features, linear.out_features, bits, group_size, linear.bias is not None, linear.weight.dtype)
-            q, s = (quantize_int8 if bits == 8 else partial_int4(group_size))(linear.weight.detach().float())
+            w = linear.weight.detach().float()
+            q, s = quantize_int8(w) if bits == 8 else quantize_int4(w, group_size)
             layer.qweight.copy_(q)
             layer.scale.copy_(s)
             if linear.bias is not None:
@@ -131,10 +135,6 @@ def quantize_int4(w, group_size: int):
     q = torch.round(groups / scale[..., None]).clamp(-8, 7).to(torch.int16).reshape(out, width) + 8  # 0..15
     packed = (q[:, 0::2] | (q[:, 1::2] << 4)).to(torch.uint8)
     return packed, scale
-
-
-def partial_int4(group_size: int):
-    return lambda w: quantize_int4(w, group_size)
 
 
 def dequantize_int4(packed, scale, group_size: int):
