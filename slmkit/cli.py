@@ -23,6 +23,7 @@ from slmkit.config import (
     BenchConfig, BudgetConfig, DataConfig, DistillConfig, EvalConfig, ExportConfig, ExportWebConfig, ModelConfig, OptimConfig, PruneConfig,
     QuantizeConfig, RunConfig, SearchConfig, ServeConfig, TrainConfig, TrimConfig, help_of, load_config,
 )
+from slmkit.config import LMDistillConfig
 from slmkit.errors import UserError
 from slmkit.selection import describe
 
@@ -280,16 +281,29 @@ def distill(
     epochs: Annotated[Optional[int], typer.Option(help=_h(OptimConfig, "epochs"))] = None,
     lr: Annotated[Optional[float], typer.Option(help=_h(OptimConfig, "lr"))] = None,
     threads: Annotated[Optional[int], typer.Option(help=_h(OptimConfig, "threads"))] = None,
+    task: Annotated[Optional[str], typer.Option(help="lm: distill a causal language model from its continuations of --prompts (the other tasks are read from the teacher).")] = None,
+    prompts: Annotated[Optional[str], typer.Option(help=_h(LMDistillConfig, "prompts"))] = None,
+    shape: Annotated[Optional[str], typer.Option(help=_h(LMDistillConfig, "shape"))] = None,
+    samples: Annotated[Optional[int], typer.Option(help=_h(LMDistillConfig, "samples"))] = None,
+    max_tokens: Annotated[Optional[int], typer.Option(help=_h(LMDistillConfig, "max_new_tokens"))] = None,
+    temperature: Annotated[Optional[float], typer.Option(help=_h(LMDistillConfig, "temperature"))] = None,
+    kd: Annotated[Optional[float], typer.Option(help=_h(LMDistillConfig, "kd"))] = None,
     config: Annotated[Optional[Path], typer.Option(help="YAML file of settings (teacher, student, data, loss, train, ...); flags and --set override it.")] = None,
     set_: Sets = None,
     overwrite: Annotated[bool, typer.Option(help="Replace --out even if it is not a previous slmkit output.")] = False,
     quiet: Annotated[bool, typer.Option(help="No progress bars.")] = False,
 ):
-    """Distill a fine-tuned teacher (classifier, NER or QA) into a small student (layer-dropped, small transformer, BiLSTM or CNN).
+    """Distill a fine-tuned teacher (classifier, NER or QA) into a small student (layer-dropped, small transformer, BiLSTM or CNN),
+    or (--task lm) a causal LM into a small one trained on its continuations of your prompts.
 
-    Example: slm distill --teacher runs/x --data train.csv --student transformer:layers=2,hidden=128 --out runs/s
+    Examples: slm distill --teacher runs/x --data train.csv --student transformer:layers=2,hidden=128 --out runs/s;
+    slm distill --task lm --teacher models/big-lm --prompts prompts.txt --out runs/student
     """
     from slmkit.distill import distill as run_distill
+
+    if task == "lm":
+        _distill_lm(locals())
+        return
 
     if augment is not None:
         try:
@@ -313,6 +327,30 @@ def distill(
         f"(retention {100 * m['retention']:.1f}%, agreement {100 * m['agreement']:.1f}%); parameters "
         f"{m['parameters']['teacher'] / 1e6:.2f}M → {m['parameters']['student'] / 1e6:.2f}M; teacher cache "
         f"{'hit' if m['teacher_cache']['hit'] else 'miss'}"
+    )
+    out.print(f"student saved to [bold]{result.out}[/bold]")
+
+
+def _distill_lm(a: dict) -> None:
+    """`slm distill --task lm`: the flags of the distill command that apply to language models."""
+    from slmkit.distill_lm import distill_lm
+
+    ignored = [flag for flag, name in (("--student", "student"), ("--data", "data"), ("--label-col", "label_col"), ("--unlabeled", "unlabeled"), ("--augment", "augment")) if a[name] is not None]
+    if ignored:
+        raise UserError(f"{', '.join(ignored)}: not used by --task lm: pass --prompts (what the teacher continues) and --shape (the student)")
+    flags = {
+        "teacher": a["teacher"], "prompts": a["prompts"], "out": a["out_dir"], "eval": a["eval"], "text_col": a["text_col"],
+        "shape": a["shape"], "samples": a["samples"], "max_new_tokens": a["max_tokens"], "temperature": a["temperature"], "kd": a["kd"],
+        "cache_dir": a["cache_dir"], "train.epochs": a["epochs"], "train.lr": a["lr"], "train.threads": a["threads"],
+    }
+    result = distill_lm(load_config(LMDistillConfig, a["config"], a["set_"], **flags), overwrite=a["overwrite"], progress=not a["quiet"])
+    m = result.metrics
+    print_report(m["eval"], f"student on {m['eval_source']}")
+    d = m["distill"]
+    made = "cached" if d["continuations_cache"]["hit"] else f"{d['generation_seconds']:.1f} s"
+    out.print(
+        f"{d['continuations']} teacher continuations ({made}); "
+        f"token-level KD {d['token_kd']}; student {m['parameters'] / 1e6:.2f}M parameters"
     )
     out.print(f"student saved to [bold]{result.out}[/bold]")
 
@@ -906,6 +944,52 @@ def label_import(
 
     n = label_admin.import_file(db, project, file)
     out.print(f"imported {n} items into project {project}")
+
+
+# ----------------------------------------------------------------------------------------- generate
+
+
+@app.command()
+@_user_errors
+def generate(
+    prompt: Annotated[str, typer.Argument(help="The text to continue.")],
+    model: Annotated[str, typer.Option(help="A causal-LM directory: slm train --task lm output, any local Hugging Face causal LM, or its ONNX export.")],
+    max_tokens: Annotated[int, typer.Option(help="Most tokens to generate.")] = 32,
+    temperature: Annotated[float, typer.Option(help="Sampling temperature; 0 is greedy.")] = 1.0,
+    top_k: Annotated[int, typer.Option(help="Sample among the k most likely tokens; 0 turns it off.")] = 0,
+    top_p: Annotated[float, typer.Option(help="Nucleus sampling: the fewest tokens whose probabilities sum to top-p; 1 turns it off.")] = 1.0,
+    repetition_penalty: Annotated[float, typer.Option(help="Above 1 discourages tokens already in the prompt or output.")] = 1.0,
+    stop: Annotated[Optional[list[str]], typer.Option(help="Stop before this text (repeatable).")] = None,
+    beams: Annotated[int, typer.Option(help="Beam search with this many beams (deterministic; printed at the end).")] = 1,
+    seed: Annotated[Optional[int], typer.Option(help="Seed of the sampling: the same seed gives the same text.")] = None,
+    greedy: Annotated[bool, typer.Option("--greedy", help="Always the most likely token (same as --temperature 0).")] = False,
+    chat: Annotated[bool, typer.Option("--chat", help="Apply the model's chat template to the prompt as a user message.")] = False,
+    strict: Annotated[bool, typer.Option("--strict", help="Refuse a prompt longer than the context window instead of cutting it from the left.")] = False,
+    threads: Annotated[Optional[int], typer.Option(help="CPU threads; default: the runtime's own choice.")] = None,
+):
+    """Continue a prompt with a causal language model, streaming the text to the terminal as it is produced.
+
+    Examples: slm generate --model runs/lm "my card was" --greedy;
+    slm generate --model runs/lm "refund" --temperature 0.8 --top-p 0.9 --seed 1 --stop "."
+    """
+    from slmkit.generate import GenerationConfig, generate_text, open_lm, truncate_prompt
+
+    cfg = GenerationConfig(
+        max_new_tokens=max_tokens, temperature=0.0 if greedy else temperature, top_k=top_k, top_p=top_p,
+        repetition_penalty=repetition_penalty, stop=tuple(stop or ()), num_beams=beams, seed=seed,
+    )
+    cfg.validate()
+    lm = open_lm(model, threads)
+    ids = lm.encode(prompt, chat=chat)
+    ids, dropped = truncate_prompt(ids, lm.context_length, cfg.max_new_tokens, strict)
+    if dropped:
+        err.print(f"warning: the prompt is longer than the {lm.context_length}-token context window: its first {dropped} tokens were cut (--strict refuses instead)")
+    info: dict = {}
+    for piece in generate_text(lm.stepper, lm.tokenizer, ids, cfg, eos_ids=lm.eos_ids, bos_id=lm.bos_id, info=info):
+        sys.stdout.write(piece)
+        sys.stdout.flush()
+    sys.stdout.write("\n")
+    err.print(f"[dim]{info['completion_tokens']} tokens ({info['finish_reason']}, {lm.backend})[/dim]")
 
 
 # ------------------------------------------------------------------------------------------- output

@@ -67,7 +67,7 @@ class ModelConfig:
     dropout: float | None = _f(None, "Hidden and classifier dropout; default: keep the base model's.")
     stride: int = _f(128, "QA: tokens shared by consecutive windows of a context longer than max_length; 0 turns windows off (a context that does not fit is refused).")
     shape: str = _f(LM_DEFAULT_SHAPE, "LM from scratch: the Llama-style decoder's shape, keys layers, hidden, heads, kv_heads, ffn and context (tokens a window holds).")
-    vocab_size: int = _f(8000, "LM from scratch: size of the byte-level BPE vocabulary trained on the corpus (at least 259).")
+    vocab_size: int = _f(4096, "LM from scratch: size of the byte-level BPE vocabulary trained on the corpus (at least 259; a corpus supports only so many merges, e.g. banking77's 10,000 messages about 5,100).")
     lora: str | None = _f(None, "LM with --base DIR: train LoRA adapters only, e.g. r=16,alpha=32,targets=q_proj,v_proj[,dropout=0.05].")
     merge: bool = _f(False, "With --lora: fold the adapters into the base and save a plain model (default: keep the adapter apart).")
 
@@ -580,6 +580,7 @@ class RunConfig:
         unknown = [x for x in bench.baselines if x not in PIPELINE_BASELINES]
         _check([
             (self.task in TASK_METRICS, "task", f"unknown task {self.task!r}: valid tasks are {', '.join(TASK_METRICS)}"),
+            (self.task != "lm", "task", "slm run does not chain language models yet: train one with slm train --task lm"),
             (self.task == "classification" or self.search.trials == 0, "search.trials", f"--search explores classification students only: leave it out for --task {self.task}"),
             (bool(self.data.train), "data.train", "no training data: pass --data FILE"),
             (bool(self.out), "out", "no output directory: pass --out DIR"),
@@ -657,6 +658,46 @@ def ladder_entry(entry: str, ladder: LadderConfig | None = None) -> tuple[str, O
 
 
 # ---------------------------------------------------------------------------------------------- load / save
+
+
+@dataclass
+class LMDistillConfig:
+    """`slm distill --task lm`: a small language model learns from a large one's continuations of your prompts
+    (sequence-level distillation), and from its next-token distributions where the two share a vocabulary."""
+
+    teacher: str = _f("", "The large causal LM: a local Hugging Face causal-LM directory (or its ONNX export: sequence-level only).")
+    prompts: str = _f("", "Prompts the teacher continues: .txt (one per line), .jsonl or .csv (the --text-col field).")
+    out: str = _f("", "Output directory for the student (a Hugging Face causal-LM directory).")
+    eval: str | None = _f(None, "Held-out text for the student's perplexity; default: a split of the teacher's continuations.")
+    text_col: str = _f("text", "Field (or column) of the prompts with the text.")
+    samples: int = _f(1, "Continuations the teacher writes per prompt (more than 1 wants temperature > 0).")
+    max_new_tokens: int = _f(64, "Most tokens per continuation.")
+    temperature: float = _f(0.0, "Teacher sampling temperature; 0 is greedy (Kim & Rush's sequence-level KD).")
+    top_p: float = _f(1.0, "Teacher nucleus sampling; 1 turns it off.")
+    shape: str = _f(LM_DEFAULT_SHAPE, "The student's shape (a Llama-style decoder): keys layers, hidden, heads, kv_heads, ffn, context.")
+    vocab_size: int | None = _f(None, "None: the student shares the teacher's tokenizer (token-level KD applies); a number: its own byte-level BPE of that size trained on the continuations (sequence-level only).")
+    kd: float = _f(0.5, "Weight of the token-level KL loss against the teacher's next-token distributions (0 to 1; needs a shared vocabulary and a PyTorch teacher).")
+    kd_temperature: float = _f(2.0, "Temperature of the token-level KD.")
+    cache_dir: str | None = _f(None, "Where the teacher's continuations are cached; default: <teacher>/distill-cache.")
+    seed: int = _f(0, "Seed of the teacher's sampling.")
+    train: OptimConfig = field(default_factory=lambda: OptimConfig(epochs=10, lr=1e-3, batch_size=32, patience=0, warmup=0.05))
+
+    def validate(self) -> None:
+        o = self.train
+        _check([
+            (bool(self.teacher), "teacher", "no teacher: pass --teacher DIR (a causal-LM directory)"),
+            (bool(self.prompts), "prompts", "no prompts: pass --prompts FILE"),
+            (bool(self.out), "out", "no output directory: pass --out DIR"),
+            (self.samples >= 1, "samples", f"must be at least 1 (got {self.samples})"),
+            (self.max_new_tokens >= 1, "max_new_tokens", f"must be at least 1 (got {self.max_new_tokens})"),
+            (self.temperature >= 0, "temperature", f"must be 0 or more (got {self.temperature})"),
+            (0 < self.top_p <= 1, "top_p", f"must be in (0, 1] (got {self.top_p})"),
+            (self.vocab_size is None or self.vocab_size >= LM_MIN_VOCAB, "vocab_size", f"must be at least {LM_MIN_VOCAB} (got {self.vocab_size})"),
+            (0 <= self.kd <= 1, "kd", f"must be in [0, 1] (got {self.kd})"),
+            (self.kd_temperature > 0, "kd_temperature", f"must be positive (got {self.kd_temperature})"),
+            (o.epochs >= 1, "train.epochs", f"must be at least 1 (got {o.epochs})"),
+            (o.lr > 0, "train.lr", f"must be positive (got {o.lr})"),
+        ])
 
 
 def help_of(cls: type, name: str) -> str:

@@ -306,8 +306,10 @@ def generate_text(
             if keep < len(held):
                 yield held[: len(held) - keep]
                 held = held[len(held) - keep :]
-        if produced < cfg.max_new_tokens and cfg.num_beams == 1:
-            info["finish_reason"] = "stop"  # an end-of-sequence token (or a full context window, rarer)
+        limit = getattr(stepper, "context_length", None)
+        budget = cfg.max_new_tokens if limit is None else min(cfg.max_new_tokens, int(limit) - len(prompt_ids))
+        if produced < budget:
+            info["finish_reason"] = "stop"  # an end-of-sequence token; a full context window stays "length"
         if held:
             yield held
     finally:
@@ -349,3 +351,101 @@ def truncate_prompt(prompt_ids: Sequence[int], context_length: int | None, max_n
             f"(room for {room} with {max_new_tokens} new tokens): shorten the prompt, lower --max-tokens, or drop --strict to cut it from the left"
         )
     return ids[len(ids) - room :], len(ids) - room
+
+
+# ------------------------------------------------------------------------------------------ opening a model
+
+
+@dataclass
+class OpenLM:
+    """A causal LM ready for the decode loop: its stepper, its `tokenizers.Tokenizer` and what generation needs."""
+
+    stepper: Stepper
+    tokenizer: Any  # tokenizers.Tokenizer
+    bos_id: int | None
+    eos_ids: tuple[int, ...]
+    context_length: int | None
+    chat_template: str | None
+    backend: str  # "torch" or "onnx"
+
+    def encode(self, prompt: str, chat: bool = False) -> list[int]:
+        """A prompt's ids: as the tokenizer encodes a text (with its own <s>), or (`chat`) the chat template applied
+        to one user message with the assistant's turn opened."""
+        if not chat:
+            return list(self.tokenizer.encode(prompt).ids)
+        if not self.chat_template:
+            raise UserError("--chat: this model has no chat template (chat_template.jinja or tokenizer_config.json): drop --chat")
+        text = render_chat(self.chat_template, [{"role": "user", "content": prompt}], self._specials())
+        return list(self.tokenizer.encode(text, add_special_tokens=False).ids)
+
+    def _specials(self) -> dict:
+        token = lambda i: self.tokenizer.id_to_token(i) if i is not None else ""  # noqa: E731
+        return {"bos_token": token(self.bos_id), "eos_token": token(self.eos_ids[0] if self.eos_ids else None)}
+
+
+def open_lm(directory: str | Path, threads: int | None = None) -> OpenLM:
+    """Open a causal-LM directory for generation: an exported ONNX model (model.onnx present; slmkit.runtime,
+    without torch) or a Hugging Face PyTorch one (slmkit.lm)."""
+    from tokenizers import Tokenizer
+
+    d = Path(directory)
+    if (d / "model.onnx").is_file():
+        from slmkit.runtime import OnnxStepper  # the ONNX export of a causal LM with its KV cache
+
+        # one thread unless asked: a small model's one-token step is overhead-bound (see OnnxStepper)
+        stepper, backend = (OnnxStepper(d, threads=threads) if threads else OnnxStepper(d)), "onnx"
+    else:
+        from slmkit.lm import TorchStepper, load_causal_lm
+
+        if threads:
+            import torch
+
+            torch.set_num_threads(threads)
+        model, _ = load_causal_lm(d)
+        stepper, backend = TorchStepper(model), "torch"
+    if not (d / "tokenizer.json").is_file():
+        raise UserError(f"--model {directory}: no tokenizer.json: the directory needs the model's fast tokenizer")
+    tokenizer = Tokenizer.from_file(str(d / "tokenizer.json"))
+    tokenizer.no_padding()
+    tokenizer.no_truncation()
+    specials = special_ids(d)
+    manifest = getattr(stepper, "manifest", None) or {}  # an export records its special ids in its manifest
+    if "eos_ids" in manifest:
+        specials = {"bos_id": manifest.get("bos_id"), "eos_ids": tuple(manifest.get("eos_ids") or ())}
+    return OpenLM(
+        stepper=stepper,
+        tokenizer=tokenizer,
+        context_length=getattr(stepper, "context_length", None),
+        chat_template=chat_template(d),
+        backend=backend,
+        **specials,
+    )
+
+
+def chat_template(directory: Path) -> str | None:
+    """The model's chat template: chat_template.jinja, else tokenizer_config.json's `chat_template`."""
+    path = Path(directory) / "chat_template.jinja"
+    if path.is_file():
+        return path.read_text(encoding="utf-8")
+    config = Path(directory) / "tokenizer_config.json"
+    if config.is_file():
+        value = json.loads(config.read_text(encoding="utf-8")).get("chat_template")
+        return value if isinstance(value, str) else None
+    return None
+
+
+def render_chat(template: str, messages: list[dict], specials: dict, add_generation_prompt: bool = True) -> str:
+    """A chat template applied to `messages`, in Jinja's sandbox as transformers does (trim_blocks, lstrip_blocks,
+    `raise_exception`), without transformers."""
+    from jinja2.exceptions import TemplateError
+    from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+    def raise_exception(message: str):
+        raise TemplateError(message)
+
+    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
+    env.globals["raise_exception"] = raise_exception
+    try:
+        return env.from_string(template).render(messages=messages, add_generation_prompt=add_generation_prompt, **specials)
+    except TemplateError as e:
+        raise UserError(f"the model's chat template refused the messages: {e}") from None

@@ -167,8 +167,13 @@ def track_epoch(state: dict, record: EpochEnd, scores: dict, o: OptimConfig) -> 
 # ------------------------------------------------------------------------------------------ the stage
 
 
-def train(cfg: TrainConfig, overwrite: bool = False, resume: bool = False, progress: bool = True) -> TrainResult:
-    """Fine-tune `cfg.model.base` on `cfg.data` and write the model directory `cfg.out`."""
+def train(
+    cfg: TrainConfig, overwrite: bool = False, resume: bool = False, progress: bool = True, task=None, extra: dict | None = None
+) -> TrainResult:
+    """Fine-tune `cfg.model.base` on `cfg.data` and write the model directory `cfg.out`.
+
+    `task`: a task object to use instead of the one `cfg.task` names (a stage that varies the loss, such as LM
+    distillation with its teacher); `extra`: more entries for metrics.json."""
     import torch
     import transformers
 
@@ -186,7 +191,7 @@ def train(cfg: TrainConfig, overwrite: bool = False, resume: bool = False, progr
     main = distributed.is_main()  # rank 0 alone writes the artifact and logs
     if o.bf16 and o.device == "cpu" and not native_bf16() and main:
         stderr.print("warning: --bf16 on a CPU without native bf16 (AVX-512 BF16 or AMX): training will be much slower than fp32")
-    task = get_task(cfg.task, **task_options(cfg))
+    task = task or get_task(cfg.task, **task_options(cfg))
     o = replace(o, metric=o.metric or task.metric_names[0])
     cfg = replace(cfg, train=o)
 
@@ -221,7 +226,8 @@ def train(cfg: TrainConfig, overwrite: bool = False, resume: bool = False, progr
     torch.manual_seed(o.seed)  # the new head's initialization
     model = task.build_model(base, labels, cfg.model.dropout).to(o.device)
     if o.grad_checkpoint:
-        model.gradient_checkpointing_enable()  # activations recomputed in the backward pass: less memory, slower steps
+        # activations recomputed in the backward pass: less memory, slower steps (transformers 5.x renamed the method)
+        (getattr(model, "activation_checkpointing_enable", None) or model.gradient_checkpointing_enable)()
     collate = partial(task.collate, pad_id=base.hf_tokenizer.pad_token_id or 0, token_types=uses_token_types(model, base.hf_tokenizer))
     if o.device != "cpu":
         collate = partial(on_device, collate, o.device)
@@ -295,6 +301,7 @@ def train(cfg: TrainConfig, overwrite: bool = False, resume: bool = False, progr
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         "eval": eval_scores(full=True),
         "history": state["history"],
+        **(extra or {}),
     }
     if hasattr(task, "finish"):  # lm with --lora: merge the adapters into the base (--merge); what it did, for metrics
         result.update(task.finish(model, base.hf_tokenizer, staging))

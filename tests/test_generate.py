@@ -188,3 +188,13 @@ def test_load_causal_lm_refuses_non_lm(tiny_base, tmp_path):
         load_causal_lm(tiny_base)
     with pytest.raises(UserError, match="no config.json"):
         load_causal_lm(tmp_path)
+
+
+def test_context_window_ends_generation():
+    pieces = ["<p>", "ab", "c", "de", "cx", "!", "</s>"]
+    stepper = Scripted([1, 2, 4, 3, 5], len(pieces))
+    stepper.context_length = 4  # the prompt's one token and three new ones fill it
+    info = {}
+    text = "".join(generate_text(stepper, Chars(pieces), [0], GenerationConfig(temperature=0, max_new_tokens=10), info=info))
+    assert text == "abccx" and info["finish_reason"] == "length" and info["completion_tokens"] == 3
+    assert list(generate_ids(stepper, [0, 0, 0, 0], GenerationConfig(temperature=0))) == []

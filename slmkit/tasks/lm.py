@@ -1,7 +1,7 @@
 """Causal language modelling (`slm train --task lm`): a decoder that predicts the next token of plain text.
 
-Data is a corpus of documents: a .txt file (one per line; blank lines skipped) or .jsonl (one object a line, the
-text under `--text-col`). Each document is tokenized as the tokenizer does for a prompt (a trained-from-scratch
+Data is a corpus of documents: a .txt file (one per line; blank lines skipped), .jsonl (one object a line, the
+text under `--text-col`) or .csv/.tsv (the `--text-col` column; the other columns are ignored). Each document is tokenized as the tokenizer does for a prompt (a trained-from-scratch
 tokenizer adds <s>) and ends with </s>. Training packs the documents into windows of the context length (a window
 may span documents, <s> marks where each starts); evaluation runs each document on its own (a long one in windows
 that overlap by a token), so the loss of every document is known and the perplexity interval resamples documents.
@@ -15,13 +15,14 @@ continues training with its own tokenizer. Either way the output is a standard H
 
 from __future__ import annotations
 
+import io
 import json
 from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
 
-from slmkit import metrics
+from slmkit import losses, metrics
 from slmkit.base import DEFAULT_BASE, SCRATCH_PREFIX, Base
 from slmkit.config import LM_DEFAULT_SHAPE, LM_MIN_VOCAB
 from slmkit.encoding import iterate, sorted_order
@@ -39,6 +40,7 @@ SHAPE_KEYS = {
 BASE_CONTEXT_CAP = 512  # a --base model trains on windows of at most this many tokens unless model.max_length says more
 TEXT_SUFFIXES = (".txt", ".text", ".md", "")
 JSONL_SUFFIXES = (".jsonl", ".ndjson")
+TABLE_SUFFIXES = {".csv": ",", ".tsv": "\t"}
 IGNORE = -100  # a label the loss skips (padding; later, prompt tokens of instruction data)
 
 
@@ -52,8 +54,8 @@ def read_documents(path: Path, text_col: str = "text", encoding: str = "utf-8") 
     if not path.is_file():
         raise UserError(f"{path}: corpus file not found: pass --data with a .txt or .jsonl file")
     suffix = path.suffix.lower()
-    if suffix not in TEXT_SUFFIXES + JSONL_SUFFIXES:
-        raise UserError(f"{path}: a corpus must be .txt (one document per line) or .jsonl (one object per line with a {text_col!r} field)")
+    if suffix not in TEXT_SUFFIXES + JSONL_SUFFIXES + tuple(TABLE_SUFFIXES):
+        raise UserError(f"{path}: a corpus must be .txt (one document per line), .jsonl (one object per line with a {text_col!r} field) or .csv/.tsv (a {text_col!r} column)")
     raw = path.read_bytes()
     nul = raw.find(b"\x00")
     if nul >= 0:
@@ -81,6 +83,13 @@ def read_documents(path: Path, text_col: str = "text", encoding: str = "utf-8") 
                 raise UserError(f"{path} line {number}: no text field {text_col!r} (found {keys}): pass --text-col with the key that holds the text")
             if row[text_col].strip():
                 docs.append(row[text_col].strip())
+    elif suffix in TABLE_SUFFIXES:
+        import csv
+
+        reader = csv.DictReader(io.StringIO(text.lstrip("\ufeff")), delimiter=TABLE_SUFFIXES[suffix])
+        if text_col not in (reader.fieldnames or []):
+            raise UserError(f"{path}: no column {text_col!r} (the header has {', '.join(reader.fieldnames or [])}): pass --text-col with the text's column")
+        docs = [row[text_col].strip() for row in reader if (row.get(text_col) or "").strip()]
     else:
         docs = [line.strip() for line in lines if line.strip()]
     if not docs:
@@ -149,9 +158,12 @@ def is_scratch(spec: str) -> bool:
     return spec in (DEFAULT_BASE, "scratch") or spec.startswith(SCRATCH_PREFIX)
 
 
-def resolve_lm_base(spec: str, shape: str, vocab_size: int, train_docs: list[str], source: Path, dropout: float | None) -> Base:
-    """The starting point of an LM: a local causal LM (`spec` a directory) or, from scratch, a tokenizer trained on
-    `train_docs` and a Llama config of `shape`."""
+def resolve_lm_base(
+    spec: str, shape: str, vocab_size: int, train_docs: list[str], source: Path, dropout: float | None, tokenizer_from: Path | None = None
+) -> Base:
+    """The starting point of an LM: a local causal LM (`spec` a directory) or, from scratch, a Llama config of
+    `shape` over a tokenizer trained on `train_docs` (or the tokenizer of `tokenizer_from`, a causal-LM directory:
+    a distilled student then shares its teacher's vocabulary)."""
     from transformers import AutoConfig, LlamaConfig
 
     from slmkit.lm import check_causal_lm_dir, load_causal_lm_tokenizer
@@ -165,7 +177,11 @@ def resolve_lm_base(spec: str, shape: str, vocab_size: int, train_docs: list[str
     if spec.startswith(SCRATCH_PREFIX):  # scratch:layers=2,... is the encoder spelling; for an LM it is --shape
         shape = spec[len(SCRATCH_PREFIX):]
     dims = parse_shape(shape)
-    tokenizer = train_tokenizer(train_docs, vocab_size, source, dims["max_position_embeddings"])
+    if tokenizer_from is not None:
+        tokenizer = load_causal_lm_tokenizer(tokenizer_from, "--teacher")
+        tokenizer.model_max_length = dims["max_position_embeddings"]
+    else:
+        tokenizer = train_tokenizer(train_docs, vocab_size, source, dims["max_position_embeddings"])
     config = LlamaConfig(
         vocab_size=len(tokenizer),
         bos_token_id=tokenizer.bos_token_id,
@@ -205,8 +221,24 @@ class LMTask:
     outputs = ("logits",)
     per_token = True
 
-    def __init__(self, shape: str = LM_DEFAULT_SHAPE, vocab_size: int = 8000, base: str = DEFAULT_BASE, lora: str | None = None, merge: bool = False):
+    def __init__(
+        self,
+        shape: str = LM_DEFAULT_SHAPE,
+        vocab_size: int = 4096,
+        base: str = DEFAULT_BASE,
+        tokenizer_from: Path | None = None,
+        teacher: Any = None,
+        kd: float = 0.0,
+        kd_temperature: float = 1.0,
+        lora: str | None = None,
+        merge: bool = False,
+    ):
+        """`tokenizer_from`: a from-scratch model takes this causal-LM directory's tokenizer instead of training one;
+        `teacher`: a PyTorch causal LM over the same vocabulary whose next-token distributions the model also learns
+        (token-level distillation, weight `kd`: loss = (1 - kd) · CE + kd · KL(teacher || model) at `kd_temperature`);
+        `lora`: a --lora spec (slmkit.lora): adapters on the --base model, merged into it at the end with `merge`."""
         self.shape, self.vocab_size, self.base_spec = shape, vocab_size, base
+        self.tokenizer_from, self.teacher, self.kd, self.kd_temperature = tokenizer_from, teacher, kd, kd_temperature
         self.eos_id: int | None = None
         self.context: int | None = None
         # --lora: adapters on a --base causal LM (slmkit.lora), merged into it at the end with --merge
@@ -240,7 +272,7 @@ class LMTask:
         return []  # the vocabulary is the output space
 
     def resolve_base(self, spec: str, train_docs: list[str], source: Path, dropout: float | None) -> Base:
-        base = resolve_lm_base(spec, self.shape, self.vocab_size, train_docs, source, dropout)
+        base = resolve_lm_base(spec, self.shape, self.vocab_size, train_docs, source, dropout, self.tokenizer_from)
         self.use_tokenizer(base.hf_tokenizer)
         self.base_dir = base.directory
         if self.lora:  # before anything is written
@@ -346,13 +378,22 @@ class LMTask:
 
     # ------------------------------------------------------------------------------------------ loss
     def loss(self, model: Any, batch: dict, class_weights: Any = None, label_smoothing: float = 0.0) -> Any:
-        """Mean next-token cross-entropy over the labelled tokens (-100 skipped)."""
+        """Mean next-token cross-entropy over the labelled tokens (-100 skipped); with a teacher, mixed with the
+        KL divergence from the teacher's next-token distributions at the same positions."""
+        import torch
         import torch.nn.functional as F
 
         logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False).logits  # (batch, seq, vocab)
-        return F.cross_entropy(
-            logits[:, :-1].float().flatten(0, 1), batch["labels"][:, 1:].flatten(), ignore_index=IGNORE, label_smoothing=label_smoothing
-        )
+        targets = batch["labels"][:, 1:]
+        ce = F.cross_entropy(logits[:, :-1].float().flatten(0, 1), targets.flatten(), ignore_index=IGNORE, label_smoothing=label_smoothing)
+        if self.teacher is None or self.kd == 0:
+            return ce
+        with torch.no_grad():
+            teacher = self.teacher(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False).logits
+        vocab = logits.shape[-1]  # a teacher's embedding may have spare rows past the tokenizer's vocabulary
+        keep = targets != IGNORE  # (batch, seq-1): the positions that predict a real token
+        kd = losses.kd_loss(logits[:, :-1][keep], teacher[:, :-1, :vocab][keep], self.kd_temperature)
+        return (1 - self.kd) * ce + self.kd * kd
 
     # ---------------------------------------------------------------------------------- predictions
     def predict_logits(self, model: Any, features: list[dict], collate: Callable[[list[dict]], dict], batch_size: int) -> np.ndarray:
