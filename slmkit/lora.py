@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import shutil
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -160,6 +161,8 @@ def save_adapter(model, hf_tokenizer, directory: Path, base: str | Path) -> None
     if not had_card:
         card.unlink(missing_ok=True)  # PEFT's empty model-card template
     hf_tokenizer.save_pretrained(directory)
+    if (Path(base) / "generation_config.json").is_file():  # the end-of-sequence ids the decode loop stops at
+        shutil.copy(Path(base) / "generation_config.json", Path(directory) / "generation_config.json")
 
 
 def merge(model):

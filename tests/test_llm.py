@@ -281,6 +281,10 @@ def test_slm_train_lm_lora_merge_or_keep_adapter(family_dirs, chat_files, tmp_pa
     with torch.no_grad():
         a, b, c = (m(input_ids=ids).logits for m in (merged, adapted, original))
     assert (a - b).abs().max().item() < 1e-4 and (a - c).abs().max().item() > 1e-3
+    # slm generate takes either, and greedy decoding gives the same reply
+    replies = [runner.invoke(app, ["generate", "--model", str(d), "--chat", "my parcel is late", "--greedy", "--max-tokens", "8"]) for d in (merged_out, adapter_out)]
+    assert all(r.exit_code == 0 for r in replies), replies[0].output + replies[1].output
+    assert replies[0].stdout == replies[1].stdout
 
 
 def test_slm_train_lora_bad_input(family_dirs, chat_files, tiny_base, tmp_path):
