@@ -13,8 +13,8 @@ The formats (weights only; activations stay in floating point):
 - int4-weight: symmetric, one fp32 scale per group of `group_size` consecutive input weights (like llama.cpp's
   Q4_0: q in [-8, 7], s = max|w| / 7 per group), two 4-bit values packed per byte; dequantized to the input's
   dtype in the forward pass. `group_size` must divide every quantized layer's input width.
-Embeddings, norms and a head tied to the input embeddings stay in their own precision (an untied head is quantized
-like the other linear layers).
+Embeddings, norms and a head tied to the input embeddings stay fp32 (an untied head is quantized like the other
+linear layers).
 
 Why not torchao: torchao 0.18 on torch 2.13 (CPU) runs `Int8WeightOnlyConfig`, but `Int4WeightOnlyConfig` has no
 CPU path (its default needs the GPU `mslk` kernels, `plain_int32` refuses device 'cpu', the CPU-packed layout is
@@ -22,7 +22,7 @@ gone), its quantized tensors are subclasses that `safetensors` cannot write (onl
 is imported by every `transformers` import, printing load failures of its CUDA extensions. The format here is a
 few dozen lines, saves as plain int8/uint8/fp32 tensors in safetensors, and runs the same on CPU and GPU.
 
-The output directory: config.json and the tokenizer files of the source, `quantized.safetensors` (the quantized
+The output directory: the model's config.json and tokenizer files, `quantized.safetensors` (the quantized
 state dict: `<layer>.qweight` int8/uint8 and `<layer>.scale` fp32 beside the float tensors) and
 `quantization.json` (method, group size, the quantized layers); `load_quantized` puts the model back together.
 A different file name from model.safetensors keeps plain transformers from half-loading it with random layers.
@@ -39,7 +39,6 @@ from __future__ import annotations
 import copy
 import functools
 import math
-import shutil
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -53,7 +52,6 @@ from slmkit.errors import UserError
 QUANT_WEIGHTS = "quantized.safetensors"
 QUANT_RECORD = "quantization.json"
 BITS = {"int8-weight": 8, "int4-weight": 4}  # the weight-only methods of slm quantize
-SOURCE_FILES = ("config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja")
 
 
 @dataclass
@@ -187,9 +185,9 @@ def save_quantized(model, hf_tokenizer, source: Path, directory: Path, method: s
     """The quantized model as `quantized.safetensors` + `quantization.json`, with the source's config and tokenizer."""
     from safetensors.torch import save_model
 
-    for name in SOURCE_FILES:
-        if (source / name).is_file():
-            shutil.copy(source / name, directory / name)
+    model.config.save_pretrained(directory)  # from the model: the source may be an adapter directory (no config.json)
+    if getattr(model, "generation_config", None) is not None:
+        model.generation_config.save_pretrained(directory)
     hf_tokenizer.save_pretrained(directory)
     save_model(model, str(directory / QUANT_WEIGHTS))  # shared tensors (a tied head) stored once
     artifacts.write_json(directory / QUANT_RECORD, {"method": method, "group_size": group_size if BITS[method] == 4 else None, "layers": layers, "source": str(source.resolve())})
@@ -202,6 +200,7 @@ def is_quantized_dir(directory: Path) -> bool:
 def load_quantized(directory: Path):
     """(model in eval mode, tokenizer) of a `save_quantized` directory: the architecture from config.json, the
     quantized layers put in place, every tensor from quantized.safetensors (strict)."""
+    import torch
     import transformers
     from safetensors.torch import load_model
     from transformers import AutoConfig, AutoModelForCausalLM
@@ -214,7 +213,7 @@ def load_quantized(directory: Path):
         raise UserError(f"{directory}: an incomplete quantized model ({QUANT_RECORD} without a valid method or {QUANT_WEIGHTS}): quantize it again")
     transformers.logging.set_verbosity_error()
     config = AutoConfig.from_pretrained(directory)
-    model = AutoModelForCausalLM.from_config(config, dtype=getattr(config, "dtype", None))
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)  # the unquantized tensors were saved fp32
     QuantLinear = _linear_module()
     bits, group = BITS[record["method"]], record.get("group_size") or 0
     for name in record["layers"]:

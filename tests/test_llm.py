@@ -281,6 +281,14 @@ def test_slm_train_lm_lora_merge_or_keep_adapter(family_dirs, chat_files, tmp_pa
     with torch.no_grad():
         a, b, c = (m(input_ids=ids).logits for m in (merged, adapted, original))
     assert (a - b).abs().max().item() < 1e-4 and (a - c).abs().max().item() > 1e-3
+    # slm quantize takes the adapter directory too (its base with the adapter merged)
+    from slmkit.config import QuantizeConfig
+    from slmkit.wquant import quantize_lm
+
+    eval_text = tmp_path / "heldout.txt"
+    eval_text.write_text("\n".join(lm_corpus(10, seed=5)), encoding="utf-8")
+    q = quantize_lm(QuantizeConfig(model=str(adapter_out), out=str(tmp_path / "adapter-int8"), method="int8-weight", eval_data=str(eval_text), gen_tokens=4, report_all=False))
+    assert q.metrics["reload_max_abs_logit_diff"] == 0 and q.metrics["mean_kl"] < 1e-3
     # slm generate takes either, and greedy decoding gives the same reply
     replies = [runner.invoke(app, ["generate", "--model", str(d), "--chat", "my parcel is late", "--greedy", "--max-tokens", "8"]) for d in (merged_out, adapter_out)]
     assert all(r.exit_code == 0 for r in replies), replies[0].output + replies[1].output
