@@ -11,8 +11,12 @@ The formats (weights only; activations stay in floating point):
   (`torch._weight_int8pack_mm`, dequantizing inside the kernel); elsewhere (GPU, bf16 inputs) the weight is
   dequantized on the fly.
 - int4-weight: symmetric, one fp32 scale per group of `group_size` consecutive input weights (like llama.cpp's
-  Q4_0: q in [-8, 7], s = max|w| / 7 per group), two 4-bit values packed per byte; dequantized to the input's
-  dtype in the forward pass. `group_size` must divide every quantized layer's input width.
+  Q4_0: q in [-8, 7], s = max|w| / 7 per group), two 4-bit values packed per byte. On the CPU the matmul runs in
+  PyTorch's int4 kernel (`torch._weight_int4pack_mm_for_cpu`, its packed layout built in memory on first use);
+  elsewhere the weight is dequantized to the input's dtype. `group_size` must divide every quantized layer's
+  input width.
+On an AVX2 CPU without VNNI (this project's machines) both kernels are slower than fp32 at batch 1: weight-only
+quantization saves memory and disk there, not time — the report's tokens/s says so.
 Embeddings, norms and a head tied to the input embeddings stay fp32 (an untied head is quantized like the other
 linear layers).
 
@@ -101,11 +105,34 @@ def _linear_module():
         def forward(self, x):
             import torch.nn.functional as F
 
-            if self.bits == 8 and x.dtype == torch.float32 and x.device.type == "cpu" and hasattr(torch, "_weight_int8pack_mm"):
-                y = torch._weight_int8pack_mm(x.reshape(-1, self.in_features).contiguous(), self.qweight, self.scale)
-                y = y.reshape(*x.shape[:-1], self.out_features)
-                return y + self.bias if self.bias is not None else y
+            if x.dtype == torch.float32 and x.device.type == "cpu":
+                x2d = x.reshape(-1, self.in_features).contiguous()  # (tokens, in)
+                y = None
+                if self.bits == 8 and hasattr(torch, "_weight_int8pack_mm"):
+                    y = torch._weight_int8pack_mm(x2d, self.qweight, self.scale)
+                elif self.bits == 4 and self._cpu_int4() is not None:
+                    y = torch._weight_int4pack_mm_for_cpu(x2d, *self._cpu_int4())
+                if y is not None:
+                    y = y.reshape(*x.shape[:-1], self.out_features)
+                    return y + self.bias if self.bias is not None else y
             return F.linear(x, self.dequantized(x.dtype), self.bias)
+
+        def _cpu_int4(self):
+            """(packed weight, group size, scales and zeros) for PyTorch's CPU int4 kernel, built on first use from
+            the stored nibbles (the kernel computes (q - 8) * scale + zero per group; zero is 0 here). None where
+            this PyTorch has no such kernel or refuses the shape."""
+            if not hasattr(self, "_int4_kernel_args"):
+                self._int4_kernel_args = None
+                try:
+                    q = torch.stack(((self.qweight & 0x0F), (self.qweight >> 4)), dim=2).reshape(self.out_features, -1).to(torch.int32)
+                    packed = torch._convert_weight_to_int4pack_for_cpu(q, 1)
+                    scales_zeros = torch.stack((self.scale.T, torch.zeros_like(self.scale.T)), dim=-1).contiguous()  # (groups, out, 2)
+                    args = (packed, self.group_size, scales_zeros)
+                    torch._weight_int4pack_mm_for_cpu(torch.zeros(1, self.in_features), *args)  # the kernel takes this shape
+                    self._int4_kernel_args = args
+                except (AttributeError, RuntimeError):
+                    pass
+            return self._int4_kernel_args
 
         def extra_repr(self) -> str:
             return f"in={self.in_features}, out={self.out_features}, int{self.bits}" + (f", group={self.group_size}" if self.bits == 4 else "")
@@ -299,17 +326,21 @@ def score_windows(model, windows: list[list[int]], reference: list[np.ndarray] |
     return scores, logprobs
 
 
-def generation_speed(model, prompt_ids: list[int], tokens: int) -> float:
-    """Batch-1 greedy tokens/s with the KV cache, through slmkit's decode loop (after one warm-up run)."""
+def generation_speed(model, prompt_ids: list[int], tokens: int, rounds: int = 3) -> float:
+    """Batch-1 greedy tokens/s with the KV cache, through slmkit's decode loop: the best of `rounds` timed runs
+    after a warm-up (the least disturbed by other work on the machine)."""
     from slmkit.generate import GenerationConfig, generate_ids
     from slmkit.lm import TorchStepper
 
     stepper = TorchStepper(model)
     cfg = GenerationConfig(max_new_tokens=tokens, temperature=0.0)
     list(generate_ids(stepper, prompt_ids, GenerationConfig(max_new_tokens=4, temperature=0.0)))
-    started = time.perf_counter()
-    n = sum(1 for _ in generate_ids(stepper, prompt_ids, cfg))  # no eos: a random model would stop anywhere
-    return n / max(time.perf_counter() - started, 1e-9)
+    best = 0.0
+    for _ in range(rounds):
+        started = time.perf_counter()
+        n = sum(1 for _ in generate_ids(stepper, prompt_ids, cfg))  # no eos: a random model would stop anywhere
+        best = max(best, n / max(time.perf_counter() - started, 1e-9))
+    return best
 
 
 def build_variant(model, name: str, group_size: int):

@@ -45,6 +45,14 @@ def test_int8_and_int4_formats_round_trip():
     back = wquant.dequantize_int4(packed, scale, 32)
     step = scale.repeat_interleave(32, dim=1)
     assert ((back - w).abs() <= step / 2 + 1e-6).all()
+    # the CPU kernels (int8-weight, int4) compute what the dequantized weights do
+    import torch.nn.functional as F
+
+    linear, x = torch.nn.Linear(64, 6), torch.randn(3, 5, 64)
+    for bits in (8, 4):
+        layer = wquant._linear_module().from_linear(linear, bits, 32)
+        assert torch.allclose(layer(x), F.linear(x, layer.dequantized(torch.float32), linear.bias), atol=1e-4)
+        assert (layer(x) - linear(x)).abs().max() < (0.02 if bits == 8 else 0.2)
     # exactly representable values come back exactly (the nibble packing loses nothing)
     exact = torch.arange(-7, 8).float().repeat(6, 3)[:, :32] * 0.25
     assert torch.equal(wquant.dequantize_int4(*wquant.quantize_int4(exact, 16), 16), exact)
