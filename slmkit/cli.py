@@ -144,7 +144,7 @@ def train(
 @_user_errors
 def evaluate(
     model: Annotated[str, typer.Option(help=_h(EvalConfig, "model"))],
-    data: Annotated[str, typer.Option(help="Labeled file to score: .csv, .tsv or .jsonl.")],
+    data: Annotated[str, typer.Option(help="Labeled file to score: .csv, .tsv or .jsonl; for a language model, held-out text (.txt, .jsonl or .csv).")],
     out_dir: Annotated[Optional[str], typer.Option("--out", help=_h(EvalConfig, "out"))] = None,
     text_col: TextCol = None,
     label_col: LabelCol = None,
@@ -198,6 +198,8 @@ def predict(
     if not Path(model).is_dir():
         raise UserError(f"{model}: model directory not found: pass the --out directory of slm train, slm export or slm quantize")
     task = artifacts.model_task(Path(model))
+    if task == "lm":
+        raise UserError(f"{model}: a language model continues text rather than labeling it: use slm generate --model {model} \"prompt\"")
     if task == "qa":
         if texts:
             raise UserError("a QA model answers questions: pass --input FILE.jsonl of {\"question\": \"...\", \"context\": \"...\"} rows")

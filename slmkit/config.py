@@ -35,6 +35,7 @@ def _f(default: Any, help: str) -> Any:
 TASK_METRICS = {"classification": ("accuracy", "macro_f1"), "ner": ("f1",), "qa": ("f1", "exact_match"), "lm": ("perplexity",)}
 LOWER_IS_BETTER = ("perplexity",)  # the metrics whose best epoch is the lowest; every other one is higher-is-better
 LM_DEFAULT_SHAPE = "layers=4,hidden=256,heads=4,ffn=1024,context=128"
+LM_DEFAULT_VOCAB = 4096  # ModelConfig.vocab_size's default (written out there too)
 LM_MIN_VOCAB = 259  # a byte-level BPE vocabulary holds the 256 bytes and <pad> <s> </s> before any merge
 
 
@@ -85,7 +86,7 @@ class OptimConfig:
     label_smoothing: float = _f(0.0, "Label smoothing of the cross-entropy loss (0 to <1).")
     class_weights: bool = _f(False, "Weight the loss by inverse class frequency (for imbalanced labels).")
     patience: int = _f(2, "Stop after this many epochs without improvement of the eval metric; 0 never stops early.")
-    metric: str | None = _f(None, "Eval metric that selects the best epoch (classification: accuracy or macro_f1; ner: f1; qa: f1 or exact_match); default: the task's first.")
+    metric: str | None = _f(None, "Eval metric that selects the best epoch (classification: accuracy or macro_f1; ner: f1; qa: f1 or exact_match; lm: perplexity, lowest best); default: the task's first.")
     seed: int = _f(42, "Random seed: the same seed and data give the same model and metrics.")
     bf16: bool = _f(False, "Run forward and backward passes under bfloat16 autocast on the CPU (faster on AVX-512 CPUs).")
     threads: int | None = _f(None, "Torch CPU threads; default: torch's own choice.")

@@ -20,7 +20,7 @@ from dataclasses import asdict, replace
 from pathlib import Path
 
 from slmkit import artifacts
-from slmkit.config import DataConfig, LMDistillConfig, ModelConfig, TrainConfig, to_dict
+from slmkit.config import LM_DEFAULT_VOCAB, DataConfig, LMDistillConfig, ModelConfig, TrainConfig, to_dict
 from slmkit.errors import UserError
 from slmkit.generate import GenerationConfig, OpenLM, generate_text, open_lm, truncate_prompt
 from slmkit.progress import StepProgress
@@ -48,14 +48,14 @@ def distill_lm(cfg: LMDistillConfig, overwrite: bool = False, progress: bool = T
         else "off: the teacher is an ONNX export (token-level KD needs its PyTorch weights)"
     )
     task = LMTask(
-        shape=cfg.shape, vocab_size=cfg.vocab_size or 4096, tokenizer_from=Path(cfg.teacher) if shared else None,
+        shape=cfg.shape, vocab_size=cfg.vocab_size or LM_DEFAULT_VOCAB, tokenizer_from=Path(cfg.teacher) if shared else None,
         teacher=kd_teacher, kd=cfg.kd if kd_teacher is not None else 0.0, kd_temperature=cfg.kd_temperature,
     )
     train_cfg = TrainConfig(
         task="lm",
         out=cfg.out,
         data=DataConfig(train=str(corpus), eval=cfg.eval, text_col="text" if not cfg.eval else cfg.text_col),
-        model=ModelConfig(base="scratch", shape=cfg.shape, vocab_size=cfg.vocab_size or 4096),
+        model=ModelConfig(base="scratch", shape=cfg.shape, vocab_size=cfg.vocab_size or LM_DEFAULT_VOCAB),
         train=cfg.train,
     )
     extra = {

@@ -190,7 +190,7 @@ def beam_search(stepper: Stepper, prompt_ids: list[int], cfg: GenerationConfig, 
     def normalized(score: float, tokens: list[int], ended: bool) -> float:
         return score / max(1, len(tokens) + int(ended))
 
-    for step in range(budget):
+    for _ in range(budget):
         candidates: list[tuple[float, list[int], int]] = []
         for score, tokens in beams:
             logits = stepper.start(prompt_ids + tokens)
@@ -207,8 +207,10 @@ def beam_search(stepper: Stepper, prompt_ids: list[int], cfg: GenerationConfig, 
             beams.append((score, tokens + [token]))
             if len(beams) == width:
                 break
+        if not beams:  # every candidate ended
+            break
         if len(finished) >= width:
-            best_running = max(normalized(s, t, False) for s, t in beams) if beams else -np.inf
+            best_running = max(normalized(s, t, False) for s, t in beams)
             if max(normalized(s, t, True) for s, t in finished) >= best_running:
                 break
     pool = [(normalized(s, t, True), t) for s, t in finished] + [(normalized(s, t, False), t) for s, t in beams]
@@ -243,6 +245,13 @@ class _Detokenizer:
             self.prefix, self.read = self.read, len(self.ids)
             return after[len(before) :]
         return ""
+
+    def flush(self) -> str:
+        """What is still held at the end (bytes of an unfinished character decode to U+FFFD, as in `decode`)."""
+        before = self._decode(self.ids[self.prefix : self.read])
+        after = self._decode(self.ids[self.prefix :])
+        self.prefix = self.read = len(self.ids)
+        return after[len(before) :] if len(after) > len(before) else ""
 
 
 def _held_back(text: str, stops: Sequence[str]) -> int:
@@ -310,6 +319,11 @@ def generate_text(
         budget = cfg.max_new_tokens if limit is None else min(cfg.max_new_tokens, int(limit) - len(prompt_ids))
         if produced < budget:
             info["finish_reason"] = "stop"  # an end-of-sequence token; a full context window stays "length"
+        held += detok.flush()
+        hits = [i for i in (held.find(s) for s in cfg.stop) if i >= 0]
+        if hits:
+            info["finish_reason"] = "stop"
+            held = held[: min(hits)]
         if held:
             yield held
     finally:

@@ -1,4 +1,5 @@
-"""`slm train`: fine-tune a base encoder on labeled text, with slmkit's one training loop.
+"""`slm train`: fine-tune a base encoder on labeled text (or train a causal LM on plain text, `--task lm`), with
+slmkit's one training loop.
 
 Read top to bottom: `train(cfg)` reads and checks the data, resolves the base model, builds the task's
 model, then drives `run_epochs` — the training loop, a generator that yields a record per optimizer step

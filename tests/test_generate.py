@@ -25,6 +25,18 @@ from slmkit.generate import (
 )
 
 
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """One torch thread: a tiny model's steps are overhead-bound, and on a busy 2-vCPU machine two threads
+    spin (several times slower); the count is restored after the module."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def test_generate_module_is_torch_free():
     code = "import sys, slmkit.generate; print('torch' in sys.modules, 'transformers' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=Path(__file__).parent.parent)
@@ -198,3 +210,60 @@ def test_context_window_ends_generation():
     text = "".join(generate_text(stepper, Chars(pieces), [0], GenerationConfig(temperature=0, max_new_tokens=10), info=info))
     assert text == "abccx" and info["finish_reason"] == "length" and info["completion_tokens"] == 3
     assert list(generate_ids(stepper, [0, 0, 0, 0], GenerationConfig(temperature=0))) == []
+
+
+class Markov:
+    """A stepper whose next-token logits depend on the last token only: `table[last]`."""
+
+    def __init__(self, table: np.ndarray):
+        self.table = table.astype(np.float32)
+
+    def start(self, prompt_ids):
+        self.last = prompt_ids[-1]
+        return self.table[self.last]
+
+    def step(self, token_id):
+        self.last = token_id
+        return self.table[token_id]
+
+
+def test_beam_search_finishes_at_the_end_token():
+    # from 0: token 1 (p 0.6) or 2 (p 0.4); after 1 the end (3) is nearly certain; after 2, 2 again is (p 0.99)
+    p = np.full((4, 4), 1e-6)
+    p[0, 1], p[0, 2] = 0.6, 0.4
+    p[1, 3], p[1, 0] = 0.99, 0.01
+    p[2, 2], p[2, 3] = 0.99, 0.01
+    p[3, 3] = 1.0
+    stepper = Markov(np.log(p))
+    cfg = GenerationConfig(num_beams=2, max_new_tokens=6)
+    assert list(generate_ids(stepper, [0], cfg, eos_ids=[3])) == [1]  # ends: mean log-prob of 1 then the end is the best
+    assert list(generate_ids(stepper, [0], GenerationConfig(temperature=0, max_new_tokens=6), eos_ids=[3])) == [1]
+    # without end ids, 3 is a token like any other: 1 then 3s (0.6 * 0.99) beats the 2s (0.4 * 0.99^5)
+    assert list(generate_ids(stepper, [0], cfg)) == [1, 3, 3, 3, 3, 3]
+    # a beam that looks worse at first can win: from 0, 1 (0.6) leads to a 0.5/0.5 split, 2 (0.4) to certain 2s
+    p[1, 3], p[1, 0], p[1, 1] = 1e-6, 0.5, 0.5
+    p[0, 0] = 1e-6
+    stepper = Markov(np.log(p / p.sum(1, keepdims=True)))
+    assert list(generate_ids(stepper, [0], GenerationConfig(temperature=0, max_new_tokens=4)))[0] == 1  # greedy takes 1
+    assert list(generate_ids(stepper, [0], GenerationConfig(num_beams=2, max_new_tokens=4))) == [2, 2, 2, 2]
+
+
+def test_chat_prompt_renders_like_transformers(tiny_lm):
+    import torch
+
+    from slmkit.generate import open_lm
+    from slmkit.lm import load_causal_lm
+
+    lm = open_lm(tiny_lm)
+    model, tok = load_causal_lm(tiny_lm)
+    messages = [{"role": "user", "content": "my card is locked"}]
+    ref = tok.apply_chat_template(messages, add_generation_prompt=True, tokenize=True, return_dict=False)
+    ids = lm.encode("my card is locked", chat=True)
+    assert ids == list(ref) and ids[0] == 1  # the template's own <s>, as a special token
+    greedy = GenerationConfig(temperature=0, max_new_tokens=8)
+    out = model.generate(torch.tensor([ids]), do_sample=False, max_new_tokens=8, pad_token_id=0)[0, len(ids):].tolist()
+    text = "".join(generate_text(lm.stepper, lm.tokenizer, ids, greedy, eos_ids=lm.eos_ids))
+    assert text == tok.decode(out[: out.index(2)] if 2 in out else out)  # the same text, up to the end token
+    with pytest.raises(UserError, match="no chat template"):
+        lm.chat_template = None
+        lm.encode("x", chat=True)

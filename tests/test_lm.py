@@ -20,6 +20,18 @@ TINY = ["--shape", "layers=1,hidden=32,heads=2,ffn=64,context=64", "--vocab-size
         "--seed", "7", "--set", "train.warmup=0", "--set", "train.patience=0", "--set", "train.threads=1", "--quiet"]
 
 
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """One torch thread: a tiny model's steps are overhead-bound, and on a busy 2-vCPU machine two threads
+    spin (several times slower); the count is restored after the module."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def slm(*args):
     return runner.invoke(app, [str(a) for a in args])
 
@@ -141,6 +153,7 @@ def test_bad_input_is_one_line_and_writes_nothing(tiny_base, lm_text, tmp_path):
         (["--data", lm_text["train"], "--shape", "layers=2,width=64"], "unknown key 'width': valid keys are layers, hidden, heads, kv_heads, ffn, context"),
         (["--data", lm_text["train"], "--shape", "hidden=30,heads=4"], "hidden (30) must be a multiple of heads (4)"),
         (["--data", lm_text["train"], "--base", tiny_base], "not a causal language model (config.json says BertModel)"),
+        (["--data", lm_text["train"], "--base", tiny_base, "--shape", "layers=2"], "--shape and --vocab-size describe a model trained from scratch"),
         (["--data", lm_text["train"], "--base", tmp_path], "not a Hugging Face model directory (no config.json"),
     ]
     for args, message in cases:
@@ -193,12 +206,22 @@ def test_distill_lm_from_teacher_continuations(tiny_trained, lm_text, tmp_path):
     assert (d["prompts"], d["continuations"], d["teacher_backend"], d["token_kd"]) == (24, 24, "torch", "on")
     assert not d["continuations_cache"]["hit"] and len(list((tmp_path / "cache").glob("lm-*.jsonl"))) == 1
     assert json.loads((tmp_path / "student" / "config.json").read_text())["vocab_size"] == 300  # the teacher's tokenizer
-    # the student learned the teacher's greedy continuations of the prompts
+    # the student learned the teacher's greedy continuations: its next token (teacher forced) is the teacher's at
+    # most positions, far more often than always guessing the teacher's commonest token would be
+    import torch
+
     teacher, student = open_lm(tiny_trained, threads=1), open_lm(tmp_path / "student", threads=1)
     greedy = GenerationConfig(max_new_tokens=8, temperature=0)
-    prompts = (tmp_path / "prompts.txt").read_text().splitlines()
-    same = [list(generate_ids(teacher.stepper, teacher.encode(p), greedy, teacher.eos_ids)) == list(generate_ids(student.stepper, student.encode(p), greedy, student.eos_ids)) for p in prompts]
-    assert sum(same) >= len(prompts) / 2, sum(same)
+    hits, targets = 0, []
+    for prompt in (tmp_path / "prompts.txt").read_text().splitlines():
+        ids = teacher.encode(prompt)
+        taught = list(generate_ids(teacher.stepper, ids, greedy, teacher.eos_ids))
+        with torch.inference_mode():
+            logits = student.stepper.model(torch.tensor([ids + taught])).logits[0]  # (seq, vocab)
+        hits += int((logits[len(ids) - 1 : -1].argmax(-1) == torch.tensor(taught)).sum())
+        targets += taught
+    majority = max(targets.count(t) for t in set(targets))
+    assert hits >= max(3 * majority, 0.7 * len(targets)), (hits, majority, len(targets))
     # a second student reuses the continuations; without KD (or with its own vocabulary) the loss is plain CE
     result = slm("distill", *common, "--epochs", 1, "--kd", 0, "--out", tmp_path / "no-kd")
     assert result.exit_code == 0, result.output
@@ -209,3 +232,68 @@ def test_distill_lm_from_teacher_continuations(tiny_trained, lm_text, tmp_path):
     assert json.loads((tmp_path / "own-vocab" / "metrics.json").read_text())["distill"]["token_kd"].startswith("off: the student has its own vocabulary")
     result = slm("distill", *common, "--student", "cnn:filters=8", "--out", tmp_path / "bad")
     assert result.exit_code == 2 and "--student: not used by --task lm" in result.stderr
+
+
+def test_checkpoint_of_tied_weights_round_trips(tmp_path):
+    import torch
+    from transformers import AutoModelForCausalLM, LlamaConfig
+
+    from slmkit import artifacts
+
+    config = LlamaConfig(vocab_size=64, hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2, tie_word_embeddings=True)
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(config)
+    assert model.lm_head.weight is model.model.embed_tokens.weight
+    optimizer = torch.optim.AdamW(model.parameters())
+    model(torch.tensor([[1, 2, 3]]), labels=torch.tensor([[1, 2, 3]])).loss.backward()
+    optimizer.step()
+    artifacts.save_checkpoint(tmp_path, model, optimizer, {"epoch": 1})  # safetensors refuses shared tensors: stored once
+    torch.manual_seed(1)
+    fresh = AutoModelForCausalLM.from_config(config)
+    state = artifacts.load_checkpoint(tmp_path, fresh, torch.optim.AdamW(fresh.parameters()))
+    assert state["epoch"] == 1 and fresh.lm_head.weight is fresh.model.embed_tokens.weight
+    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), fresh.state_dict().values()))
+    with pytest.raises(RuntimeError, match="do not match"):
+        artifacts.load_weights(AutoModelForCausalLM.from_config(LlamaConfig(**{**config.to_dict(), "tie_word_embeddings": False})), tmp_path / "checkpoint")
+
+
+def test_help_of_the_lm_commands():
+    result = slm("generate", "--help")
+    assert result.exit_code == 0
+    for option in ("--model", "--max-tokens", "--temperature", "--top-k", "--top-p", "--repetition-penalty", "--stop", "--beams", "--seed", "--greedy", "--strict", "--chat"):
+        assert option in result.stdout
+    result = slm("train", "--help")
+    assert all(option in result.stdout for option in ("--shape", "--vocab-size", "--grad-checkpoint"))
+    result = slm("distill", "--help")
+    assert all(option in result.stdout for option in ("--task", "--prompts", "--samples", "--kd"))
+
+
+def test_predict_points_a_language_model_to_generate(tiny_trained):
+    result = slm("predict", "--model", tiny_trained, "hello")
+    assert result.exit_code == 2 and "use slm generate" in result.stderr
+
+
+def test_resume_continues_an_interrupted_lm_run(lm_text, tmp_path, monkeypatch):
+    from slmkit import artifacts
+
+    args = ["train", "--task", "lm", "--data", lm_text["eval"], "--epochs", 3, *TINY]
+    result = slm(*args, "--out", tmp_path / "whole")
+    assert result.exit_code == 0, result.output
+    real_save = artifacts.save_checkpoint
+
+    def killed_after_epoch_1(staging, model, optimizer, state):
+        real_save(staging, model, optimizer, state)
+        if state["epoch"] == 1:
+            raise KeyboardInterrupt  # Ctrl-C right after epoch 1 was saved
+
+    monkeypatch.setattr(artifacts, "save_checkpoint", killed_after_epoch_1)
+    result = slm(*args, "--out", tmp_path / "cut")
+    assert result.exit_code == 130 and not (tmp_path / "cut").exists()
+    monkeypatch.setattr(artifacts, "save_checkpoint", real_save)
+    result = slm("train", "--out", tmp_path / "cut", "--resume", "--quiet")  # the tokenizer is trained again, identically
+    assert result.exit_code == 0, result.output
+    whole, resumed = (json.loads((tmp_path / d / "metrics.json").read_text())["history"] for d in ("whole", "cut"))
+    assert [h["epoch"] for h in resumed] == [1, 2, 3]
+    for got, want in zip(resumed, whole):
+        assert got["train_loss"] == pytest.approx(want["train_loss"], rel=1e-5) and got["perplexity"] == pytest.approx(want["perplexity"], rel=1e-5)
+    assert (tmp_path / "cut" / "tokenizer.json").read_text() == (tmp_path / "whole" / "tokenizer.json").read_text()

@@ -1,8 +1,8 @@
 """Causal language modelling (`slm train --task lm`): a decoder that predicts the next token of plain text.
 
 Data is a corpus of documents: a .txt file (one per line; blank lines skipped), .jsonl (one object a line, the
-text under `--text-col`) or .csv/.tsv (the `--text-col` column; the other columns are ignored). Each document is tokenized as the tokenizer does for a prompt (a trained-from-scratch
-tokenizer adds <s>) and ends with </s>. Training packs the documents into windows of the context length (a window
+text under `--text-col`) or .csv/.tsv (the `--text-col` column; the other columns are ignored). Each document is
+tokenized as the tokenizer does for a prompt (a trained-from-scratch tokenizer adds <s>) and ends with </s>. Training packs the documents into windows of the context length (a window
 may span documents, <s> marks where each starts); evaluation runs each document on its own (a long one in windows
 that overlap by a token), so the loss of every document is known and the perplexity interval resamples documents.
 
@@ -24,7 +24,7 @@ import numpy as np
 
 from slmkit import losses, metrics
 from slmkit.base import DEFAULT_BASE, SCRATCH_PREFIX, Base
-from slmkit.config import LM_DEFAULT_SHAPE, LM_MIN_VOCAB
+from slmkit.config import LM_DEFAULT_SHAPE, LM_DEFAULT_VOCAB, LM_MIN_VOCAB
 from slmkit.encoding import iterate, sorted_order
 from slmkit.errors import UserError
 
@@ -48,11 +48,11 @@ IGNORE = -100  # a label the loss skips (padding; later, prompt tokens of instru
 
 
 def read_documents(path: Path, text_col: str = "text", encoding: str = "utf-8") -> list[str]:
-    """The documents of a corpus file: .txt (one per line, blank lines skipped) or .jsonl (`text_col` of each
-    object). An empty or binary file is refused with the line to fix."""
+    """The documents of a corpus file: .txt (one per line, blank lines skipped), .jsonl (`text_col` of each object)
+    or .csv/.tsv (the `text_col` column). An empty or binary file is refused with the line to fix."""
     path = Path(path)
     if not path.is_file():
-        raise UserError(f"{path}: corpus file not found: pass --data with a .txt or .jsonl file")
+        raise UserError(f"{path}: corpus file not found: pass a .txt, .jsonl or .csv file")
     suffix = path.suffix.lower()
     if suffix not in TEXT_SUFFIXES + JSONL_SUFFIXES + tuple(TABLE_SUFFIXES):
         raise UserError(f"{path}: a corpus must be .txt (one document per line), .jsonl (one object per line with a {text_col!r} field) or .csv/.tsv (a {text_col!r} column)")
@@ -169,6 +169,8 @@ def resolve_lm_base(
     from slmkit.lm import check_causal_lm_dir, load_causal_lm_tokenizer
 
     if not is_scratch(spec):
+        if shape != LM_DEFAULT_SHAPE or vocab_size != LM_DEFAULT_VOCAB:
+            raise UserError(f"--base {spec}: --shape and --vocab-size describe a model trained from scratch; a --base model keeps its own: drop them")
         directory = check_causal_lm_dir(spec, "--base")
         config = AutoConfig.from_pretrained(directory)
         if dropout is not None and hasattr(config, "attention_dropout"):
@@ -224,7 +226,7 @@ class LMTask:
     def __init__(
         self,
         shape: str = LM_DEFAULT_SHAPE,
-        vocab_size: int = 4096,
+        vocab_size: int = LM_DEFAULT_VOCAB,
         base: str = DEFAULT_BASE,
         tokenizer_from: Path | None = None,
         teacher: Any = None,
