@@ -93,6 +93,8 @@ def train(
     shape: Annotated[Optional[str], typer.Option(help=_h(ModelConfig, "shape"))] = None,
     vocab_size: Annotated[Optional[int], typer.Option(help=_h(ModelConfig, "vocab_size"))] = None,
     grad_checkpoint: Annotated[Optional[bool], typer.Option("--grad-checkpoint", help=_h(OptimConfig, "grad_checkpoint"))] = None,
+    lora: Annotated[Optional[str], typer.Option(help=_h(ModelConfig, "lora"))] = None,
+    merge: Annotated[Optional[bool], typer.Option("--merge/--keep-adapter", help=_h(ModelConfig, "merge"))] = None,
     config: Annotated[Optional[Path], typer.Option(help="YAML file of settings (sections data, model, train); flags and --set override it.")] = None,
     set_: Sets = None,
     overwrite: Annotated[bool, typer.Option(help="Replace --out even if it is not a previous slmkit run.")] = False,
@@ -104,7 +106,8 @@ def train(
     Examples: slm train --data train.csv --eval dev.csv --out runs/x;
     slm train --task ner --data train.conll --eval dev.conll --out runs/ner;
     slm train --task qa --data train.json --eval dev.json --out runs/qa;
-    slm train --task lm --data corpus.txt --out runs/lm --shape layers=4,hidden=256,heads=4,ffn=1024,context=128
+    slm train --task lm --data corpus.txt --out runs/lm --shape layers=4,hidden=256,heads=4,ffn=1024,context=128;
+    slm train --task lm --base my-llm --data chat.jsonl --lora r=16,alpha=32,targets=q_proj,v_proj --merge --out runs/my-llm-chat
     """
     from slmkit import artifacts
     from slmkit.train import train as run_train
@@ -124,6 +127,7 @@ def train(
             "train.seed": seed, "train.bf16": bf16, "train.threads": threads, "task": task, "data.scheme": scheme,
             "data.tag_col": tag_col, "data.strict": strict, "model.stride": stride,
             "model.shape": shape, "model.vocab_size": vocab_size, "train.grad_checkpoint": grad_checkpoint,
+            "model.lora": lora, "model.merge": merge,
         }
         cfg = load_config(TrainConfig, config, set_, **flags)
     result = run_train(cfg, overwrite=overwrite, resume=resume, progress=not quiet)
@@ -411,6 +415,8 @@ def quantize(
     label_col: Annotated[Optional[str], typer.Option(help=_h(QuantizeConfig, "label_col"))] = None,
     qat_epochs: Annotated[Optional[int], typer.Option(help=_h(QuantizeConfig, "qat_epochs"))] = None,
     qat_limit: Annotated[Optional[int], typer.Option(help=_h(QuantizeConfig, "qat_limit"))] = None,
+    eval_text: Annotated[Optional[str], typer.Option("--eval", help="Causal LM (int8-weight, int4-weight): held-out text file, one text per line, for perplexity and KL.")] = None,
+    group_size: Annotated[Optional[int], typer.Option(help=_h(QuantizeConfig, "group_size"))] = None,
     set_: Sets = None,
     overwrite: Overwrite = False,
     quiet: Annotated[bool, typer.Option(help="No progress bars.")] = False,
@@ -418,16 +424,24 @@ def quantize(
     """Quantize an exported ONNX model to int8 (dynamic, static or QAT), optionally within an accuracy budget.
 
     Example: slm quantize --model runs/x-onnx --method static --max-drop 0.5 --out runs/x-int8
+
+    A PyTorch causal-LM directory is quantized weight-only (int8-weight, int4-weight) and measured against its fp32
+    self on held-out text (perplexity, mean KL, size, tokens/s): slm quantize --model my-llm --method int4-weight --eval heldout.txt --out my-llm-q4
     """
     from slmkit.quantize import quantize as run_quantize
 
     flags = {
         "model": model, "out": out_dir, "method": method, "per_channel": per_channel, "reduce_range": reduce_range, "calib_size": calib_size,
         "calib_data": calib_data, "calib_method": calib_method, "exclude": exclude, "max_drop": max_drop,
-        "eval_data": eval_data, "qat_epochs": qat_epochs, "qat_limit": qat_limit, "text_col": text_col, "label_col": label_col,
+        "eval_data": eval_data or eval_text, "qat_epochs": qat_epochs, "qat_limit": qat_limit, "text_col": text_col, "label_col": label_col,
+        "group_size": group_size,
     }
     result = run_quantize(load_config(QuantizeConfig, None, set_, **flags), overwrite=overwrite, progress=not quiet)
     m = result.metrics
+    if "report" in m:  # a causal LM, weight-only: the quality-per-quant table
+        _print_lm_quant_report(m)
+        out.print(f"quantized model saved to [bold]{result.out}[/bold]")
+        return
     if m["fp32_metric"] is not None:
         table = Table(title="accuracy-aware steps" if m["max_drop"] is not None else "int8 vs fp32", show_header=True)
         for column in ("step", m["metric_name"], "drop (points)", "agreement"):
@@ -445,6 +459,19 @@ def quantize(
     if m["note"]:
         err.print(f"note: {m['note']}")
     out.print(f"quantized model saved to [bold]{result.out}[/bold]")
+
+
+def _print_lm_quant_report(m: dict) -> None:
+    from slmkit.wquant import report_table
+
+    header, *rows = report_table(m["report"])
+    table = Table(title=f"weight-only quantization on {m['eval_data']} ({m['report'][0]['eval_tokens']} tokens)", show_header=True)
+    for column in header:
+        table.add_column(column, justify="left" if column == "precision" else "right")
+    for row in rows:
+        table.add_row(*row)
+    out.print(table)
+    out.print(f"{m['method']}: {m['bytes'] / 1e6:.2f} MB ({m['size_ratio']:.2f}x fp32), perplexity {m['perplexity']:.3f}, mean KL {m['mean_kl']:.2e} nats")
 
 
 @app.command("export-web")

@@ -69,6 +69,8 @@ class ModelConfig:
     stride: int = _f(128, "QA: tokens shared by consecutive windows of a context longer than max_length; 0 turns windows off (a context that does not fit is refused).")
     shape: str = _f(LM_DEFAULT_SHAPE, "LM from scratch: the Llama-style decoder's shape, keys layers, hidden, heads, kv_heads, ffn and context (tokens a window holds).")
     vocab_size: int = _f(4096, "LM from scratch: size of the byte-level BPE vocabulary trained on the corpus (at least 259; a corpus supports only so many merges, e.g. banking77's 10,000 messages about 5,100).")
+    lora: str | None = _f(None, "LM with --base DIR: train LoRA adapters only, e.g. r=16,alpha=32,targets=q_proj,v_proj[,dropout=0.05].")
+    merge: bool = _f(False, "With --lora: fold the adapters into the base and save a plain model (default: keep the adapter apart).")
 
 
 @dataclass
@@ -128,6 +130,8 @@ class TrainConfig:
             (d.scheme in ("auto", "iob1", "bio", "bioes"), "data.scheme", f"must be auto, iob1, bio or bioes (got {d.scheme!r})"),
             (self.task in TASK_METRICS, "task", f"unknown task {self.task!r}: valid tasks are {', '.join(TASK_METRICS)}"),
             (self.task != "lm" or m.vocab_size >= LM_MIN_VOCAB, "model.vocab_size", f"must be at least {LM_MIN_VOCAB}, the 256 bytes and 3 special tokens (got {m.vocab_size})"),
+            (not m.lora or self.task == "lm", "model.lora", "LoRA adapts a causal LM: use it with --task lm --base DIR"),
+            (not m.merge or bool(m.lora), "model.merge", "merges LoRA adapters: pass --lora too, or drop --merge"),
         ]
         metrics = TASK_METRICS.get(self.task, ())
         checks.append((o.metric is None or o.metric in metrics, "train.metric", f"must be {' or '.join(metrics)} for task {self.task} (got {o.metric!r})"))
@@ -192,7 +196,11 @@ class QuantizeConfig:
 
     model: str = _f("", "Exported ONNX model directory (the output of slm export).")
     out: str = _f("", "Output directory for the quantized model.")
-    method: str = _f("dynamic", "dynamic (weights int8, activations quantized at run time), static (QDQ with calibration) or qat.")
+    method: str = _f(
+        "dynamic",
+        "dynamic (weights int8, activations quantized at run time), static (QDQ with calibration) or qat; for a PyTorch "
+        "causal-LM directory: int8-weight or int4-weight (weight-only, with the perplexity/KL report).",
+    )
     per_channel: bool = _f(True, "Quantize weights per output channel (more accurate, same size and speed).")
     reduce_range: bool = _f(
         True,
@@ -211,12 +219,20 @@ class QuantizeConfig:
     qat_lr: float = _f(2e-5, "QAT: peak learning rate.")
     qat_limit: int = _f(4000, "QAT: at most this many training examples per pass (0: all).")
     seed: int = _f(42, "Seed of the calibration and probe sampling.")
+    group_size: int = _f(32, "int4-weight: input weights sharing one scale (must divide every layer's input width).")
+    context: int = _f(512, "Causal LM report: tokens per scoring window of the held-out text (capped at the model's context).")
+    eval_tokens: int = _f(8192, "Causal LM report: at most this many held-out tokens are scored.")
+    gen_tokens: int = _f(64, "Causal LM report: tokens generated (greedy, batch 1) to measure tokens/s.")
+    report_all: bool = _f(True, "Causal LM report: measure fp32, bf16, int8 and int4 side by side (false: fp32 and the chosen method).")
 
     def validate(self) -> None:
         _check([
             (bool(self.model), "model", "no model directory: pass --model DIR"),
             (bool(self.out), "out", "no output directory: pass --out DIR"),
-            (self.method in ("dynamic", "static", "qat"), "method", f"must be dynamic, static or qat (got {self.method!r})"),
+            (self.method in ("dynamic", "static", "qat", "int8-weight", "int4-weight"), "method", f"must be dynamic, static or qat (for a PyTorch causal LM: int8-weight or int4-weight) (got {self.method!r})"),
+            (self.context >= 8, "context", f"must be at least 8 tokens (got {self.context})"),
+            (self.eval_tokens >= 2, "eval_tokens", f"must be at least 2 (got {self.eval_tokens})"),
+            (self.gen_tokens >= 1, "gen_tokens", f"must be at least 1 (got {self.gen_tokens})"),
             (self.calib_size >= 1, "calib_size", f"must be at least 1 (got {self.calib_size})"),
             (self.calib_method in ("minmax", "entropy", "percentile"), "calib_method", f"must be minmax, entropy or percentile (got {self.calib_method!r})"),
             (self.max_drop is None or self.max_drop >= 0, "max_drop", f"must be 0 or more points (got {self.max_drop})"),

@@ -55,7 +55,13 @@ def load_causal_lm(directory: str | Path, flag: str = "--model") -> tuple[Any, A
 
     transformers.logging.set_verbosity_error()
     transformers.utils.logging.disable_progress_bar()  # no "Loading weights" bar in the terminal
+    from slmkit import lora, wquant
+
+    if lora.is_adapter_dir(Path(directory)):  # a LoRA adapter kept apart: its recorded base, the adapter merged in
+        return lora.load_adapter(Path(directory), lambda base: load_causal_lm(base, flag))
     d = check_causal_lm_dir(directory, flag)
+    if wquant.is_quantized_dir(d):  # an slm quantize --method int8-weight|int4-weight output
+        return wquant.load_quantized(d)
     tokenizer = load_causal_lm_tokenizer(d, flag)
     try:
         model = AutoModelForCausalLM.from_pretrained(d, use_safetensors=True)

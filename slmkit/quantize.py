@@ -62,6 +62,13 @@ def quantize(cfg: QuantizeConfig, overwrite: bool = False, progress: bool = True
     """Quantize the exported model `cfg.model` into `cfg.out` (see the module doc for the methods)."""
     cfg.validate()
     src, out = Path(cfg.model), Path(cfg.out)
+    if cfg.method in ("int8-weight", "int4-weight") or is_causal_lm_dir(src):  # a PyTorch causal LM: weight-only
+        from slmkit.wquant import quantize_lm
+
+        if cfg.method not in ("int8-weight", "int4-weight"):
+            raise UserError(f"{src}: a PyTorch causal LM: pass --method int8-weight or int4-weight (or slm export it to ONNX first for {cfg.method})")
+        result = quantize_lm(cfg, overwrite)
+        return QuantizeResult(result.out, result.metrics)
     if src.is_dir() and not (src / artifacts.ONNX_MODEL).is_file() and (src / artifacts.WEIGHTS).is_file():
         raise UserError(f"{src}: a PyTorch model, not an ONNX export: run slm export --model {src} --out DIR first")
     manifest = load_manifest(src)
@@ -86,6 +93,18 @@ def quantize(cfg: QuantizeConfig, overwrite: bool = False, progress: bool = True
         save_config(replace(cfg, model=str(Path(cfg.model).resolve())), staging / artifacts.CONFIG)  # absolute: the lineage to the data
         artifacts.write_json(staging / artifacts.METRICS, metrics)
     return QuantizeResult(out, metrics)
+
+
+def is_causal_lm_dir(directory: Path) -> bool:
+    """A PyTorch Hugging Face causal-LM directory (config.json says *ForCausalLM; no ONNX graph)."""
+    config = directory / artifacts.HF_CONFIG
+    if not config.is_file() or (directory / artifacts.ONNX_MODEL).is_file():
+        return False
+    try:
+        architectures = artifacts.read_json(config).get("architectures") or []
+    except ValueError:
+        return False
+    return any(str(a).endswith("ForCausalLM") for a in architectures)
 
 
 def classification_data(cfg: QuantizeConfig, src: Path, manifest: dict) -> tuple[list[str] | None, tuple | None]:

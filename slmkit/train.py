@@ -268,8 +268,8 @@ def train(
             scores = distributed.from_main(lambda: eval_scores(full=False))
             is_best, stop, line = track_epoch(state, record, scores, o)
             if main:
-                if is_best:
-                    artifacts.save_model(model, base.hf_tokenizer, staging)
+                if is_best:  # a task may save its own way (lm with --lora: the adapter)
+                    getattr(task, "save_model", artifacts.save_model)(model, base.hf_tokenizer, staging)
                 artifacts.save_checkpoint(staging, model, optimizer, state)
             bar.log(line)
             if stop:
@@ -282,7 +282,7 @@ def train(
         return TrainResult(out, distributed.broadcast(None))
 
     # restore the best epoch's weights and score them fully
-    artifacts.load_weights(model, staging)
+    getattr(task, "load_weights", artifacts.load_weights)(model, staging)
     trained = sum(h["examples_per_s"] * h["seconds"] for h in state["history"])
     result = {
         "task": task.name,
@@ -304,6 +304,8 @@ def train(
         "history": state["history"],
         **(extra or {}),
     }
+    if hasattr(task, "finish"):  # lm with --lora: merge the adapters into the base (--merge); what it did, for metrics
+        result.update(task.finish(model, base.hf_tokenizer, staging))
     artifacts.write_json(staging / artifacts.METRICS, result)
     artifacts.commit(staging, out)
     return TrainResult(out, distributed.broadcast(result))

@@ -41,5 +41,5 @@ def task_options(cfg: Any) -> dict:
     if cfg.task == "qa":
         return {"stride": cfg.model.stride}
     if cfg.task == "lm":
-        return {"shape": cfg.model.shape, "vocab_size": cfg.model.vocab_size, "base": cfg.model.base}
+        return {"shape": cfg.model.shape, "vocab_size": cfg.model.vocab_size, "base": cfg.model.base, "lora": cfg.model.lora, "merge": cfg.model.merge}
     return {}

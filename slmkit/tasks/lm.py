@@ -232,19 +232,36 @@ class LMTask:
         teacher: Any = None,
         kd: float = 0.0,
         kd_temperature: float = 1.0,
+        lora: str | None = None,
+        merge: bool = False,
     ):
         """`tokenizer_from`: a from-scratch model takes this causal-LM directory's tokenizer instead of training one;
         `teacher`: a PyTorch causal LM over the same vocabulary whose next-token distributions the model also learns
-        (token-level distillation, weight `kd`: loss = (1 - kd) · CE + kd · KL(teacher || model) at `kd_temperature`)."""
+        (token-level distillation, weight `kd`: loss = (1 - kd) · CE + kd · KL(teacher || model) at `kd_temperature`);
+        `lora`: a --lora spec (slmkit.lora): adapters on the --base model, merged into it at the end with `merge`."""
         self.shape, self.vocab_size, self.base_spec = shape, vocab_size, base
         self.tokenizer_from, self.teacher, self.kd, self.kd_temperature = tokenizer_from, teacher, kd, kd_temperature
         self.eos_id: int | None = None
         self.context: int | None = None
         # a decoder trained from scratch learns at 1e-3; continuing a pretrained causal LM (or LoRA on it) at 1e-4
         self.default_lr = 1e-3 if is_scratch(base) else 1e-4
+        # --lora: adapters on a --base causal LM (slmkit.lora), merged into it at the end with --merge
+        self.lora, self.merge, self.base_dir, self.hf_tokenizer = lora, merge, None, None
+        if lora:
+            from slmkit.lora import parse_lora
+
+            parse_lora(lora)  # bad specs fail before any work
+            if is_scratch(base):
+                raise UserError("--lora adapts an existing causal LM: pass --base DIR (a local Hugging Face causal-LM directory)")
 
     # ------------------------------------------------------------------------------------------ data
-    def read(self, path: Path, d: Any) -> list[str]:
+    def read(self, path: Path, d: Any) -> list:
+        from slmkit import chat
+
+        if chat.is_chat_file(path, d.encoding):  # instruction/chat JSONL: conversations, the loss on the replies only
+            if is_scratch(self.base_spec):
+                raise UserError(f"{path}: chat/instruction data needs a model with a chat template: pass --base DIR")
+            return chat.read_conversations(Path(path), d.encoding)
         return read_documents(path, d.text_col, d.encoding)
 
     def split(self, docs: list[str], fraction: float, seed: int) -> tuple[list[str], list[str]]:
@@ -261,18 +278,46 @@ class LMTask:
     def resolve_base(self, spec: str, train_docs: list[str], source: Path, dropout: float | None) -> Base:
         base = resolve_lm_base(spec, self.shape, self.vocab_size, train_docs, source, dropout, self.tokenizer_from)
         self.use_tokenizer(base.hf_tokenizer)
+        self.base_dir = base.directory
+        if self.lora:  # before anything is written
+            from slmkit.lora import check_targets_for_config, parse_lora
+
+            check_targets_for_config(base.config, parse_lora(self.lora))
         return base
 
     def use_tokenizer(self, hf_tokenizer: Any) -> None:
-        """Remember the end-of-document id (a trained LM's tokenizer, at evaluation time)."""
+        """Remember the end-of-document id (a trained LM's tokenizer, at evaluation time) and the tokenizer (chat data)."""
         self.eos_id = hf_tokenizer.eos_token_id
+        self.hf_tokenizer = hf_tokenizer
 
     def default_max_length(self, hf_tokenizer: Any, docs: list[str], config: Any = None, max_length: int | None = None) -> int:
         return context_of(config, max_length)
 
     # ------------------------------------------------------------------------------------------ head
     def build_model(self, base: Base, labels: list[str], dropout: float | None) -> Any:
-        return build_causal_lm(base)
+        from slmkit import lora
+
+        model = build_causal_lm(base)
+        return lora.attach(model, lora.parse_lora(self.lora)) if self.lora else model
+
+    # with --lora the artifact is the adapter (or, with --merge, the base with it merged in at the end)
+    def save_model(self, model: Any, hf_tokenizer: Any, directory: Path) -> None:
+        from slmkit import artifacts, lora
+
+        if self.lora:
+            lora.save_adapter(model, hf_tokenizer, directory, self.base_dir)
+        else:
+            artifacts.save_model(model, hf_tokenizer, directory)
+
+    def load_weights(self, model: Any, directory: Path) -> None:
+        from slmkit import artifacts, lora
+
+        (lora.load_adapter_weights if self.lora else artifacts.load_weights)(model, directory)
+
+    def finish(self, model: Any, hf_tokenizer: Any, directory: Path) -> dict:
+        from slmkit import lora
+
+        return lora.finish(model, hf_tokenizer, directory, self.lora, self.merge) if self.lora else {}
 
     # -------------------------------------------------------------------------------------- features
     def _context(self, encoder: Any, context: int | None) -> int:
@@ -296,6 +341,10 @@ class LMTask:
         """Training windows: the documents' tokens end to end, cut into windows of the context length that share
         one token (the last of one window is the first, unpredicted, of the next)."""
         context = self._context(encoder, context)
+        if docs and isinstance(docs[0], list):  # conversations: one example each, the loss on the replies
+            from slmkit.chat import encode_conversations
+
+            return encode_conversations(docs, self.hf_tokenizer, context, "the training data")
         stream = [t for ids in self._documents(docs, encoder) for t in ids]
         stride = context - 1
         windows = [stream[i : i + context] for i in range(0, max(1, len(stream) - 1), stride)]
@@ -305,6 +354,10 @@ class LMTask:
         """Evaluation windows: each document on its own (a long one in windows sharing a token), tagged with its
         index so the loss adds up per document."""
         context = self._context(encoder, context)
+        if docs and isinstance(docs[0], list):  # conversations: the perplexity of the replies
+            from slmkit.chat import encode_conversations
+
+            return encode_conversations(docs, self.hf_tokenizer, context, "the eval data", tag_docs=True)
         features = []
         for doc, ids in enumerate(self._documents(docs, encoder)):
             for i in range(0, max(1, len(ids) - 1), context - 1):
