@@ -63,11 +63,11 @@ def quantize(cfg: QuantizeConfig, overwrite: bool = False, progress: bool = True
     cfg.validate()
     src, out = Path(cfg.model), Path(cfg.out)
     if cfg.method in ("int8-weight", "int4-weight") or is_causal_lm_dir(src):  # a PyTorch causal LM: weight-only
-        from slmkit.wquant import quantize_lm
+        from slmkit.wquant import quantize_lm as quantize_weights
 
         if cfg.method not in ("int8-weight", "int4-weight"):
             raise UserError(f"{src}: a PyTorch causal LM: pass --method int8-weight or int4-weight (or slm export it to ONNX first for {cfg.method})")
-        result = quantize_lm(cfg, overwrite)
+        result = quantize_weights(cfg, overwrite)
         return QuantizeResult(result.out, result.metrics)
     if src.is_dir() and not (src / artifacts.ONNX_MODEL).is_file() and (src / artifacts.WEIGHTS).is_file():
         raise UserError(f"{src}: a PyTorch model, not an ONNX export: run slm export --model {src} --out DIR first")
