@@ -5,9 +5,10 @@ A *suggester* answers `suggest(context, partial, k)`: the k most likely whole wo
 non-space characters, so punctuation stays attached ("card?") the same way for every suggester.
 
 - `LMSuggester` completes words with any causal LM behind the one decode loop's `Stepper` (PyTorch or ONNX
-  Runtime, `slmkit.generate`): it prefills the context, then extends greedily with the most likely token
-  consistent with the typed prefix until a word boundary (a space or the end of text). Its k suggestions start
-  from the k most likely consistent first tokens.
+  Runtime, `slmkit.generate`): it runs the context once, then a beam over the tokens consistent with the typed
+  prefix gives each word its probability (the word's tokens, then any token that starts the next word); the k
+  most probable words are the suggestions. A stepper that cannot copy its cache gets greedy completions of the
+  k most likely first tokens instead.
 - `KneserNey` is the baseline: an interpolated Kneser-Ney word n-gram model (4-gram by default). It computes
   exactly the probabilities of NLTK's `nltk.lm.KneserNeyInterpolated` (tests/test_autocomplete.py checks them
   against NLTK) from precomputed counts, so scoring is a few dictionary reads; NLTK recounts the continuation
@@ -179,17 +180,18 @@ class LMSuggester:
 
     `encode(text) -> ids` and `token_texts[id]` (each token's decoded text) come from the model's tokenizer;
     `bos_id` goes before every context. The model continues the context with " " + the typed prefix + the rest
-    of the word: each step takes the most likely token whose text agrees with that (the first step takes the
-    i-th most likely, for the i-th suggestion; at most 2k tries) until the word is followed by a space or an end
-    id; at most `max_tokens` tokens per word. While typed characters remain to match, every token that starts with the next
-    one is a candidate; after them, the `scan` most likely tokens.
+    of the word, at most `max_tokens` tokens of it: `beam_words` (the default, `beam` hypotheses, for steppers
+    with `snapshot`/`restore`) or `greedy_words` (`beam=0`). While typed characters remain to match, every
+    token that starts with the next one is a candidate; after them, the `scan` most likely tokens.
     """
 
-    def __init__(self, stepper, encode, token_texts: list[str], bos_id: int | None, end_ids: Iterable[int] = (), max_tokens: int = 8, scan: int = 64):
+    def __init__(self, stepper, encode, token_texts: list[str], bos_id: int | None, end_ids: Iterable[int] = (), max_tokens: int = 8, scan: int = 64, beam: int = 4):
         self.stepper, self.encode, self.texts = stepper, encode, token_texts
         self.bos = [bos_id] if bos_id is not None else []
         self.end = set(end_ids)
-        self.max_tokens, self.scan = max_tokens, scan
+        self.max_tokens, self.scan, self.beam = max_tokens, scan, beam
+        # the tokens that end a word before them: those starting with a space, and the end ids
+        self._boundary = np.array([i for i, t in enumerate(token_texts) if t[:1].isspace() or i in self.end], dtype=np.int64)
         by_first: dict[str, list[int]] = defaultdict(list)  # tokens by their first character: what can match a typed prefix
         for i, text in enumerate(token_texts):
             if text:
@@ -252,6 +254,50 @@ class LMSuggester:
         return (body or None) if final else None
 
     def suggest(self, context: str, partial: str, k: int) -> list[str]:
+        """The k most probable words (a beam over tokens, where the stepper can `snapshot`), else `greedy_words`."""
+        if self.beam and hasattr(self.stepper, "snapshot"):
+            return self.beam_words(context, partial, k)
+        return self.greedy_words(context, partial, k)
+
+    def beam_words(self, context: str, partial: str, k: int) -> list[str]:
+        """Word probabilities by a beam over tokens: a hypothesis that has covered the typed prefix and then meets
+        a token starting with a space (or an end id) finishes its word with the probability of all those tokens
+        together; the `beam` most probable unfinished hypotheses go on, at most `max_tokens` deep. The k words of
+        highest probability, found once no unfinished hypothesis can beat the k-th."""
+        context = " ".join(words(context))
+        prompt = self.bos + (list(self.encode(context)) if context else [])
+        lead = " " if context else ""
+        required = lead + partial
+        logits = self.stepper.start(prompt)
+        beams = [(0.0, "", self.stepper.snapshot(), logits)]
+        found: dict[str, float] = {}
+        for _ in range(self.max_tokens):
+            grown = []
+            for score, text, state, logits in beams:
+                logp = logits - (logits.max() + np.log(np.exp(logits - logits.max()).sum()))
+                if len(text) > len(required):  # the word may end here (it adds to what was typed)
+                    end = logp[self._boundary]
+                    word = text[len(lead) :]
+                    total = score + float(end.max() + np.log(np.exp(end - end.max()).sum()))
+                    found[word] = np.logaddexp(found[word], total) if word in found else total
+                for token, new_text in self._options(logits, text, lead, required)[: self.beam]:
+                    if token not in self.end and not any(ch.isspace() for ch in new_text[len(lead) :]):
+                        grown.append((score + float(logp[token]), new_text, state, token))
+            grown.sort(key=lambda g: -g[0])
+            best = sorted(found.values(), reverse=True)
+            if not grown or (len(best) >= k and grown[0][0] <= best[k - 1]):
+                break  # no unfinished word can still enter the top k
+            beams = []
+            for score, text, state, token in grown[: self.beam]:
+                self.stepper.restore(state)
+                logits = self.stepper.step(token)
+                beams.append((score, text, self.stepper.snapshot(), logits))
+        ranked = sorted(found.items(), key=lambda item: -item[1])
+        return [w for w, _ in ranked if w.startswith(partial)][:k]
+
+    def greedy_words(self, context: str, partial: str, k: int) -> list[str]:
+        """The i-th suggestion: the i-th most likely consistent first token, completed greedily (one sequence
+        at a time: any stepper)."""
         context = " ".join(words(context))
         prompt = self.bos + (list(self.encode(context)) if context else [])
         lead = " " if context else ""
@@ -267,7 +313,7 @@ class LMSuggester:
             if i > 0:
                 self.stepper.start(prompt)  # the stepper holds one sequence: run the context again
             word, path = self._complete(token, text, lead, required)
-            if not word or not word.startswith(partial) or word in found:
+            if not word or not word.startswith(partial) or word == partial or word in found:
                 continue
             # a path the tokenizer would never produce (" " then "p" where " p" is one token) is one the model
             # never saw in training: its continuation is noise

@@ -128,6 +128,17 @@ class TorchStepper:
         self._cache = DynamicCache(config=self.model.config)
         return self._forward([int(t) for t in prompt_ids])
 
+    def snapshot(self) -> Any:
+        """The KV cache so far, to `restore` later (a copy: the model extends its cache in place)."""
+        import copy
+
+        return copy.deepcopy(self._cache)
+
+    def restore(self, state: Any) -> None:
+        import copy
+
+        self._cache = copy.deepcopy(state)
+
     def step(self, token_id: int) -> np.ndarray:
         if self._cache is None:
             raise RuntimeError("TorchStepper.step before start")

@@ -288,6 +288,13 @@ class OnnxStepper:
         other._past, other._ids = [], []
         return other
 
+    def snapshot(self) -> tuple:
+        """The sequence so far, to `restore` later (the arrays are replaced by each step, never changed in place)."""
+        return list(self._past), list(self._ids)
+
+    def restore(self, state: tuple) -> None:
+        self._past, self._ids = list(state[0]), list(state[1])
+
     def _run(self, new_ids: list[int], past: list[np.ndarray], past_length: int) -> np.ndarray:
         total = past_length + len(new_ids)
         if total > self.context_length:
