@@ -184,18 +184,9 @@ def encode_conversations(conversations: list[Conversation], hf_tokenizer, max_le
 
 def collate(rows: list[dict], pad_id: int) -> dict:
     """Right-padded tensors: input_ids (pad_id), attention_mask, labels (-100 on padding)."""
-    import torch
+    from slmkit.encoding import pad_batch
 
-    width = max(len(r["input_ids"]) for r in rows)
-    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
-    labels = torch.full((len(rows), width), IGNORE, dtype=torch.long)
-    mask = torch.zeros((len(rows), width), dtype=torch.long)
-    for i, r in enumerate(rows):
-        n = len(r["input_ids"])
-        ids[i, :n] = torch.tensor(r["input_ids"])
-        labels[i, :n] = torch.tensor(r["labels"])
-        mask[i, :n] = 1
-    return {"input_ids": ids, "attention_mask": mask, "labels": labels}
+    return pad_batch(rows, pad_id, False, {"labels": IGNORE})
 
 
 def causal_lm_loss(model, batch: dict):

@@ -123,6 +123,18 @@ def make_causal_lm(directory: Path, family: str = "llama", seed: int = 0, hidden
     return Path(directory)
 
 
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """One torch thread for a module (`pytestmark = pytest.mark.usefixtures("one_torch_thread")`): a tiny model's
+    steps are overhead-bound, and on a busy 2-vCPU machine two threads spin (several times slower)."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="session")
 def tiny_lm(tmp_path_factory) -> Path:
     """A tiny random Llama-style causal LM directory (see `make_causal_lm`)."""

@@ -25,17 +25,7 @@ from slmkit.generate import (
 )
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """One torch thread: a tiny model's steps are overhead-bound, and on a busy 2-vCPU machine two threads
-    spin (several times slower); the count is restored after the module."""
-    import torch
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 def test_generate_module_is_torch_free():
     code = "import sys, slmkit.generate; print('torch' in sys.modules, 'transformers' in sys.modules)"

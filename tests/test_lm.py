@@ -21,17 +21,7 @@ TINY = ["--shape", "layers=1,hidden=32,heads=2,ffn=64,context=64", "--vocab-size
         "--seed", "7", "--set", "train.warmup=0", "--set", "train.patience=0", "--set", "train.threads=1", "--quiet"]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """One torch thread: a tiny model's steps are overhead-bound, and on a busy 2-vCPU machine two threads
-    spin (several times slower); the count is restored after the module."""
-    import torch
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 def slm(*args):
     return runner.invoke(app, [str(a) for a in args])
@@ -80,7 +70,6 @@ def test_evaluate_reports_perplexity_with_interval(tiny_trained, lm_text, tmp_pa
 
 
 def test_generate_streams_the_greedy_continuation(tiny_trained):
-    import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     result = slm("generate", "--model", tiny_trained, "my parcel", "--greedy", "--max-tokens", 12)

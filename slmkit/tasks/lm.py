@@ -25,7 +25,7 @@ import numpy as np
 from slmkit import losses, metrics
 from slmkit.base import DEFAULT_BASE, SCRATCH_PREFIX, Base
 from slmkit.config import LM_DEFAULT_SHAPE, LM_DEFAULT_VOCAB, LM_MIN_VOCAB
-from slmkit.encoding import iterate, sorted_order
+from slmkit.encoding import iterate, pad_batch, sorted_order
 from slmkit.errors import UserError
 
 SPECIAL_TOKENS = ("<pad>", "<s>", "</s>")  # ids 0, 1, 2 of a trained-from-scratch tokenizer
@@ -367,18 +367,7 @@ class LMTask:
 
     def collate(self, features: list[dict], pad_id: int, token_types: bool = False) -> dict:
         """input_ids / attention_mask / labels (batch, seq), padded on the right; padding is labelled -100."""
-        import torch
-
-        width = max(len(f["input_ids"]) for f in features)
-        ids = torch.full((len(features), width), pad_id, dtype=torch.long)
-        labels = torch.full((len(features), width), IGNORE, dtype=torch.long)
-        mask = torch.zeros((len(features), width), dtype=torch.long)
-        for row, f in enumerate(features):
-            n = len(f["input_ids"])
-            ids[row, :n] = torch.tensor(f["input_ids"])
-            labels[row, :n] = torch.tensor(f["labels"])
-            mask[row, :n] = 1
-        return {"input_ids": ids, "attention_mask": mask, "labels": labels}
+        return pad_batch(features, pad_id, False, {"labels": IGNORE})
 
     # ------------------------------------------------------------------------------------------ loss
     def loss(self, model: Any, batch: dict, class_weights: Any = None, label_smoothing: float = 0.0) -> Any:
