@@ -68,7 +68,10 @@ def per_text(suggester, sample: list[str]) -> tuple[np.ndarray, np.ndarray, np.n
     for i, text in enumerate(sample):
         h = next_word_hits(suggester, [text], k=3)
         a, b = text_keystrokes(suggester, text)
-        hits.append(h.sum()), n.append(len(h)), pressed.append(a), typed.append(b)
+        hits.append(h.sum())
+        n.append(len(h))
+        pressed.append(a)
+        typed.append(b)
         if (i + 1) % 50 == 0:
             print(f"  {i + 1}/{len(sample)} texts", flush=True)
     return np.array(hits), np.array(n), np.array(pressed), np.array(typed)

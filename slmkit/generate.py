@@ -12,20 +12,14 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
 
+from slmkit.config import _f  # torch-free: yaml and dataclasses only
 from slmkit.errors import UserError
-
-
-def _f(default: Any, help: str) -> Any:
-    """A dataclass field with its help text (the same convention as slmkit.config)."""
-    if isinstance(default, (list, dict)):
-        return field(default_factory=lambda: type(default)(default), metadata={"help": help})
-    return field(default=default, metadata={"help": help})
 
 
 @dataclass
