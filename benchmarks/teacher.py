@@ -88,7 +88,7 @@ def write_csv(path: Path, examples) -> Path:
 # ------------------------------------------------------------------------------------------ workers
 
 
-def run_slmkit(spec: dict, train_csv: Path, held_csv: Path, epochs: int, workdir: Path, device: str, seed: int = 42, bucket: bool = True) -> dict:
+def run_slmkit(spec: dict, train_csv: Path, held_csv: Path, epochs: int, workdir: Path, device: str, seed: int = 42, bucket: bool = True, pool: int = 50) -> dict:
     from slmkit.config import DataConfig, EvalConfig, OptimConfig, TrainConfig
     from slmkit.evaluate import evaluate
     from slmkit.hardware import native_bf16
@@ -99,7 +99,7 @@ def run_slmkit(spec: dict, train_csv: Path, held_csv: Path, epochs: int, workdir
         data=DataConfig(train=str(train_csv), eval=str(held_csv)),
         train=OptimConfig(
             epochs=epochs, batch_size=BATCH_SIZE, lr=spec["lr"], weight_decay=WEIGHT_DECAY, warmup=WARMUP,
-            grad_clip=GRAD_CLIP, seed=seed, bucket=bucket, bf16=device == "cpu" and native_bf16(), patience=0, device=device,
+            grad_clip=GRAD_CLIP, seed=seed, bucket=bucket, bucket_pool=pool, bf16=device == "cpu" and native_bf16(), patience=0, device=device,
         ),
     )
     started = time.perf_counter()
@@ -115,7 +115,7 @@ def run_slmkit(spec: dict, train_csv: Path, held_csv: Path, epochs: int, workdir
     }
 
 
-def run_trainer(spec: dict, train_csv: Path, held_csv: Path, epochs: int, workdir: Path, max_length: int, device: str) -> dict:
+def run_trainer(spec: dict, train_csv: Path, held_csv: Path, epochs: int, workdir: Path, max_length: int, device: str, seed: int = SEED) -> dict:
     import numpy as np
     import torch
     import transformers
@@ -143,14 +143,14 @@ def run_trainer(spec: dict, train_csv: Path, held_csv: Path, epochs: int, workdi
         def __getitem__(self, i):
             return self.rows[i]
 
-    torch.manual_seed(SEED)
+    torch.manual_seed(seed)
     model = AutoModelForSequenceClassification.from_pretrained(
         base, num_labels=len(labels), id2label=dict(enumerate(labels)), label2id=label2id
     )
     args = TrainingArguments(
         output_dir=str(workdir / "trainer"), per_device_train_batch_size=BATCH_SIZE, per_device_eval_batch_size=64,
         learning_rate=spec["lr"], weight_decay=WEIGHT_DECAY, num_train_epochs=epochs, warmup_steps=WARMUP,
-        lr_scheduler_type="linear", max_grad_norm=GRAD_CLIP, seed=SEED, eval_strategy="no", save_strategy="no",
+        lr_scheduler_type="linear", max_grad_norm=GRAD_CLIP, seed=seed, eval_strategy="no", save_strategy="no",
         report_to=[], logging_strategy="no", use_cpu=device == "cpu", dataloader_num_workers=0, disable_tqdm=True,
     )
     trainer = Trainer(model=model, args=args, train_dataset=Rows(train_ex), processing_class=tokenizer)
@@ -175,9 +175,9 @@ def worker(args) -> None:
     workdir = Path(args.workdir)
     train_csv, held_csv = workdir / "train.csv", workdir / "held.csv"
     if args.worker == "slmkit":
-        result = run_slmkit(spec, train_csv, held_csv, args.epochs, workdir, args.device, args.seed, not args.random_batches)
+        result = run_slmkit(spec, train_csv, held_csv, args.epochs, workdir, args.device, args.seed, not args.random_batches, args.bucket_pool)
     else:
-        result = run_trainer(spec, train_csv, held_csv, args.epochs, workdir, args.max_length, args.device)
+        result = run_trainer(spec, train_csv, held_csv, args.epochs, workdir, args.max_length, args.device, args.seed)
     (workdir / f"{args.worker}.json").write_text(json.dumps(result))
 
 
@@ -205,13 +205,14 @@ def main() -> None:
     parser.add_argument("--keep", default=None, help="Copy each slmkit model to KEEP/<dataset> for later stages.")
     parser.add_argument("--out", default=str(RESULTS / "teacher"), help="Results path without extension.")
     parser.add_argument("--device", default="cpu", help="cpu, or cuda where PyTorch sees a GPU (both trainers).")
-    parser.add_argument("--seed", type=int, default=SEED, help="slmkit's training seed (data split and the Trainer keep 42).")
+    parser.add_argument("--seed", type=int, default=SEED, help="Both trainers' training seed (the held-out split keeps 42).")
     parser.add_argument("--random-batches", action="store_true", help="slmkit without length bucketing.")
+    parser.add_argument("--bucket-pool", type=int, default=50, help="slmkit's length-bucketing pool, in batches (train.bucket_pool).")
     parser.add_argument("--note", default="", help="A sentence about the run's setup, written into the results.")
     parser.add_argument("--worker", choices=["slmkit", "trainer"], help=argparse.SUPPRESS)
     parser.add_argument("--dataset", help=argparse.SUPPRESS)
     parser.add_argument("--workdir", help=argparse.SUPPRESS)
-    parser.add_argument("--max-length", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--max-length", type=int, default=None, help="The Trainer's maximum length when slmkit does not run first to derive it (default 128).")
     args = parser.parse_args()
     if args.worker:
         return worker(args)
@@ -229,9 +230,9 @@ def main() -> None:
             split_files(spec, limit, workdir)
             results = {}
             for trainer in args.trainers:  # slmkit first: the Trainer reuses its derived max length
-                extra = ["--max-length", str(results["slmkit"]["max_length"] if "slmkit" in results else 128)] if trainer == "trainer" else []
+                extra = ["--max-length", str(results["slmkit"]["max_length"] if "slmkit" in results else args.max_length or 128)] if trainer == "trainer" else []
                 cmd = [sys.executable, __file__, "--worker", trainer, "--dataset", name, "--workdir", tmp, "--epochs", str(epochs), "--device", args.device, "--seed", str(args.seed), *extra]
-                cmd += ["--random-batches"] if args.random_batches else []
+                cmd += ["--random-batches"] if args.random_batches else ["--bucket-pool", str(args.bucket_pool)]
                 cmd += ["--lr", str(args.lr)] if args.lr else []
                 print(f"[{name}] {trainer}: training {epochs} epoch(s)...", flush=True)
                 subprocess.run(cmd, check=True)
@@ -240,10 +241,10 @@ def main() -> None:
             if args.keep and "slmkit" in results:
                 shutil.copytree(workdir / "slmkit-model", Path(args.keep) / name, dirs_exist_ok=True)
         rows.append({"dataset": name, "split": spec["split"], "epochs": epochs, "lr": spec["lr"], "limit": limit, **results})
-    write_results(Path(args.out), rows, command, args.device, args.note)
+    write_results(Path(args.out), rows, command, args.device, args.note, args.seed)
 
 
-def write_results(out: Path, rows: list[dict], command: str, device: str = "cpu", note: str = "") -> None:
+def write_results(out: Path, rows: list[dict], command: str, device: str = "cpu", note: str = "", seed: int = SEED) -> None:
     from slmkit.hardware import native_bf16
 
     info, native = fingerprint(device), device == "cpu" and native_bf16()
@@ -262,7 +263,7 @@ def write_results(out: Path, rows: list[dict], command: str, device: str = "cpu"
         "Both trainers fine-tune the packaged all-MiniLM-L6-v2 on the same examples (the training file minus a seeded, "
         "stratified held-out slice that slmkit uses to pick its best epoch) with the same hyperparameters: AdamW, "
         f"batch {BATCH_SIZE}, weight decay {WEIGHT_DECAY}, {WARMUP:.0%} linear warmup then linear decay, gradient clipping "
-        f"{GRAD_CLIP}, seed {SEED}, the same maximum length, fused AdamW (the Trainer's default). slmkit uses length-bucketed "
+        f"{GRAD_CLIP}, seed {seed}, the same maximum length, fused AdamW (the Trainer's default). slmkit uses length-bucketed "
         f"batches{' and bf16 autocast' if native else ' in fp32' if device != 'cpu' else ' in fp32 (this CPU has no native bf16, where autocast is far slower)'}; "
         "the Trainer uses `DataCollatorWithPadding` (dynamic padding, random batches) in fp32, its default. Wall time is the "
         "whole `slmkit.train.train()` call (data reading, per-epoch evaluation and checkpoints included) and the "

@@ -91,6 +91,7 @@ class OptimConfig:
     bf16: bool = _f(False, "Run forward and backward passes under bfloat16 autocast on the CPU (faster on AVX-512 CPUs).")
     threads: int | None = _f(None, "Torch CPU threads; default: torch's own choice.")
     bucket: bool = _f(True, "Batch examples of similar length together (less padding, faster); false: random batches.")
+    bucket_pool: int = _f(50, "Length bucketing sorts shuffled pools of this many batches: smaller pools mix lengths more (more padding).")
     device: str = _f("cpu", "Where to train: cpu, or cuda / cuda:N where PyTorch sees a GPU (under torchrun: cuda:LOCAL_RANK).")
     eval_batch_size: int = _f(64, "Examples per batch when evaluating.")
     grad_checkpoint: bool = _f(False, "Gradient checkpointing: recompute activations in the backward pass (less memory, about a third slower).")
@@ -122,6 +123,7 @@ class TrainConfig:
             (0 <= o.label_smoothing < 1, "train.label_smoothing", f"must be in [0, 1) (got {o.label_smoothing})"),
             (o.patience >= 0, "train.patience", f"must be 0 or more (got {o.patience})"),
             (o.threads is None or o.threads >= 1, "train.threads", f"must be at least 1 (got {o.threads})"),
+            (o.bucket_pool >= 1, "train.bucket_pool", f"must be at least 1 (got {o.bucket_pool})"),
             (0 < d.eval_split < 1, "data.eval_split", f"must be a fraction in (0, 1) (got {d.eval_split})"),
             (m.max_length is None or 8 <= m.max_length <= (4096 if self.task == "lm" else 512), "model.max_length", f"must be in [8, {4096 if self.task == 'lm' else 512}] (got {m.max_length})"),
             (m.dropout is None or 0 <= m.dropout < 1, "model.dropout", f"must be in [0, 1) (got {m.dropout})"),

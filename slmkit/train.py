@@ -29,7 +29,7 @@ import numpy as np
 from slmkit import artifacts, distributed
 from slmkit.base import resolve_base
 from slmkit.config import LOWER_IS_BETTER, OptimConfig, TrainConfig, save_config
-from slmkit.encoding import POOL_BATCHES, bucketed_order, make_encoder, uses_token_types
+from slmkit.encoding import bucketed_order, make_encoder, uses_token_types
 from slmkit.errors import UserError
 from slmkit.hardware import native_bf16
 from slmkit.progress import StepProgress, stderr
@@ -115,7 +115,7 @@ def run_epochs(
     for epoch in range(start_epoch + 1, cfg.epochs + 1):
         rng = np.random.default_rng([cfg.seed, epoch])  # the same global batches on every process
         torch.manual_seed((cfg.seed * 1000 + epoch) * world + rank)  # dropout masks depend on (seed, epoch, rank) only
-        batches = bucketed_order(lengths, cfg.batch_size, rng, POOL_BATCHES if cfg.bucket else 1)
+        batches = bucketed_order(lengths, cfg.batch_size, rng, cfg.bucket_pool if cfg.bucket else 1)
         model.train()
         started, seen, losses = time.perf_counter(), 0, []
         for i, idx in enumerate(batches, start=1):

@@ -31,6 +31,7 @@ def test_saved_config_round_trips(tmp_path):
         ("train.lr=-1", "setting train.lr must be positive"),
         ("train.metric=f1", "setting train.metric must be accuracy or macro_f1"),
         ("train.device=gpu", "setting train.device must be cpu, cuda or cuda:N"),
+        ("train.bucket_pool=0", "setting train.bucket_pool must be at least 1"),
         ("lr", "expected key=value"),
     ],
 )
