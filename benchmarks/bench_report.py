@@ -54,6 +54,7 @@ def main(argv: list[str] | None = None) -> Path:
     parser.add_argument("--threads", default="1,all")
     parser.add_argument("--workdir", default=str(ROOT / "runs" / "bench-report"), help="Where the full report is written.")
     parser.add_argument("--results", default=str(RESULTS), help="Where bench_report.md and the Pareto chart go.")
+    parser.add_argument("--note", action="append", default=[], help="A line for the report's 'How this was made' (e.g. a command that made a student); repeatable.")
     parser.add_argument("--quiet", action="store_true")
     args = parser.parse_args(argv)
     if bool(args.data) != bool(args.train):
@@ -86,12 +87,12 @@ def main(argv: list[str] | None = None) -> Path:
     shutil.copy(result.out / artifacts.BENCH_CHARTS["pareto"], chart)
     met = "met" if seconds <= TARGET_SECONDS else "missed"
     footer = (
-        f"\n## How this was made\n\n```\n{command}\n```\n\n"
+        f"\n## How this was made\n\n```\n{chr(10).join([*args.note, command])}\n```\n\n"
         f"Wall time {seconds:.0f} s for the whole run (training the baselines, exporting and quantizing the teacher, "
         f"scoring, timing, peak-RSS processes, the report): target ≤ {TARGET_SECONDS} s on 2 vCPUs, {met}. "
         f"The full report (report.html, results.json, all charts, model cards) was written to `{result.out}`.\n"
     )
-    report = markdown(result.results, {"pareto": chart.name}, cards=False) + footer
+    report = (markdown(result.results, {"pareto": chart.name}, cards=False) + footer).replace(f"{ROOT}/", "")  # paths from the project root
     (results_dir / f"{NAME}.md").write_text(report, encoding="utf-8")
     print(f"{results_dir / f'{NAME}.md'} written in {seconds:.0f} s ({met} the {TARGET_SECONDS} s target)")
     return results_dir / f"{NAME}.md"
