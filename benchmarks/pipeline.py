@@ -258,7 +258,8 @@ def dataset_section(row: dict, cpus: int) -> list[str]:
 
 def write_results(out: Path, rows: list[dict], env: dict) -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.with_suffix(".json").write_text(json.dumps({"hardware": env, "rows": rows}, indent=2) + "\n")
+    text = json.dumps({"hardware": env, "rows": rows}, indent=2) + "\n"  # paths from the project root, as in the commands
+    out.with_suffix(".json").write_text(text.replace(f'"{ROOT.parent / "shared"}/', '"../shared/').replace(f'"{ROOT}/', '"'))
     cpus = env["cpus"] or 1
     lines = [
         "# `slm run` end to end", "",
