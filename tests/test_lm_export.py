@@ -166,6 +166,7 @@ def test_every_family_exports_with_parity(family, tmp_path):
     result = export(ExportConfig(model=str(source), out=str(tmp_path / f"{family}-onnx"), probe_size=2))
     parity = result.metrics["parity"]
     assert parity["max_abs_logit_diff"] <= 1e-4 and parity["greedy_identical"], family
+    assert result.metrics["shape_nodes_folded"] > 50, family  # the tracer's shape arithmetic, folded (with parity)
     manifest = artifacts.read_json(result.out / "manifest.json")
     assert manifest["model_type"] == family and manifest["cache"]["kv_heads"] == (2 if family == "phi" else 1)
     assert len(LMGenerator(result.out).generate_ids([1, 5, 9], GREEDY, stop_at_eos=False)) == 16
