@@ -267,20 +267,15 @@ def fold_shape_arithmetic(path: Path) -> int:
         d = dims.get(tensor)
         return d[i] if d is not None and -len(d) <= i < len(d) else None
 
-    added = []
     # 1. Gather(Shape(x), i) with a fixed dimension: a constant (what follows folds when the session loads)
+    renamed = {}
     for node in graph.node:
         if node.op_type == "Gather" and (src := shape_dim(node.output[0])) and isinstance(known(*src), int) and known(*src) > 0:
-            value = np.array(known(*src), dtype=np.int64)
-            name = node.output[0] + "_folded"
-            added.append(numpy_helper.from_array(value, name))
-            constants[name] = value
-            for other in graph.node:
-                for k, inp in enumerate(other.input):
-                    if inp == node.output[0]:
-                        other.input[k] = name
-    graph.initializer.extend(added)
-    producer = {out: node for node in graph.node for out in node.output}
+            renamed[node.output[0]] = name = node.output[0] + "_folded"
+            constants[name] = np.array(known(*src), dtype=np.int64)
+            graph.initializer.append(numpy_helper.from_array(constants[name], name))
+    for node in graph.node:
+        node.input[:] = [renamed.get(name, name) for name in node.input]
 
     # 2. Reshape targets: Concat of constants and Unsqueeze(Gather(Shape(x), i)) parts
     for node in graph.node:
