@@ -147,6 +147,7 @@ def run_dataset(name: str, args, log) -> dict:
         "budgets": describe(result.budgets), "latency_threads": result.latency_threads, "thread_settings": settings,
         "wall_s": wall, "cpu_s": cpu, "loadavg_before": list(load_before), "loadavg_after": list(load_after),
         "stages": [{k: s[k] for k in ("name", "kind", "status", "seconds")} for s in result.stages],
+        "skipped": result.skipped,
         "candidates": candidates,
         "chosen": chosen.name if chosen else None, "explanation": result.selection.explanation,
         "teacher_accuracy": result.teacher.accuracy,
@@ -221,6 +222,8 @@ def dataset_section(row: dict, cpus: int) -> list[str]:
     for s in row["stages"]:
         by_kind[s["kind"]] = by_kind.get(s["kind"], 0.0) + s["seconds"]
     lines += ["", "By kind: " + ", ".join(f"{k} {_minutes(v)}" for k, v in by_kind.items()) + ".", ""]
+    for s in row.get("skipped", []):
+        lines += [f"{s['student']} (`{s['entry']}`): {s['why']}.", ""]
 
     settings = row["thread_settings"]
     head = ["model", "kind", "acc % (95% CI)", "drop", "params", "MB"] + [f"p50 ms @{n}t" for n in settings.values()] + [f"texts/s b32 @{n}t" for n in settings.values()] + ["budgets"]

@@ -805,6 +805,8 @@ def _print_run(result) -> None:
         table.add_row(f"[dim]  {b['name']} (baseline)[/dim]", "", f"{100 * b['accuracy']:.2f}", f"{100 * (teacher.accuracy - b['accuracy']):+.2f}" if result.metric != "next_word_accuracy" else "",
                       f"{b['latency_ms']:.3g}" if b["latency_ms"] is not None else "—", f"{(b['bytes'] or 0) / 1e6:.2f}", "[dim]not deployable[/dim]")
     out.print(table)
+    for skipped in result.skipped:
+        out.print(f"  {skipped['student']}: {skipped['why']}", soft_wrap=True, highlight=False)
     ran = sum(r["status"] == "ran" for r in result.stages)
     cached = sum(r["status"] == "cached" for r in result.stages)
     out.print(f"{ran} stage{'s' if ran != 1 else ''} ran, {cached} cached (run directory {result.out})")

@@ -14,6 +14,9 @@ runs them in order:
     select            `selection.select` over the measured candidates and the budgets (a pure function)
     deploy            the chosen ONNX model, tokenizer, labels, model card and bench report, with checksums
 
+A student whose parameters besides its word embedding exceed the size budget even at one byte each (int8) can
+never be chosen, so it is not distilled (`too_big`); the summary and `run.json` say which and why.
+
 Caching: a stage's output lives in `stages/<stage>-<key>/`, where the key hashes everything the output depends
 on — the data files' contents, the stage's own settings and the keys of the stages it reads. Rerunning reuses
 every stage whose inputs are unchanged ("cached"); a changed setting reruns only the stages downstream of it.
@@ -42,7 +45,7 @@ import hashlib
 import json
 import shutil
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
@@ -56,7 +59,7 @@ from slmkit.config import (
 from slmkit.data import Example, check_known_labels, check_labels, read_examples, stratified_split
 from slmkit.errors import UserError
 from slmkit.progress import stderr
-from slmkit.selection import Budgets, Candidate, Selection, describe, parse_latency, parse_size, select, violations
+from slmkit.selection import Budgets, Candidate, Selection, bytes_text, describe, parse_latency, parse_size, select, violations
 from slmkit.students import TASK_KINDS, check_task, parse_student
 
 PIPELINE_FORMAT = "slmkit-run-1"  # part of every key: a new layout never reuses an old stage
@@ -110,6 +113,7 @@ class RunResult:
     stale_bundle: Path | None  # an earlier run's deploy/ left in place when none met this run's budgets
     search: Any = None  # slmkit.search.SearchResult with --search: the study's counts and Pareto front
     metric: str = "accuracy"  # what `accuracy` and `drop_points` of the candidates measure (NER/QA: f1)
+    skipped: list[dict] = field(default_factory=list)  # ladder students the size budget ruled out before training
 
 
 # ------------------------------------------------------------------------------------------ the stage
@@ -127,7 +131,7 @@ def run(cfg: RunConfig, fresh: bool = False, progress: bool = True) -> RunResult
         _check_teacher(teacher_given, splits, cfg.task)
     _check_run_dir(out, splits, fresh)
     searching = cfg.search.trials > 0
-    p = plan(cfg, out, splits, teacher_given)
+    p = plan(cfg, out, splits, teacher_given, budgets.max_bytes)
     total = len(p.stages) + 2 + searching  # + select, deploy (+ search)
     if searching and cfg.search.storage:
         search.open_storage(cfg.search.storage)  # an unreachable --storage fails here, before any training
@@ -142,7 +146,9 @@ def run(cfg: RunConfig, fresh: bool = False, progress: bool = True) -> RunResult
             if not cfg.search.storage:
                 (out / search.DEFAULT_DB).unlink(missing_ok=True)
         record = {"format": PIPELINE_FORMAT, "dataset": {k: {"path": splits.sources[k], "sha256": v} for k, v in splits.sha256.items()},
-                  "stages": [], "finished": False}
+                  "stages": [], "skipped": p.skipped, "finished": False}
+        for s in p.skipped:
+            _say(progress, f"skipping {s['student']}: {s['why']}")
         artifacts.write_json(out / artifacts.RUN_RECORD, record)  # first: from now on this is a run directory of this dataset
         save_config(cfg, out / artifacts.CONFIG)
         for i, stage in enumerate(p.stages[:-1], start=1):  # every stage but the benchmark
@@ -201,7 +207,7 @@ def run(cfg: RunConfig, fresh: bool = False, progress: bool = True) -> RunResult
         artifacts.write_json(out / artifacts.RUN_RECORD, record)
     return RunResult(
         out, record["stages"], selection, teacher, baselines, budgets, len(splits.test), int(results["timing"]["threads"][results["timing"]["pareto_threads"]]),
-        bench.out / artifacts.BENCH_HTML, bundle, stale, found, metric_key(results),
+        bench.out / artifacts.BENCH_HTML, bundle, stale, found, metric_key(results), p.skipped,
     )
 
 
@@ -424,21 +430,30 @@ class Plan:
     stages: list[Stage]  # in order; the last is the benchmark
     candidates: list[tuple[str, Stage]]  # (candidate name, the stage that made its model), in benchmark order
     up: Upstream
+    skipped: list[dict]  # ladder students not distilled: {"student", "entry", "why"}
 
 
-def plan(cfg: RunConfig, out: Path, splits: Splits, teacher_given: Path | None) -> Plan:
+def plan(cfg: RunConfig, out: Path, splits: Splits, teacher_given: Path | None, max_bytes: int | None = None) -> Plan:
     """Every stage in order, keyed by its inputs, and each candidate's producing stage.
 
-    A search over students (Optuna, `search_students`) reuses the pieces: `student_stages` per trial, then
-    `bench_stage` over the ladder's candidates and the best trials', and `selection.select`."""
+    A ladder student that cannot meet the size budget `max_bytes` is not planned: `too_big` proves it before
+    any training. A search over students (Optuna, `search_students`) reuses the pieces: `student_stages` per
+    trial, then `bench_stage` over the ladder's candidates and the best trials', and `selection.select`."""
     stages, up = base_stages(cfg, out, splits, teacher_given)
     candidates: list[tuple[str, Stage]] = []
     seen: dict[str, str] = {}
-    for entry in task_ladder(cfg):
+    skipped: list[dict] = []
+    ladder = task_ladder(cfg)
+    teacher_config = _teacher_config(cfg.model.base, teacher_given) if ladder and max_bytes is not None else None
+    for entry in ladder:
         name = student_name(entry)
         if name in seen:
             raise UserError(f"setting students: {seen[name]!r} and {entry!r} are the same student: list it once")
         seen[name] = entry
+        why = too_big(entry, teacher_config, cfg.task, max_bytes)
+        if why:
+            skipped.append({"student": name, "entry": entry, "why": why})
+            continue
         distilled, exported, quantized = student_stages(up, entry)
         stages += [distilled, exported, quantized]
         candidates += [(name, exported), (name + INT8_SUFFIX, quantized)]
@@ -446,7 +461,33 @@ def plan(cfg: RunConfig, out: Path, splits: Splits, teacher_given: Path | None) 
     exported, quantized = compress_stages(up, TEACHER, stages[1])
     stages += [exported, quantized]
     candidates = [(TEACHER, exported), (TEACHER + INT8_SUFFIX, quantized)] + candidates
-    return Plan(stages + [bench_stage(up, candidates)], candidates, up)
+    return Plan(stages + [bench_stage(up, candidates)], candidates, up, skipped)
+
+
+def too_big(entry: str, teacher_config: Any, task: str, max_bytes: int | None) -> str | None:
+    """Why the ladder entry `entry` cannot meet the size budget `max_bytes`, or None when it may. Its smallest
+    model is int8, one byte per weight at least, and vocabulary trimming shrinks only the word embedding: the
+    parameters besides the word embedding, counted from the teacher's configuration, are a floor on its size."""
+    if max_bytes is None:
+        return None
+    from slmkit.students import parameters_besides_words
+
+    floor = parameters_besides_words(entry.split()[0], teacher_config, task)
+    if floor <= max_bytes:
+        return None
+    return (f"its {floor:,} parameters besides the word embedding need {bytes_text(floor)} even at one byte each (int8), "
+            f"over the size budget of {bytes_text(max_bytes)}: not distilled (a larger --budget-size brings it back)")
+
+
+def _teacher_config(base: str, teacher_given: Path | None) -> Any:
+    """The transformers config of the teacher: the given one's, or that of the base model it is fine-tuned from."""
+    if teacher_given is not None:
+        from transformers import AutoConfig
+
+        return AutoConfig.from_pretrained(teacher_given)
+    from slmkit.base import resolve_base
+
+    return resolve_base(base).config
 
 
 def task_ladder(cfg: RunConfig) -> list[str]:

@@ -75,7 +75,7 @@ class Selection:
     explanation: str  # one or two sentences: why this one, or why none
 
 
-def _bytes(n: float) -> str:
+def bytes_text(n: float) -> str:
     for unit, size in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
         if abs(n) >= size:
             return f"{n / size:.3g} {unit}"
@@ -92,7 +92,7 @@ def _points(x: float) -> str:
 
 # budget axis -> (Budgets field, Candidate field, what it is, formatter)
 AXES = {
-    "size": ("max_bytes", "bytes", "size on disk", _bytes),
+    "size": ("max_bytes", "bytes", "size on disk", bytes_text),
     "latency": ("max_latency_ms", "latency_ms", "batch-1 p50 latency", _ms),
     "accuracy drop": ("max_drop", "drop_points", "accuracy drop vs the teacher", _points),
 }

@@ -176,7 +176,74 @@ def build_student(spec: str, teacher: Any, labels: list[str], task: str = "class
     if teacher_labels != list(labels):
         raise UserError(f"student labels {labels} differ from the teacher's {teacher_labels}: distill with the teacher's labels, in its order")
     with torch.no_grad():
-        return BUILDERS[kind](spec, params, teacher, labels, task)
+        student = _skeleton(spec, kind, params, teacher.config, teacher.get_input_embeddings().num_embeddings, labels, task)
+        return INITIALIZERS[kind](student, teacher, params).eval()
+
+
+def parameters_besides_words(spec: str, teacher_config: Any, task: str = "classification") -> int:
+    """How many parameters the student `spec` of a teacher configured as `teacher_config` has besides its
+    word-embedding rows: the least it keeps whatever vocabulary trimming leaves, and with any number of labels
+    (counted with two). Built on the meta device: no memory, no initialization, milliseconds."""
+    import torch
+
+    kind, params = parse_student(spec)
+    check_task(spec, kind, task)
+    with torch.device("meta"):
+        student = _skeleton(spec, kind, params, teacher_config, teacher_config.vocab_size, ["0", "1"], task)
+    return sum(p.numel() for p in student.parameters()) - student.get_input_embeddings().weight.numel()
+
+
+def _skeleton(spec: str, kind: str, params: dict, t: Any, vocab_size: int, labels: list[str], task: str) -> Any:
+    """The student's model as its constructor makes it (random weights) for a teacher configured as `t`, with a
+    `vocab_size`-row word embedding; the `INITIALIZERS` then fill it from the teacher."""
+    from transformers import BertConfig
+
+    if kind == "drop":
+        if t.model_type == "slm_pruned_bert":
+            raise UserError(
+                f"--student {spec}: the teacher is a pruned model, whose layers differ in shape: "
+                "distill from the unpruned teacher (the slm train output)"
+            )
+        if t.model_type != "bert":
+            raise UserError(f"--student {spec}: drop copies BERT layers and the teacher is {t.model_type!r}: use a transformer, bilstm or cnn student")
+        kept = kept_layers(params, t.num_hidden_layers)
+        if kept[-1] >= t.num_hidden_layers:
+            raise UserError(f"--student {spec}: the teacher has {t.num_hidden_layers} layers (0-{t.num_hidden_layers - 1}): keep only layers in that range, e.g. drop:every=2")
+        config = copy.deepcopy(t)
+        config.num_hidden_layers, config.vocab_size = len(kept), vocab_size
+        config.update(_label_maps(labels))
+        return _bert_head(task)(config)  # the teacher's head class: every non-layer weight has the same name
+    if kind == "transformer":
+        hidden = params["hidden"]
+        bert_teacher = t.model_type in BERT_TYPES
+        config = BertConfig(
+            vocab_size=vocab_size,
+            hidden_size=hidden,
+            num_hidden_layers=params["layers"],
+            num_attention_heads=params.get("heads", _default_heads(hidden)),
+            intermediate_size=params.get("ffn", 4 * hidden),
+            max_position_embeddings=t.max_position_embeddings if bert_teacher else 512,
+            type_vocab_size=t.type_vocab_size if bert_teacher else 2,
+            pad_token_id=t.pad_token_id,
+            hidden_act=getattr(t, "hidden_act", "gelu"),
+            hidden_dropout_prob=getattr(t, "hidden_dropout_prob", 0.1),
+            attention_probs_dropout_prob=getattr(t, "attention_probs_dropout_prob", 0.1),
+            layer_norm_eps=getattr(t, "layer_norm_eps", 1e-12),
+            attn_implementation="eager",  # sdpa returns no attention maps (see the module docstring)
+            **_label_maps(labels),
+        )
+        return _bert_head(task)(config)
+    from slmkit.student_models import BiLSTMConfig, BiLSTMForSequenceClassification, BiLSTMForTokenClassification, CNNConfig, CNNForSequenceClassification
+
+    if kind == "bilstm":
+        p = {**BILSTM_DEFAULTS, **params}
+        config = BiLSTMConfig(vocab_size=vocab_size, embed_size=p["embed"], hidden_size=p["hidden"], lstm_layers=p["layers"],
+                              pad_token_id=t.pad_token_id, **_label_maps(labels))
+        return (BiLSTMForTokenClassification if task == "ner" else BiLSTMForSequenceClassification)(config)
+    p = {**CNN_DEFAULTS, **params}
+    config = CNNConfig(vocab_size=vocab_size, embed_size=p["embed"], hidden_size=p["filters"], widths=list(p["widths"]),
+                       pad_token_id=t.pad_token_id, **_label_maps(labels))
+    return CNNForSequenceClassification(config)
 
 
 def _label_maps(labels: list[str]) -> dict:
@@ -189,24 +256,9 @@ def _bert_head(task: str) -> Any:
     return getattr(transformers, BERT_HEADS[task])
 
 
-def _build_drop(spec: str, params: dict, teacher: Any, labels: list[str], task: str) -> Any:
-
-    model_type = teacher.config.model_type
-    if model_type == "slm_pruned_bert":
-        raise UserError(
-            f"--student {spec}: the teacher is a pruned model, whose layers differ in shape: "
-            "distill from the unpruned teacher (the slm train output)"
-        )
-    if model_type != "bert":
-        raise UserError(f"--student {spec}: drop copies BERT layers and the teacher is {model_type!r}: use a transformer, bilstm or cnn student")
-    n_layers = teacher.config.num_hidden_layers
-    kept = kept_layers(params, n_layers)
-    if kept[-1] >= n_layers:
-        raise UserError(f"--student {spec}: the teacher has {n_layers} layers (0-{n_layers - 1}): keep only layers in that range, e.g. drop:every=2")
-    config = copy.deepcopy(teacher.config)
-    config.num_hidden_layers = len(kept)
-    config.update(_label_maps(labels))
-    student = _bert_head(task)(config)  # the teacher's head class: every non-layer weight has the same name
+def _copy_layers(student: Any, teacher: Any, params: dict) -> Any:
+    """drop: every weight from the teacher, layer i from the teacher's kept[i]."""
+    kept = kept_layers(params, teacher.config.num_hidden_layers)
     prefix = "bert.encoder.layer."
     source = teacher.state_dict()
     weights = {}
@@ -218,78 +270,37 @@ def _build_drop(spec: str, params: dict, teacher: Any, labels: list[str], task: 
             weights[name] = source[name]
     student.load_state_dict(weights, strict=True)
     student.set_attn_implementation("eager")  # sdpa returns no attention maps (see the module docstring)
-    return student.eval()
+    return student
 
 
-def _build_transformer(spec: str, params: dict, teacher: Any, labels: list[str], task: str) -> Any:
+def _projected_bert_embeddings(student: Any, teacher: Any, params: dict) -> Any:
+    """transformer: the teacher's word embeddings projected on their top principal directions (and its position
+    and token-type embeddings through the same map, for a BERT teacher)."""
     import torch
-    from transformers import BertConfig
 
-    t = teacher.config
-    hidden = params["hidden"]
-    bert_teacher = t.model_type in BERT_TYPES
-    config = BertConfig(
-        vocab_size=teacher.get_input_embeddings().num_embeddings,
-        hidden_size=hidden,
-        num_hidden_layers=params["layers"],
-        num_attention_heads=params.get("heads", _default_heads(hidden)),
-        intermediate_size=params.get("ffn", 4 * hidden),
-        max_position_embeddings=t.max_position_embeddings if bert_teacher else 512,
-        type_vocab_size=t.type_vocab_size if bert_teacher else 2,
-        pad_token_id=t.pad_token_id,
-        hidden_act=getattr(t, "hidden_act", "gelu"),
-        hidden_dropout_prob=getattr(t, "hidden_dropout_prob", 0.1),
-        attention_probs_dropout_prob=getattr(t, "attention_probs_dropout_prob", 0.1),
-        layer_norm_eps=getattr(t, "layer_norm_eps", 1e-12),
-        attn_implementation="eager",  # sdpa returns no attention maps (see the module docstring)
-        **_label_maps(labels),
-    )
-    student = _bert_head(task)(config)
     words = teacher.get_input_embeddings().weight.detach().float().numpy()
-    mean, projection = pca_projection(words, hidden)
+    mean, projection = pca_projection(words, student.config.hidden_size)
     embeddings = student.bert.embeddings
     embeddings.word_embeddings.weight.copy_(torch.from_numpy((words - mean) @ projection))
-    if bert_teacher:  # the same linear map, without the word mean: the projected sum is the teacher's sum, projected
+    if teacher.config.model_type in BERT_TYPES:  # the same linear map, without the word mean: the projected sum is the teacher's sum, projected
         source = teacher.base_model.embeddings
         for name in ("position_embeddings", "token_type_embeddings"):
             rows = getattr(source, name).weight.detach().float().numpy()
             getattr(embeddings, name).weight.copy_(torch.from_numpy(rows @ projection))
-    return student.eval()
+    return student
 
 
-def _build_bilstm(spec: str, params: dict, teacher: Any, labels: list[str], task: str) -> Any:
-    from slmkit.student_models import BiLSTMConfig, BiLSTMForSequenceClassification, BiLSTMForTokenClassification
-
-    p = {**BILSTM_DEFAULTS, **params}
-    config = BiLSTMConfig(
-        vocab_size=teacher.get_input_embeddings().num_embeddings, embed_size=p["embed"], hidden_size=p["hidden"],
-        lstm_layers=p["layers"], pad_token_id=teacher.config.pad_token_id, **_label_maps(labels),
-    )
-    model_class = BiLSTMForTokenClassification if task == "ner" else BiLSTMForSequenceClassification
-    return _with_projected_words(model_class(config), teacher)
-
-
-def _build_cnn(spec: str, params: dict, teacher: Any, labels: list[str], task: str) -> Any:
-    from slmkit.student_models import CNNConfig, CNNForSequenceClassification
-
-    p = {**CNN_DEFAULTS, **params}
-    config = CNNConfig(
-        vocab_size=teacher.get_input_embeddings().num_embeddings, embed_size=p["embed"], hidden_size=p["filters"],
-        widths=list(p["widths"]), pad_token_id=teacher.config.pad_token_id, **_label_maps(labels),
-    )
-    return _with_projected_words(CNNForSequenceClassification(config), teacher)
-
-
-def _with_projected_words(student: Any, teacher: Any) -> Any:
+def _projected_words(student: Any, teacher: Any, params: dict) -> Any:
+    """bilstm, cnn: the teacher's word embeddings projected, at unit per-dimension RMS."""
     import torch
 
     words = teacher.get_input_embeddings().weight.detach().float().numpy()
     mean, projection = pca_projection(words, student.config.embed_size, rms=LSTM_CNN_EMBEDDING_RMS)
     student.get_input_embeddings().weight.copy_(torch.from_numpy((words - mean) @ projection))
-    return student.eval()
+    return student
 
 
-BUILDERS = {"drop": _build_drop, "transformer": _build_transformer, "bilstm": _build_bilstm, "cnn": _build_cnn}
+INITIALIZERS = {"drop": _copy_layers, "transformer": _projected_bert_embeddings, "bilstm": _projected_words, "cnn": _projected_words}
 
 
 # ------------------------------------------------------------------------------------------ PCA

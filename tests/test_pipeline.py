@@ -271,6 +271,20 @@ def test_no_candidate_within_the_budgets_is_explained_and_strict_fails(copy_of_f
     assert result.exit_code == 1
 
 
+def test_a_student_that_cannot_meet_the_size_budget_is_not_distilled(copy_of_first):
+    # besides its word embedding the 1-layer transformer has 13,890 parameters, the BiLSTM 4,914
+    cfg = replace(copy_of_first, students=[STUDENTS[0], STUDENTS[1] + " epochs=2"])
+    result = slm(*cli_args(cfg), "--budget-size", "10kB", "--quiet")
+    assert result.exit_code == 0, result.output
+    name = student_name(STUDENTS[1] + " epochs=2")
+    text = " ".join(result.stdout.split())
+    assert f"{name}: its 13,890 parameters besides the word embedding need 13.9 kB even at one byte each (int8), over the size budget of 10 kB: not distilled" in text
+    record = json.loads((Path(cfg.out) / "run.json").read_text())
+    assert [s["student"] for s in record["skipped"]] == [name]
+    assert not any(name in r["name"] for r in record["stages"]) and not list((Path(cfg.out) / "stages").glob(f"*{name}*"))
+    assert [(r["kind"], r["status"]) for r in record["stages"] if "bilstm" in r["name"]] == [("distill", "cached"), ("export", "cached"), ("quantize", "cached")]
+
+
 @pytest.mark.parametrize("flag, value, expected", [
     ("--budget-size", "5XB", "--budget-size '5XB': unknown unit 'xb': write a size like 5MB, 500kB or 1.5GB"),
     ("--budget-size", "5", "--budget-size '5': no unit"),

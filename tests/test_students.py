@@ -24,7 +24,7 @@ from slmkit.errors import UserError
 from slmkit.export import export
 from slmkit.predict import TorchPredictor
 from slmkit.runtime import Predictor
-from slmkit.students import build_student, kept_layers, parse_student, pca_projection
+from slmkit.students import build_student, kept_layers, parameters_besides_words, parse_student, pca_projection
 from slmkit.tasks import get_task
 from slmkit.train import make_optimizer, run_epochs
 
@@ -193,17 +193,20 @@ def lstm_params(inputs, hidden) -> int:
     return 4 * hidden * (inputs + hidden) + 2 * 4 * hidden  # gates' input and recurrent weights, two biases
 
 
-@pytest.mark.parametrize("spec, expected", [
-    ("drop:layers=1", bert_params(VOCAB, 32, 1, 64, 128, 2, 3)),
-    ("transformer:layers=2,hidden=16,heads=2,ffn=24", bert_params(VOCAB, 16, 2, 24, 128, 2, 3)),
-    ("bilstm:hidden=12,embed=10", VOCAB * 10 + 2 * lstm_params(10, 12) + (24 * 12 + 12) + (12 * 3 + 3)),
-    ("bilstm:hidden=12,embed=10,layers=2", VOCAB * 10 + 2 * lstm_params(10, 12) + 2 * lstm_params(24, 12) + (24 * 12 + 12) + (12 * 3 + 3)),
-    ("cnn:filters=7,embed=10,widths=2-4", VOCAB * 10 + (10 * 2 * 7 + 7) + (10 * 4 * 7 + 7) + (14 * 3 + 3)),
+@pytest.mark.parametrize("spec, expected, head_inputs", [
+    ("drop:layers=1", bert_params(VOCAB, 32, 1, 64, 128, 2, 3), 32),
+    ("transformer:layers=2,hidden=16,heads=2,ffn=24", bert_params(VOCAB, 16, 2, 24, 128, 2, 3), 16),
+    ("bilstm:hidden=12,embed=10", VOCAB * 10 + 2 * lstm_params(10, 12) + (24 * 12 + 12) + (12 * 3 + 3), 12),
+    ("bilstm:hidden=12,embed=10,layers=2", VOCAB * 10 + 2 * lstm_params(10, 12) + 2 * lstm_params(24, 12) + (24 * 12 + 12) + (12 * 3 + 3), 12),
+    ("cnn:filters=7,embed=10,widths=2-4", VOCAB * 10 + (10 * 2 * 7 + 7) + (10 * 4 * 7 + 7) + (14 * 3 + 3), 14),
 ])
-def test_students_have_the_expected_shapes_and_honest_parameter_counts(teacher, spec, expected, tmp_path):
+def test_students_have_the_expected_shapes_and_honest_parameter_counts(teacher, spec, expected, head_inputs, tmp_path):
     model, hf_tokenizer = teacher
     student = build_student(spec, model, LABELS)
     assert n_params(student) == expected
+    # the size floor slm run plans with: everything but the word embedding, with a two-label head (one label less)
+    words = VOCAB * student.get_input_embeddings().embedding_dim
+    assert parameters_besides_words(spec, model.config) == expected - words - (head_inputs + 1)
     config = student.config
     assert config.num_labels == 3 and config.id2label == dict(enumerate(LABELS)) and config.label2id["login"] == 2
     assert config.vocab_size == VOCAB and student.get_input_embeddings().num_embeddings == VOCAB
