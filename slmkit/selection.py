@@ -4,7 +4,8 @@
     selection = select(candidates, budgets)   # .chosen (None when nothing qualifies), .checks, .explanation
 
 A candidate meets a budget when its figure is at most the limit: bytes of the model file on disk, batch-1 p50
-latency on this CPU (ms), and accuracy drop vs the teacher (points). Among the candidates that meet every
+latency on this CPU (ms), and accuracy drop vs the teacher (points; for a language model, `quality="perplexity"`,
+its per-word perplexity increase in percent, named so in every message). Among the candidates that meet every
 budget the most accurate wins; ties go to the faster, then the smaller. When none meets every budget, the
 explanation names each budget that no candidate met, with the one that came closest on it, or — when every
 budget is met by some candidate but never all by one — the candidate that misses by the least (excess relative
@@ -90,12 +91,25 @@ def _points(x: float) -> str:
     return f"{x:.2f} points"
 
 
+def _percent(x: float) -> str:
+    return f"{x:.2f}%"
+
+
 # budget axis -> (Budgets field, Candidate field, what it is, formatter)
 AXES = {
     "size": ("max_bytes", "bytes", "size on disk", bytes_text),
     "latency": ("max_latency_ms", "latency_ms", "batch-1 p50 latency", _ms),
     "accuracy drop": ("max_drop", "drop_points", "accuracy drop vs the teacher", _points),
 }
+# a language model's quality budget reads the same field: its per-word perplexity increase vs the teacher, in %
+PERPLEXITY_AXIS = ("perplexity increase", ("max_drop", "drop_points", "per-word perplexity increase vs the teacher", _percent))
+
+
+def axes(budgets: Budgets) -> dict[str, tuple]:
+    """The budget axes in `budgets`' terms: name -> (Budgets field, Candidate field, what it measures, format)."""
+    if budgets.quality != "perplexity":
+        return AXES
+    return dict(PERPLEXITY_AXIS if name == "accuracy drop" else (name, spec) for name, spec in AXES.items())
 
 
 # ------------------------------------------------------------------------------------------ budget strings
@@ -129,9 +143,7 @@ def _amount(text: str | None, flag: str, units: dict[str, float], example: str) 
 
 def describe(budgets: Budgets) -> str:
     """'size ≤ 5 MB, latency ≤ 1 ms, accuracy drop ≤ 1.00 points' (or 'no budgets')."""
-    parts = [f"{axis} ≤ {fmt(getattr(budgets, limit))}" for axis, (limit, _, _, fmt) in AXES.items() if getattr(budgets, limit) is not None]
-    if budgets.quality == "perplexity" and budgets.max_drop is not None:  # a language model's quality budget
-        parts[-1] = f"perplexity increase ≤ {budgets.max_drop:.2f}%"
+    parts = [f"{axis} ≤ {fmt(getattr(budgets, limit))}" for axis, (limit, _, _, fmt) in axes(budgets).items() if getattr(budgets, limit) is not None]
     return ", ".join(parts) or "no budgets"
 
 
@@ -142,7 +154,7 @@ def violations(candidate: Candidate, budgets: Budgets) -> dict[str, float]:
     """Per budget that is set: the candidate's figure minus the limit (> 0: missed; <= 0: met)."""
     return {
         axis: float(getattr(candidate, field)) - float(getattr(budgets, limit))
-        for axis, (limit, field, _, _) in AXES.items()
+        for axis, (limit, field, _, _) in axes(budgets).items()
         if getattr(budgets, limit) is not None
     }
 
@@ -166,23 +178,23 @@ def select(candidates: list[Candidate], budgets: Budgets, prefer: str = "accurac
 
 def _explain(checks: list[Check], budgets: Budgets) -> str:
     """Which budgets nothing met (and the closest candidate on each), then the closest candidate overall."""
-    sentences = []
+    sentences, named = [], axes(budgets)
     for axis in checks[0].violations:
         if any(check.violations[axis] <= TOLERANCE for check in checks):
             continue
-        limit, field, what, fmt = AXES[axis]
+        limit, field, what, fmt = named[axis]
         best = min(checks, key=lambda check: check.violations[axis]).candidate
         sentences.append(f"No candidate meets the {axis} budget ({what} ≤ {fmt(getattr(budgets, limit))}): the closest is {best.name} at {fmt(getattr(best, field))}.")
     if not sentences:
         sentences.append(f"Every budget is met by some candidate, but none meets all of {describe(budgets)} at once.")
 
     def relative_miss(check: Check) -> float:
-        # excess as a fraction of each limit (accuracy drop: of at least 1 point, since its limit may be 0)
-        return sum(max(0.0, v) / max(float(getattr(budgets, AXES[axis][0])), 1.0 if axis == "accuracy drop" else 1e-12) for axis, v in check.violations.items())
+        # excess as a fraction of each limit (the quality budget: of at least 1 point or percent, since its limit may be 0)
+        return sum(max(0.0, v) / max(float(getattr(budgets, named[axis][0])), 1.0 if named[axis][0] == "max_drop" else 1e-12) for axis, v in check.violations.items())
 
     closest = min(checks, key=relative_miss)
     misses = ", ".join(
-        f"{axis} by {AXES[axis][3](closest.violations[axis])} ({AXES[axis][3](getattr(closest.candidate, AXES[axis][1]))})" for axis in closest.missed
+        f"{axis} by {named[axis][3](closest.violations[axis])} ({named[axis][3](getattr(closest.candidate, named[axis][1]))})" for axis in closest.missed
     )
     sentences.append(f"Closest overall: {closest.candidate.name}, which misses {misses}.")
     return " ".join(sentences)

@@ -100,7 +100,10 @@ def test_select_prefers_speed_within_budgets():
     assert select([slow, fast_bad, fast_ok], budgets, prefer="speed").chosen.name == "small"
     assert select([slow, fast_bad, fast_ok], budgets).chosen.name == "teacher"  # the classifiers' rule: most accurate
     assert describe(budgets) == "perplexity increase ≤ 5.00%"
-    assert select([slow, fast_bad], Budgets(max_drop=1.0, max_latency_ms=0.3, quality="perplexity"), prefer="speed").chosen is None
+    none = select([slow, fast_bad], Budgets(max_drop=1.0, max_latency_ms=0.3, quality="perplexity"), prefer="speed")
+    assert none.chosen is None and [c.missed for c in none.checks] == [["latency"], ["perplexity increase"]]
+    assert none.explanation == ("Every budget is met by some candidate, but none meets all of latency ≤ 0.3 ms, perplexity increase ≤ 1.00% at once. "
+                                "Closest overall: teacher, which misses latency by 0.2 ms (0.5 ms).")
 
 
 def test_bad_input(corpus, tiny_base, tmp_path):
