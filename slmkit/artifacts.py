@@ -284,6 +284,14 @@ def check_model_dir(directory: Path) -> None:
         raise UserError(f"{directory}: not a trained model (missing {', '.join(missing)}): pass the --out directory of slm train")
 
 
+def register_model_type(directory: Path) -> None:
+    """Make transformers' Auto* factories know the model class of `directory` when it is one of slmkit's own
+    (pruned BERT, BiLSTM or CNN student)."""
+    module = CUSTOM_MODEL_MODULES.get(read_json(directory / HF_CONFIG).get("model_type"))
+    if module:
+        importlib.import_module(module)
+
+
 def load_model(directory: Path) -> tuple[Any, Any]:
     """The trained model (eval mode) and its `transformers` tokenizer, from safetensors only."""
     import transformers
@@ -294,9 +302,7 @@ def load_model(directory: Path) -> tuple[Any, Any]:
     check_model_dir(directory)
     transformers.utils.logging.disable_progress_bar()
     transformers.logging.set_verbosity_error()
-    module = CUSTOM_MODEL_MODULES.get(read_json(directory / HF_CONFIG).get("model_type"))
-    if module:
-        importlib.import_module(module)  # registers the class (pruned BERT, BiLSTM or CNN student)
+    register_model_type(directory)
     auto_class = getattr(transformers, get_task(model_task(directory)).auto_class)  # the head the task trained
     model = auto_class.from_pretrained(directory, use_safetensors=True)
     model.eval()

@@ -484,6 +484,7 @@ def _teacher_config(base: str, teacher_given: Path | None) -> Any:
     if teacher_given is not None:
         from transformers import AutoConfig
 
+        artifacts.register_model_type(teacher_given)  # a pruned teacher's config class
         return AutoConfig.from_pretrained(teacher_given)
     from slmkit.base import resolve_base
 

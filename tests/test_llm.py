@@ -314,3 +314,30 @@ def test_slm_train_lora_bad_input(family_dirs, chat_files, tiny_base, tmp_path):
         assert result.exit_code == 2, (args, result.output)
         assert message in result.stderr and len(result.stderr.strip().splitlines()) == 1, result.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.jsonl"]
+
+
+# ------------------------------------------------------------------------------------------ model.dropout
+
+
+@pytest.mark.parametrize("family", LM_FAMILIES)
+def test_hidden_dropout_drops_while_training_only_and_saves_nothing(family, family_dirs, tmp_path):
+    """model.dropout on an LM: embedding and residual dropout (hooks, or Phi's own) that change training outputs,
+    leave evaluation outputs bit-identical and are not in the saved model."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from slmkit.tasks.lm import add_hidden_dropout
+
+    model = AutoModelForCausalLM.from_pretrained(family_dirs[family]).eval()
+    ids = torch.randint(3, 300, (2, 9), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        before = model(ids).logits
+        places = add_hidden_dropout(model, 0.5)
+        assert places == (3 if family == "phi" else 5)  # Phi's own two residual and one embedding dropout; else embedding + 2 x (attention, MLP)
+        assert torch.equal(model(ids).logits, before)
+        model.train()
+        assert not torch.allclose(model(ids).logits, model(ids).logits)
+    model.save_pretrained(tmp_path)
+    again = AutoModelForCausalLM.from_pretrained(tmp_path).eval()
+    with torch.no_grad():
+        assert torch.equal(again(ids).logits, before)

@@ -196,13 +196,51 @@ def resolve_lm_base(
     return Base("scratch", None, config, tokenizer)
 
 
-def build_causal_lm(base: Base) -> Any:
-    """The model `slm train --task lm` trains: `base.config` freshly initialized (scratch) or the base's weights."""
+def build_causal_lm(base: Base, dropout: float | None = None) -> Any:
+    """The model `slm train --task lm` trains: `base.config` freshly initialized (scratch) or the base's weights,
+    with `dropout` on its hidden states while it trains (`add_hidden_dropout`)."""
     from transformers import AutoModelForCausalLM
 
     if base.directory is None:
-        return AutoModelForCausalLM.from_config(base.config)
-    return AutoModelForCausalLM.from_pretrained(base.directory, config=base.config, use_safetensors=True)
+        model = AutoModelForCausalLM.from_config(base.config)
+    else:
+        model = AutoModelForCausalLM.from_pretrained(base.directory, config=base.config, use_safetensors=True)
+    if dropout:
+        add_hidden_dropout(model, dropout)
+    return model
+
+
+HIDDEN_DROPOUT_AT = ("embed_tokens", "self_attn", "mlp")  # the modules whose outputs join the residual stream
+OWN_HIDDEN_DROPOUT = ("embed_dropout", "resid_dropout")  # a family's own (Phi's) embedding and residual dropout
+
+
+def add_hidden_dropout(model: Any, p: float) -> int:
+    """GPT-2's embedding and residual dropout for decoders whose families have none (Llama, Mistral, Qwen2, Gemma
+    drop only attention weights): forward hooks drop `p` of the token embeddings and of each attention and MLP
+    block's output before it joins the residual stream, in training mode only. A family with its own (Phi's
+    `embed_dropout`, `resid_dropout`) gets `p` there instead. Nothing of this is saved: the saved model is the
+    family's own, identical in evaluation. Returns the number of places that now drop."""
+    import torch.nn.functional as F
+
+    own = [module for name, module in model.named_modules() if name.rsplit(".", 1)[-1] in OWN_HIDDEN_DROPOUT]
+    for module in own:
+        module.p = p
+    if own:
+        return len(own)
+
+    def drop(module: Any, inputs: Any, output: Any) -> Any:
+        if not module.training:
+            return output
+        if isinstance(output, tuple):  # attention: (output, weights)
+            return (F.dropout(output[0], p, True), *output[1:])
+        return F.dropout(output, p, True)
+
+    hooked = 0
+    for name, module in model.named_modules():
+        if name.rsplit(".", 1)[-1] in HIDDEN_DROPOUT_AT:
+            module.register_forward_hook(drop)
+            hooked += 1
+    return hooked
 
 
 def context_of(config: Any, max_length: int | None) -> int:
@@ -297,7 +335,7 @@ class LMTask:
     def build_model(self, base: Base, labels: list[str], dropout: float | None) -> Any:
         from slmkit import lora
 
-        model = build_causal_lm(base)
+        model = build_causal_lm(base, dropout)
         return lora.attach(model, lora.parse_lora(self.lora)) if self.lora else model
 
     # with --lora the artifact is the adapter (or, with --merge, the base with it merged in at the end)
