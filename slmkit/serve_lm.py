@@ -90,8 +90,13 @@ ONNX_LM_TASK = "lm"  # the manifest task of an ONNX LM export (slm export of a c
 
 
 def lm_kind(directory: Path) -> str | None:
-    """"pytorch" for a Hugging Face causal-LM directory, "onnx" for an ONNX LM export, None for anything else.
-    Reads JSON only (no torch): slm serve asks it of every directory."""
+    """"pytorch" for a Hugging Face causal-LM directory (or a LoRA adapter kept apart from its base: served on
+    it), "onnx" for an ONNX LM export, None for anything else. Reads JSON only (no torch): slm serve asks it of
+    every directory."""
+    from slmkit import lora
+
+    if lora.is_adapter_dir(directory):
+        return "pytorch"
     manifest = directory / artifacts.MANIFEST
     if (directory / artifacts.ONNX_MODEL).is_file() and manifest.is_file():
         with contextlib.suppress(UserError):
@@ -137,11 +142,22 @@ class LMModel:
 def check_lm_dir(directory: Path) -> str:
     """What `slm serve` checks before starting (without loading the model): a causal LM it can serve, with a
     tokenizer and a chat template that compiles."""
-    from slmkit.generate import chat_template
+    from slmkit import lora
 
     kind = lm_kind(directory)
     if kind is None:
         raise UserError(f"{directory}: not a causal LM: pass a Hugging Face causal-LM directory or an ONNX LM export")
+    if lora.is_adapter_dir(directory):  # served on its recorded base, the adapter merged in when each worker loads it
+        base = lora.adapter_base(directory)
+        if lm_kind(base) != "pytorch" or lora.is_adapter_dir(base):
+            raise UserError(f"{directory}: the adapter's base {base} is not a Hugging Face causal-LM directory: fix base_model_name_or_path in {lora.ADAPTER_CONFIG}")
+        check_lm_dir(base)
+        artifacts.refuse_pickle(directory, lora.ADAPTER_WEIGHTS)
+        missing = [n for n in (lora.ADAPTER_WEIGHTS, artifacts.TOKENIZER) if not (directory / n).is_file()]
+        if missing:
+            raise UserError(f"{directory}: missing {', '.join(missing)}: save the adapter again with slm train --lora")
+        _check_template(directory)
+        return kind
     if kind == "onnx":
         from slmkit.runtime import load_lm_manifest
 
@@ -151,6 +167,13 @@ def check_lm_dir(directory: Path) -> str:
     missing = [n for n in needed if not (directory / n).is_file()]
     if missing and not (kind == "pytorch" and any(directory.glob("model-*.safetensors"))):
         raise UserError(f"{directory}: missing {', '.join(missing)}: a causal LM is served from safetensors (or model.onnx) and tokenizer.json")
+    _check_template(directory)
+    return kind
+
+
+def _check_template(directory: Path) -> None:
+    from slmkit.generate import chat_template
+
     if (source := chat_template(directory)) is not None:
         from jinja2 import TemplateError
         from jinja2.sandbox import ImmutableSandboxedEnvironment
@@ -159,7 +182,6 @@ def check_lm_dir(directory: Path) -> str:
             ImmutableSandboxedEnvironment().parse(source)
         except TemplateError as e:
             raise UserError(f"{directory}: the chat template does not compile ({e}): fix chat_template.jinja or tokenizer_config.json") from None
-    return kind
 
 
 def load_lm(directory: Path, threads: int | None) -> LMModel:

@@ -4,6 +4,7 @@ down, only adapter weights change, merged = base + adapter, the adapter saved ap
 line naming the file and line (or the flag) and the fix."""
 
 import json
+import time
 from functools import partial
 
 import pytest
@@ -293,6 +294,25 @@ def test_slm_train_lm_lora_merge_or_keep_adapter(family_dirs, chat_files, tmp_pa
     replies = [runner.invoke(app, ["generate", "--model", str(d), "--chat", "my parcel is late", "--greedy", "--max-tokens", "8"]) for d in (merged_out, adapter_out)]
     assert all(r.exit_code == 0 for r in replies), replies[0].output + replies[1].output
     assert replies[0].stdout == replies[1].stdout
+    # slm serve takes the adapter directory as it is: the chat API answers as slm generate did
+    from fastapi.testclient import TestClient
+
+    from slmkit.config import ServeConfig
+    from slmkit.serve import create_app
+    from slmkit.serve_lm import check_lm_dir
+
+    assert check_lm_dir(adapter_out) == "pytorch"
+    with TestClient(create_app(ServeConfig(model=str(adapter_out)))) as client:
+        for _ in range(600):  # the model loads in the background; the server says when it is ready
+            if client.get("/health/ready").status_code == 200:
+                break
+            time.sleep(0.05)
+        answer = client.post("/v1/chat/completions", json={"model": "adapter", "messages": [{"role": "user", "content": "my parcel is late"}], "temperature": 0, "max_tokens": 8})
+    assert answer.status_code == 200, answer.text
+    assert answer.json()["choices"][0]["message"]["content"].strip() == replies[1].stdout.strip()
+    (adapter_out / "adapter_model.safetensors").unlink()
+    with pytest.raises(UserError, match="missing adapter_model.safetensors: save the adapter again"):
+        check_lm_dir(adapter_out)
 
 
 def test_slm_train_lora_bad_input(family_dirs, chat_files, tiny_base, tmp_path):
