@@ -497,6 +497,9 @@ DEFAULT_STUDENTS = [
     "transformer:layers=2,hidden=128,heads=2,ffn=512 epochs=3",
     "drop:every=2 lr=1e-4 epochs=2",
 ]
+# `slm run --task lm`'s students when `students` is left at its default: a 2-layer, 128-wide decoder (0.4M
+# parameters besides the teacher's vocabulary), trained on the training text with token-level KD from the teacher
+LM_DEFAULT_STUDENTS = ["lm:layers=2,hidden=128,heads=2,ffn=512"]
 PIPELINE_BASELINES = ("tfidf", "fasttext", "teacher-torch")  # slm run measures the teacher's int8 itself
 
 
@@ -576,7 +579,7 @@ class RunConfig:
     teacher: str | None = _f(None, "A fine-tuned teacher (slm train output) to reuse instead of training one.")
     model: ModelConfig = field(default_factory=ModelConfig)
     train: OptimConfig = field(default_factory=OptimConfig)
-    students: list[str] = _f(list(DEFAULT_STUDENTS), "The student ladder: slm distill --student specs, each optionally followed by its own distill.train or augment settings (`drop:every=2 lr=1e-4 epochs=2`); an empty list ships the teacher (fp32 or int8) alone.")
+    students: list[str] = _f(list(DEFAULT_STUDENTS), "The student ladder: slm distill --student specs, each optionally followed by its own distill.train or augment settings (`drop:every=2 lr=1e-4 epochs=2`); an empty list ships the teacher (fp32 or int8) alone. --task lm: lm:layers=2,hidden=128 decoders (default: one), which learn the training text from the teacher.")
     distill: LadderConfig = field(default_factory=LadderConfig)
     quantize: RunQuantizeConfig = field(default_factory=RunQuantizeConfig)
     bench: RunBenchConfig = field(default_factory=RunBenchConfig)
@@ -586,7 +589,7 @@ class RunConfig:
 
     def validate(self) -> None:
         from slmkit.selection import parse_latency, parse_size  # the budget formats live with the selection rule
-        from slmkit.students import parse_student
+        from slmkit.students import check_task, parse_student
 
         b, q, bench = self.budget, self.quantize, self.bench
         unknown = [x for x in bench.baselines if x not in PIPELINE_BASELINES + ("kn4",)]
@@ -633,7 +636,9 @@ class RunConfig:
                     f"setting students: {entry!r} is not a student spec: specs hold commas, so give each with --student SPEC "
                     "or as a YAML list (--set 'students=[\"cnn:filters=128,embed=64\"]')"
                 )
-            parse_student(spec)
+            kind = parse_student(spec)[0]
+            if self.task == "classification":  # (the other tasks keep the default ladder's kinds they take, and refuse the rest)
+                check_task(spec, kind, self.task)
             DistillConfig(teacher="-", student=spec, out=self.out, data=self.data, augment=augment, loss=loss, train=train).validate()
 
 
@@ -683,7 +688,7 @@ class LMDistillConfig:
     eval: str | None = _f(None, "Held-out text for the student's perplexity; default: a split of the teacher's continuations.")
     text_col: str = _f("text", "Field (or column) of the prompts with the text.")
     samples: int = _f(1, "Continuations the teacher writes per prompt (more than 1 wants temperature > 0).")
-    max_new_tokens: int = _f(64, "Most tokens per continuation.")
+    max_new_tokens: int = _f(64, "Most tokens per continuation; 0: none, the student learns the prompts themselves with token-level KD (what slm run --task lm does with the training text).")
     temperature: float = _f(0.0, "Teacher sampling temperature; 0 is greedy (Kim & Rush's sequence-level KD).")
     top_p: float = _f(1.0, "Teacher nucleus sampling; 1 turns it off.")
     shape: str = _f(LM_DEFAULT_SHAPE, "The student's shape (a Llama-style decoder): keys layers, hidden, heads, kv_heads, ffn, context.")
@@ -701,7 +706,8 @@ class LMDistillConfig:
             (bool(self.prompts), "prompts", "no prompts: pass --prompts FILE"),
             (bool(self.out), "out", "no output directory: pass --out DIR"),
             (self.samples >= 1, "samples", f"must be at least 1 (got {self.samples})"),
-            (self.max_new_tokens >= 1, "max_new_tokens", f"must be at least 1 (got {self.max_new_tokens})"),
+            (self.max_new_tokens >= 0, "max_new_tokens", f"must be 0 or more (got {self.max_new_tokens})"),
+            (self.max_new_tokens > 0 or self.samples == 1, "samples", "must be 1 when max_new_tokens is 0 (no continuations to sample)"),
             (self.temperature >= 0, "temperature", f"must be 0 or more (got {self.temperature})"),
             (0 < self.top_p <= 1, "top_p", f"must be in (0, 1] (got {self.top_p})"),
             (self.vocab_size is None or self.vocab_size >= LM_MIN_VOCAB, "vocab_size", f"must be at least {LM_MIN_VOCAB} (got {self.vocab_size})"),

@@ -4,7 +4,9 @@ Sequence-level distillation (Kim & Rush 2016): the teacher continues each of the
 loop, greedy by default), and the student, a Llama-style decoder of `--shape` trained from scratch, learns the
 prompts with their continuations through `slm train --task lm`'s loop. When the student shares the teacher's
 tokenizer (the default) and the teacher runs in PyTorch, it also learns the teacher's next-token distributions at
-every position (token-level KD: KL divergence at a temperature, weight `kd`).
+every position (token-level KD: KL divergence at a temperature, weight `kd`). With `max_new_tokens` 0 the teacher
+writes nothing: the student learns the given texts themselves, with token-level KD (what `slm run --task lm`
+does with its training split).
 
 The continuations are cached under `<teacher>/distill-cache/` (or `--cache-dir`), keyed by the teacher, the prompts
 and the generation settings, so a second student reuses them. The output is a standard causal-LM directory.
@@ -93,7 +95,7 @@ def continuations(cfg: LMDistillConfig, teacher: OpenLM, prompts: list[str], gen
             ids, _ = truncate_prompt(teacher.encode(prompt), teacher.context_length, gen.max_new_tokens)
             for s in range(cfg.samples):
                 sample = replace(gen, seed=cfg.seed * 1_000_003 + i * cfg.samples + s)
-                text = "".join(generate_text(teacher.stepper, teacher.tokenizer, ids, sample, eos_ids=teacher.eos_ids, bos_id=teacher.bos_id))
+                text = "".join(generate_text(teacher.stepper, teacher.tokenizer, ids, sample, eos_ids=teacher.eos_ids, bos_id=teacher.bos_id)) if gen.max_new_tokens else ""
                 rows.append({"text": prompt + text, "prompt": prompt, "continuation": text})
                 bar.advance(0.0, (len(rows)) / max(time.perf_counter() - started, 1e-9))
     tmp = path.with_name(path.name + f".{os.getpid()}.tmp")

@@ -35,7 +35,9 @@ written as BIO CoNLL, QA questions as SQuAD JSON; QA holds out whole paragraphs)
 task, export and quantize use its features, the benchmark scores entity F1 / SQuAD F1, and the selection ranks
 (and the max-drop budget counts points of) that F1. The students are the ladder's kinds the task takes (`task_ladder`:
 transformer and layer-dropped students for both, a BiLSTM tagger for NER), with the teacher's vocabulary and no
-text augmentation.
+text augmentation. `--task lm`'s students are `lm:` decoders (`LM_DEFAULT_STUDENTS` unless listed) that learn the
+training split from the teacher's next-token distributions (`lm_student_stages`); the benchmark adds kn4, and the
+selection ships the fastest candidate within the budgets, its quality budget a perplexity increase.
 """
 
 from __future__ import annotations
@@ -53,8 +55,8 @@ import yaml
 
 from slmkit import artifacts, search
 from slmkit.config import (
-    DEFAULT_STUDENTS, PIPELINE_BASELINES, BenchConfig, DataConfig, DistillConfig, ExportConfig, QuantizeConfig, RunConfig, TrainConfig, ladder_entry, save_config,
-    to_dict,
+    DEFAULT_STUDENTS, LM_DEFAULT_STUDENTS, PIPELINE_BASELINES, BenchConfig, DataConfig, DistillConfig, ExportConfig, LMDistillConfig, OptimConfig, QuantizeConfig,
+    RunConfig, TrainConfig, ladder_entry, save_config, to_dict,
 )
 from slmkit.data import Example, check_known_labels, check_labels, read_examples, stratified_split
 from slmkit.errors import UserError
@@ -67,7 +69,8 @@ KEY_LENGTH = 12  # hex digits of a stage key in its directory name
 TEACHER = "teacher"  # the teacher's candidate names: "teacher" (fp32 ONNX) and "teacher-int8"
 INT8_SUFFIX = "-int8"
 LOCK_FILE = ".lock"  # with a search: workers sharing the run directory take turns on its shared stages
-DISTILL_TASKS = ("classification", "ner", "qa")  # the tasks slm distill trains students for
+DISTILL_TASKS = ("classification", "ner", "qa", "lm")  # the tasks slm distill trains students for
+LM_STUDENT_CONTEXT = 512  # an lm student's context: the teacher's, at most this (a large --teacher's may be 32k)
 SPLIT_FILES = {  # the data stage's files per task, in a format the task's reader takes back
     "ner": {"train": "train.conll", "eval": "eval.conll", "test": "test.conll"},
     "qa": {"train": "train.json", "eval": "eval.json", "test": "test.json"},
@@ -444,7 +447,7 @@ def plan(cfg: RunConfig, out: Path, splits: Splits, teacher_given: Path | None, 
     seen: dict[str, str] = {}
     skipped: list[dict] = []
     ladder = task_ladder(cfg)
-    teacher_config = _teacher_config(cfg.model.base, teacher_given) if ladder and max_bytes is not None else None
+    teacher_config = _teacher_config(cfg.model.base, teacher_given) if ladder and max_bytes is not None and cfg.task != "lm" else None
     for entry in ladder:
         name = student_name(entry)
         if name in seen:
@@ -468,7 +471,7 @@ def too_big(entry: str, teacher_config: Any, task: str, max_bytes: int | None) -
     """Why the ladder entry `entry` cannot meet the size budget `max_bytes`, or None when it may. Its smallest
     model is int8, one byte per weight at least, and vocabulary trimming shrinks only the word embedding: the
     parameters besides the word embedding, counted from the teacher's configuration, are a floor on its size."""
-    if max_bytes is None:
+    if max_bytes is None or task == "lm":  # a decoder student is measured, not predicted
         return None
     from slmkit.students import parameters_besides_words
 
@@ -494,13 +497,14 @@ def _teacher_config(base: str, teacher_given: Path | None) -> Any:
 def task_ladder(cfg: RunConfig) -> list[str]:
     """The students to distill: every entry for classification. For NER and QA, the default ladder's entries of
     the kinds the task takes (a CNN pools the text away; QA needs a question-context reader), while an entry the
-    user listed of a kind the task cannot take is refused in one line."""
+    user listed of a kind the task cannot take is refused in one line. For an LM, `LM_DEFAULT_STUDENTS` in place
+    of the default ladder, or the `lm:` entries listed."""
     if cfg.task not in DISTILL_TASKS:
         return []
     if cfg.task == "classification":
         return list(cfg.students)
     default, kept = list(cfg.students) == list(DEFAULT_STUDENTS), []
-    for entry in cfg.students:
+    for entry in LM_DEFAULT_STUDENTS if default and cfg.task == "lm" else cfg.students:
         spec = entry.split()[0]
         kind = parse_student(spec)[0]
         if kind in TASK_KINDS[cfg.task]:
@@ -537,6 +541,8 @@ def student_stages(up: Upstream, entry: str, name: str | None = None, on_epoch: 
 
     name = name or student_name(entry)
     spec, optim, augment, loss = ladder_entry(entry, up.cfg.distill)
+    if up.cfg.task == "lm":
+        return lm_student_stages(up, spec, optim, loss, name)
     if up.cfg.task != "classification":
         augment = 0.0  # augmented texts are whole-text paraphrases: classification only
     d = up.cfg.distill
@@ -546,6 +552,30 @@ def student_stages(up: Upstream, entry: str, name: str | None = None, on_epoch: 
     key = _key("distill", up.teacher_key, up.data_key, _settings(distill_cfg, "teacher", "out", "data.train", "data.eval", "cache_dir"))
     distill_cfg = replace(distill_cfg, out=str(artifacts.stage_dir(up.out, f"distill-{name}", key)))
     distilled = Stage(f"distill {name}", "distill", key, Path(distill_cfg.out), lambda progress: distill(distill_cfg, progress=progress, on_epoch=on_epoch))
+    return (distilled, *compress_stages(up, name, distilled))
+
+
+def lm_student_stages(up: Upstream, spec: str, optim: OptimConfig, loss: Any, name: str) -> tuple[Stage, Stage, Stage]:
+    """An `lm:` student: `slm distill --task lm` with no continuations, so the decoder learns the training split
+    itself from the teacher's next-token distributions (its tokenizer, `distill.loss.kd` and `.temperature`),
+    holding out the eval split; then export with the KV cache and int8, as for the teacher."""
+    key = _key("distill-lm", up.teacher_key, up.data_key, spec, to_dict(optim), loss.kd, loss.temperature)
+    out = artifacts.stage_dir(up.out, f"distill-{name}", key)
+
+    def make(progress: bool) -> Any:  # the student's context is the teacher's, read once the teacher exists
+        from transformers import AutoConfig
+
+        from slmkit.distill_lm import distill_lm
+        from slmkit.lm import context_length
+        from slmkit.students import lm_shape
+
+        context = min(context_length(AutoConfig.from_pretrained(up.teacher_dir)) or LM_STUDENT_CONTEXT, LM_STUDENT_CONTEXT)
+        cfg = LMDistillConfig(teacher=str(up.teacher_dir), prompts=str(up.split_files["train"]), out=str(out), eval=str(up.split_files["eval"]),
+                              max_new_tokens=0, shape=lm_shape(parse_student(spec)[1], context), kd=loss.kd, kd_temperature=loss.temperature,
+                              cache_dir=str(up.out / artifacts.DISTILL_CACHE), train=optim)
+        return distill_lm(cfg, progress=progress)
+
+    distilled = Stage(f"distill {name}", "distill", key, out, make)
     return (distilled, *compress_stages(up, name, distilled))
 
 

@@ -4,6 +4,7 @@
     transformer:layers=4,hidden=312[,heads=12][,ffn=1200]   a small BERT (TinyBERT-4 / BERT-tiny shapes)
     bilstm[:hidden=300][,embed=128][,layers=1]              a BiLSTM classifier (Tang et al. 2019)
     cnn[:filters=256][,embed=128][,widths=2-3-4]            a CNN classifier (Kim 2014)
+    lm:layers=2,hidden=128[,heads=2][,kv_heads][,ffn][,context]  a small Llama-style decoder (`slm run --task lm`)
 
 The head is the teacher's task's: a text classifier, a per-token tagger (NER: `BertForTokenClassification`,
 `BiLSTMForTokenClassification`) or a span head (QA: `BertForQuestionAnswering`). `TASK_KINDS` lists the kinds each
@@ -56,6 +57,7 @@ KINDS: dict[str, dict[str, Any]] = {
     "drop": {"keys": ("layers", "every"), "lists": ("layers",), "example": "drop:every=2 or drop:layers=0,2,4"},
     "transformer": {"keys": ("layers", "hidden", "heads", "ffn"), "lists": (), "example": "transformer:layers=4,hidden=312,heads=12,ffn=1200"},
     "bilstm": {"keys": ("hidden", "embed", "layers"), "lists": (), "example": "bilstm:hidden=300,embed=128"},
+    "lm": {"keys": ("layers", "hidden", "heads", "kv_heads", "ffn", "context"), "lists": (), "example": "lm:layers=2,hidden=128,heads=2,ffn=512"},
     "cnn": {"keys": ("filters", "embed", "widths"), "lists": ("widths",), "example": "cnn:filters=256,widths=2-3-4"},
 }
 MINIMUM = {"hidden": 8, "embed": 8}  # the least value of these keys; of the others 1 (drop layer indices: 0)
@@ -119,7 +121,7 @@ def _check(spec: str, kind: str, params: dict, fix: str) -> None:
         layers = params.get("layers")
         if layers is not None and layers != sorted(set(layers)):
             raise UserError(f"--student {spec}: drop layers must be distinct and increasing (teacher order): {fix}")
-    if kind == "transformer":
+    if kind in ("transformer", "lm"):
         missing = [k for k in ("layers", "hidden") if k not in params]
         if missing:
             raise UserError(f"--student {spec}: missing {', '.join(missing)}: {fix}")
@@ -130,6 +132,23 @@ def _check(spec: str, kind: str, params: dict, fix: str) -> None:
                 f"--student {spec}: student hidden {hidden} is not divisible by heads {heads}: "
                 f"use hidden={near} or heads={_default_heads(hidden)}"
             )
+    if kind == "lm":
+        heads, kv = params.get("heads", _default_heads(params["hidden"])), params.get("kv_heads")
+        if kv is not None and heads % kv:
+            raise UserError(f"--student {spec}: heads ({heads}) must be a multiple of kv_heads ({kv}): {fix}")
+        if not 8 <= params.get("context", 8) <= 4096:
+            raise UserError(f"--student {spec}: context must be in [8, 4096] tokens: {fix}")
+
+
+def lm_shape(params: dict, context: int) -> str:
+    """An `lm` student's `--shape` (slm train --task lm's): heads default to hidden // 64, ffn to 4 x hidden and
+    the context to `context` (the teacher's)."""
+    hidden = params["hidden"]
+    shape = {"layers": params["layers"], "hidden": hidden, "heads": params.get("heads", _default_heads(hidden)), "ffn": params.get("ffn", 4 * hidden),
+             "context": params.get("context", context)}
+    if "kv_heads" in params:
+        shape["kv_heads"] = params["kv_heads"]
+    return ",".join(f"{k}={v}" for k, v in shape.items())
 
 
 def _default_heads(hidden: int) -> int:
@@ -152,7 +171,7 @@ def kept_layers(params: dict, n_layers: int) -> list[int]:
 
 
 # the student kinds each task can take, and the transformers head class of the transformer kinds
-TASK_KINDS = {"classification": ("drop", "transformer", "bilstm", "cnn"), "ner": ("drop", "transformer", "bilstm"), "qa": ("drop", "transformer")}
+TASK_KINDS = {"classification": ("drop", "transformer", "bilstm", "cnn"), "ner": ("drop", "transformer", "bilstm"), "qa": ("drop", "transformer"), "lm": ("lm",)}
 BERT_HEADS = {"classification": "BertForSequenceClassification", "ner": "BertForTokenClassification", "qa": "BertForQuestionAnswering"}
 
 
@@ -161,7 +180,8 @@ def check_task(spec: str, kind: str, task: str) -> None:
     a question-context pair, which the BiLSTM and CNN do not read), naming the kinds that work."""
     kinds = TASK_KINDS[task]
     if kind not in kinds:
-        raise UserError(f"--student {spec}: a {kind} student cannot do {task}: use one of {', '.join(kinds)}, e.g. {EXAMPLE}")
+        example = EXAMPLE if EXAMPLE.split(":")[0] in kinds else KINDS[kinds[0]]["example"]
+        raise UserError(f"--student {spec}: a {kind} student cannot do {task}: use one of {', '.join(kinds)}, e.g. {example}")
 
 
 def build_student(spec: str, teacher: Any, labels: list[str], task: str = "classification") -> Any:

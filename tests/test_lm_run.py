@@ -16,7 +16,9 @@ from slmkit.cli import app
 from slmkit.selection import Budgets, Candidate, describe, select
 
 runner = CliRunner()
+STUDENT = "lm:layers=1,hidden=16,heads=2,ffn=32"
 TINY = ["--set", "model.shape=layers=1,hidden=32,heads=2,ffn=64,context=64", "--set", "model.vocab_size=300", "--set", "train.epochs=1",
+        "--student", STUDENT, "--set", "distill.train.epochs=2", "--set", "distill.train.lr=1e-2",
         "--set", "bench.threads=[1]", "--set", "bench.rounds=1", "--set", "bench.latency_calls=20", "--set", "bench.sample=2",
         "--set", "bench.bootstrap=200", "--set", "bench.rss=false", "--quiet"]
 
@@ -47,18 +49,28 @@ def test_stages_selection_and_bundle(lm_run):
 
     out, printed = lm_run
     record = json.loads((out / artifacts.RUN_RECORD).read_text(encoding="utf-8"))
-    assert record["finished"] and [s["kind"] for s in record["stages"]] == ["data", "teacher", "export", "quantize", "bench", "deploy"]
+    kinds = ["data", "teacher", "distill", "export", "quantize", "export", "quantize", "bench", "deploy"]
+    assert record["finished"] and [s["kind"] for s in record["stages"]] == kinds
     assert all(s["status"] == "ran" for s in record["stages"])
     chosen = record["selection"]["chosen"]
-    assert chosen in ("teacher", "teacher-int8") and "fastest" in record["selection"]["explanation"]
+    assert chosen in ("teacher", "teacher-int8", "lm-L1-H16-A2-F32", "lm-L1-H16-A2-F32-int8") and "fastest" in record["selection"]["explanation"]
     assert record["selection"]["budgets"] == "size ≤ 5 MB, latency ≤ 1e+03 ms, perplexity increase ≤ 5.00%"
     data_dir = Path(record["stages"][0]["dir"])
     assert sum(len(data_dir.joinpath(f).read_text(encoding="utf-8").splitlines()) for f in ("train.jsonl", "eval.jsonl", "test.jsonl")) == 150
 
-    bench = json.loads((Path(record["stages"][4]["dir"]) / artifacts.BENCH_RESULTS).read_text(encoding="utf-8"))
+    bench = json.loads((Path(record["stages"][kinds.index("bench")]["dir"]) / artifacts.BENCH_RESULTS).read_text(encoding="utf-8"))
     entries = {e["name"]: e for e in bench["entries"]}
-    assert bench["task"] == "lm" and set(entries) == {"teacher", "teacher-int8", "kn4"}
+    assert bench["task"] == "lm" and set(entries) == {"teacher", "teacher-int8", "lm-L1-H16-A2-F32", "lm-L1-H16-A2-F32-int8", "kn4"}
     assert entries["teacher-int8"]["precision"] == "int8" and entries["teacher-int8"]["fp32_reference"] == "teacher"
+    # the student: the teacher's tokenizer and context, the training split learnt with token-level KD, no continuations
+    student = Path(record["stages"][2]["dir"])
+    metrics = json.loads((student / "metrics.json").read_text(encoding="utf-8"))
+    assert metrics["distill"]["token_kd"] == "on" and metrics["distill"]["generation"]["max_new_tokens"] == 0
+    teacher_dir = Path(record["stages"][1]["dir"])
+    assert (student / "tokenizer.json").read_bytes() == (teacher_dir / "tokenizer.json").read_bytes()
+    config = json.loads((student / "config.json").read_text(encoding="utf-8"))
+    assert (config["num_hidden_layers"], config["hidden_size"], config["max_position_embeddings"]) == (1, 16, 64)
+    assert entries["lm-L1-H16-A2-F32"]["parameters"] < entries["teacher"]["parameters"]
     # the fastest candidate within the budgets (ms per generated token), as select(prefer="speed") picks it
     ok = {n: e for n, e in entries.items() if n != "kn4"}
     fastest = min(ok, key=lambda n: (ok[n]["speed"]["1"]["p50_ms"]["median"], ok[n]["bytes"]))
@@ -83,7 +95,7 @@ def test_rerun_is_cached_and_budgets_nothing_meets(lm_run, corpus):
     result = invoke("run", "--task", "lm", "--data", corpus, "--out", out, "--budget-size", "5MB", "--budget-latency", "1s", "--max-drop", "5", *TINY)
     assert result.exit_code == 0, result.output
     record = json.loads((out / artifacts.RUN_RECORD).read_text(encoding="utf-8"))
-    assert [s["status"] for s in record["stages"]] == ["cached"] * 6
+    assert [s["status"] for s in record["stages"]] == ["cached"] * 9
     # a latency budget no model meets: nothing is chosen, the reason is given; --strict makes that exit 1
     result = invoke("run", "--task", "lm", "--data", corpus, "--out", out, "--budget-latency", "1us", "--strict", *TINY)
     assert result.exit_code == 1, result.output
