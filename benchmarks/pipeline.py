@@ -214,6 +214,8 @@ def dataset_section(row: dict, cpus: int) -> list[str]:
         lines += ["Default settings and budgets.", ""]
     note = loaded(row, cpus)
     lines += [note, ""] if note else [f"1-minute load average {row['loadavg_before'][0]:.2f} before the run, {row['loadavg_after'][0]:.2f} after it ({cpus} CPUs).", ""]
+    if row.get("note"):  # what the load averages cannot tell: another job during the run
+        lines += [f"**Note**: {row['note']}", ""]
     lines += [f"Total wall time {_minutes(row['wall_s'])} (CPU time {_minutes(row['cpu_s'])}). Budgets: {row['budgets']}.", "",
               "| stage | kind | status | wall time |", "|---|---|---|---:|"]
     for s in row["stages"]:
@@ -293,6 +295,7 @@ def main() -> None:
     parser.add_argument("--workdir", default=str(ROOT / "runs" / "bench-pipeline"), help="Run directories and data subsets go under WORKDIR/<dataset>/.")
     parser.add_argument("--out", default=str(RESULTS / "pipeline"), help="Results file stem: writes OUT.md and OUT.json.")
     parser.add_argument("--quiet", action="store_true", help="No stage progress lines.")
+    parser.add_argument("--note", default=None, help="A sentence for the results of this run's datasets, e.g. what else ran on the machine.")
     args = parser.parse_args()
     if not DATA.is_dir():
         sys.exit(f"{DATA}: benchmark data not found (the shared data folder must sit beside the project)")
@@ -311,7 +314,7 @@ def main() -> None:
             row = run_dataset(name, args, log)
         except UserError as e:  # bad input or settings: one line, as slm run says it
             sys.exit(f"[{name}] {e}")
-        rows.append({**row, "command": command, "date": date})
+        rows.append({**row, "command": command, "date": date, **({"note": args.note} if args.note else {})})
         write_results(Path(args.out), rows, fingerprint())
         t = rows[-1]["targets"]
         log(f"[{name}] targets: " + ", ".join(f"{k} {'met' if v['met'] else 'NOT met'}" for k, v in t.items()))
