@@ -57,8 +57,8 @@ KINDS: dict[str, dict[str, Any]] = {
     "drop": {"keys": ("layers", "every"), "lists": ("layers",), "example": "drop:every=2 or drop:layers=0,2,4"},
     "transformer": {"keys": ("layers", "hidden", "heads", "ffn"), "lists": (), "example": "transformer:layers=4,hidden=312,heads=12,ffn=1200"},
     "bilstm": {"keys": ("hidden", "embed", "layers"), "lists": (), "example": "bilstm:hidden=300,embed=128"},
-    "lm": {"keys": ("layers", "hidden", "heads", "kv_heads", "ffn", "context"), "lists": (), "example": "lm:layers=2,hidden=128,heads=2,ffn=512"},
     "cnn": {"keys": ("filters", "embed", "widths"), "lists": ("widths",), "example": "cnn:filters=256,widths=2-3-4"},
+    "lm": {"keys": ("layers", "hidden", "heads", "kv_heads", "ffn", "context"), "lists": (), "example": "lm:layers=2,hidden=128,heads=2,ffn=512"},
 }
 MINIMUM = {"hidden": 8, "embed": 8}  # the least value of these keys; of the others 1 (drop layer indices: 0)
 HEAD_WIDTH = 64  # default heads = hidden // HEAD_WIDTH (BERT's head size)

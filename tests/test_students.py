@@ -124,7 +124,7 @@ def test_parse_student_known_answers(spec, expected):
 
 
 @pytest.mark.parametrize("spec, fragment", [
-    ("lstm:hidden=300", "unknown kind 'lstm': use one of drop, transformer, bilstm, cnn"),
+    ("lstm:hidden=300", "unknown kind 'lstm': use one of drop, transformer, bilstm, cnn, lm"),
     ("transformer:layers=2,hidden=130,heads=4", "student hidden 130 is not divisible by heads 4: use hidden=128 or heads=2"),
     ("transformer:layers=2,hidden=64,heads=128", "student hidden 64 is not divisible by heads 128"),
     ("transformer:hidden=128", "missing layers"),
