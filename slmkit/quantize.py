@@ -166,7 +166,8 @@ def run_ladder(cfg: QuantizeConfig, src: Path, fp32: Path, staging: Path, work: 
     import onnx
 
     graph = onnx.load(str(fp32 / artifacts.ONNX_MODEL)).graph
-    steps = backoff_steps(graph, cfg.exclude) if cfg.max_drop is not None else [("as asked", list(cfg.exclude))]
+    quantized = DYNAMIC_OPS if cfg.method in ("dynamic", "qat") else QUANTIZED_OPS
+    steps = backoff_steps(graph, cfg.exclude, quantized) if cfg.max_drop is not None else [("as asked", list(cfg.exclude))]
     ref_scores = measure_dir(src, evaluation) if evaluation else None
     tried = []
     for name, exclude in steps:
@@ -188,11 +189,17 @@ def run_ladder(cfg: QuantizeConfig, src: Path, fp32: Path, staging: Path, work: 
     return summary(cfg, src, staging, tried, ref_scores, [], fell_back=True, metric_name=metric_name(evaluation))
 
 
-def backoff_steps(graph, always: list[str]) -> list[tuple[str, list[str]]]:
-    """The accuracy-aware ladder: exclusion lists from none to everything but the encoder's lower layers."""
+QUANTIZED_OPS = ("MatMul", "Gather", "Gemm")  # what slm quantize asks ONNX Runtime to quantize ...
+DYNAMIC_OPS = ("MatMul", "Gather")  # ... of which its dynamic int8 takes these (its registry has no Gemm)
+
+
+def backoff_steps(graph, always: list[str], quantized: tuple[str, ...] = QUANTIZED_OPS) -> list[tuple[str, list[str]]]:
+    """The accuracy-aware ladder: exclusion lists from none to everything but the encoder's lower layers. Only
+    nodes of the `quantized` op types count (keeping an unquantized node fp32 changes nothing), and a step that
+    would exclude nothing more than the one before it is left out: each step tries a different model."""
     nodes = list(graph.node)
     weights = {t.name for t in graph.initializer}
-    head = [n.name for n in nodes if n.op_type == "Gemm"]  # the pooler and classifier (nn.Linear on a 2-D input)
+    head = [n.name for n in nodes if n.op_type == "Gemm" and "Gemm" in quantized]  # the pooler and classifier (nn.Linear on a 2-D input)
     embeddings = [n.name for n in nodes if n.op_type == "Gather" and n.input and n.input[0] in weights]
     matmuls = [n.name for n in nodes if n.op_type == "MatMul" and any(i in weights for i in n.input)]
     # a per-token head (NER's classifier, QA's span layer) is nn.Linear on a 3-D input: a MatMul after the last layer's six
@@ -204,7 +211,7 @@ def backoff_steps(graph, always: list[str]) -> list[tuple[str, list[str]]]:
     for k in range(1, len(layers)):
         top = [name for layer in layers[-k:] for name in layer]
         steps.append((f"head, embeddings and top {k} of {len(layers)} layers fp32", always + head + embeddings + top))
-    return steps
+    return [step for i, step in enumerate(steps) if i == 0 or len(set(step[1])) > len(set(steps[i - 1][1]))]
 
 
 def quantize_file(cfg: QuantizeConfig, src: Path, dst: Path, exclude: list[str], calib: list | None) -> None:
@@ -212,7 +219,7 @@ def quantize_file(cfg: QuantizeConfig, src: Path, dst: Path, exclude: list[str],
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_dynamic, quantize_static
 
     logging.getLogger().setLevel(max(logging.getLogger().level, logging.ERROR))  # ORT's "consider pre-processing" advice
-    op_types = ["MatMul", "Gather", "Gemm"]
+    op_types = list(QUANTIZED_OPS)
     kept_types = {e for e in exclude if e in op_types}
     op_types = [t for t in op_types if t not in kept_types]
     nodes = [e for e in exclude if e not in kept_types]
