@@ -497,7 +497,7 @@ DEFAULT_STUDENTS = [
     "transformer:layers=2,hidden=128,heads=2,ffn=512 epochs=3",
     "drop:every=2 lr=1e-4 epochs=2",
 ]
-# `slm run --task lm`'s students when `students` is left at its default: a 2-layer, 128-wide decoder (0.4M
+# `slm run --task lm`'s students when `students` is left at its default: a 2-layer, 128-wide decoder (0.5M
 # parameters besides the teacher's vocabulary), trained on the training text with token-level KD from the teacher
 LM_DEFAULT_STUDENTS = ["lm:layers=2,hidden=128,heads=2,ffn=512"]
 PIPELINE_BASELINES = ("tfidf", "fasttext", "teacher-torch")  # slm run measures the teacher's int8 itself
