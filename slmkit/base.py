@@ -43,13 +43,28 @@ def packaged_minilm_dir() -> Path:
 
 def resolve_base(spec: str) -> Base:
     """Turn a `--base` value into a loadable base model, with a one-line error when it is not one."""
-    from transformers import AutoConfig, BertConfig
+    from transformers import BertConfig
 
     if spec.startswith(SCRATCH_PREFIX):
         shape = _parse_scratch(spec)
         tokenizer = _load_tokenizer(packaged_minilm_dir())
         config = BertConfig(vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id, **shape)
         return Base(spec, None, config, tokenizer)
+    directory, config = _base_dir_config(spec)
+    return Base(spec, directory, config, _load_tokenizer(directory, spec))
+
+
+def base_config(spec: str) -> Any:
+    """The transformers config of `--base spec`, without loading its tokenizer (a scratch base's vocabulary size
+    is its tokenizer's, so that one is resolved whole)."""
+    if spec.startswith(SCRATCH_PREFIX):
+        return resolve_base(spec).config
+    return _base_dir_config(spec)[1]
+
+
+def _base_dir_config(spec: str) -> tuple[Path, Any]:
+    from transformers import AutoConfig
+
     directory = packaged_minilm_dir() if spec == DEFAULT_BASE else Path(spec)
     if not directory.is_dir():
         raise UserError(f"--base {spec}: no such directory: pass 'minilm', a local Hugging Face model directory or 'scratch:layers=2,hidden=128,heads=2'")
@@ -58,10 +73,9 @@ def resolve_base(spec: str) -> Base:
     if not list(directory.glob("*.safetensors")):
         raise UserError(f"--base {spec}: no .safetensors weights (slmkit never loads pickled .bin files): re-save the model with safe_serialization=True")
     try:
-        config = AutoConfig.from_pretrained(directory)
+        return directory, AutoConfig.from_pretrained(directory)
     except Exception as e:  # transformers raises many types for a bad config
         raise UserError(f"--base {spec}: config.json cannot be loaded ({_first_line(e)}): check the model directory") from None
-    return Base(spec, directory, config, _load_tokenizer(directory, spec))
 
 
 # dropout settings across BERT / DistilBERT / RoBERTa configs (a config has only some of them)

@@ -489,9 +489,9 @@ def _teacher_config(base: str, teacher_given: Path | None) -> Any:
 
         artifacts.register_model_type(teacher_given)  # a pruned teacher's config class
         return AutoConfig.from_pretrained(teacher_given)
-    from slmkit.base import resolve_base
+    from slmkit.base import base_config
 
-    return resolve_base(base).config
+    return base_config(base)
 
 
 def task_ladder(cfg: RunConfig) -> list[str]:
