@@ -2,8 +2,8 @@
 
 For each dataset (SST-2: report dev accuracy; banking77: report test accuracy) both trainers see the same
 training examples, hyperparameters and epochs:
-- slmkit: `slmkit.train.train` (length-bucketed batches, dynamic padding; bf16 autocast only where the CPU has
-  native bf16), selecting its best
+- slmkit: `slmkit.train.train` (random batches packed into shared rows by default, `--batches`; bf16 autocast
+  only where the CPU has native bf16), selecting its best
   epoch on a seeded held-out slice of the training file, then `slmkit.evaluate` on the reporting split;
 - reference: `transformers.Trainer` with `DataCollatorWithPadding` (dynamic padding, fp32, its defaults),
   trained on the same examples (the training file minus the same held-out slice), scored after its last epoch.
@@ -88,7 +88,7 @@ def write_csv(path: Path, examples) -> Path:
 # ------------------------------------------------------------------------------------------ workers
 
 
-def run_slmkit(spec: dict, train_csv: Path, held_csv: Path, epochs: int, workdir: Path, device: str, seed: int = 42, bucket: bool = True, pool: int = 50) -> dict:
+def run_slmkit(spec: dict, train_csv: Path, held_csv: Path, epochs: int, workdir: Path, device: str, seed: int = 42, batches: str = "packed", pool: int = 50) -> dict:
     from slmkit.config import DataConfig, EvalConfig, OptimConfig, TrainConfig
     from slmkit.evaluate import evaluate
     from slmkit.hardware import native_bf16
@@ -99,7 +99,7 @@ def run_slmkit(spec: dict, train_csv: Path, held_csv: Path, epochs: int, workdir
         data=DataConfig(train=str(train_csv), eval=str(held_csv)),
         train=OptimConfig(
             epochs=epochs, batch_size=BATCH_SIZE, lr=spec["lr"], weight_decay=WEIGHT_DECAY, warmup=WARMUP,
-            grad_clip=GRAD_CLIP, seed=seed, bucket=bucket, bucket_pool=pool, bf16=device == "cpu" and native_bf16(), patience=0, device=device,
+            grad_clip=GRAD_CLIP, seed=seed, pack=batches == "packed", bucket=batches != "random", bucket_pool=pool, bf16=device == "cpu" and native_bf16(), patience=0, device=device,
         ),
     )
     started = time.perf_counter()
@@ -111,7 +111,7 @@ def run_slmkit(spec: dict, train_csv: Path, held_csv: Path, epochs: int, workdir
         "trainer": "slmkit", "accuracy": report.metrics["accuracy"], "accuracy_ci95": report.metrics["accuracy_ci95"],
         "macro_f1": report.metrics["macro_f1"], "wall_s": wall, "loop_s": m["train_seconds"],
         "train_examples_per_s": m["n_train"] * m["epochs_run"] / wall, "best_epoch": m["best_epoch"],
-        "max_length": m["max_length"], "n_train": m["n_train"], "peak_rss_mb": peak_rss_mb(),
+        "max_length": m["max_length"], "n_train": m["n_train"], "peak_rss_mb": peak_rss_mb(), "batches": m["batches"],
     }
 
 
@@ -175,7 +175,7 @@ def worker(args) -> None:
     workdir = Path(args.workdir)
     train_csv, held_csv = workdir / "train.csv", workdir / "held.csv"
     if args.worker == "slmkit":
-        result = run_slmkit(spec, train_csv, held_csv, args.epochs, workdir, args.device, args.seed, not args.random_batches, args.bucket_pool)
+        result = run_slmkit(spec, train_csv, held_csv, args.epochs, workdir, args.device, args.seed, args.batches, args.bucket_pool)
     else:
         result = run_trainer(spec, train_csv, held_csv, args.epochs, workdir, args.max_length, args.device, args.seed)
     (workdir / f"{args.worker}.json").write_text(json.dumps(result))
@@ -206,7 +206,8 @@ def main() -> None:
     parser.add_argument("--out", default=str(RESULTS / "teacher"), help="Results path without extension.")
     parser.add_argument("--device", default="cpu", help="cpu, or cuda where PyTorch sees a GPU (both trainers).")
     parser.add_argument("--seed", type=int, default=SEED, help="Both trainers' training seed (the held-out split keeps 42).")
-    parser.add_argument("--random-batches", action="store_true", help="slmkit without length bucketing.")
+    parser.add_argument("--batches", choices=["packed", "bucketed", "random"], default="packed", help="slmkit's batches: random ones packed into shared rows (train.pack, the default), length-bucketed, or random and padded.")
+    parser.add_argument("--random-batches", dest="batches", action="store_const", const="random", help="The same as --batches random.")
     parser.add_argument("--bucket-pool", type=int, default=50, help="slmkit's length-bucketing pool, in batches (train.bucket_pool).")
     parser.add_argument("--note", default="", help="A sentence about the run's setup, written into the results.")
     parser.add_argument("--worker", choices=["slmkit", "trainer"], help=argparse.SUPPRESS)
@@ -232,7 +233,7 @@ def main() -> None:
             for trainer in args.trainers:  # slmkit first: the Trainer reuses its derived max length
                 extra = ["--max-length", str(results["slmkit"]["max_length"] if "slmkit" in results else args.max_length or 128)] if trainer == "trainer" else []
                 cmd = [sys.executable, __file__, "--worker", trainer, "--dataset", name, "--workdir", tmp, "--epochs", str(epochs), "--device", args.device, "--seed", str(args.seed), *extra]
-                cmd += ["--random-batches"] if args.random_batches else ["--bucket-pool", str(args.bucket_pool)]
+                cmd += ["--batches", args.batches, "--bucket-pool", str(args.bucket_pool)]
                 cmd += ["--lr", str(args.lr)] if args.lr else []
                 print(f"[{name}] {trainer}: training {epochs} epoch(s)...", flush=True)
                 subprocess.run(cmd, check=True)
@@ -242,6 +243,18 @@ def main() -> None:
                 shutil.copytree(workdir / "slmkit-model", Path(args.keep) / name, dirs_exist_ok=True)
         rows.append({"dataset": name, "split": spec["split"], "epochs": epochs, "lr": spec["lr"], "limit": limit, **results})
     write_results(Path(args.out), rows, command, args.device, args.note, args.seed)
+
+
+BATCHES = {
+    "packed": "random batches whose texts share rows under a block-diagonal attention mask (packed, `train.pack`)",
+    "bucketed": "length-bucketed",
+    "random": "random, padded",
+}
+
+
+def batches_text(rows: list[dict]) -> str:
+    """How slmkit's batches were made in these runs."""
+    return " / ".join(BATCHES[k] for k in sorted({r["slmkit"]["batches"] for r in rows if "slmkit" in r})) or "no"
 
 
 def write_results(out: Path, rows: list[dict], command: str, device: str = "cpu", note: str = "", seed: int = SEED) -> None:
@@ -263,7 +276,7 @@ def write_results(out: Path, rows: list[dict], command: str, device: str = "cpu"
         "Both trainers fine-tune the packaged all-MiniLM-L6-v2 on the same examples (the training file minus a seeded, "
         "stratified held-out slice that slmkit uses to pick its best epoch) with the same hyperparameters: AdamW, "
         f"batch {BATCH_SIZE}, weight decay {WEIGHT_DECAY}, {WARMUP:.0%} linear warmup then linear decay, gradient clipping "
-        f"{GRAD_CLIP}, seed {seed}, the same maximum length, fused AdamW (the Trainer's default). slmkit uses length-bucketed "
+        f"{GRAD_CLIP}, seed {seed}, the same maximum length, fused AdamW (the Trainer's default). slmkit uses {batches_text(rows)} "
         f"batches{' and bf16 autocast' if native else ' in fp32' if device != 'cpu' else ' in fp32 (this CPU has no native bf16, where autocast is far slower)'}; "
         "the Trainer uses `DataCollatorWithPadding` (dynamic padding, random batches) in fp32, its default. Wall time is the "
         "whole `slmkit.train.train()` call (data reading, per-epoch evaluation and checkpoints included) and the "

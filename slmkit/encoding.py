@@ -1,8 +1,9 @@
 """From texts to batches: the tokenizer setup and the length-aware batching every stage shares.
 
 Tokenization uses the `tokenizers` library directly (fast, no torch), with padding off and truncation at
-the model's maximum length; batches are padded only to their own longest member. Training batches are
-length-bucketed (sorted within shuffled pools) so that little compute is spent on padding.
+the model's maximum length; batches are padded only to their own longest member. Training batches that are
+not packed (slmkit.packing) are length-bucketed (sorted within shuffled pools) so that little compute is spent
+on padding.
 """
 
 from __future__ import annotations

@@ -26,7 +26,7 @@ from typing import Callable, Iterator
 
 import numpy as np
 
-from slmkit import artifacts, distributed
+from slmkit import artifacts, distributed, packing
 from slmkit.base import resolve_base
 from slmkit.config import LOWER_IS_BETTER, OptimConfig, TrainConfig, save_config
 from slmkit.encoding import bucketed_order, make_encoder, uses_token_types
@@ -100,10 +100,13 @@ def run_epochs(
     loss_fn: Callable[[object, dict], object],
     cfg: OptimConfig,
     start_epoch: int = 0,
+    packed: bool = False,
 ) -> Iterator[Step | EpochEnd]:
     """The training loop: yields a `Step` after each optimizer step and an `EpochEnd` after each epoch.
 
     `loss_fn(model, batch) -> scalar tensor`. The caller evaluates, checkpoints and stops (by leaving the loop).
+    Batches are random when `collate` packs them (`packed`, see slmkit.packing) or `cfg.bucket` is off, else
+    length-bucketed.
     Under torchrun every process runs this loop on its share of each batch (`distributed.shard`); `Step` and
     `EpochEnd` count the examples of all processes.
     """
@@ -115,7 +118,7 @@ def run_epochs(
     for epoch in range(start_epoch + 1, cfg.epochs + 1):
         rng = np.random.default_rng([cfg.seed, epoch])  # the same global batches on every process
         torch.manual_seed((cfg.seed * 1000 + epoch) * world + rank)  # dropout masks depend on (seed, epoch, rank) only
-        batches = bucketed_order(lengths, cfg.batch_size, rng, cfg.bucket_pool if cfg.bucket else 1)
+        batches = bucketed_order(lengths, cfg.batch_size, rng, 1 if packed or not cfg.bucket else cfg.bucket_pool)
         model.train()
         started, seen, losses = time.perf_counter(), 0, []
         for i, idx in enumerate(batches, start=1):
@@ -230,8 +233,13 @@ def train(
         # activations recomputed in the backward pass: less memory, slower steps (transformers 5.x renamed the method)
         (getattr(model, "activation_checkpointing_enable", None) or model.gradient_checkpointing_enable)()
     collate = partial(task.collate, pad_id=base.hf_tokenizer.pad_token_id or 0, token_types=uses_token_types(model, base.hf_tokenizer))
+    to_packed, why = packing.plan(model, train_feats, collate) if o.pack and getattr(task, "packs", False) else (None, "")
+    train_collate = packing.packed_collate(to_packed, collate) if to_packed else collate
+    if why and main:
+        stderr.print(f"note: train.pack: {why}; {'length-bucketed' if o.bucket else 'random'} batches instead")
+    batches = "packed" if to_packed else "bucketed" if o.bucket else "random"
     if o.device != "cpu":
-        collate = partial(on_device, collate, o.device)
+        collate, train_collate = partial(on_device, collate, o.device), partial(on_device, train_collate, o.device)
     base.hf_tokenizer.model_max_length = max_length  # predict and transformers.pipeline truncate here
 
     steps_per_epoch = math.ceil(len(train_feats) / o.batch_size)
@@ -241,6 +249,8 @@ def train(
         counts = np.bincount([f["label"] for f in train_feats], minlength=len(labels))
         class_weights = torch.tensor(len(train_feats) / (len(labels) * np.maximum(counts, 1)), dtype=torch.float32, device=o.device)
     loss_fn = partial(task.loss, class_weights=class_weights, label_smoothing=o.label_smoothing)
+    if to_packed:  # random batches, their texts sharing rows: the speed of bucketing, without its sorted batches
+        loss_fn = packing.packed_loss(loss_fn)
 
     state = {"epoch": 0, "best": -1.0, "best_epoch": 0, "bad_epochs": 0, "history": [], "train_seconds": 0.0}
     if resume:
@@ -260,7 +270,7 @@ def train(
     with StepProgress(progress and main) as bar:
         if state["epoch"] < o.epochs:
             bar.start(f"epoch {state['epoch'] + 1}/{o.epochs}", steps_per_epoch)
-        for record in run_epochs(model, optimizer, scheduler, train_feats, collate, loss_fn, o, start_epoch=state["epoch"]):
+        for record in run_epochs(model, optimizer, scheduler, train_feats, train_collate, loss_fn, o, state["epoch"], to_packed is not None):
             if isinstance(record, Step):
                 bar.advance(record.loss, record.examples_per_s)
                 continue
@@ -293,6 +303,7 @@ def train(
         "eval_source": str(eval_path) if d.eval else f"{d.eval_split:.0%} held-out split of {train_path}",
         "max_length": max_length,
         "parameters": sum(p.numel() for p in model.parameters()),
+        "batches": batches,  # packed, bucketed or random (train.pack, train.bucket)
         "processes": distributed.world_size(),  # under torchrun: each took a share of every batch
         "best_epoch": state["best_epoch"],
         "epochs_run": state["epoch"],

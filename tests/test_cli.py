@@ -11,7 +11,7 @@ from slmkit import artifacts
 from slmkit.cli import app
 
 runner = CliRunner()
-TINY = ["--epochs", "4", "--lr", "3e-3", "--batch-size", "16", "--seed", "7", "--set", "train.warmup=0", "--quiet"]
+TINY = ["--epochs", "4", "--lr", "3e-3", "--batch-size", "16", "--seed", "7", "--set", "train.warmup=0", "--set", "train.pack=false", "--quiet"]  # as tiny_config
 
 
 def slm(*args):

@@ -25,6 +25,7 @@ class ClassificationTask:
     auto_class = "AutoModelForSequenceClassification"
     outputs = ("logits",)  # the model outputs an export keeps
     per_token = False  # one row of logits per text, not per token
+    packs = True  # its loss reads only the head's output and the labels: training batches can be packed (slmkit.packing)
 
     # ------------------------------------------------------------------------------------------ data
     def read(self, path: Path, d: Any) -> list[Example]:

@@ -27,6 +27,7 @@ class NERTask:
     auto_class = "AutoModelForTokenClassification"
     outputs = ("logits",)  # the model outputs an export keeps
     per_token = True  # logits (n_tokens, n_tags) per sentence
+    packs = True  # its loss reads only the head's output and the labels: training batches can be packed (slmkit.packing)
 
     def __init__(self, scheme: str = "auto", strict: bool = False, warn: ner.Warn = ner.warn_stderr):
         if scheme not in ner.SCHEMES:
