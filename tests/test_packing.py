@@ -119,3 +119,24 @@ def test_train_packs_by_default_and_says_when_it_cannot(tiny_base, synthetic, tm
     assert fallback["batches"] == "bucketed"
     err = " ".join(capsys.readouterr().err.split())  # rich wraps long lines
     assert "note: train.pack: packed logits differ from padded ones by" in err and "length-bucketed batches instead" in err
+
+
+def test_packed_run_resumes_as_if_uninterrupted(tiny_base, synthetic, tmp_path, monkeypatch):
+    from slmkit import artifacts
+
+    whole = train(tiny_config(tiny_base, synthetic, tmp_path / "whole", pack=True, epochs=3), progress=False).metrics
+    real_save = artifacts.save_checkpoint
+
+    def killed_after_epoch_2(staging, model, optimizer, state):
+        real_save(staging, model, optimizer, state)
+        if state["epoch"] == 2:
+            raise KeyboardInterrupt
+
+    cfg = tiny_config(tiny_base, synthetic, tmp_path / "resumed", pack=True, epochs=3)
+    monkeypatch.setattr(artifacts, "save_checkpoint", killed_after_epoch_2)
+    with pytest.raises(KeyboardInterrupt):
+        train(cfg, progress=False)
+    monkeypatch.setattr(artifacts, "save_checkpoint", real_save)
+    resumed = train(cfg, resume=True, progress=False).metrics
+    assert resumed["batches"] == "packed"
+    assert [h["train_loss"] for h in resumed["history"]] == pytest.approx([h["train_loss"] for h in whole["history"]], rel=1e-5)
