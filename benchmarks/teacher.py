@@ -246,7 +246,7 @@ def main() -> None:
 
 
 BATCHES = {
-    "packed": "random batches whose texts share rows under a block-diagonal attention mask (packed, `train.pack`)",
+    "packed": "random, packed (texts sharing rows under a block-diagonal attention mask, `train.pack`)",
     "bucketed": "length-bucketed",
     "random": "random, padded",
 }
