@@ -153,8 +153,8 @@ def plan(model: Any, features: list[dict], collate: Callable[[list[dict]], dict]
         model.train(was_training)
     if got.shape != expected.shape:
         return None, f"packed logits have shape {tuple(got.shape)}, padded {tuple(expected.shape)}"
-    real = padded["attention_mask"].bool()
-    gap = ((got - expected).abs() if got.dim() == 2 else (got - expected).abs()[real]).max().item()
+    diff = (got - expected).abs()  # (n, classes), or per token (n, width, tags): compared at real tokens only
+    gap = (diff if diff.dim() == 2 else diff[padded["attention_mask"].bool()]).max().item()
     if not gap <= PARITY_TOLERANCE:
         return None, f"packed logits differ from padded ones by {gap:.2g} (> {PARITY_TOLERANCE:g})"
     return to_packed, ""
