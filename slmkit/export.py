@@ -1,9 +1,9 @@
 """`slm export`: a trained model as an ONNX graph that the torch-free runtime serves, proven equal to PyTorch.
 
 Read top to bottom: `export(cfg)` loads the PyTorch model, draws a probe batch from its training texts,
-exports with `torch.onnx.export` (the dynamo exporter; the older TorchScript tracer exported a model whose
-logits differed by 0.1 once padding was involved), then runs the probe batch — padded, so that masking is
-exercised — through ONNX Runtime and PyTorch. The export fails, writing nothing, unless the largest
+exports with `torch.onnx.export` (`export_graph`: the TorchScript tracer over eager attention, the faster graph
+in ONNX Runtime, or the dynamo exporter where the traced graph fails its checks), then runs the probe batch —
+padded, so that masking is exercised — through ONNX Runtime and PyTorch. The export fails, writing nothing, unless the largest
 |logit difference| is within `cfg.tolerance` and every argmax agrees.
 
 The output directory holds `model.onnx` (one file, dynamic batch and sequence axes), `tokenizer.json` set
@@ -102,20 +102,11 @@ def export(cfg: ExportConfig, overwrite: bool = False) -> ExportResult:
     with artifacts.staged(out, overwrite) as staging:
         started = time.perf_counter()
         onnx_path = staging / artifacts.ONNX_MODEL
-        dims = {name: {0: "batch", 1: "sequence"} for name in inputs}
-        out_dims = {name: {0: "batch", 1: "sequence"} if task.per_token else {0: "batch"} for name in outputs}
-        _forget_rnn_kernels()
-        with torch.no_grad(), _quiet():
-            torch.onnx.export(
-                logits_module(model, token_types, outputs), tuple(torch.from_numpy(probe[n]) for n in inputs), str(onnx_path),
-                input_names=inputs, output_names=list(outputs), dynamic_axes={**dims, **out_dims},
-                opset_version=cfg.opset, dynamo=True, external_data=False, verbose=False,
-            )
+        with torch.no_grad():
             result = model(**{n: torch.from_numpy(probe[n]) for n in inputs})
             reference = {name: getattr(result, name).float().numpy() for name in outputs}
+        parity, exporter = export_graph(model, probe, reference, onnx_path, inputs, outputs, cfg, task.per_token)
         export_seconds = time.perf_counter() - started
-
-        parity = check_parity(onnx_path, probe, reference, cfg.tolerance, task.per_token)
 
         artifacts.copy_serving_files(model_dir, staging)
         encoder.no_padding()
@@ -132,6 +123,7 @@ def export(cfg: ExportConfig, overwrite: bool = False) -> ExportResult:
             "max_length": max_length,
             "pad_id": int(hf_tokenizer.pad_token_id or 0),
             "opset": cfg.opset,
+            "exporter": exporter["name"],
             "precision": "fp32",
             "source": str(model_dir.resolve()),
             "torch": torch.__version__,
@@ -145,6 +137,7 @@ def export(cfg: ExportConfig, overwrite: bool = False) -> ExportResult:
         metrics = {
             "parity": parity,
             "probe": {"size": len(texts), "source": str(source), "sequence_length": int(probe["input_ids"].shape[1])},
+            "exporter": exporter,  # which exporter wrote the graph, and why not the traced one when it did not
             "export_seconds": export_seconds,
             "onnx_bytes": onnx_path.stat().st_size,
             "pytorch_bytes": (model_dir / artifacts.WEIGHTS).stat().st_size,
@@ -153,6 +146,71 @@ def export(cfg: ExportConfig, overwrite: bool = False) -> ExportResult:
         save_config(replace(cfg, model=str(Path(cfg.model).resolve())), staging / artifacts.CONFIG)  # absolute: the lineage to the data
         artifacts.write_json(staging / artifacts.METRICS, metrics)
     return ExportResult(out, metrics)
+
+
+def export_graph(
+    model, probe: dict[str, np.ndarray], reference: dict[str, np.ndarray], onnx_path: Path, inputs: list[str], outputs: tuple[str, ...],
+    cfg: ExportConfig, per_token: bool,
+) -> tuple[dict, dict]:
+    """Write `model`'s graph to `onnx_path` and prove it equal to `reference` (PyTorch on `probe`).
+
+    First the TorchScript tracer over eager attention: ONNX Runtime fuses that graph's attention (scaled MatMul,
+    Softmax) and runs it faster than the dynamo exporter's decomposition of SDPA (MiniLM on SST-2 texts here:
+    1.2x the fp32 throughput at batch 32, 1.4x once dynamic int8). A tracer records one call, so the traced
+    graph must also match on a probe of another shape (one text, cut to its own length) before it is kept.
+    When tracing fails or either check does, the dynamo exporter writes the graph instead (the one parity check
+    then decides), and the returned `exporter` says why."""
+    import torch
+
+    dims = {name: {0: "batch", 1: "sequence"} for name in inputs}
+    out_dims = {name: {0: "batch", 1: "sequence"} if per_token else {0: "batch"} for name in outputs}
+    module = logits_module(model, "token_type_ids" in inputs, outputs)
+    args = tuple(torch.from_numpy(probe[n]) for n in inputs)
+    try:
+        with _eager_attention(model), torch.no_grad(), _quiet():
+            torch.onnx.export(
+                module, args, str(onnx_path), input_names=inputs, output_names=list(outputs), dynamic_axes={**dims, **out_dims},
+                opset_version=cfg.opset, dynamo=False, do_constant_folding=True,
+            )
+        parity = check_parity(onnx_path, probe, reference, cfg.tolerance, per_token)
+        small = _other_shape(probe)
+        with torch.no_grad():
+            result = model(**{n: torch.from_numpy(small[n]) for n in inputs})
+        check_parity(onnx_path, small, {name: getattr(result, name).float().numpy() for name in outputs}, cfg.tolerance, per_token)
+        return parity, {"name": "torchscript", "attention": "eager"}
+    except Exception as error:  # noqa: BLE001  any failure of the traced graph: the dynamo exporter is the fallback
+        why = str(error).splitlines()[0][:200] if str(error) else type(error).__name__
+    onnx_path.unlink(missing_ok=True)
+    _forget_rnn_kernels()
+    with torch.no_grad(), _quiet():
+        torch.onnx.export(
+            module, args, str(onnx_path), input_names=inputs, output_names=list(outputs), dynamic_axes={**dims, **out_dims},
+            opset_version=cfg.opset, dynamo=True, external_data=False, verbose=False,
+        )
+    return check_parity(onnx_path, probe, reference, cfg.tolerance, per_token), {"name": "dynamo", "traced_failed": why}
+
+
+def _other_shape(probe: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """The probe's shortest row alone, cut to its own length: a batch of another shape than the probe's."""
+    lengths = probe["attention_mask"].sum(axis=1)
+    row = int(lengths.argmin())
+    return {name: array[row : row + 1, : int(lengths[row])] for name, array in probe.items()}
+
+
+@contextlib.contextmanager
+def _eager_attention(model):
+    """The model with transformers' eager attention (matmul and softmax, which ONNX Runtime fuses) for the
+    duration; models without a choice of attention (the CNN and BiLSTM students) are left as they are."""
+    config = getattr(model, "config", None)
+    before = getattr(config, "_attn_implementation", None)
+    if before in (None, "eager"):
+        yield
+        return
+    model.set_attn_implementation("eager")
+    try:
+        yield
+    finally:
+        model.set_attn_implementation(before)
 
 
 def _forget_rnn_kernels() -> None:

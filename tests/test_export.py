@@ -96,6 +96,39 @@ def test_parity_failure_is_loud_and_writes_nothing(trained_tiny, tmp_path, monke
     assert list(tmp_path.iterdir()) == []
 
 
+def test_the_traced_graph_is_kept_and_a_failing_one_falls_back_to_dynamo(exported_tiny, trained_tiny, synthetic, tmp_path, monkeypatch):
+    import torch
+
+    import slmkit.export as module
+
+    metrics = json.loads((exported_tiny / "metrics.json").read_text())
+    assert metrics["exporter"] == {"name": "torchscript", "attention": "eager"}
+    assert json.loads((exported_tiny / "manifest.json").read_text())["exporter"] == "torchscript"
+    # a traced graph that matches the probe but not another shape (as a tracer that froze a length would) is not kept
+    real_check, shapes = module.check_parity, []
+
+    def check(onnx_path, probe, reference, tolerance, per_token=False):
+        shapes.append(probe["input_ids"].shape)
+        if len(shapes) == 2:  # the traced graph's second probe
+            reference = {name: r + 1.0 for name, r in reference.items()}
+        return real_check(onnx_path, probe, reference, tolerance, per_token)
+
+    monkeypatch.setattr(module, "check_parity", check)
+    out = export(ExportConfig(model=str(trained_tiny), out=str(tmp_path / "fallback"))).out
+    m = json.loads((out / "metrics.json").read_text())
+    assert shapes[1][0] == 1 and shapes[1] != shapes[0] and len(shapes) == 3  # probe, one short text, then dynamo's probe
+    assert m["exporter"]["name"] == "dynamo" and "parity check failed" in m["exporter"]["traced_failed"]
+    assert m["parity"]["max_abs_logit_diff"] <= 1e-4
+    texts = [e.text for e in read_examples(synthetic["test"], "text", "label")] + MIXED
+    np.testing.assert_allclose(Predictor(out).predict_proba(texts), TorchPredictor(trained_tiny).predict_proba(texts), atol=1e-5)
+    # the model's own attention is restored after the traced export (sdpa trains and serves in PyTorch)
+    model, _ = artifacts.load_model(trained_tiny)
+    with module._eager_attention(model):
+        assert model.config._attn_implementation == "eager"
+    assert model.config._attn_implementation != "eager"
+    assert torch.is_grad_enabled()
+
+
 def test_export_bad_input_is_one_line_and_writes_nothing(trained_tiny, exported_tiny, tmp_path):
     out = tmp_path / "o"
     cases = [

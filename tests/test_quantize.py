@@ -6,6 +6,7 @@ import json
 import shutil
 
 import numpy as np
+import onnx
 import pytest
 
 from conftest import write_csv
@@ -27,7 +28,9 @@ def dynamic(exported_tiny, tmp_path_factory):
 
 def test_dynamic_int8_is_smaller_and_agrees_with_fp32(dynamic, exported_tiny, synthetic):
     m = dynamic.metrics
-    assert m["bytes"] < m["fp32_bytes"] and m["size_ratio"] < 0.8
+    assert m["bytes"] < m["fp32_bytes"] and m["size_ratio"] < 0.85  # the tiny graph's nodes weigh as much as its weights
+    weights = [sum(t.ByteSize() for t in onnx.load(str(d / "model.onnx")).graph.initializer) for d in (dynamic.out, exported_tiny)]
+    assert weights[0] < 0.35 * weights[1]  # the weights themselves: int8 and a scale per channel
     # the tiny model's recorded eval set is dev.csv: both accuracies and their agreement are measured
     assert m["fp32_metric"] >= 0.9 and m["agreement_with_fp32"] >= 0.9 and abs(m["drop_points"]) <= 10
     manifest = json.loads((dynamic.out / "manifest.json").read_text())
@@ -97,7 +100,7 @@ def test_accuracy_aware_stops_at_the_first_step_within_budget(exported_tiny, tmp
 def test_qat_fine_tunes_with_fake_quantization_then_quantizes(exported_tiny, tmp_path):
     result = quantize(QuantizeConfig(model=str(exported_tiny), out=str(tmp_path / "qat"), method="qat", qat_limit=64, qat_lr=1e-3), progress=False)
     m = result.metrics
-    assert m["chosen"]["method"] == "qat" and m["size_ratio"] < 0.8
+    assert m["chosen"]["method"] == "qat" and m["size_ratio"] < 0.85
     assert m["int8_metric"] >= 0.8 and m["agreement_with_fp32"] >= 0.8
 
 
@@ -150,7 +153,7 @@ def test_quantizing_a_copy_without_its_source_still_works_but_qat_needs_the_sour
     manifest["source"] = str(tmp_path / "gone")
     (moved / "manifest.json").write_text(json.dumps(manifest))
     result = quantize(QuantizeConfig(model=str(moved), out=str(tmp_path / "int8")), progress=False)
-    assert result.metrics["fp32_metric"] is None and result.metrics["size_ratio"] < 0.8  # no eval set known
+    assert result.metrics["fp32_metric"] is None and result.metrics["size_ratio"] < 0.85  # no eval set known
     with pytest.raises(UserError, match="QAT needs the PyTorch model"):
         quantize(QuantizeConfig(model=str(moved), out=str(tmp_path / "qat"), method="qat"), progress=False)
     assert not (tmp_path / "qat").exists() and not list(tmp_path.glob(".qat*"))
