@@ -162,32 +162,48 @@ def export_graph(
     then decides), and the returned `exporter` says why."""
     import torch
 
-    dims = {name: {0: "batch", 1: "sequence"} for name in inputs}
-    out_dims = {name: {0: "batch", 1: "sequence"} if per_token else {0: "batch"} for name in outputs}
-    module = logits_module(model, "token_type_ids" in inputs, outputs)
-    args = tuple(torch.from_numpy(probe[n]) for n in inputs)
     try:
-        with _eager_attention(model), torch.no_grad(), _quiet():
-            torch.onnx.export(
-                module, args, str(onnx_path), input_names=inputs, output_names=list(outputs), dynamic_axes={**dims, **out_dims},
-                opset_version=cfg.opset, dynamo=False, do_constant_folding=True,
-            )
-        parity = check_parity(onnx_path, probe, reference, cfg.tolerance, per_token)
-        small = _other_shape(probe)
-        with torch.no_grad():
-            result = model(**{n: torch.from_numpy(small[n]) for n in inputs})
-        check_parity(onnx_path, small, {name: getattr(result, name).float().numpy() for name in outputs}, cfg.tolerance, per_token)
-        return parity, {"name": "torchscript", "attention": "eager"}
+        return trace_graph(model, probe, reference, onnx_path, inputs, outputs, cfg, per_token), {"name": "torchscript", "attention": "eager"}
     except Exception as error:  # noqa: BLE001  any failure of the traced graph: the dynamo exporter is the fallback
         why = str(error).splitlines()[0][:200] if str(error) else type(error).__name__
     onnx_path.unlink(missing_ok=True)
     _forget_rnn_kernels()
     with torch.no_grad(), _quiet():
         torch.onnx.export(
-            module, args, str(onnx_path), input_names=inputs, output_names=list(outputs), dynamic_axes={**dims, **out_dims},
+            logits_module(model, "token_type_ids" in inputs, outputs), tuple(torch.from_numpy(probe[n]) for n in inputs), str(onnx_path),
+            input_names=inputs, output_names=list(outputs), dynamic_axes=_dynamic_axes(inputs, outputs, per_token),
             opset_version=cfg.opset, dynamo=True, external_data=False, verbose=False,
         )
     return check_parity(onnx_path, probe, reference, cfg.tolerance, per_token), {"name": "dynamo", "traced_failed": why}
+
+
+def trace_graph(
+    model, probe: dict[str, np.ndarray], reference: dict[str, np.ndarray], onnx_path: Path, inputs: list[str], outputs: tuple[str, ...],
+    cfg: ExportConfig, per_token: bool,
+) -> dict:
+    """The traced graph over eager attention (see `export_graph`), checked on `probe` and on a probe of another
+    shape; raises when tracing or either check fails. Returns the probe's parity figures."""
+    import torch
+
+    with _eager_attention(model), torch.no_grad(), _quiet():
+        torch.onnx.export(
+            logits_module(model, "token_type_ids" in inputs, outputs), tuple(torch.from_numpy(probe[n]) for n in inputs), str(onnx_path),
+            input_names=inputs, output_names=list(outputs), dynamic_axes=_dynamic_axes(inputs, outputs, per_token),
+            opset_version=cfg.opset, dynamo=False, do_constant_folding=True,
+        )
+    parity = check_parity(onnx_path, probe, reference, cfg.tolerance, per_token)
+    small = _other_shape(probe)
+    with torch.no_grad():
+        result = model(**{n: torch.from_numpy(small[n]) for n in inputs})
+    check_parity(onnx_path, small, {name: getattr(result, name).float().numpy() for name in outputs}, cfg.tolerance, per_token)
+    return parity
+
+
+def _dynamic_axes(inputs: list[str], outputs: tuple[str, ...], per_token: bool) -> dict:
+    return {
+        **{name: {0: "batch", 1: "sequence"} for name in inputs},
+        **{name: {0: "batch", 1: "sequence"} if per_token else {0: "batch"} for name in outputs},
+    }
 
 
 def _other_shape(probe: dict[str, np.ndarray]) -> dict[str, np.ndarray]:

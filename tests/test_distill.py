@@ -189,6 +189,37 @@ def test_a_second_run_reads_the_teacher_outputs_from_the_cache(teacher, syntheti
     assert not (tmp_path / "third").exists()
 
 
+def test_the_teacher_labels_through_its_onnx_graph_as_pytorch_does(teacher, synthetic, monkeypatch):
+    from functools import partial
+
+    from slmkit.data import read_examples
+    from slmkit.encoding import make_encoder
+    from slmkit.tasks import get_task
+
+    model, tokenizer = artifacts.load_model(teacher)
+    task = get_task("classification")
+    labels = artifacts.model_labels(teacher)
+    examples = read_examples(synthetic["train"], "text", "label")[:70]
+    features = task.encode(examples, make_encoder(tokenizer, 64), {label: i for i, label in enumerate(labels)})
+    collate = partial(task.collate, pad_id=tokenizer.pad_token_id or 0, token_types=True)
+    via_onnx = distill_module._teacher_forward(model, features, collate, 16, [], [])
+    monkeypatch.setattr(distill_module, "_onnx_teacher_logits", lambda *args: None)  # as for a teacher the tracer cannot follow
+    via_torch = distill_module._teacher_forward(model, features, collate, 16, [], [])
+    assert set(via_onnx) == {"lengths", "logits"} and via_onnx["logits"].shape == (70, len(labels))
+    np.testing.assert_array_equal(via_onnx["lengths"], via_torch["lengths"])
+    np.testing.assert_allclose(via_onnx["logits"], via_torch["logits"], atol=1e-4)
+    assert not np.array_equal(via_onnx["logits"], via_torch["logits"])  # two computations, not one twice
+    monkeypatch.undo()
+    # a traced graph that fails its parity check is not used: PyTorch labels the texts
+    import slmkit.export as export_module
+
+    def broken(onnx_path, probe, reference, tolerance, per_token=False):
+        raise UserError("parity check failed")
+
+    monkeypatch.setattr(export_module, "check_parity", broken)
+    assert distill_module._onnx_teacher_logits(model, features, collate, 16, via_torch["lengths"]) is None
+
+
 def test_the_default_cache_lives_in_the_teacher_directory(distilled, teacher):
     m = distilled("drop").metrics
     key = m["teacher_cache"]["train"]["key"]
