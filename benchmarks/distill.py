@@ -4,7 +4,8 @@ For each dataset, starting from the teacher that `benchmarks/teacher.py --keep` 
 student spec (`slm distill`, with augmentation) and trains the same student on the hard labels alone (no
 teacher), exports both to ONNX and quantizes them to int8, scores everything on the reporting split
 (SST-2 dev, banking77 test) and times everything in interleaved rounds (`slmkit.measure.compare`), the
-teacher in PyTorch fp32 included. It writes benchmarks/results/distill.md and .json with the command.
+teacher in PyTorch fp32 included. It writes benchmarks/results/distill.md and .json (or `--out`) with the command,
+the distillation targets for the best student of each size class, and what the students trained on.
 
     python benchmarks/distill.py --models runs/bench-models
 """
@@ -26,15 +27,29 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 from teacher import DATA, DATASETS, RESULTS, SEED, previous_rows, write_csv  # noqa: E402  the teacher's data layout and held-out rule
 
 from slmkit.config import DataConfig, DistillConfig, ExportConfig, LossConfig, OptimConfig, QuantizeConfig, load_config  # noqa: E402
-from slmkit.data import read_examples, stratified_split  # noqa: E402
+from slmkit.data import read_examples, read_texts, stratified_split  # noqa: E402
 from slmkit.distill import distill  # noqa: E402
 from slmkit.export import export  # noqa: E402
 from slmkit.hardware import fingerprint  # noqa: E402
 from slmkit.measure import compare, open_model  # noqa: E402
 from slmkit.quantize import quantize  # noqa: E402
 
+# in-domain text without labels, given to the distilled students as --unlabeled: SST-2's unlabeled test
+# sentences (full sentences, where its training set is mostly phrases; never the dev set that is reported)
+UNLABELED = {"sst2": (DATA / "sst2" / "test_unlabeled.tsv", "sentence")}
+
 # ≤ 5M and ≤ 1.5M parameters with the trimmed vocabularies of both datasets
 STUDENTS = ["transformer:layers=4,hidden=192,heads=3,ffn=768", "bilstm:hidden=150,embed=64"]
+
+
+def unlabeled_file(name: str, workdir: Path) -> str | None:
+    """The dataset's unlabeled in-domain texts as a .txt file (one per line), or None."""
+    if name not in UNLABELED:
+        return None
+    path, column = UNLABELED[name]
+    out = workdir / "unlabeled.txt"
+    out.write_text("".join(t.replace("\n", " ") + "\n" for t in read_texts(path, column)))
+    return str(out)
 
 
 def split(spec: dict, workdir: Path, limit: int | None) -> tuple[Path, Path, list]:
@@ -48,16 +63,19 @@ def split(spec: dict, workdir: Path, limit: int | None) -> tuple[Path, Path, lis
     return write_csv(workdir / "train.csv", train), write_csv(workdir / "held.csv", held), report
 
 
-def student_runs(name: str, teacher: Path, work: Path, train_csv: Path, held_csv: Path, args, log) -> dict:
-    """Each student spec distilled and trained on hard labels, each exported and quantized: name → directories."""
+def student_runs(name: str, teacher: Path, work: Path, train_csv: Path, held_csv: Path, unlabeled: str | None, args, log) -> dict:
+    """Each student spec distilled and trained on hard labels, each exported and quantized: name → directories.
+
+    The teacher's outputs are cached in the run's own directory: the first distilled student's wall time includes
+    computing them, and the later students reuse them (as `slm distill` does for every run after the first)."""
     runs = {}
     for i, spec in enumerate(args.students):
         for mode in ("distilled", "hard labels"):
             loss = LossConfig(kd=0.5, ce=0.5) if mode == "distilled" else LossConfig(kd=0.0, ce=1.0)
             cfg = DistillConfig(
-                teacher=str(teacher), student=spec, out=str(work / f"s{i}-{mode[:4]}"),
+                teacher=str(teacher), student=spec, out=str(work / f"s{i}-{mode[:4]}"), cache_dir=str(work / "teacher-cache"),
                 data=DataConfig(train=str(train_csv), eval=str(held_csv)),
-                augment=args.augment if mode == "distilled" else 0.0, loss=loss,
+                augment=args.augment if mode == "distilled" else 0.0, unlabeled=unlabeled if mode == "distilled" else None, loss=loss,
                 train=load_config(OptimConfig, None, None, epochs=args.epochs, lr=args.lr, patience=3, seed=SEED),
             )
             started = time.perf_counter()
@@ -83,7 +101,8 @@ def run_dataset(name: str, teacher: Path, args, log) -> dict:
     with tempfile.TemporaryDirectory(prefix=f"distill-{name}-", dir=args.workdir) as tmp:
         work = Path(tmp)
         train_csv, held_csv, report = split(spec, work, args.limit)
-        runs = student_runs(name, teacher, work, train_csv, held_csv, args, log)
+        unlabeled = unlabeled_file(name, work) if args.unlabeled else None
+        runs = student_runs(name, teacher, work, train_csv, held_csv, unlabeled, args, log)
         log(f"[{name}] scoring on {len(report)} {spec['split']} examples")
         dirs = {"teacher (PyTorch fp32)": teacher}
         for run, r in runs.items():
@@ -125,7 +144,49 @@ def write_results(out: Path, rows: list[dict], env: dict) -> None:
             wall = f"{run['wall_s']:.0f}" if run and k.endswith("fp32") else ("" if run else f"{row['teacher_train_seconds']:.0f}")
             lines.append(f"| {k} | {100 * v['accuracy']:.2f} | {100 * v['accuracy'] / t['accuracy']:.1f}% | {v['parameters'] / 1e6:.2f}M "
                          f"| {v['bytes'] / 1e6:.1f} | {v['throughput_per_s']:.0f} | {v['throughput_per_s'] / t['throughput_per_s']:.1f}× | {v['p50_ms']:.2f} | {wall} |")
+        lines += ["", "| target | measured | met |", "|---|---|---|"]
+        lines += [f"| {what} | {measured} | {'yes' if met else '**no**'} |" for what, measured, met in targets(row)]
+        lines += ["", data_sentence(row)]
     out.with_suffix(".md").write_text("\n".join(lines) + "\n")
+
+
+def targets(row: dict) -> list[tuple[str, str, bool]]:
+    """The issue's targets for one dataset: (what, measured, met), for the best student of each size class."""
+    models, runs = row["models"], row["runs"]
+    teacher = models["teacher (PyTorch fp32)"]
+    out = []
+    distilled = [r.rsplit(" ", 1)[0] for r in runs if r.endswith(" distilled")]
+    for limit, keep, keep_int8 in ((5e6, 0.98, 0.975), (1.5e6, 0.96, None)):
+        fits = [s for s in distilled if models[f"{s} distilled fp32"]["parameters"] <= limit]
+        if not fits:
+            out.append((f"a student ≤ {limit / 1e6:g}M parameters keeps ≥ {100 * keep:g}%", "no student of that size", False))
+            continue
+        best = max(fits, key=lambda s: models[f"{s} distilled fp32"]["accuracy"])
+        kept = models[f"{best} distilled fp32"]["accuracy"] / teacher["accuracy"]
+        out.append((f"≤ {limit / 1e6:g}M keeps ≥ {100 * keep:g}% ({best})", f"{100 * kept:.1f}%", kept >= keep))
+        if keep_int8:
+            kept8 = models[f"{best} distilled int8"]["accuracy"] / teacher["accuracy"]
+            out.append((f"≤ {limit / 1e6:g}M int8 keeps ≥ {100 * keep_int8:g}%", f"{100 * kept8:.1f}%", kept8 >= keep_int8))
+            speed = models[f"{best} distilled int8"]["throughput_per_s"] / teacher["throughput_per_s"]
+            out.append(("≤ 5M int8 batch-32 throughput ≥ 20× the teacher's PyTorch fp32", f"{speed:.1f}×", speed >= 20))
+    for s in distilled:
+        margin = 100 * (models[f"{s} distilled fp32"]["accuracy"] - models[f"{s} hard labels fp32"]["accuracy"])
+        out.append((f"distilled beats hard labels ({s})", f"{margin:+.2f} points", margin > 0))
+    for s in distilled:
+        wall = runs[f"{s} distilled"]["wall_s"]
+        cached = runs[f"{s} distilled"]["metrics"]["teacher_cache"]["hit"]
+        note = ", teacher outputs reused" if cached else ", teacher outputs computed"
+        out.append((f"distillation wall time ≤ the teacher's fine-tuning ({s}{note})", f"{wall:.0f} s vs {row['teacher_train_seconds']:.0f} s", wall <= row["teacher_train_seconds"]))
+    return out
+
+
+def data_sentence(row: dict) -> str:
+    """What the distilled students trained on, from their metrics."""
+    first = next(r["metrics"] for k, r in row["runs"].items() if k.endswith(" distilled"))
+    return (f"Distilled students: {first['n_train']:,} labeled training texts, {first['n_augmented']:,} augmented texts and "
+            f"{first['n_unlabeled']:,} unlabeled in-domain texts, all with the teacher's soft targets (labeled ones also with "
+            f"their labels); the hard-label students train on the labeled texts alone. The teacher's outputs are computed once, "
+            f"inside the first distilled student's wall time, and reused by the later ones.")
 
 
 def main() -> None:
@@ -137,6 +198,7 @@ def main() -> None:
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--augment", type=float, default=2.0, help="Augmented texts per training text for the distilled students.")
     parser.add_argument("--limit", type=int, default=None, help="Train on a seeded subset of N examples.")
+    parser.add_argument("--unlabeled", action="store_true", help="Give the distilled students the dataset's unlabeled texts (SST-2: its test sentences).")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--speed-texts", type=int, default=512)
     parser.add_argument("--latency-calls", type=int, default=200)
