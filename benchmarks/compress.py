@@ -4,7 +4,7 @@ For each dataset, starting from the packaged MiniLM fine-tuned on it (the models
 saves), one run builds with slmkit's own stages:
 
     fp32 PyTorch → fp32 ONNX (slm export) → dynamic int8 (per channel, per tensor) and static int8 (slm quantize)
-    pruned 30% heads + 30% FFN (slm prune, distilled recovery) → ONNX → dynamic int8
+    pruned 30% heads + 30% FFN (slm prune, distilled recovery) → ONNX → dynamic int8 (per channel, per tensor)
     vocabulary-trimmed to the training texts plus the 3,000 most frequent pieces (and, for SST-2, the pieces of its
     unlabeled test sentences, the `--extra-text` margin), removed pieces aliased to their nearest kept piece
     (slm trim-vocab) → ONNX → dynamic int8
@@ -84,6 +84,7 @@ def build_variants(name: str, model: Path, work: Path, train_csv: Path, eval_csv
     pruned_onnx = step("pruned export", lambda: export(ExportConfig(model=str(pruned), out=str(work / "pruned-onnx"), probe_data=str(train_csv))))
     dirs["pruned fp32 ONNX"] = pruned_onnx
     dirs["pruned + int8"] = step("pruned int8", lambda: quantize(QuantizeConfig(model=str(pruned_onnx), out=str(work / "pruned-int8"), **q), progress=False))
+    dirs["pruned + int8 per-tensor"] = step("pruned int8 per-tensor", lambda: quantize(QuantizeConfig(model=str(pruned_onnx), out=str(work / "pruned-int8-pt"), per_channel=False, **q), progress=False))
 
     trimmed = step("trim-vocab", lambda: trim_vocab(TrimConfig(model=str(model), out=str(work / "trimmed"), data=[str(train_csv)], eval=str(eval_csv), keep_top=TRIM_KEEP_TOP, extra_text=extra)))
     trimmed_onnx = step("trimmed export", lambda: export(ExportConfig(model=str(trimmed), out=str(work / "trimmed-onnx"), probe_data=str(train_csv))))
@@ -145,10 +146,14 @@ def targets(row: dict) -> list[tuple[str, str, bool | None]]:
     out.append(("int8 batch-1 latency ≥ 1.5× faster (best p50)", f"{lat:.2f}×", lat >= 1.5))
     size = min(v[k]["bytes"] for k in ("dynamic int8", "dynamic int8 per-tensor", "static int8")) / base["bytes"]
     out.append(("int8 file size ≤ 0.3×", f"{size:.2f}×", size <= 0.3))
-    ptp = v["pruned + int8"]["throughput_per_s"] / base["throughput_per_s"]
-    pdrop = 100 * (base["accuracy"] - v["pruned + int8"]["accuracy"])
-    out.append(("pruned + int8 throughput ≥ 2.5×", f"{ptp:.2f}×", ptp >= 2.5))
-    out.append(("pruned + int8 accuracy loss ≤ 1.0", f"{pdrop:+.2f}", pdrop <= 1.0))
+    # the faster pruned int8 variant that keeps the accuracy budget (per-channel when neither does)
+    pruned = [k for k in ("pruned + int8", "pruned + int8 per-tensor") if k in v]
+    within = [k for k in pruned if 100 * (base["accuracy"] - v[k]["accuracy"]) <= 1.0] or pruned[:1]
+    best_pruned = max(within, key=lambda k: v[k]["throughput_per_s"])
+    ptp = v[best_pruned]["throughput_per_s"] / base["throughput_per_s"]
+    pdrop = 100 * (base["accuracy"] - v[best_pruned]["accuracy"])
+    out.append((f"pruned + int8 throughput ≥ 2.5× ({best_pruned})", f"{ptp:.2f}×", ptp >= 2.5))
+    out.append((f"pruned + int8 accuracy loss ≤ 1.0 ({best_pruned})", f"{pdrop:+.2f}", pdrop <= 1.0))
     same = v["trimmed fp32 ONNX"]["agreement"]
     tdrop = 100 * abs(base["accuracy"] - v["trimmed fp32 ONNX"]["accuracy"])
     tsize = v["trimmed fp32 ONNX"]["bytes"] / base["bytes"]
