@@ -131,7 +131,7 @@ def run_dataset(name: str, model: Path, args, log) -> dict:
 
 
 def targets(row: dict) -> list[tuple[str, str, bool | None]]:
-    """The issue's targets for one dataset: (what, measured, met); met is None for a figure reported beside a
+    """The compression targets for one dataset: (what, measured, met); met is None for a figure reported beside a
     target set on the other dataset (the trim targets are banking77's)."""
     v = row["variants"]
     base = v["fp32 ONNX"]

@@ -151,7 +151,7 @@ def write_results(out: Path, rows: list[dict], env: dict) -> None:
 
 
 def targets(row: dict) -> list[tuple[str, str, bool]]:
-    """The issue's targets for one dataset: (what, measured, met), for the best student of each size class."""
+    """The distillation targets for one dataset: (what, measured, met), for the best student of each size class."""
     models, runs = row["models"], row["runs"]
     teacher = models["teacher (PyTorch fp32)"]
     out = []

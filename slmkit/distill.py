@@ -579,7 +579,7 @@ def _teacher_forward(
 
 def _onnx_teacher_logits(teacher, features: list[dict], collate, batch_size: int, lengths: np.ndarray) -> np.ndarray | None:
     """A classifier teacher's logits (n, classes) from its traced ONNX graph, which ONNX Runtime runs about twice
-    as fast as PyTorch here (MiniLM: 371 against 189 texts/s at batch 32 in benchmarks/results/compress.md).
+    as fast as PyTorch here (fp32 ONNX against fp32 PyTorch in benchmarks/results/compress.md).
     The graph is proven on a batch of these texts (max |logit difference| ≤ 1e-4, the export's tolerance) and
     on one text alone; None, and PyTorch labels the texts, when that fails or the model cannot be traced."""
     import tempfile
