@@ -45,7 +45,7 @@ RECOVERY_LIMIT = {"sst2": 12000, "banking77": 0}  # examples per recovery pass (
 TRIM_KEEP_TOP = 3000  # a margin of frequent pieces for words the training texts lack
 # in-domain text without labels, a coverage margin for trim-vocab: SST-2's unlabeled test sentences (never the dev set)
 TRIM_EXTRA = {"sst2": (DATA / "sst2" / "test_unlabeled.tsv", "sentence")}
-TRIM_TARGETS = "banking77"  # the issue's trim targets (identical predictions, accuracy, size) are set on banking77
+TRIM_TARGETS = "banking77"  # the trim targets (identical predictions, accuracy, size) are set on banking77
 
 
 def write_csvs(name: str, spec: dict, workdir: Path) -> tuple[Path, Path, list, list[str]]:
