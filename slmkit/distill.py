@@ -527,8 +527,8 @@ def _teacher_forward(
     teacher, features: list[dict], collate, batch_size: int, hidden_layers: list[int], attention_layers: list[int],
     names: tuple[str, ...] = ("logits",), per_token: bool = False,
 ) -> dict[str, np.ndarray]:
-    """Run the teacher over `features`, batched by length (a classifier's logits alone: through its ONNX graph,
-    `_onnx_teacher_logits`). Returns, with n texts of lengths l_i:
+    """Run the teacher over `features`, batched by length (a classifier's logits alone, in one process: through
+    its ONNX graph, `_onnx_teacher_logits`). Returns, with n texts of lengths l_i:
 
         logits            (n, classes) float32 (classification); the task's outputs `names` per token when
                           `per_token`, texts concatenated: NER logits (Σ l_i, tags), QA start_logits and
@@ -540,7 +540,9 @@ def _teacher_forward(
     import torch
 
     lengths = np.array([len(f["input_ids"]) for f in features], dtype=np.int64)
-    if not (hidden_layers or attention_layers or per_token):
+    # under torchrun PyTorch labels as before: with the ONNX labeling, the second process of the torchrun test
+    # aborted at random ("terminate called without an active exception", 2 of 5 full test runs), cause unknown
+    if not (hidden_layers or attention_layers or per_token) and distributed.world_size() == 1:
         logits = _onnx_teacher_logits(teacher, features, collate, batch_size, lengths)
         if logits is not None:
             return {"lengths": lengths, "logits": logits}
