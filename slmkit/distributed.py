@@ -84,7 +84,7 @@ def init(device: str) -> str:
         torch.cuda.set_device(device)
     if not dist.is_initialized():
         dist.init_process_group("nccl" if cuda else "gloo")
-        atexit.register(dist.destroy_process_group)
+        atexit.register(_shut_down)
     _world, _rank, _device = world, dist.get_rank(), device
     return device
 
@@ -122,6 +122,19 @@ def wrap(model, loss_fn: Callable[[Any, dict], Any]) -> Callable[[dict], Any]:
     # every parameter gets a gradient each step (no find_unused_parameters); the models have no running
     # statistics (no BatchNorm), so buffers need no sync before each forward
     return DistributedDataParallel(LossOf(), device_ids=device_ids, forward_sync_buffers=False)
+
+
+def _shut_down() -> None:
+    """At exit: wait for every process, then tear the group down together. A process that tore its group down
+    while another still finished its stage (rank 0 writes the outputs after the last collective) sometimes
+    aborted ("terminate called without an active exception")."""
+    import torch.distributed as dist
+
+    if dist.is_initialized():
+        try:
+            dist.barrier()
+        finally:
+            dist.destroy_process_group()
 
 
 def mean_across(values: list[float]) -> list[float]:
