@@ -30,10 +30,10 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
-from teacher import DATA, DATASETS, RESULTS, SEED, previous_rows, write_csv  # noqa: E402  the same data layout and held-out rule
+from teacher import DATA, DATASETS, RESULTS, SEED, previous_rows, write_csv, write_texts  # noqa: E402  the same data layout and held-out rule
 
 from slmkit.config import ExportConfig, PruneConfig, QuantizeConfig, TrimConfig  # noqa: E402
-from slmkit.data import read_examples, read_texts, stratified_split  # noqa: E402
+from slmkit.data import read_examples, stratified_split  # noqa: E402
 from slmkit.export import export  # noqa: E402
 from slmkit.hardware import fingerprint  # noqa: E402
 from slmkit.measure import compare, open_model, runtime_overhead  # noqa: E402
@@ -54,11 +54,7 @@ def write_csvs(name: str, spec: dict, workdir: Path) -> tuple[Path, Path, list, 
     examples = read_examples(spec["train"], spec["text"], spec["label"])
     train, _ = stratified_split(examples, spec["holdout"], SEED)
     report = read_examples(spec["report"], spec["text"], spec["label"])
-    extra = []
-    if name in TRIM_EXTRA:
-        path, column = TRIM_EXTRA[name]
-        extra = [str(workdir / "extra.txt")]
-        Path(extra[0]).write_text("".join(t.replace("\n", " ") + "\n" for t in read_texts(path, column)))
+    extra = [str(write_texts(workdir / "extra.txt", *TRIM_EXTRA[name]))] if name in TRIM_EXTRA else []
     return write_csv(workdir / "train.csv", train), write_csv(workdir / "eval.csv", report), report, extra
 
 

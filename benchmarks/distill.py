@@ -24,10 +24,10 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
-from teacher import DATA, DATASETS, RESULTS, SEED, previous_rows, write_csv  # noqa: E402  the teacher's data layout and held-out rule
+from teacher import DATA, DATASETS, RESULTS, SEED, previous_rows, write_csv, write_texts  # noqa: E402  the teacher's data layout and held-out rule
 
 from slmkit.config import DataConfig, DistillConfig, ExportConfig, LossConfig, OptimConfig, QuantizeConfig, load_config  # noqa: E402
-from slmkit.data import read_examples, read_texts, stratified_split  # noqa: E402
+from slmkit.data import read_examples, stratified_split  # noqa: E402
 from slmkit.distill import distill  # noqa: E402
 from slmkit.export import export  # noqa: E402
 from slmkit.hardware import fingerprint  # noqa: E402
@@ -44,12 +44,7 @@ STUDENTS = ["transformer:layers=4,hidden=192,heads=3,ffn=768", "bilstm:hidden=15
 
 def unlabeled_file(name: str, workdir: Path) -> str | None:
     """The dataset's unlabeled in-domain texts as a .txt file (one per line), or None."""
-    if name not in UNLABELED:
-        return None
-    path, column = UNLABELED[name]
-    out = workdir / "unlabeled.txt"
-    out.write_text("".join(t.replace("\n", " ") + "\n" for t in read_texts(path, column)))
-    return str(out)
+    return str(write_texts(workdir / "unlabeled.txt", *UNLABELED[name])) if name in UNLABELED else None
 
 
 def split(spec: dict, workdir: Path, limit: int | None) -> tuple[Path, Path, list]:

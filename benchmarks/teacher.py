@@ -74,6 +74,14 @@ def previous_rows(out: str | Path, rerun: list[str]) -> list[dict]:
     return [r for r in json.loads(previous.read_text())["rows"] if r["dataset"] not in rerun] if previous.is_file() else []
 
 
+def write_texts(path: Path, source: Path, column: str) -> Path:
+    """The `column` texts of a data file as a .txt file, one text per line (slmkit's unlabeled/extra-text input)."""
+    from slmkit.data import read_texts
+
+    path.write_text("".join(t.replace("\n", " ") + "\n" for t in read_texts(source, column)))
+    return path
+
+
 def write_csv(path: Path, examples) -> Path:
     """Examples as a text,label CSV (what the workers and later benchmarks read)."""
     import csv
