@@ -95,7 +95,7 @@ def prepare(spec: dict, limit: int | None, workdir: Path) -> None:
 # ------------------------------------------------------------------------------------------ workers
 
 
-def run_slmkit(spec: dict, workdir: Path, epochs: int, seed: int) -> dict:
+def run_slmkit(spec: dict, workdir: Path, epochs: int, seed: int, device: str = "cpu") -> dict:
     from slmkit.config import DataConfig, EvalConfig, OptimConfig, TrainConfig
     from slmkit.evaluate import evaluate
     from slmkit.hardware import native_bf16
@@ -106,7 +106,7 @@ def run_slmkit(spec: dict, workdir: Path, epochs: int, seed: int) -> dict:
         data=DataConfig(train=str(workdir / "train.conll"), eval=str(workdir / "dev.conll"), scheme="bio"),
         train=OptimConfig(
             epochs=epochs, batch_size=BATCH_SIZE, lr=spec["lr"], weight_decay=WEIGHT_DECAY, warmup=WARMUP,
-            grad_clip=GRAD_CLIP, seed=seed, bf16=native_bf16(), patience=0,
+            grad_clip=GRAD_CLIP, seed=seed, bf16=device == "cpu" and native_bf16(), patience=0, device=device,
         ),
     )
     started = time.perf_counter()
@@ -125,7 +125,7 @@ def _scores(report: dict) -> dict:
     return {k: report[k] for k in ("f1", "f1_ci95", "precision", "recall", "token_accuracy", "per_class")}
 
 
-def run_trainer(spec: dict, workdir: Path, epochs: int, max_length: int) -> dict:
+def run_trainer(spec: dict, workdir: Path, epochs: int, max_length: int, device: str = "cpu") -> dict:
     import numpy as np
     import torch
     import transformers
@@ -171,7 +171,7 @@ def run_trainer(spec: dict, workdir: Path, epochs: int, max_length: int) -> dict
         output_dir=str(workdir / "trainer"), per_device_train_batch_size=BATCH_SIZE, per_device_eval_batch_size=64,
         learning_rate=spec["lr"], weight_decay=WEIGHT_DECAY, num_train_epochs=epochs, warmup_steps=WARMUP,
         lr_scheduler_type="linear", max_grad_norm=GRAD_CLIP, seed=SEED, eval_strategy="no", save_strategy="no",
-        report_to=[], logging_strategy="no", use_cpu=True, dataloader_num_workers=0, disable_tqdm=True,
+        report_to=[], logging_strategy="no", use_cpu=device == "cpu", dataloader_num_workers=0, disable_tqdm=True,
     )
     collator = DataCollatorForTokenClassification(tokenizer)
     trainer = Trainer(model=model, args=args, train_dataset=Rows(train_s, True), data_collator=collator, processing_class=tokenizer)
@@ -192,9 +192,9 @@ def worker(args) -> None:
     spec = dict(DATASETS[args.dataset], **({"lr": args.lr} if args.lr else {}))
     workdir = Path(args.workdir)
     if args.worker == "slmkit":
-        result = run_slmkit(spec, workdir, args.epochs, args.seed)
+        result = run_slmkit(spec, workdir, args.epochs, args.seed, args.device)
     else:
-        result = run_trainer(spec, workdir, args.epochs, args.max_length)
+        result = run_trainer(spec, workdir, args.epochs, args.max_length, args.device)
     (workdir / f"{args.worker}.json").write_text(json.dumps(result))
 
 
@@ -210,6 +210,7 @@ def main() -> None:
     parser.add_argument("--lr", type=float, default=None, help="Override the per-dataset learning rate.")
     parser.add_argument("--seed", type=int, default=SEED, help="slmkit's training seed (the Trainer keeps 42).")
     parser.add_argument("--keep", default=None, help="Copy each slmkit model to KEEP/<dataset> for later stages.")
+    parser.add_argument("--device", default="cpu", help="cpu, or cuda where PyTorch sees a GPU (both trainers).")
     parser.add_argument("--out", default=str(RESULTS / "ner"), help="Results path without extension.")
     parser.add_argument("--note", default="", help="A sentence about the run's setup, written into the results.")
     parser.add_argument("--worker", choices=["slmkit", "trainer"], help=argparse.SUPPRESS)
@@ -233,7 +234,7 @@ def main() -> None:
             results = {}
             for trainer in args.trainers:  # slmkit first: the Trainer reuses its derived max length
                 extra = ["--max-length", str(results["slmkit"]["max_length"] if "slmkit" in results else 128)] if trainer == "trainer" else []
-                cmd = [sys.executable, __file__, "--worker", trainer, "--dataset", name, "--workdir", tmp, "--epochs", str(epochs), "--seed", str(args.seed), *extra]
+                cmd = [sys.executable, __file__, "--worker", trainer, "--dataset", name, "--workdir", tmp, "--epochs", str(epochs), "--seed", str(args.seed), "--device", args.device, *extra]
                 cmd += ["--lr", str(args.lr)] if args.lr else []
                 print(f"[{name}] {trainer}: training {epochs} epoch(s)...", flush=True)
                 subprocess.run(cmd, check=True)
@@ -242,11 +243,11 @@ def main() -> None:
             if args.keep and "slmkit" in results:
                 shutil.copytree(Path(tmp) / "slmkit-model", Path(args.keep) / name, dirs_exist_ok=True)
         rows.append({"dataset": name, "split": spec["split"], "epochs": epochs, "lr": spec["lr"], "limit": args.limit, **results})
-    write_results(Path(args.out), rows, command, args.note)
+    write_results(Path(args.out), rows, command, args.note, args.device)
 
 
-def write_results(out: Path, rows: list[dict], command: str, note: str = "") -> None:
-    info = fingerprint("cpu")
+def write_results(out: Path, rows: list[dict], command: str, note: str = "", device: str = "cpu") -> None:
+    info = fingerprint(device)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.with_suffix(".json").write_text(json.dumps({"command": command, "hardware": info, "rows": rows}, indent=2) + "\n")
     subsets = [f"{r['dataset']}: a seeded random subset of {r['limit']:,} training sentences" for r in rows if r["limit"]]
@@ -254,7 +255,8 @@ def write_results(out: Path, rows: list[dict], command: str, note: str = "") -> 
         "# NER: slmkit vs the Hugging Face Trainer",
         "",
         f"Command: `{command}` (from the project root; data read in place from `../shared/data`).",
-        f"Hardware: {info['cpu']}, ISA {', '.join(info['isa'])}, {info['threads']} torch threads; Python {info['python']}, "
+        f"Hardware: {info['cpu']}, ISA {', '.join(info['isa'])}, {info['threads']} torch threads"
+        f"{'; both trainers on ' + info['gpu'] if 'gpu' in info else ''}; Python {info['python']}, "
         f"torch {info['torch']}, transformers {info['transformers']}.",
         *([note] if note else []),
         "",
