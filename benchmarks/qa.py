@@ -102,7 +102,7 @@ def epochs_for(n_questions: int, requested: int | None) -> int:
 # ------------------------------------------------------------------------------------------ workers
 
 
-def run_slmkit(workdir: Path, epochs: int, device: str = "cpu", bucket: bool = True) -> dict:
+def run_slmkit(workdir: Path, epochs: int, device: str = "cpu") -> dict:
     from slmkit.config import DataConfig, EvalConfig, ModelConfig, OptimConfig, TrainConfig
     from slmkit.evaluate import evaluate
     from slmkit.hardware import native_bf16
@@ -114,7 +114,7 @@ def run_slmkit(workdir: Path, epochs: int, device: str = "cpu", bucket: bool = T
         model=ModelConfig(max_length=MAX_LENGTH, stride=STRIDE),
         train=OptimConfig(
             epochs=epochs, batch_size=BATCH_SIZE, lr=LR, weight_decay=WEIGHT_DECAY, warmup=WARMUP, grad_clip=GRAD_CLIP,
-            seed=SEED, bf16=device == "cpu" and native_bf16(), patience=0, device=device, bucket=bucket,
+            seed=SEED, bf16=device == "cpu" and native_bf16(), patience=0, device=device,
         ),
     )
     started = time.perf_counter()
@@ -189,21 +189,21 @@ def run_trainer(workdir: Path, epochs: int, device: str = "cpu") -> dict:
 
 def worker(args) -> None:
     workdir = Path(args.workdir)
-    result = run_slmkit(workdir, args.epochs, args.device, args.batches == "bucketed") if args.worker == "slmkit" else run_trainer(workdir, args.epochs, args.device)
+    result = run_slmkit(workdir, args.epochs, args.device) if args.worker == "slmkit" else run_trainer(workdir, args.epochs, args.device)
     (workdir / f"{args.worker}.json").write_text(json.dumps(result))
 
 
 # ------------------------------------------------------------------------------------------ driver
 
 
-def run_one(name: str, train: list, pool: list, trainers: list[str], epochs: int | None, dev_size: int, device: str = "cpu", batches: str = "bucketed") -> dict:
+def run_one(name: str, train: list, pool: list, trainers: list[str], epochs: int | None, dev_size: int, device: str = "cpu") -> dict:
     n_epochs = epochs_for(len(train), epochs)
     with tempfile.TemporaryDirectory(prefix="bench-qa-") as tmp:
         prepare(train, pool, Path(tmp), dev_size)
         row = {"run": name, "questions": len(train), "epochs": n_epochs}
         for trainer in trainers:
             print(f"[{name}] {trainer}: {len(train)} questions × {n_epochs} epoch(s)...", flush=True)
-            cmd = [sys.executable, __file__, "--worker", trainer, "--workdir", tmp, "--epochs", str(n_epochs), "--device", device, "--batches", batches]
+            cmd = [sys.executable, __file__, "--worker", trainer, "--workdir", tmp, "--epochs", str(n_epochs), "--device", device]
             subprocess.run(cmd, check=True)
             row[trainer] = json.loads((Path(tmp) / f"{trainer}.json").read_text())
             print(f"[{name}] {trainer}: F1 {100 * row[trainer]['f1']:.2f} in {row[trainer]['wall_s']:.0f} s", flush=True)
@@ -219,7 +219,6 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=None, help="Epochs of every run; default: enough for 200 steps, 3 to 30.")
     parser.add_argument("--dev-size", type=int, default=200, help="Validation questions (best-epoch selection by slmkit).")
     parser.add_argument("--device", default="cpu", help="cpu, or cuda where PyTorch sees a GPU (both trainers).")
-    parser.add_argument("--batches", choices=["bucketed", "random"], default="bucketed", help="slmkit's batches: length-bucketed (train.bucket) or random.")
     parser.add_argument("--out", default=str(RESULTS / "qa"), help="Results path without extension.")
     parser.add_argument("--note", default="", help="A sentence about the run's setup, written into the results.")
     parser.add_argument("--worker", choices=["slmkit", "trainer"], help=argparse.SUPPRESS)
@@ -236,15 +235,15 @@ def main() -> None:
     rows = json.loads(previous.read_text())["rows"] if previous.is_file() else []
     new = []
     for seed in args.seeds:
-        new.append(run_one(f"seed {seed}, 1024", read(subset_path(seed, 1024)), pool, args.trainers, args.epochs, args.dev_size, args.device, args.batches))
+        new.append(run_one(f"seed {seed}, 1024", read(subset_path(seed, 1024)), pool, args.trainers, args.epochs, args.dev_size, args.device))
     for size in args.curve:
-        new.append(run_one(f"curve {size}", read(subset_path(42, size)), pool, ["slmkit"], args.epochs, min(args.dev_size, max(32, size // 4)), args.device, args.batches))
+        new.append(run_one(f"curve {size}", read(subset_path(42, size)), pool, ["slmkit"], args.epochs, min(args.dev_size, max(32, size // 4)), args.device))
     if args.union:
         import numpy as np
 
         contexts = sorted({e.context for e in pool})
         held = {contexts[i] for i in np.random.default_rng(SEED).permutation(len(contexts))[: len(contexts) // 20]}
-        new.append(run_one("union", [e for e in pool if e.context not in held], [e for e in pool if e.context in held], ["slmkit"], args.epochs, args.dev_size, args.device, args.batches))
+        new.append(run_one("union", [e for e in pool if e.context not in held], [e for e in pool if e.context in held], ["slmkit"], args.epochs, args.dev_size, args.device))
     names = {r["run"] for r in new}
     rows = [r for r in rows if r["run"] not in names] + [dict(r, command=command) for r in new]
     write_results(Path(args.out), rows, args.note, args.device)

@@ -91,7 +91,7 @@ class OptimConfig:
     bf16: bool = _f(False, "Run forward and backward passes under bfloat16 autocast on the CPU (faster on AVX-512 CPUs).")
     threads: int | None = _f(None, "Torch CPU threads; default: torch's own choice.")
     pack: bool = _f(True, "Random batches whose texts share rows under a block-diagonal attention mask: the speed of length bucketing without its length-sorted batches (slm train, classification and NER; checked against padded batches before training, else train.bucket decides).")
-    bucket: bool = _f(True, "Where batches are not packed: batch examples of similar length together (less padding, faster); false: random batches.")
+    bucket: bool = _f(True, "Where batches are not packed: batch examples of similar length together (less padding, faster); false: random batches. QA batches are always random (one paragraph's windows share a length).")
     bucket_pool: int = _f(50, "Length bucketing sorts shuffled pools of this many batches: smaller pools mix lengths more (more padding).")
     device: str = _f("cpu", "Where to train: cpu, or cuda / cuda:N where PyTorch sees a GPU (under torchrun: cuda:LOCAL_RANK).")
     eval_batch_size: int = _f(64, "Examples per batch when evaluating.")

@@ -235,7 +235,7 @@ def distill(cfg: DistillConfig, overwrite: bool = False, progress: bool = True, 
         stopped_early = False
         with StepProgress(progress) as bar:
             bar.start(f"epoch 1/{o.epochs}", steps_per_epoch)
-            for record in run_epochs(model, optimizer, scheduler, train_feats, batches, loss_fn, o):
+            for record in run_epochs(model, optimizer, scheduler, train_feats, batches, loss_fn, o, random_order=not getattr(task, "buckets", True)):
                 if isinstance(record, Step):
                     bar.advance(record.loss, record.examples_per_s)
                     continue

@@ -100,13 +100,13 @@ def run_epochs(
     loss_fn: Callable[[object, dict], object],
     cfg: OptimConfig,
     start_epoch: int = 0,
-    packed: bool = False,
+    random_order: bool = False,
 ) -> Iterator[Step | EpochEnd]:
     """The training loop: yields a `Step` after each optimizer step and an `EpochEnd` after each epoch.
 
     `loss_fn(model, batch) -> scalar tensor`. The caller evaluates, checkpoints and stops (by leaving the loop).
-    Batches are random when `collate` packs them (`packed`, see slmkit.packing) or `cfg.bucket` is off, else
-    length-bucketed.
+    Batches are random with `random_order` (when `collate` packs them, see slmkit.packing, or the task's
+    examples must not be sorted by length) or when `cfg.bucket` is off, else length-bucketed.
     Under torchrun every process runs this loop on its share of each batch (`distributed.shard`); `Step` and
     `EpochEnd` count the examples of all processes.
     """
@@ -118,7 +118,7 @@ def run_epochs(
     for epoch in range(start_epoch + 1, cfg.epochs + 1):
         rng = np.random.default_rng([cfg.seed, epoch])  # the same global batches on every process
         torch.manual_seed((cfg.seed * 1000 + epoch) * world + rank)  # dropout masks depend on (seed, epoch, rank) only
-        batches = bucketed_order(lengths, cfg.batch_size, rng, 1 if packed or not cfg.bucket else cfg.bucket_pool)
+        batches = bucketed_order(lengths, cfg.batch_size, rng, 1 if random_order or not cfg.bucket else cfg.bucket_pool)
         model.train()
         started, seen, losses = time.perf_counter(), 0, []
         for i, idx in enumerate(batches, start=1):
@@ -235,9 +235,10 @@ def train(
     collate = partial(task.collate, pad_id=base.hf_tokenizer.pad_token_id or 0, token_types=uses_token_types(model, base.hf_tokenizer))
     to_packed, why = packing.plan(model, train_feats, collate) if o.pack and getattr(task, "packs", False) else (None, "")
     train_collate = packing.packed_collate(to_packed, collate) if to_packed else collate
+    bucket = o.bucket and getattr(task, "buckets", True)
     if why and main:
-        stderr.print(f"note: train.pack: {why}; {'length-bucketed' if o.bucket else 'random'} batches instead")
-    batches = "packed" if to_packed else "bucketed" if o.bucket else "random"
+        stderr.print(f"note: train.pack: {why}; {'length-bucketed' if bucket else 'random'} batches instead")
+    batches = "packed" if to_packed else "bucketed" if bucket else "random"
     if o.device != "cpu":
         collate, train_collate = partial(on_device, collate, o.device), partial(on_device, train_collate, o.device)
     base.hf_tokenizer.model_max_length = max_length  # predict and transformers.pipeline truncate here
@@ -270,7 +271,7 @@ def train(
     with StepProgress(progress and main) as bar:
         if state["epoch"] < o.epochs:
             bar.start(f"epoch {state['epoch'] + 1}/{o.epochs}", steps_per_epoch)
-        for record in run_epochs(model, optimizer, scheduler, train_feats, train_collate, loss_fn, o, state["epoch"], to_packed is not None):
+        for record in run_epochs(model, optimizer, scheduler, train_feats, train_collate, loss_fn, o, state["epoch"], random_order=batches != "bucketed"):
             if isinstance(record, Step):
                 bar.advance(record.loss, record.examples_per_s)
                 continue

@@ -393,6 +393,7 @@ def test_slm_train_and_evaluate_task_qa(qa_run, tiny_base, tmp_path):
     out, dev_file, printed = qa_run
     m = json.loads((out / "metrics.json").read_text())
     assert m["task"] == "qa" and m["labels"] == [] and m["n_train"] == 80 and m["n_eval"] == 30 and m["max_length"] == 24
+    assert m["batches"] == "random"  # train.bucket is on by default; QA's windows are never sorted by length
     ev = m["eval"]
     assert ev["n_examples"] == 30 and ev["n_windows"] > 30 and ev["stride"] == 8
     assert ev["f1"] >= 0.9 and ev["exact_match"] >= 0.9  # chance: one token of ~25

@@ -4,7 +4,8 @@ A task reads its own data format (`read`, `split`, `labels`), supplies the model
 `auto_class`), turns examples into features (`encode`) and features into padded tensors (`collate`), defines
 the training loss (`loss`), runs a model over features (`predict_logits`) and scores the outputs against the
 examples (`score`: quick per-epoch metrics, or the full report with intervals). A task whose loss reads only
-the head's output and the labels says so (`packs`), and its training batches may be packed (slmkit.packing). `slmkit.train` is written once
+the head's output and the labels says so (`packs`), and its training batches may be packed (slmkit.packing); one
+whose examples must not be batched by length says `buckets = False`. `slmkit.train` is written once
 against this interface; classification, token classification (ner), extractive QA and causal language
 modelling (lm) plug in here.
 """

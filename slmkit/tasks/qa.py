@@ -30,6 +30,10 @@ class QATask:
     auto_class = "AutoModelForQuestionAnswering"
     outputs = ("start_logits", "end_logits")  # the model outputs an export keeps
     per_token = True  # a start and an end logit per token of each window
+    # random training batches whatever train.bucket says: the windows of one paragraph's questions share a length,
+    # so length-bucketed batches fill with one paragraph (5 SQuAD subsets of 1,024 questions: F1 39.31 random,
+    # 38.27 bucketed; benchmarks/results/qa-gpu.md)
+    buckets = False
 
     def __init__(self, stride: int = 128):
         self.stride = stride  # context tokens shared by neighbouring windows; 0: contexts must fit one window
