@@ -42,6 +42,30 @@ def test_dynamic_int8_is_smaller_and_agrees_with_fp32(dynamic, exported_tiny, sy
     assert info["precision"] == "int8" and (info["int8_instructions"] or "no faster" in info["note"])
 
 
+def test_the_runtime_turns_off_the_slow_skip_layernorm_fusion(dynamic, tmp_path):
+    """ONNX Runtime's defaults fuse the int8 graph's residual Adds and LayerNorm into SkipLayerNormalization
+    (a slow CPU kernel); a session made as the runtime makes it keeps them apart."""
+    import onnxruntime as ort
+
+    from slmkit import runtime
+
+    def fused_ops(disabled: list[str]) -> set[str]:
+        options = ort.SessionOptions()
+        options.optimized_model_filepath = str(tmp_path / f"optimized-{len(disabled)}.onnx")
+        ort.InferenceSession(str(dynamic.out / "model.onnx"), options, providers=["CPUExecutionProvider"], disabled_optimizers=disabled)
+        return {n.op_type for n in onnx.load(options.optimized_model_filepath).graph.node}
+
+    assert "SkipLayerNormalization" in fused_ops([])
+    assert "SkipLayerNormalization" not in fused_ops(list(runtime.SLOW_FUSIONS)) and "LayerNormalization" in fused_ops(list(runtime.SLOW_FUSIONS))
+    # the runtime's own session computes exactly what an unfused session computes
+    unfused = ort.InferenceSession(str(dynamic.out / "model.onnx"), providers=["CPUExecutionProvider"], disabled_optimizers=list(runtime.SLOW_FUSIONS))
+    session = runtime.open_session(dynamic.out, 1)
+    ids = np.array([[2, 5, 7, 3], [2, 9, 3, 0]])
+    feed = {"input_ids": ids, "attention_mask": (ids != 0).astype(np.int64), "token_type_ids": np.zeros_like(ids)}
+    feed = {i.name: feed[i.name] for i in session.get_inputs()}
+    assert np.array_equal(session.run(None, feed)[0], unfused.run(None, feed)[0])
+
+
 def test_static_int8_calibrates_on_training_texts(exported_tiny, tmp_path):
     for method in ("minmax", "percentile"):
         result = quantize(QuantizeConfig(model=str(exported_tiny), out=str(tmp_path / method), method="static", calib_size=32, calib_method=method), progress=False)
