@@ -116,7 +116,7 @@ def run_slmkit(spec: dict, workdir: Path, epochs: int, seed: int, device: str = 
     m = result.metrics
     return {
         "trainer": "slmkit", **_scores(report), "wall_s": wall, "loop_s": m["train_seconds"],
-        "train_sentences_per_s": m["n_train"] * m["epochs_run"] / wall, "best_epoch": m["best_epoch"],
+        "train_sentences_per_s": m["n_train"] * m["epochs_run"] / wall, "best_epoch": m["best_epoch"], "batches": m["batches"],
         "max_length": m["max_length"], "n_train": m["n_train"], "peak_rss_mb": peak_rss_mb(),
     }
 
@@ -263,8 +263,8 @@ def write_results(out: Path, rows: list[dict], command: str, note: str = "", dev
         "Both trainers fine-tune the packaged all-MiniLM-L6-v2 (22.7M parameters) for token classification on the same "
         "sentences (tags converted to BIO), with the same hyperparameters: AdamW, batch "
         f"{BATCH_SIZE}, weight decay {WEIGHT_DECAY}, {WARMUP:.0%} linear warmup then linear decay, gradient clipping {GRAD_CLIP}, "
-        "the same maximum length; a word's label sits on its first sub-token. slmkit batches sentences of similar length "
-        "and keeps its best epoch on the dev split; the Trainer uses random batches with dynamic padding and is scored after "
+        "the same maximum length; a word's label sits on its first sub-token. slmkit packs the sentences of random batches "
+        "into shared rows by default (`train.pack`; the table says which batches it trained on) and keeps its best epoch on the dev split; the Trainer uses random batches with dynamic padding and is scored after "
         "its last epoch. Both are decoded and scored the same way: seqeval strict IOB2 entity F1 (micro), 95% bootstrap "
         "interval over sentences. Wall time is the whole `slmkit.train.train()` call (per-epoch dev scoring and checkpoints "
         "included) and the `Trainer.train()` call. Anchors (larger models, published): CoNLL-2003 test F1 "
@@ -280,7 +280,7 @@ def write_results(out: Path, rows: list[dict], command: str, note: str = "", dev
                 r = row[key]
                 lo, hi = r["f1_ci95"]
                 lines.append(
-                    f"| {row['dataset']} ({row['split']}) | {r['trainer']} | {r['n_train']:,} × {row['epochs']} | {100 * r['f1']:.2f} "
+                    f"| {row['dataset']} ({row['split']}) | {r['trainer']}{' (' + r['batches'] + ' batches)' if 'batches' in r else ''} | {r['n_train']:,} × {row['epochs']} | {100 * r['f1']:.2f} "
                     f"({100 * lo:.1f}–{100 * hi:.1f}) | {100 * r['precision']:.2f} | {100 * r['recall']:.2f} | {100 * r['token_accuracy']:.2f} | "
                     f"{r['wall_s'] / 60:.1f} min | {r['train_sentences_per_s']:.0f} | {r['peak_rss_mb']:,.0f} MB |"
                 )

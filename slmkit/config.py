@@ -572,7 +572,7 @@ class RunConfig:
     """`slm run`: fine-tune a teacher, distill a ladder of students, compress, benchmark, select and ship."""
 
     out: str = _f("", "Run directory: cached stages, the benchmark report and the deployable bundle (deploy/).")
-    task: str = _f("classification", "Task: classification, ner, qa or lm; NER and QA select on entity / SQuAD F1 (their student ladder waits for slm distill to support them); lm trains a causal LM (or takes --teacher), exports it with the KV cache and int8, and ships the fastest within the budgets (latency per generated token).")
+    task: str = _f("classification", "Task: classification, ner, qa or lm; NER and QA select on entity / SQuAD F1 and distill the ladder's students of the kinds they take; lm trains a causal LM (or takes --teacher), exports it with the KV cache and int8, and ships the fastest within the budgets (latency per generated token).")
     data: DataConfig = field(default_factory=DataConfig)
     test: str | None = _f(None, "Labeled test file for the benchmark and the budgets; default: a held-out split of --data.")
     test_split: float = _f(0.2, "Fraction of --data held out as the test set when no --test file is given (seeded, stratified).")
