@@ -95,7 +95,7 @@ def prepare(spec: dict, limit: int | None, workdir: Path) -> None:
 # ------------------------------------------------------------------------------------------ workers
 
 
-def run_slmkit(spec: dict, workdir: Path, epochs: int, seed: int, device: str = "cpu") -> dict:
+def run_slmkit(spec: dict, workdir: Path, epochs: int, seed: int, device: str = "cpu", fp32: bool = False) -> dict:
     from slmkit.config import DataConfig, EvalConfig, OptimConfig, TrainConfig
     from slmkit.evaluate import evaluate
     from slmkit.hardware import native_bf16
@@ -106,7 +106,7 @@ def run_slmkit(spec: dict, workdir: Path, epochs: int, seed: int, device: str = 
         data=DataConfig(train=str(workdir / "train.conll"), eval=str(workdir / "dev.conll"), scheme="bio"),
         train=OptimConfig(
             epochs=epochs, batch_size=BATCH_SIZE, lr=spec["lr"], weight_decay=WEIGHT_DECAY, warmup=WARMUP,
-            grad_clip=GRAD_CLIP, seed=seed, bf16=device == "cpu" and native_bf16(), patience=0, device=device,
+            grad_clip=GRAD_CLIP, seed=seed, bf16=device == "cpu" and native_bf16() and not fp32, patience=0, device=device,
         ),
     )
     started = time.perf_counter()
@@ -116,7 +116,7 @@ def run_slmkit(spec: dict, workdir: Path, epochs: int, seed: int, device: str = 
     m = result.metrics
     return {
         "trainer": "slmkit", **_scores(report), "wall_s": wall, "loop_s": m["train_seconds"],
-        "train_sentences_per_s": m["n_train"] * m["epochs_run"] / wall, "best_epoch": m["best_epoch"], "batches": m["batches"],
+        "train_sentences_per_s": m["n_train"] * m["epochs_run"] / wall, "best_epoch": m["best_epoch"], "batches": m["batches"], "dtype": "bf16" if cfg.train.bf16 else "fp32",
         "max_length": m["max_length"], "n_train": m["n_train"], "peak_rss_mb": peak_rss_mb(),
     }
 
@@ -192,7 +192,7 @@ def worker(args) -> None:
     spec = dict(DATASETS[args.dataset], **({"lr": args.lr} if args.lr else {}))
     workdir = Path(args.workdir)
     if args.worker == "slmkit":
-        result = run_slmkit(spec, workdir, args.epochs, args.seed, args.device)
+        result = run_slmkit(spec, workdir, args.epochs, args.seed, args.device, args.fp32)
     else:
         result = run_trainer(spec, workdir, args.epochs, args.max_length, args.device)
     (workdir / f"{args.worker}.json").write_text(json.dumps(result))
@@ -211,6 +211,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=SEED, help="slmkit's training seed (the Trainer keeps 42).")
     parser.add_argument("--keep", default=None, help="Copy each slmkit model to KEEP/<dataset> for later stages.")
     parser.add_argument("--device", default="cpu", help="cpu, or cuda where PyTorch sees a GPU (both trainers).")
+    parser.add_argument("--fp32", action="store_true", help="slmkit trains in fp32 even where the CPU has native bf16 (its default there: bf16 autocast).")
     parser.add_argument("--out", default=str(RESULTS / "ner"), help="Results path without extension.")
     parser.add_argument("--note", default="", help="A sentence about the run's setup, written into the results.")
     parser.add_argument("--worker", choices=["slmkit", "trainer"], help=argparse.SUPPRESS)
@@ -234,7 +235,7 @@ def main() -> None:
             results = {}
             for trainer in args.trainers:  # slmkit first: the Trainer reuses its derived max length
                 extra = ["--max-length", str(results["slmkit"]["max_length"] if "slmkit" in results else 128)] if trainer == "trainer" else []
-                cmd = [sys.executable, __file__, "--worker", trainer, "--dataset", name, "--workdir", tmp, "--epochs", str(epochs), "--seed", str(args.seed), "--device", args.device, *extra]
+                cmd = [sys.executable, __file__, "--worker", trainer, "--dataset", name, "--workdir", tmp, "--epochs", str(epochs), "--seed", str(args.seed), "--device", args.device, *(["--fp32"] if args.fp32 else []), *extra]
                 cmd += ["--lr", str(args.lr)] if args.lr else []
                 print(f"[{name}] {trainer}: training {epochs} epoch(s)...", flush=True)
                 subprocess.run(cmd, check=True)
@@ -242,23 +243,29 @@ def main() -> None:
                 print(f"[{name}] {trainer}: f1 {results[trainer]['f1']:.4f} in {results[trainer]['wall_s']:.0f} s", flush=True)
             if args.keep and "slmkit" in results:
                 shutil.copytree(Path(tmp) / "slmkit-model", Path(args.keep) / name, dirs_exist_ok=True)
-        rows.append({"dataset": name, "split": spec["split"], "epochs": epochs, "lr": spec["lr"], "limit": args.limit, **results})
-    write_results(Path(args.out), rows, command, args.note, args.device)
+        rows.append({"dataset": name, "split": spec["split"], "epochs": epochs, "lr": spec["lr"], "limit": args.limit, "command": command, "note": args.note, **results})
+    write_results(Path(args.out), rows, args.device)
 
 
-def write_results(out: Path, rows: list[dict], command: str, note: str = "", device: str = "cpu") -> None:
+def write_results(out: Path, rows: list[dict], device: str = "cpu") -> None:
+    """ner.md and ner.json: every dataset's row, each with the command (and note) of the run that measured it."""
     info = fingerprint(device)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.with_suffix(".json").write_text(json.dumps({"command": command, "hardware": info, "rows": rows}, indent=2) + "\n")
+    out.with_suffix(".json").write_text(json.dumps({"hardware": info, "rows": rows}, indent=2) + "\n")
     subsets = [f"{r['dataset']}: a seeded random subset of {r['limit']:,} training sentences" for r in rows if r["limit"]]
+    commands = {r.get("command", ""): [] for r in rows}
+    for r in rows:
+        commands[r.get("command", "")].append(r)
     lines = [
         "# NER: slmkit vs the Hugging Face Trainer",
         "",
-        f"Command: `{command}` (from the project root; data read in place from `../shared/data`).",
+        "Commands (from the project root; data read in place from `../shared/data`):",
+        "",
+        *[f"- {', '.join(r['dataset'] for r in rs)}: `{c}`{' ' + rs[0]['note'] if rs[0].get('note') else ''}" for c, rs in commands.items()],
+        "",
         f"Hardware: {info['cpu']}, ISA {', '.join(info['isa'])}, {info['threads']} torch threads"
         f"{'; both trainers on ' + info['gpu'] if 'gpu' in info else ''}; Python {info['python']}, "
         f"torch {info['torch']}, transformers {info['transformers']}.",
-        *([note] if note else []),
         "",
         "Both trainers fine-tune the packaged all-MiniLM-L6-v2 (22.7M parameters) for token classification on the same "
         "sentences (tags converted to BIO), with the same hyperparameters: AdamW, batch "
@@ -280,7 +287,7 @@ def write_results(out: Path, rows: list[dict], command: str, note: str = "", dev
                 r = row[key]
                 lo, hi = r["f1_ci95"]
                 lines.append(
-                    f"| {row['dataset']} ({row['split']}) | {r['trainer']}{' (' + r['batches'] + ' batches)' if 'batches' in r else ''} | {r['n_train']:,} × {row['epochs']} | {100 * r['f1']:.2f} "
+                    f"| {row['dataset']} ({row['split']}) | {r['trainer']}{' (' + r['batches'] + ' batches, ' + r['dtype'] + ')' if 'dtype' in r else ''} | {r['n_train']:,} × {row['epochs']} | {100 * r['f1']:.2f} "
                     f"({100 * lo:.1f}–{100 * hi:.1f}) | {100 * r['precision']:.2f} | {100 * r['recall']:.2f} | {100 * r['token_accuracy']:.2f} | "
                     f"{r['wall_s'] / 60:.1f} min | {r['train_sentences_per_s']:.0f} | {r['peak_rss_mb']:,.0f} MB |"
                 )
