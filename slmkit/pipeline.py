@@ -55,7 +55,7 @@ import yaml
 
 from slmkit import artifacts, search
 from slmkit.config import (
-    DEFAULT_STUDENTS, LM_DEFAULT_STUDENTS, PIPELINE_BASELINES, BenchConfig, DataConfig, DistillConfig, ExportConfig, LMDistillConfig, OptimConfig, QuantizeConfig,
+    DEFAULT_STUDENTS, LM_DEFAULT_STUDENTS, NER_DEFAULT_STUDENTS, PIPELINE_BASELINES, BenchConfig, DataConfig, DistillConfig, ExportConfig, LMDistillConfig, OptimConfig, QuantizeConfig,
     RunConfig, TrainConfig, ladder_entry, save_config, to_dict,
 )
 from slmkit.data import Example, check_known_labels, check_labels, read_examples, stratified_split
@@ -496,15 +496,16 @@ def _teacher_config(base: str, teacher_given: Path | None) -> Any:
 
 def task_ladder(cfg: RunConfig) -> list[str]:
     """The students to distill: every entry for classification. For NER and QA, the default ladder's entries of
-    the kinds the task takes (a CNN pools the text away; QA needs a question-context reader), while an entry the
-    user listed of a kind the task cannot take is refused in one line. For an LM, `LM_DEFAULT_STUDENTS` in place
-    of the default ladder, or the `lm:` entries listed."""
+    the kinds the task takes (a CNN pools the text away; QA needs a question-context reader), NER's after
+    `NER_DEFAULT_STUDENTS`, while an entry the user listed of a kind the task cannot take is refused in one line.
+    For an LM, `LM_DEFAULT_STUDENTS` in place of the default ladder, or the `lm:` entries listed."""
     if cfg.task not in DISTILL_TASKS:
         return []
     if cfg.task == "classification":
         return list(cfg.students)
     default, kept = list(cfg.students) == list(DEFAULT_STUDENTS), []
-    for entry in LM_DEFAULT_STUDENTS if default and cfg.task == "lm" else cfg.students:
+    entries = LM_DEFAULT_STUDENTS if default and cfg.task == "lm" else NER_DEFAULT_STUDENTS + list(cfg.students) if default and cfg.task == "ner" else cfg.students
+    for entry in entries:
         spec = entry.split()[0]
         kind = parse_student(spec)[0]
         if kind in TASK_KINDS[cfg.task]:

@@ -158,6 +158,25 @@ def test_a_bilstm_student_exports_with_parity_and_serves_twice_in_one_process(di
         assert_exports_and_serves(exported, distilled("bilstm"))
 
 
+def test_dynamic_int8_quantizes_a_bilstm_students_lstm_weights(distilled, tmp_path):
+    """The LSTM layers go int8 too (DynamicQuantizeLSTM), not only the embedding and the head, and the student
+    still predicts as in fp32."""
+    import onnx
+
+    from slmkit.config import QuantizeConfig
+    from slmkit.export import export
+    from slmkit.quantize import quantize
+    from slmkit.runtime import Predictor
+
+    fp32 = export(ExportConfig(model=str(distilled("bilstm").out), out=str(tmp_path / "onnx"))).out
+    int8 = quantize(QuantizeConfig(model=str(fp32), out=str(tmp_path / "int8")), progress=False).out
+    ops = {n.op_type for n in onnx.load(str(int8 / "model.onnx")).graph.node}
+    assert "DynamicQuantizeLSTM" in ops and "LSTM" not in ops
+    lstm_weights = [t for t in onnx.load(str(fp32 / "model.onnx")).graph.initializer if len(t.dims) == 3]  # (directions, 4 x hidden, input)
+    assert lstm_weights  # the fp32 graph's LSTM weights, which int8 stores in a quarter of the bytes
+    assert (Predictor(int8).predict_proba(TEXTS).argmax(1) == Predictor(fp32).predict_proba(TEXTS).argmax(1)).mean() >= 0.9
+
+
 # ------------------------------------------------------------------------------------------ the teacher cache
 
 

@@ -330,7 +330,7 @@ def test_the_ladder_of_ner_and_qa_keeps_the_kinds_each_task_takes(tiny_base, tmp
 
     kinds = lambda task: [entry.split(":")[0] for entry in task_ladder(RunConfig(task=task, out=str(tmp_path)))]  # noqa: E731
     assert kinds("classification") == ["cnn", "cnn", "transformer", "drop"]
-    assert kinds("ner") == ["transformer", "drop"] and kinds("qa") == ["transformer", "drop"]
+    assert kinds("ner") == ["bilstm", "transformer", "drop"] and kinds("qa") == ["transformer", "drop"]
     assert task_ladder(RunConfig(task="ner", out=str(tmp_path), students=["bilstm:hidden=16", "drop:every=2"])) == ["bilstm:hidden=16", "drop:every=2"]
     with pytest.raises(UserError, match="a bilstm student cannot do qa: use one of drop, transformer"):
         task_ladder(RunConfig(task="qa", out=str(tmp_path), students=["bilstm:hidden=16"]))
