@@ -35,7 +35,7 @@ DATA = ROOT.parent / "shared" / "data"
 RESULTS = ROOT / "benchmarks" / "results"
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from teacher import fingerprint  # noqa: E402 - the same hardware line as the teacher benchmark
+from teacher import fingerprint, hardware_line  # noqa: E402 - the same hardware line as the teacher benchmark
 
 # dataset: train, dev (best-epoch selection) and reporting files, their tag scheme, per-dataset settings
 DATASETS = {
@@ -253,9 +253,9 @@ def write_results(out: Path, rows: list[dict], device: str = "cpu") -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     out.with_suffix(".json").write_text(json.dumps({"hardware": info, "rows": rows}, indent=2) + "\n")
     subsets = [f"{r['dataset']}: a seeded random subset of {r['limit']:,} training sentences" for r in rows if r["limit"]]
-    commands = {r.get("command", ""): [] for r in rows}
+    commands: dict[str, list[dict]] = {}
     for r in rows:
-        commands[r.get("command", "")].append(r)
+        commands.setdefault(r.get("command", ""), []).append(r)
     lines = [
         "# NER: slmkit vs the Hugging Face Trainer",
         "",
@@ -263,9 +263,7 @@ def write_results(out: Path, rows: list[dict], device: str = "cpu") -> None:
         "",
         *[f"- {', '.join(r['dataset'] for r in rs)}: `{c}`{' ' + rs[0]['note'] if rs[0].get('note') else ''}" for c, rs in commands.items()],
         "",
-        f"Hardware: {info['cpu']}, ISA {', '.join(info['isa'])}, {info['threads']} torch threads"
-        f"{'; both trainers on ' + info['gpu'] if 'gpu' in info else ''}; Python {info['python']}, "
-        f"torch {info['torch']}, transformers {info['transformers']}.",
+        hardware_line(info),
         "",
         "Both trainers fine-tune the packaged all-MiniLM-L6-v2 (22.7M parameters) for token classification on the same "
         "sentences (tags converted to BIO), with the same hyperparameters: AdamW, batch "

@@ -39,7 +39,7 @@ XQUAD = DATA / "squad_xquad_en" / "xquad.en.json"
 RESULTS = ROOT / "benchmarks" / "results"
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from teacher import fingerprint  # noqa: E402 - the same hardware line as the teacher benchmark
+from teacher import fingerprint, hardware_line  # noqa: E402 - the same hardware line as the teacher benchmark
 
 BATCH_SIZE, LR, WEIGHT_DECAY, WARMUP, GRAD_CLIP, SEED = 16, 1e-4, 0.01, 0.1, 1.0, 42
 MAX_LENGTH, STRIDE = 256, 128
@@ -256,9 +256,7 @@ def write_results(out: Path, rows: list[dict], note: str = "", device: str = "cp
     lines = [
         "# Extractive QA: few-shot SQuAD, evaluated on XQuAD-en",
         "",
-        f"Hardware: {info['cpu']}, ISA {', '.join(info['isa'])}, {info['threads']} torch threads"
-        f"{'; both trainers on ' + info['gpu'] if 'gpu' in info else ''}; Python {info['python']}, "
-        f"torch {info['torch']}, transformers {info['transformers']}. Data read in place from `../shared/data`.",
+        f"{hardware_line(info)} Data read in place from `../shared/data`.",
         *([note] if note else []),
         "",
         f"The packaged all-MiniLM-L6-v2 with a fresh span head; windows of {MAX_LENGTH} tokens, stride {STRIDE}; AdamW, batch "

@@ -203,6 +203,15 @@ def fingerprint(device: str = "cpu") -> dict:
     return {"cpu": cpu_name(), "isa": isa, "threads": torch.get_num_threads(), **gpu, "python": platform.python_version(), "torch": torch.__version__, "transformers": transformers.__version__}
 
 
+def hardware_line(info: dict) -> str:
+    """The results' hardware sentence for a `fingerprint` (the benchmarks of ner.py and qa.py write it too)."""
+    return (
+        f"Hardware: {'both trainers on the GPU, ' + info['gpu'] + ', ' if 'gpu' in info else ''}"
+        f"{info['cpu']}, ISA {', '.join(info['isa'])}, {info['threads']} torch threads; "
+        f"Python {info['python']}, torch {info['torch']}, transformers {info['transformers']}."
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--datasets", nargs="+", default=list(DATASETS), choices=list(DATASETS))
@@ -276,9 +285,7 @@ def write_results(out: Path, rows: list[dict], command: str, device: str = "cpu"
         "# Teacher fine-tuning: slmkit vs the Hugging Face Trainer",
         "",
         f"Command: `{command}` (from the project root; data read in place from `../shared/data`).",
-        f"Hardware: {'both trainers on the GPU, ' + info['gpu'] + ', ' if 'gpu' in info else ''}"
-        f"{info['cpu']}, ISA {', '.join(info['isa'])}, {info['threads']} torch threads; "
-        f"Python {info['python']}, torch {info['torch']}, transformers {info['transformers']}.",
+        hardware_line(info),
         *([note] if note else []),
         "",
         "Both trainers fine-tune the packaged all-MiniLM-L6-v2 on the same examples (the training file minus a seeded, "
