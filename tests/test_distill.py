@@ -122,6 +122,7 @@ def test_the_vocabulary_is_trimmed_to_the_training_texts_unless_turned_off(teach
     v = trimmed.metrics["vocab"]
     assert (v["trimmed"], v["before"], v["after"]) == (True, 29, 28) and v["eval_oov_token_rate"] > 0
     assert v["trimmed_teacher_parity"]["max_prob_diff_kept_texts"] <= 1e-5  # exact on texts without 'thanks'
+    assert v["trimmed_teacher_parity"]["n_eval"] == 60  # every eval text: fewer than TRIM_PARITY_TEXTS
     assert set(vocab(teacher)) - set(vocab(trimmed.out)) == {"thanks"}
     untrimmed = distill(distill_config(teacher, synthetic, tmp_path / "untrimmed", "cnn", data=data, trim_vocab=False), progress=False)
     assert untrimmed.metrics["vocab"] == {"trimmed": False, "before": 29, "after": 29, "eval_oov_token_rate": 0.0, "trimmed_teacher_parity": None}
@@ -189,7 +190,8 @@ def test_a_second_run_reads_the_teacher_outputs_from_the_cache(teacher, syntheti
     files = sorted(p.name for p in cache.iterdir())
     assert files == sorted([f"{c['train']['key']}.safetensors", f"{c['eval']['key']}.safetensors"])
     cached = load_file(str(cache / f"{c['train']['key']}.safetensors"))
-    assert set(cached) == {"logits", "lengths"} and cached["logits"].shape == (240, 3)  # no hidden states unless asked
+    assert set(cached) == {"logits", "lengths", "int8"} and cached["logits"].shape == (240, 3)  # no hidden states unless asked
+    assert c["train"]["int8"] is True and cached["int8"][0] == 1  # the default: the int8 graph labeled the training texts
 
     def no_teacher(*args, **kwargs):
         raise AssertionError("the teacher ran although its outputs are cached")
@@ -225,7 +227,7 @@ def test_the_teacher_labels_through_its_onnx_graph_as_pytorch_does(teacher, synt
     via_onnx = distill_module._teacher_forward(model, features, collate, 16, [], [])
     monkeypatch.setattr(distill_module, "_onnx_teacher_logits", lambda *args: None)  # as for a teacher the tracer cannot follow
     via_torch = distill_module._teacher_forward(model, features, collate, 16, [], [])
-    assert set(via_onnx) == {"lengths", "logits"} and via_onnx["logits"].shape == (70, len(labels))
+    assert set(via_onnx) == {"lengths", "logits", "int8"} and via_onnx["logits"].shape == (70, len(labels))
     np.testing.assert_array_equal(via_onnx["lengths"], via_torch["lengths"])
     np.testing.assert_allclose(via_onnx["logits"], via_torch["logits"], atol=1e-4)
     assert not np.array_equal(via_onnx["logits"], via_torch["logits"])  # two computations, not one twice
@@ -238,6 +240,32 @@ def test_the_teacher_labels_through_its_onnx_graph_as_pytorch_does(teacher, synt
 
     monkeypatch.setattr(export_module, "check_parity", broken)
     assert distill_module._onnx_teacher_logits(model, features, collate, 16, via_torch["lengths"]) is None
+
+
+def test_the_int8_graph_labels_only_when_it_agrees_with_the_fp32_one(teacher, synthetic, monkeypatch):
+    from functools import partial
+
+    from slmkit.data import read_examples
+    from slmkit.encoding import make_encoder
+    from slmkit.tasks import get_task
+
+    model, tokenizer = artifacts.load_model(teacher)
+    task = get_task("classification")
+    labels = artifacts.model_labels(teacher)
+    examples = read_examples(synthetic["train"], "text", "label")
+    features = task.encode(examples, make_encoder(tokenizer, 64), {label: i for i, label in enumerate(labels)})
+    collate = partial(task.collate, pad_id=tokenizer.pad_token_id or 0, token_types=True)
+    fp32 = distill_module._teacher_forward(model, features, collate, 16, [], [])
+    int8 = distill_module._teacher_forward(model, features, collate, 16, [], [], int8=True)
+    assert fp32["int8"][0] == 0 and int8["int8"][0] == 1
+    assert not np.allclose(int8["logits"], fp32["logits"], atol=1e-4)  # the quantized graph, not the fp32 one again
+    agreement = np.mean(int8["logits"].argmax(1) == fp32["logits"].argmax(1))
+    assert agreement >= distill_module.INT8_LABEL_AGREEMENT
+    # an int8 graph that falls short of the agreement asked for is not used: the fp32 graph labels the texts
+    monkeypatch.setattr(distill_module, "INT8_LABEL_AGREEMENT", 1.01)
+    refused = distill_module._teacher_forward(model, features, collate, 16, [], [], int8=True)
+    assert refused["int8"][0] == 0
+    np.testing.assert_allclose(refused["logits"], fp32["logits"], atol=1e-6)
 
 
 def test_the_default_cache_lives_in_the_teacher_directory(distilled, teacher):
@@ -257,6 +285,7 @@ def test_cache_key_depends_on_every_input():
         ("w" * 64, b"{}", 128, ["a", "b c"], [], []),
         ("w" * 64, b"{}", 128, ["a b", "c"], [2], []),
         ("w" * 64, b"{}", 128, ["a b", "c"], [], [2]),
+        ("w" * 64, b"{}", 128, ["a b", "c"], [], [], True),  # asked of the int8 graph
     ]
     assert len({distill_module.cache_key(*c) for c in changed} | {key}) == len(changed) + 1
 
