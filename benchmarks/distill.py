@@ -1,13 +1,17 @@
 """Distillation benchmark: students of a few million parameters against their fine-tuned MiniLM teacher.
 
-For each dataset, starting from the teacher that `benchmarks/teacher.py --keep` saves, one run distills each
-student spec (`slm distill`, with augmentation) and trains the same student on the hard labels alone (no
+For each dataset, one run fine-tunes the teacher (the packaged MiniLM, with `benchmarks/teacher.py`'s recipe and
+split), then distills each student spec (`slm distill`, with augmentation) and trains the same student on the hard labels alone (no
 teacher), exports both to ONNX and quantizes them to int8, scores everything on the reporting split
 (SST-2 dev, banking77 test) and times everything in interleaved rounds (`slmkit.measure.compare`), the
 teacher in PyTorch fp32 included. It writes benchmarks/results/distill.md and .json (or `--out`) with the command,
 the distillation targets for the best student of each size class, and what the students trained on.
+Training wall times are whole calls in this run: the teacher's `train()` (reading, tokenizing, its epochs, its
+eval and saving) against each student's `distill()` (the same, plus augmentation and the teacher's outputs).
+`--models DIR` reuses teachers that `benchmarks/teacher.py --keep DIR` saved, with their recorded training-loop
+time instead (an earlier run's).
 
-    python benchmarks/distill.py --models runs/bench-models
+    python benchmarks/distill.py --datasets sst2 banking77
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 import sys
 import tempfile
 import time
@@ -24,7 +29,7 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
-from teacher import DATA, DATASETS, RESULTS, SEED, previous_rows, write_csv, write_texts  # noqa: E402  the teacher's data layout and held-out rule
+from teacher import DATA, DATASETS, RESULTS, SEED, previous_rows, run_slmkit, write_csv, write_texts  # noqa: E402  the teacher's data layout, held-out rule and recipe
 
 from slmkit.config import DataConfig, DistillConfig, ExportConfig, LossConfig, OptimConfig, QuantizeConfig, load_config  # noqa: E402
 from slmkit.data import read_examples, stratified_split  # noqa: E402
@@ -38,8 +43,8 @@ from slmkit.quantize import quantize  # noqa: E402
 # sentences (full sentences, where its training set is mostly phrases; never the dev set that is reported)
 UNLABELED = {"sst2": (DATA / "sst2" / "test_unlabeled.tsv", "sentence")}
 
-# ≤ 5M and ≤ 1.5M parameters with the trimmed vocabularies of both datasets
-STUDENTS = ["transformer:layers=4,hidden=192,heads=3,ffn=768", "bilstm:hidden=150,embed=64"]
+# ≤ 1.5M and ≤ 5M parameters with the trimmed vocabularies of both datasets (results/distill-*.md)
+STUDENTS = ["bilstm:hidden=150,embed=60", "bilstm:hidden=300,embed=128"]
 
 
 def unlabeled_file(name: str, workdir: Path) -> str | None:
@@ -65,13 +70,14 @@ def student_runs(name: str, teacher: Path, work: Path, train_csv: Path, held_csv
     computing them, and the later students reuse them (as `slm distill` does for every run after the first)."""
     runs = {}
     for i, spec in enumerate(args.students):
+        student, options = student_options(spec, args)
         for mode in ("distilled", "hard labels"):
             loss = LossConfig(kd=0.5, ce=0.5) if mode == "distilled" else LossConfig(kd=0.0, ce=1.0)
             cfg = DistillConfig(
-                teacher=str(teacher), student=spec, out=str(work / f"s{i}-{mode[:4]}"), cache_dir=str(work / "teacher-cache"),
+                teacher=str(teacher), student=student, out=str(work / f"s{i}-{mode[:4]}"), cache_dir=str(work / "teacher-cache"),
                 data=DataConfig(train=str(train_csv), eval=str(held_csv)),
-                augment=args.augment if mode == "distilled" else 0.0, unlabeled=unlabeled if mode == "distilled" else None, loss=loss,
-                train=load_config(OptimConfig, None, None, epochs=args.epochs, lr=args.lr, patience=3, seed=SEED),
+                augment=options["augment"] if mode == "distilled" else 0.0, unlabeled=unlabeled if mode == "distilled" else None, loss=loss,
+                train=load_config(OptimConfig, None, None, epochs=options["epochs"], lr=options["lr"], batch_size=options["batch_size"], patience=3, seed=SEED),
             )
             started = time.perf_counter()
             result = distill(cfg, progress=False)
@@ -85,17 +91,37 @@ def student_runs(name: str, teacher: Path, work: Path, train_csv: Path, held_csv
     return runs
 
 
+def student_options(spec: str, args) -> tuple[str, dict]:
+    """`"bilstm:hidden=150 augment=2 epochs=4"` -> the student spec and its settings: those after the spec
+    override --augment, --epochs, --lr and --batch-size for this student alone."""
+    student, *rest = spec.split()
+    options = {"augment": args.augment, "epochs": args.epochs, "lr": args.lr, "batch_size": args.batch_size}
+    for part in rest:
+        key, _, value = part.partition("=")
+        if key not in options or not value:
+            sys.exit(f"--students {spec!r}: {part!r} is not one of {', '.join(f'{k}=...' for k in options)}")
+        options[key] = type(options[key])(value)
+    return student, options
+
+
 def accuracy(directory: Path, report: list) -> float:
     model = open_model(directory, batch_size=64)
     y = np.array([model.labels.index(e.label) for e in report])
     return float((model.predict_proba([e.text for e in report]).argmax(1) == y).mean())
 
 
-def run_dataset(name: str, teacher: Path, args, log) -> dict:
+def run_dataset(name: str, stored: Path | None, args, log) -> dict:
     spec = DATASETS[name]
     with tempfile.TemporaryDirectory(prefix=f"distill-{name}-", dir=args.workdir) as tmp:
         work = Path(tmp)
         train_csv, held_csv, report = split(spec, work, args.limit)
+        if stored:
+            teacher, teacher_seconds = stored, json.loads((stored / "metrics.json").read_text())["train_seconds"]
+        else:
+            log(f"[{name}] fine-tuning the teacher ({spec['epochs']} epoch(s))")
+            result = run_slmkit(spec, train_csv, held_csv, spec["epochs"], work, "cpu", SEED)
+            teacher, teacher_seconds = work / "slmkit-model", result["wall_s"]
+            log(f"[{name}] teacher: {teacher_seconds:.0f} s")
         unlabeled = unlabeled_file(name, work) if args.unlabeled else None
         runs = student_runs(name, teacher, work, train_csv, held_csv, unlabeled, args, log)
         log(f"[{name}] scoring on {len(report)} {spec['split']} examples")
@@ -107,10 +133,9 @@ def run_dataset(name: str, teacher: Path, args, log) -> dict:
         sample = [texts[i] for i in np.random.default_rng(SEED).permutation(len(texts))[: args.speed_texts]]
         log(f"[{name}] timing {len(dirs)} models, {args.rounds} interleaved rounds")
         speed = compare(dirs, sample, rounds=args.rounds, latency_calls=args.latency_calls)
-    teacher_metrics = json.loads((teacher / "metrics.json").read_text())
     return {
         "dataset": name, "split": spec["split"], "n_eval": len(report), "n_train": runs[next(iter(runs))]["metrics"]["n_train"],
-        "teacher_train_seconds": teacher_metrics["train_seconds"],
+        "teacher_train_seconds": teacher_seconds, "teacher_trained": "in this run (whole train() call)" if not stored else f"{stored} (its training loop, an earlier run)",
         "models": {k: {"accuracy": scores[k], **speed[k]} for k in dirs},
         "runs": {k: {"wall_s": r["wall_s"], "metrics": r["metrics"]} for k, r in runs.items()},
     }
@@ -177,19 +202,25 @@ def targets(row: dict) -> list[tuple[str, str, bool]]:
 
 def data_sentence(row: dict) -> str:
     """What the distilled students trained on, from their metrics."""
-    first = next(r["metrics"] for k, r in row["runs"].items() if k.endswith(" distilled"))
-    return (f"Distilled students: {first['n_train']:,} labeled training texts, {first['n_augmented']:,} augmented texts and "
-            f"{first['n_unlabeled']:,} unlabeled in-domain texts, all with the teacher's soft targets (labeled ones also with "
-            f"their labels); the hard-label students train on the labeled texts alone. The teacher's outputs are computed once, "
-            f"inside the first distilled student's wall time, and reused by the later ones.")
+    distilled = {k.rsplit(" ", 1)[0]: r["metrics"] for k, r in row["runs"].items() if k.endswith(" distilled")}
+    first = next(iter(distilled.values()))
+    extra = "; ".join(f"{s}: {m['n_augmented']:,} augmented and {m['n_unlabeled']:,} unlabeled in-domain texts" for s, m in distilled.items())
+    return (f"Distilled students: {first['n_train']:,} labeled training texts plus ({extra}), all with the teacher's soft "
+            f"targets (labeled ones also with their labels); the hard-label students train on the labeled texts alone. The "
+            f"teacher's outputs for a set of texts are computed once, inside the wall time of the first distilled student that "
+            f"trains on them, and reused by later ones. The teacher's training wall time: "
+            f"{row.get('teacher_trained', 'its training loop, an earlier run')}.")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--datasets", nargs="+", default=list(DATASETS), choices=list(DATASETS))
-    parser.add_argument("--models", default=str(ROOT / "runs" / "bench-models"), help="Directory with one fine-tuned teacher per dataset (teacher.py --keep).")
-    parser.add_argument("--students", nargs="+", default=STUDENTS, help="Student specs (slm distill --student).")
+    parser.add_argument("--models", default=None, help="Reuse one fine-tuned teacher per dataset from this directory (teacher.py --keep) instead of fine-tuning it in the run.")
+    parser.add_argument("--students", nargs="+", default=STUDENTS,
+                        help="Student specs (slm distill --student), each optionally followed by its own augment=, epochs=, lr=, batch_size= "
+                             "(one argument: 'bilstm:hidden=150 augment=2 epochs=4').")
     parser.add_argument("--epochs", type=int, default=6)
+    parser.add_argument("--batch-size", type=int, default=32, help="The students' batch size.")
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--augment", type=float, default=2.0, help="Augmented texts per training text for the distilled students.")
     parser.add_argument("--limit", type=int, default=None, help="Train on a seeded subset of N examples.")
@@ -203,7 +234,7 @@ def main() -> None:
     if not DATA.is_dir():
         sys.exit(f"{DATA}: benchmark data not found (the shared data folder must sit beside the project)")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    command = "python benchmarks/distill.py " + " ".join(sys.argv[1:])
+    command = "python benchmarks/distill.py " + shlex.join(sys.argv[1:])  # quoted: a student spec with its options is one argument
     started = time.perf_counter()
 
     def log(message: str) -> None:
@@ -211,10 +242,10 @@ def main() -> None:
 
     rows = previous_rows(args.out, args.datasets)
     for name in args.datasets:
-        teacher = Path(args.models) / name
-        if not (teacher / "model.safetensors").is_file():
-            sys.exit(f"{teacher}: no fine-tuned teacher: run python benchmarks/teacher.py --datasets {name} --trainers slmkit --keep {args.models}")
-        rows.append({**run_dataset(name, teacher, args, log), "command": command})
+        stored = Path(args.models) / name if args.models else None
+        if stored and not (stored / "model.safetensors").is_file():
+            sys.exit(f"{stored}: no fine-tuned teacher: run python benchmarks/teacher.py --datasets {name} --trainers slmkit --keep {args.models}")
+        rows.append({**run_dataset(name, stored, args, log), "command": command})
         write_results(Path(args.out), rows, fingerprint())
     log("done")
 
