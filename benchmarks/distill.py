@@ -98,9 +98,10 @@ def student_options(spec: str, args) -> tuple[str, dict]:
     options = {"augment": args.augment, "epochs": args.epochs, "lr": args.lr, "batch_size": args.batch_size}
     for part in rest:
         key, _, value = part.partition("=")
-        if key not in options or not value:
-            sys.exit(f"--students {spec!r}: {part!r} is not one of {', '.join(f'{k}=...' for k in options)}")
-        options[key] = type(options[key])(value)
+        try:
+            options[key] = type(options[key])(value)
+        except (KeyError, ValueError):
+            sys.exit(f"--students {spec!r}: {part!r} is not one of {', '.join(f'{k}=<number>' for k in options)}")
     return student, options
 
 

@@ -362,7 +362,7 @@ class DistillConfig:
     teacher_int8: bool = _f(
         True,
         "Classification: label the training texts with the teacher's int8 ONNX graph (about 2.4x faster than fp32 here; "
-        "it must agree with the teacher on a probe batch, else fp32 labels them). The eval texts always get fp32 outputs.",
+        "it must agree with the fp32 graph on 256 of the texts, else fp32 labels them). The eval texts always get fp32 outputs.",
     )
     task: str | None = _f(None, "The teacher's task (classification, ner or qa); read from the teacher and recorded with the student: leave unset.")
     stride: int | None = _f(None, "QA: tokens shared by consecutive windows of a long context; default: the teacher's.")
