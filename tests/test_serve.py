@@ -97,6 +97,17 @@ def test_classify_answers_like_the_runtime_with_the_model_identity(exported_tiny
     assert body["model"] == {"name": exported_tiny.name, "version": sha256[:12], "sha256": sha256, "task": "classification"}
 
 
+def test_the_start_up_heap_is_frozen_out_of_the_collector_once_ready(exported_tiny):
+    import gc
+
+    gc.unfreeze()  # whatever an earlier test froze
+    assert gc.get_freeze_count() == 0
+    with client_for(exported_tiny) as client:
+        wait_ready(client)
+        assert gc.get_freeze_count() > 0  # the model, tokenizer and app: full collections no longer walk them
+        assert classify(client, TEXTS[:2]).status_code == 200
+
+
 def test_health_models_metrics_and_docs(exported_tiny):
     with client_for(exported_tiny) as client:
         wait_ready(client)
