@@ -319,7 +319,8 @@ def distill(cfg: DistillConfig, overwrite: bool = False, progress: bool = True, 
             "teacher_cache": {
                 "hit": train_hit and (eval_hit or task.per_token),
                 # int8: the int8 graph labeled the training texts (teacher_int8, and it agreed with the fp32 one)
-                "train": {"key": train_key, "hit": train_hit, "int8": bool(train_outputs.get("int8", np.zeros(1))[0])},
+                "train": {"key": train_key, "hit": train_hit, "int8": bool(train_outputs.get("int8", np.zeros(1))[0]),
+                          **{k: float(train_outputs[k][0]) for k in ("int8_agreement", "int8_prob_diff") if k in train_outputs}},
                 "eval": {"key": eval_key, "hit": eval_hit},
                 "dir": str(cache_dir),
                 "layers": {"hidden": hidden_layers, "attention": attention_layers},
@@ -548,6 +549,8 @@ def _teacher_forward(
                           end_logits (Σ l_i,)
         lengths           (n,) int64
         int8              (1,) int8: 1 when the int8 graph gave the logits
+        int8_agreement,   (1,) float32 each, when the int8 graph was asked for: the share of the probe texts where
+        int8_prob_diff    it picks the fp32 graph's class, and the mean |Δ probability| there
         hidden.{t}        (Σ l_i, width) float16: layer t's hidden states (0 = embeddings), texts concatenated
         attention.{t}     (Σ heads·l_i²,) float16: layer t's attention maps (heads, l_i, l_i), flattened
     """
@@ -558,7 +561,8 @@ def _teacher_forward(
     if not (hidden_layers or attention_layers or per_token) and distributed.world_size() == 1:
         labeled = _onnx_teacher_logits(teacher, features, collate, batch_size, lengths, int8)
         if labeled is not None:
-            return {"lengths": lengths, "logits": labeled[0], "int8": np.array([labeled[1]], dtype=np.int8)}
+            logits, used_int8, check = labeled
+            return {"lengths": lengths, "logits": logits, "int8": np.array([used_int8], dtype=np.int8), **check}
     token_at = np.concatenate([[0], np.cumsum(lengths)])  # text i's rows in hidden.{t}
     heads = {t: _heads(teacher.config, t) for t in attention_layers}
     map_at = {t: np.concatenate([[0], np.cumsum(heads[t] * lengths**2)]) for t in attention_layers}
@@ -599,10 +603,10 @@ INT8_LABEL_PROB_DIFF = 0.05  # most mean |Δ probability| over the probe texts a
 
 def _onnx_teacher_logits(
     teacher, features: list[dict], collate, batch_size: int, lengths: np.ndarray, int8: bool = False,
-) -> tuple[np.ndarray, bool] | None:
+) -> tuple[np.ndarray, bool, dict] | None:
     """A classifier teacher's logits (n, classes) from its traced ONNX graph, which ONNX Runtime runs about twice
-    as fast as PyTorch here (fp32 ONNX against fp32 PyTorch in benchmarks/results/compress.md), and whether the
-    int8 graph gave them. The graph is proven on a batch of these texts (max |logit difference| ≤ 1e-4, the
+    as fast as PyTorch here (fp32 ONNX against fp32 PyTorch in benchmarks/results/compress.md), whether the
+    int8 graph gave them, and its check when asked for (`int8_agreement`, `int8_prob_diff`: (1,) arrays). The graph is proven on a batch of these texts (max |logit difference| ≤ 1e-4, the
     export's tolerance) and on one text alone; None, and PyTorch labels the texts, when that fails or the model
     cannot be traced.
 
@@ -642,7 +646,7 @@ def _onnx_teacher_logits(
         except Exception:  # noqa: BLE001  a teacher the tracer cannot reproduce is run in PyTorch
             return None
         session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-        used_int8 = False
+        used_int8, check = False, {}
         if int8:
             from onnxruntime.quantization import QuantType, quantize_dynamic
 
@@ -656,10 +660,11 @@ def _onnx_teacher_logits(
             exact, approx = run(session, sample), run(int8_session, sample)
             agreement = float(np.mean(exact.argmax(1) == approx.argmax(1)))
             prob_diff = float(np.abs(_softmax(exact) - _softmax(approx)).mean())
+            check = {"int8_agreement": np.array([agreement], dtype=np.float32), "int8_prob_diff": np.array([prob_diff], dtype=np.float32)}
             if agreement >= INT8_LABEL_AGREEMENT and prob_diff <= INT8_LABEL_PROB_DIFF:
                 session, used_int8 = int8_session, True
         logits = run(session, np.arange(len(features)))
-    return logits, used_int8
+    return logits, used_int8, check
 
 
 def _softmax(logits: np.ndarray) -> np.ndarray:

@@ -190,8 +190,9 @@ def test_a_second_run_reads_the_teacher_outputs_from_the_cache(teacher, syntheti
     files = sorted(p.name for p in cache.iterdir())
     assert files == sorted([f"{c['train']['key']}.safetensors", f"{c['eval']['key']}.safetensors"])
     cached = load_file(str(cache / f"{c['train']['key']}.safetensors"))
-    assert set(cached) == {"logits", "lengths", "int8"} and cached["logits"].shape == (240, 3)  # no hidden states unless asked
+    assert set(cached) == {"logits", "lengths", "int8", "int8_agreement", "int8_prob_diff"} and cached["logits"].shape == (240, 3)  # no hidden states unless asked
     assert c["train"]["int8"] is True and cached["int8"][0] == 1  # the default: the int8 graph labeled the training texts
+    assert c["train"]["int8_agreement"] >= distill_module.INT8_LABEL_AGREEMENT and c["train"]["int8_prob_diff"] <= distill_module.INT8_LABEL_PROB_DIFF
 
     def no_teacher(*args, **kwargs):
         raise AssertionError("the teacher ran although its outputs are cached")
@@ -264,7 +265,7 @@ def test_the_int8_graph_labels_only_when_it_agrees_with_the_fp32_one(teacher, sy
     # an int8 graph that falls short of the agreement asked for is not used: the fp32 graph labels the texts
     monkeypatch.setattr(distill_module, "INT8_LABEL_AGREEMENT", 1.01)
     refused = distill_module._teacher_forward(model, features, collate, 16, [], [], int8=True)
-    assert refused["int8"][0] == 0
+    assert refused["int8"][0] == 0 and refused["int8_agreement"][0] == int8["int8_agreement"][0]  # the check that refused it is kept
     np.testing.assert_allclose(refused["logits"], fp32["logits"], atol=1e-6)
 
 
