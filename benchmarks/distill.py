@@ -11,7 +11,12 @@ eval and saving) against each student's `distill()` (the same, plus augmentation
 `--models DIR` reuses teachers that `benchmarks/teacher.py --keep DIR` saved, with their recorded training-loop
 time instead (an earlier run's).
 
-    python benchmarks/distill.py --datasets sst2 banking77
+The committed results/distill.md (every target met on both datasets):
+
+    python benchmarks/distill.py --datasets sst2 banking77 \
+        --students 'bilstm:hidden=300,embed=128 batch_size=128 lr=3e-3 bf16=1 sst2.epochs=3 banking77.augment=5 banking77.epochs=6' \
+                   'bilstm:hidden=150,embed=60 banking77.augment=5 banking77.epochs=6' \
+        --augment 2 --epochs 4 --lr 2e-3 --batch-size 64 --limit 30000 --rounds 3 --latency-calls 100 --speed-texts 256
 """
 
 from __future__ import annotations
@@ -70,14 +75,17 @@ def student_runs(name: str, teacher: Path, work: Path, train_csv: Path, held_csv
     computing them, and the later students reuse them (as `slm distill` does for every run after the first)."""
     runs = {}
     for i, spec in enumerate(args.students):
-        student, options = student_options(spec, args)
+        student, options = student_options(spec, args, name)
+        # the row's name: the spec and the settings it trained with on this dataset
+        label = " ".join([student, *(f"{k}={v:g}" for k, v in options.items() if k != "bf16"), *(["bf16"] if options["bf16"] else [])])
         for mode in ("distilled", "hard labels"):
             loss = LossConfig(kd=0.5, ce=0.5) if mode == "distilled" else LossConfig(kd=0.0, ce=1.0)
             cfg = DistillConfig(
                 teacher=str(teacher), student=student, out=str(work / f"s{i}-{mode[:4]}"), cache_dir=str(work / "teacher-cache"),
                 data=DataConfig(train=str(train_csv), eval=str(held_csv)),
                 augment=options["augment"] if mode == "distilled" else 0.0, unlabeled=unlabeled if mode == "distilled" else None, loss=loss,
-                train=load_config(OptimConfig, None, None, epochs=options["epochs"], lr=options["lr"], batch_size=options["batch_size"], patience=3, seed=SEED),
+                train=load_config(OptimConfig, None, None, epochs=options["epochs"], lr=options["lr"], batch_size=options["batch_size"], bf16=bool(options["bf16"]),
+                                  patience=3, seed=SEED),
             )
             started = time.perf_counter()
             result = distill(cfg, progress=False)
@@ -85,23 +93,29 @@ def student_runs(name: str, teacher: Path, work: Path, train_csv: Path, held_csv
             onnx = export(ExportConfig(model=str(result.out), out=str(work / f"s{i}-{mode[:4]}-onnx"), probe_data=str(train_csv))).out
             int8 = quantize(QuantizeConfig(model=str(onnx), out=str(work / f"s{i}-{mode[:4]}-int8"), eval_data=str(held_csv)), progress=False).out
             m = result.metrics
-            log(f"[{name}] {spec} {mode}: held-out accuracy {m['student_eval']['accuracy']:.4f} (teacher {m['teacher_eval']['accuracy']:.4f}), "
+            log(f"[{name}] {label} {mode}: held-out accuracy {m['student_eval']['accuracy']:.4f} (teacher {m['teacher_eval']['accuracy']:.4f}), "
                 f"{m['parameters']['student'] / 1e6:.2f}M parameters, {wall:.0f} s")
-            runs[f"{spec} {mode}"] = {"fp32": onnx, "int8": int8, "wall_s": wall, "metrics": m}
+            runs[f"{label} {mode}"] = {"fp32": onnx, "int8": int8, "wall_s": wall, "metrics": m}
     return runs
 
 
-def student_options(spec: str, args) -> tuple[str, dict]:
-    """`"bilstm:hidden=150 augment=2 epochs=4"` -> the student spec and its settings: those after the spec
-    override --augment, --epochs, --lr and --batch-size for this student alone."""
+def student_options(spec: str, args, dataset: str) -> tuple[str, dict]:
+    """`"bilstm:hidden=150 augment=2 sst2.epochs=4"` -> the student spec and its settings on `dataset`: those
+    after the spec override --augment, --epochs, --lr and --batch-size for this student alone (`name.key=` on
+    dataset `name` alone); `bf16=1` trains it under bf16 autocast (as the teacher does where the CPU has native bf16)."""
     student, *rest = spec.split()
-    options = {"augment": args.augment, "epochs": args.epochs, "lr": args.lr, "batch_size": args.batch_size}
+    options = {"augment": args.augment, "epochs": args.epochs, "lr": args.lr, "batch_size": args.batch_size, "bf16": 0}
     for part in rest:
         key, _, value = part.partition("=")
+        name, _, plain = key.rpartition(".")
+        if name not in ("", *DATASETS):
+            sys.exit(f"--students {spec!r}: {part!r} names no dataset: use one of {', '.join(DATASETS)}")
         try:
-            options[key] = type(options[key])(value)
+            parsed = type(options[plain])(value)
         except (KeyError, ValueError):
-            sys.exit(f"--students {spec!r}: {part!r} is not one of {', '.join(f'{k}=<number>' for k in options)}")
+            sys.exit(f"--students {spec!r}: {part!r} is not one of {', '.join(f'[dataset.]{k}=<number>' for k in options)}")
+        if name in ("", dataset):
+            options[plain] = parsed
     return student, options
 
 
@@ -218,7 +232,7 @@ def main() -> None:
     parser.add_argument("--datasets", nargs="+", default=list(DATASETS), choices=list(DATASETS))
     parser.add_argument("--models", default=None, help="Reuse one fine-tuned teacher per dataset from this directory (teacher.py --keep) instead of fine-tuning it in the run.")
     parser.add_argument("--students", nargs="+", default=STUDENTS,
-                        help="Student specs (slm distill --student), each optionally followed by its own augment=, epochs=, lr=, batch_size= "
+                        help="Student specs (slm distill --student), each optionally followed by its own augment=, epochs=, lr=, batch_size=, bf16=1, for one dataset as sst2.epochs= "
                              "(one argument: 'bilstm:hidden=150 augment=2 epochs=4').")
     parser.add_argument("--epochs", type=int, default=6)
     parser.add_argument("--batch-size", type=int, default=32, help="The students' batch size.")
