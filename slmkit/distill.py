@@ -50,7 +50,6 @@ the model directory.
 from __future__ import annotations
 
 import hashlib
-import logging
 import math
 import os
 import shutil
@@ -606,21 +605,21 @@ def _onnx_teacher_logits(
 ) -> tuple[np.ndarray, bool, dict] | None:
     """A classifier teacher's logits (n, classes) from its traced ONNX graph, which ONNX Runtime runs about twice
     as fast as PyTorch here (fp32 ONNX against fp32 PyTorch in benchmarks/results/compress.md), whether the
-    int8 graph gave them, and its check when asked for (`int8_agreement`, `int8_prob_diff`: (1,) arrays). The graph is proven on a batch of these texts (max |logit difference| ≤ 1e-4, the
-    export's tolerance) and on one text alone; None, and PyTorch labels the texts, when that fails or the model
-    cannot be traced.
+    int8 graph gave them, and its check when asked for (`int8_agreement`, `int8_prob_diff`: (1,) arrays). The
+    graph is proven on a batch of these texts (max |logit difference| ≤ 1e-4, the export's tolerance) and on one
+    text alone; None, and PyTorch labels the texts, when that fails or the model cannot be traced.
 
-    With `int8` the traced graph is quantized (dynamic int8, as `slm quantize` does by default: another 2.4x
-    on SST-2's training phrases) and labels the texts when, on `INT8_LABEL_PROBE` seeded texts, its top class is
+    With `int8` the traced graph is quantized by `slm quantize`'s quantizer (dynamic int8, per-tensor full-range
+    weights: another 2.4x on SST-2's training phrases) and labels the texts when, on `INT8_LABEL_PROBE` seeded texts, its top class is
     the fp32 graph's for at least `INT8_LABEL_AGREEMENT` of them and its probabilities differ by at most
     `INT8_LABEL_PROB_DIFF` on average; else the fp32 graph labels them."""
     import tempfile
 
-    import onnxruntime as ort
     import torch
 
-    from slmkit.quantize import DYNAMIC_OPS
-    from slmkit.runtime import SLOW_FUSIONS
+    from slmkit.config import QuantizeConfig
+    from slmkit.quantize import quantize_file
+    from slmkit.runtime import open_session, softmax
 
     order = sorted_order(lengths, batch_size)
     probe_batch = collate([features[i] for i in order[len(order) // 2]])  # a batch of middling length
@@ -629,9 +628,6 @@ def _onnx_teacher_logits(
     teacher.eval()
     with torch.inference_mode():
         reference = {"logits": teacher(**{k: probe_batch[k] for k in inputs}).logits.float().numpy()}
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = torch.get_num_threads()
-
     def run(session, indices) -> np.ndarray:
         out = np.empty((len(indices), reference["logits"].shape[1]), dtype=np.float32)
         for idx in sorted_order(lengths[indices], batch_size):
@@ -640,36 +636,27 @@ def _onnx_teacher_logits(
         return out
 
     with tempfile.TemporaryDirectory(prefix="slm-teacher-") as tmp:
-        path = Path(tmp) / "teacher.onnx"
+        fp32_dir, int8_dir = Path(tmp) / "fp32", Path(tmp) / "int8"  # open_session reads <dir>/model.onnx
+        fp32_dir.mkdir()
         try:
-            trace_graph(teacher, probe, reference, path, inputs, ("logits",), ExportConfig(), False)
+            trace_graph(teacher, probe, reference, fp32_dir / artifacts.ONNX_MODEL, inputs, ("logits",), ExportConfig(), False)
         except Exception:  # noqa: BLE001  a teacher the tracer cannot reproduce is run in PyTorch
             return None
-        session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        session = open_session(fp32_dir, torch.get_num_threads())
         used_int8, check = False, {}
         if int8:
-            from onnxruntime.quantization import QuantType, quantize_dynamic
-
-            quantized = Path(tmp) / "teacher-int8.onnx"
-            logging.getLogger().setLevel(max(logging.getLogger().level, logging.ERROR))  # ORT's pre-processing advice
-            quantize_dynamic(path, quantized, weight_type=QuantType.QInt8, op_types_to_quantize=list(DYNAMIC_OPS))
-            int8_session = ort.InferenceSession(
-                str(quantized), options, providers=["CPUExecutionProvider"], disabled_optimizers=list(SLOW_FUSIONS)
-            )
+            int8_dir.mkdir()
+            quantize_file(QuantizeConfig(per_channel=False, reduce_range=False), fp32_dir / artifacts.ONNX_MODEL, int8_dir / artifacts.ONNX_MODEL, [], None)
+            int8_session = open_session(int8_dir, torch.get_num_threads())
             sample = np.random.default_rng(0).permutation(len(features))[:INT8_LABEL_PROBE]
             exact, approx = run(session, sample), run(int8_session, sample)
             agreement = float(np.mean(exact.argmax(1) == approx.argmax(1)))
-            prob_diff = float(np.abs(_softmax(exact) - _softmax(approx)).mean())
+            prob_diff = float(np.abs(softmax(exact) - softmax(approx)).mean())
             check = {"int8_agreement": np.array([agreement], dtype=np.float32), "int8_prob_diff": np.array([prob_diff], dtype=np.float32)}
             if agreement >= INT8_LABEL_AGREEMENT and prob_diff <= INT8_LABEL_PROB_DIFF:
                 session, used_int8 = int8_session, True
         logits = run(session, np.arange(len(features)))
     return logits, used_int8, check
-
-
-def _softmax(logits: np.ndarray) -> np.ndarray:
-    e = np.exp(logits - logits.max(axis=1, keepdims=True))
-    return e / e.sum(axis=1, keepdims=True)
 
 
 def _with_teacher_outputs(
