@@ -21,9 +21,9 @@ top to bottom, this module owns:
   computed at start-up (and must match a checksum the manifest records); metrics come from metrics.json. Each
   worker process loads the model once, in the background: /health/live answers at once, /health/ready only
   once the model is loaded and warmed up.
-- **micro-batching** (`Batcher`): the texts of concurrent requests wait in one queue; one task takes up to
-  `max_batch` of them (the oldest waits at most `max_wait_ms` for the batch to fill) into one model call on a
-  thread of its own, so the event loop keeps answering HTTP meanwhile. A text's result does not depend on its
+- **micro-batching** (`Batcher`): the texts of concurrent requests wait in one queue; one model thread takes
+  up to `max_batch` of them (the oldest waits at most `max_wait_ms` for the batch to fill) into one model call,
+  so the event loop keeps answering HTTP meanwhile. A text's result does not depend on its
   batch: padded positions are masked, which leaves only float noise (< 1e-5, tested). Dynamic int8 is the
   exception — its activation scales are computed over the whole batch — so such a model runs each text on its
   own within the batch (`"batching": "per-text"` in /v1/models).
@@ -274,53 +274,67 @@ class _Job:
     texts: list
     future: asyncio.Future
     results: list  # one per item, filled as batches finish
-    arrived: float  # loop time
+    arrived: float  # time.monotonic()
     taken: int = 0  # texts handed to the model so far
     done: int = 0  # texts answered so far
     cancelled: bool = False
 
 
 class Batcher:
-    """One queue of texts in front of the model; one task merges them into batches and runs each batch on the
-    model thread. (The queue is bounded upstream: the gate admits at most queue_size requests.)"""
+    """One queue of texts in front of the model, and one model thread that takes them off it: up to max_batch
+    texts per model call, the oldest waiting at most max_wait_s for the batch to fill. The thread, not an event
+    loop task, does the batching: a request's texts reach the model without waiting for the loop's next turn,
+    and one callback per batch hands the answers back (under overload a turn of the loop is 10-20 ms of
+    refusals, and a loop-driven batcher cost each admitted request three of them). The gate bounds the queue
+    upstream: at most queue_size requests are admitted at once."""
 
-    def __init__(self, predict: Callable[[list], Any], executor: ThreadPoolExecutor,
-                 max_batch: int, max_wait_s: float, on_batch: Callable[[int, float], None]):
-        self.predict, self.executor = predict, executor
-        self.max_batch, self.max_wait_s, self.on_batch = max_batch, max_wait_s, on_batch
-        self.jobs: deque[_Job] = deque()
+    def __init__(self, predict: Callable[[list], Any], max_batch: int, max_wait_s: float, on_batch: Callable[[int, float], None]):
+        self.predict, self.max_batch, self.max_wait_s, self.on_batch = predict, max_batch, max_wait_s, on_batch
+        self.jobs: deque[_Job] = deque()  # guarded by `lock`, as are waiting and each job's taken and cancelled
         self.waiting = 0  # texts queued, not yet in the model (the queue depth)
-        self.wakeup = asyncio.Event()
-        self.task: asyncio.Task | None = None
+        self.lock = threading.Condition()
+        self.stopping = False
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self.thread: threading.Thread | None = None
 
     def start(self) -> None:
-        self.task = asyncio.get_running_loop().create_task(self._run())
+        self.loop = asyncio.get_running_loop()
+        self.thread = threading.Thread(target=self._run, name="slm-model", daemon=True)
+        self.thread.start()
 
     async def stop(self) -> None:
-        if self.task:
-            self.task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self.task
-        for job in self.jobs:
+        """Stop the thread once its current batch is done; texts still waiting get 503."""
+        with self.lock:
+            self.stopping = True
+            self.lock.notify()
+        if self.thread:
+            await asyncio.get_running_loop().run_in_executor(None, self.thread.join)
+        await asyncio.sleep(0)  # the last batch's answers, queued by the thread, go out first
+        with self.lock:
+            jobs, self.waiting = list(self.jobs), 0
+            self.jobs.clear()
+        for job in jobs:
             if not job.future.done():
                 job.future.set_exception(ApiError(503, "shutting_down", "the server is shutting down: retry on another instance"))
 
     async def submit(self, texts: list) -> list:
         """The model's result for each item of `texts` (texts, or QA pairs), in order."""
-        loop = asyncio.get_running_loop()
-        job = _Job(texts, loop.create_future(), [None] * len(texts), loop.time())
-        self.jobs.append(job)
-        self.waiting += len(texts)
-        self.wakeup.set()
+        job = _Job(texts, asyncio.get_running_loop().create_future(), [None] * len(texts), time.monotonic())
+        with self.lock:
+            self.jobs.append(job)
+            self.waiting += len(texts)
+            if self.waiting == len(texts) or self.waiting >= self.max_batch:  # the thread waits for a first text or a full batch
+                self.lock.notify()
         try:
             return await job.future
         except asyncio.CancelledError:  # the request's deadline passed: its texts not yet in the model leave now
-            self.waiting -= len(job.texts) - job.taken
-            job.taken, job.cancelled = len(job.texts), True
+            with self.lock:
+                self.waiting -= len(job.texts) - job.taken
+                job.taken, job.cancelled = len(job.texts), True
             raise
 
     def _take(self) -> list[tuple[_Job, int, int]]:
-        """Up to max_batch waiting texts, oldest first, as (job, start, stop) slices."""
+        """Up to max_batch waiting texts, oldest first, as (job, start, stop) slices (called holding the lock)."""
         batch, size = [], 0
         while self.jobs and size < self.max_batch:
             job = self.jobs[0]
@@ -334,39 +348,45 @@ class Batcher:
         self.waiting -= size
         return batch
 
-    async def _run(self) -> None:
-        loop = asyncio.get_running_loop()
+    def _run(self) -> None:
+        """The model thread: wait for texts, fill a batch, run it, hand the answers to the event loop."""
         while True:
-            while not self.waiting:
-                self.wakeup.clear()
-                await self.wakeup.wait()
-            # the oldest waiting text waits at most max_wait_s, counted from its arrival, for the batch to fill
-            oldest = next((j.arrived for j in self.jobs if not j.cancelled), loop.time())
-            while self.waiting < self.max_batch and (left := oldest + self.max_wait_s - loop.time()) > 0:
-                self.wakeup.clear()
-                with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(left):
-                        await self.wakeup.wait()
-            batch = self._take()
+            with self.lock:
+                while not self.waiting and not self.stopping:
+                    self.lock.wait()
+                oldest = next((j.arrived for j in self.jobs if not j.cancelled), time.monotonic())
+                while self.waiting < self.max_batch and not self.stopping and (left := oldest + self.max_wait_s - time.monotonic()) > 0:
+                    self.lock.wait(left)
+                if self.stopping:
+                    return
+                batch = self._take()
+            if not batch:
+                continue
             texts = [t for job, start, stop in batch for t in job.texts[start:stop]]
             started = time.perf_counter()
             try:
-                results = await loop.run_in_executor(self.executor, self.predict, texts)
+                results, failure = self.predict(texts), None
             except Exception as e:  # a runtime fault: the batch's requests get a 500, the server goes on
                 log.exception("model call failed on a batch of %d texts", len(texts))
                 results, failure = None, e
-            self.on_batch(len(texts), time.perf_counter() - started)
-            row = 0
-            for job, start, stop in batch:
-                if not job.future.done():
-                    if results is None:
-                        job.future.set_exception(failure)
-                    else:
-                        job.results[start:stop] = results[row : row + stop - start]
-                        job.done += stop - start
-                        if job.done == len(job.texts):
-                            job.future.set_result(job.results)
-                row += stop - start
+            seconds = time.perf_counter() - started
+            with contextlib.suppress(RuntimeError):  # the loop closed meanwhile: nobody waits for these answers
+                self.loop.call_soon_threadsafe(self._answer, batch, results, failure, len(texts), seconds)
+
+    def _answer(self, batch: list[tuple[_Job, int, int]], results: Any, failure: Exception | None, n: int, seconds: float) -> None:
+        """On the event loop: record the batch and resolve the requests it completes."""
+        self.on_batch(n, seconds)
+        row = 0
+        for job, start, stop in batch:
+            if not job.future.done():
+                if results is None:
+                    job.future.set_exception(failure)
+                else:
+                    job.results[start:stop] = results[row : row + stop - start]
+                    job.done += stop - start
+                    if job.done == len(job.texts):
+                        job.future.set_result(job.results)
+            row += stop - start
 
 
 class _Throughput:
@@ -441,7 +461,7 @@ class Service:
         self.in_flight = 0  # admitted requests not yet answered (at most cfg.queue_size)
         self.last_request = 0.0  # monotonic time of the last request seen, for the drain's quiet period
         self.batcher: Batcher | None = None
-        self.executor = ThreadPoolExecutor(1, thread_name_prefix="slm-model")
+        self.executor = ThreadPoolExecutor(1, thread_name_prefix="slm-load")
         self.throughput = _Throughput()  # texts/s
         self.answered = _Throughput()  # admitted requests/s, for Retry-After
         self.metrics = _Metrics(self)
@@ -483,7 +503,7 @@ class Service:
             log.exception("loading %s failed", bundle.directory)
             self.state = "failed"
             return
-        self.batcher = Batcher(model.run, self.executor, cfg.max_batch, cfg.max_wait_ms / 1000, self._on_batch)
+        self.batcher = Batcher(model.run, cfg.max_batch, cfg.max_wait_ms / 1000, self._on_batch)
         self.batcher.start()
         # Everything alive now (the model, tokenizer, FastAPI's routes and schemas) lives as long as the process:
         # moved out of the collector's generations, a full collection no longer walks it. Those walks were the

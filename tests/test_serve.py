@@ -291,6 +291,25 @@ def test_a_texts_result_does_not_depend_on_its_batch(exported_tiny):
         assert batched["scores"] == pytest.approx(alone["scores"], abs=1e-5)  # padding is masked: float noise only
 
 
+def test_a_model_fault_fails_its_batch_with_500_and_the_model_thread_goes_on(exported_tiny):
+    with TestClient(create_app(ServeConfig(model=str(exported_tiny))), raise_server_exceptions=False) as client:
+        wait_ready(client)
+        batcher = client.app.state.service.batcher
+        predict, calls = batcher.predict, []
+
+        def faulty(texts):
+            calls.append(texts)
+            if len(calls) == 1:
+                raise RuntimeError("onnxruntime fault at /models/secret.onnx")
+            return predict(texts)
+
+        batcher.predict = faulty
+        body = assert_error(classify(client, TEXTS[:2]), 500, "internal")
+        assert "secret" not in body["message"] and "RuntimeError" not in body["message"]
+        assert classify(client, TEXTS[:2]).json()["results"] == classify(client, TEXTS[:2]).json()["results"]
+        assert batcher.thread.is_alive() and batcher.waiting == 0 and len(calls) == 3
+
+
 def test_dynamic_int8_runs_per_text_and_is_exactly_batch_invariant(quantized_tiny):
     texts = [LONG, *TEXTS, "invoice"]
     runtime = Predictor(quantized_tiny, batch_size=32)  # why: one padded batch shifts the activation scales
