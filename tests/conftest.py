@@ -97,9 +97,10 @@ def lm_corpus(n: int, seed: int) -> list[str]:
     return [" ".join(rng.sample(FILLER, 3) + [rng.choice(cues)] + rng.sample(FILLER, 2)) for _ in range(n)]
 
 
-def make_causal_lm(directory: Path, family: str = "llama", seed: int = 0, hidden: int = 32, layers: int = 2) -> Path:
-    """A random-initialized `family` causal LM (hidden 32, 2 layers) with a byte-level BPE tokenizer (300 tokens,
-    <pad>=0 <s>=1 </s>=2) and a chat template, saved as a Hugging Face directory (safetensors) at `directory`."""
+def make_causal_lm(directory: Path, family: str = "llama", seed: int = 0, hidden: int = 32, layers: int = 2, **config_overrides) -> Path:
+    """A random-initialized `family` causal LM (hidden 32, 2 layers, 2 heads and 1 key/value head unless
+    `config_overrides` say otherwise) with a byte-level BPE tokenizer (300 tokens, <pad>=0 <s>=1 </s>=2) and a chat
+    template, saved as a Hugging Face directory (safetensors) at `directory`."""
     import torch
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import AutoConfig, AutoModelForCausalLM, PreTrainedTokenizerFast
@@ -112,11 +113,12 @@ def make_causal_lm(directory: Path, family: str = "llama", seed: int = 0, hidden
     hf_tok = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", pad_token="<pad>")
     hf_tok.chat_template = LM_CHAT_TEMPLATE
     extra = {"head_dim": hidden // 2} if family == "gemma" else {}
-    config = AutoConfig.for_model(
-        family, vocab_size=tok.get_vocab_size(), hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=layers,
+    settings = dict(
+        vocab_size=tok.get_vocab_size(), hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=layers,
         num_attention_heads=2, num_key_value_heads=2 if family == "phi" else 1, max_position_embeddings=128,
         bos_token_id=1, eos_token_id=2, pad_token_id=0, **extra,
     )
+    config = AutoConfig.for_model(family, **settings | config_overrides)
     torch.manual_seed(seed)
     AutoModelForCausalLM.from_config(config).save_pretrained(directory)
     hf_tok.save_pretrained(directory)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import subprocess
 import sys
 import warnings
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -72,9 +73,11 @@ def test_export_writes_one_cached_graph_with_its_manifest_and_parity(lm_onnx, ti
     session = ort.InferenceSession(str(lm_onnx / "model.onnx"), providers=["CPUExecutionProvider"])
     shapes = {i.name: i.shape for i in session.get_inputs()}
     assert shapes["input_ids"] == ["batch", "sequence"] and shapes["past_key_values.0.key"] == ["batch", 1, "past_sequence", 16]
-    parity = artifacts.read_json(lm_onnx / "metrics.json")["parity"]
+    metrics = artifacts.read_json(lm_onnx / "metrics.json")
+    parity = metrics["parity"]
     assert parity["prompt_max_abs_logit_diff"] <= 1e-4 and parity["step_max_abs_logit_diff"] <= 1e-4
     assert parity["greedy_identical"] and parity["greedy_tokens_agreeing"] == parity["greedy_tokens_compared"] == 8 * 16
+    assert manifest["exporter"] == metrics["exporter"]["name"] == "fused"  # a Llama decoder: ONNX Runtime's fused ops
 
 
 def test_greedy_continuations_equal_hugging_face_generate(lm_onnx, torch_lm):
@@ -166,10 +169,34 @@ def test_every_family_exports_with_parity(family, tmp_path):
     result = export(ExportConfig(model=str(source), out=str(tmp_path / f"{family}-onnx"), probe_size=2))
     parity = result.metrics["parity"]
     assert parity["max_abs_logit_diff"] <= 1e-4 and parity["greedy_identical"], family
+    assert result.metrics["exporter"]["name"] == "torchscript" and "LlamaForCausalLM" in result.metrics["exporter"]["not_fused"]
     assert result.metrics["shape_nodes_folded"] > 50, family  # the tracer's shape arithmetic, folded (with parity)
     manifest = artifacts.read_json(result.out / "manifest.json")
     assert manifest["model_type"] == family and manifest["cache"]["kv_heads"] == (2 if family == "phi" else 1)
     assert len(LMGenerator(result.out).generate_ids([1, 5, 9], GREEDY, stop_at_eos=False)) == 16
+
+
+@pytest.mark.parametrize("kv_heads", [1, 2])
+def test_a_llama_decoder_is_written_as_fused_ops_with_parity(kv_heads, tmp_path):
+    import onnx
+
+    source = make_causal_lm(tmp_path / "llama", "llama", num_key_value_heads=kv_heads)
+    result = export(ExportConfig(model=str(source), out=str(tmp_path / "onnx"), probe_size=2))
+    parity = result.metrics["parity"]
+    assert parity["max_abs_logit_diff"] <= 1e-4 and parity["greedy_identical"]  # left-padded prompts, cached steps, greedy runs
+    ops = Counter(n.op_type for n in onnx.load(str(result.out / "model.onnx")).graph.node)
+    assert ops["MultiHeadAttention"] == 2 and ops["RotaryEmbedding"] == 4 and ops["SimplifiedLayerNormalization"] == 5
+    assert result.metrics["exporter"] == {"name": "fused", "nodes": sum(ops.values())} and sum(ops.values()) < 80
+    assert artifacts.read_json(result.out / "manifest.json")["cache"]["kv_heads"] == kv_heads
+    generator = LMGenerator(result.out)
+    assert generator.generate_ids([1, 5, 9], GREEDY, stop_at_eos=False) == generator.generate_ids([1, 5, 9], GREEDY, stop_at_eos=False)
+
+
+def test_a_llama_the_fused_ops_cannot_express_is_traced(tmp_path):
+    source = make_causal_lm(tmp_path / "llama", "llama", attention_bias=True)
+    result = export(ExportConfig(model=str(source), out=str(tmp_path / "onnx"), probe_size=2))
+    assert result.metrics["exporter"] == {"name": "torchscript", "not_fused": "biased projections"}
+    assert result.metrics["parity"]["max_abs_logit_diff"] <= 1e-4 and result.metrics["parity"]["greedy_identical"]
 
 
 def test_int8_shrinks_and_reports_perplexity_and_greedy_agreement(lm_int8, lm_onnx, lm_text):
