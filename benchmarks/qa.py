@@ -15,6 +15,7 @@ Modes (each a list of runs, every run a fresh subprocess):
     python benchmarks/qa.py --seeds 42 43 44 45 46          # 1,024 questions per seed, slmkit and the Trainer
     python benchmarks/qa.py --curve 16 32 64 128 256 512    # slmkit's learning curve (seed 42)
     python benchmarks/qa.py --union                         # slmkit on the union of all subsets (8,105 questions)
+    python benchmarks/qa.py --distill drop:every=2          # the seed-42 teacher, then a student distilled from it
 
 Results go to benchmarks/results/qa.md and .json (rows of earlier runs are kept). Needs ../shared/data.
 """
@@ -128,6 +129,31 @@ def run_slmkit(workdir: Path, epochs: int, device: str = "cpu") -> dict:
     }
 
 
+def run_student(workdir: Path, epochs: int, device: str, spec: str, lr: float) -> dict:
+    """`slm distill` of the teacher the slmkit worker left in `workdir` into `spec`, on the same questions (soft
+    start/end targets and the answers), best epoch on the same validation questions; scored on XQuAD-en."""
+    from slmkit.config import DataConfig, DistillConfig, EvalConfig, OptimConfig
+    from slmkit.distill import distill
+    from slmkit.evaluate import evaluate
+    from slmkit.hardware import native_bf16
+
+    cfg = DistillConfig(
+        teacher=str(workdir / "slmkit-model"), student=spec, out=str(workdir / "student"),
+        data=DataConfig(train=str(workdir / "train.json"), eval=str(workdir / "dev.json")),
+        train=OptimConfig(epochs=epochs, batch_size=BATCH_SIZE, lr=lr, weight_decay=WEIGHT_DECAY, warmup=WARMUP, grad_clip=GRAD_CLIP,
+                          seed=SEED, bf16=device == "cpu" and native_bf16(), patience=0, device=device),
+    )
+    started = time.perf_counter()
+    result = distill(cfg, progress=False)
+    wall = time.perf_counter() - started
+    report = evaluate(EvalConfig(model=str(result.out), data=DataConfig(eval=str(XQUAD)))).metrics
+    m = result.metrics
+    return {
+        "trainer": f"slmkit student {spec}", **_scores(report), "wall_s": wall, "best_epoch": m.get("best_epoch"), "epochs": epochs, "lr": lr,
+        "parameters": m["parameters"]["student"], "teacher_parameters": m["parameters"]["teacher"], "dev_retention": m["retention"], "peak_rss_mb": peak_rss_mb(),
+    }
+
+
 def _scores(report: dict) -> dict:
     return {k: report[k] for k in ("f1", "f1_ci95", "exact_match", "exact_match_ci95")}
 
@@ -189,21 +215,30 @@ def run_trainer(workdir: Path, epochs: int, device: str = "cpu") -> dict:
 
 def worker(args) -> None:
     workdir = Path(args.workdir)
-    result = run_slmkit(workdir, args.epochs, args.device) if args.worker == "slmkit" else run_trainer(workdir, args.epochs, args.device)
+    if args.worker == "student":
+        result = run_student(workdir, args.epochs, args.device, args.distill, args.student_lr)
+    else:
+        result = run_slmkit(workdir, args.epochs, args.device) if args.worker == "slmkit" else run_trainer(workdir, args.epochs, args.device)
     (workdir / f"{args.worker}.json").write_text(json.dumps(result))
 
 
 # ------------------------------------------------------------------------------------------ driver
 
 
-def run_one(name: str, train: list, pool: list, trainers: list[str], epochs: int | None, dev_size: int, device: str = "cpu") -> dict:
+def run_one(name: str, train: list, pool: list, trainers: list[str], epochs: int | None, dev_size: int, device: str = "cpu",
+            student: tuple[str, int, float] | None = None) -> dict:
+    """Each trainer in a fresh subprocess on the same files; with `student` (spec, epochs, learning rate), a
+    "student" trainer after "slmkit" distills the teacher slmkit trained."""
     n_epochs = epochs_for(len(train), epochs)
     with tempfile.TemporaryDirectory(prefix="bench-qa-") as tmp:
         prepare(train, pool, Path(tmp), dev_size)
         row = {"run": name, "questions": len(train), "epochs": n_epochs}
         for trainer in trainers:
-            print(f"[{name}] {trainer}: {len(train)} questions × {n_epochs} epoch(s)...", flush=True)
-            cmd = [sys.executable, __file__, "--worker", trainer, "--workdir", tmp, "--epochs", str(n_epochs), "--device", device]
+            epochs_here = student[1] if trainer == "student" else n_epochs
+            print(f"[{name}] {trainer}: {len(train)} questions × {epochs_here} epoch(s)...", flush=True)
+            cmd = [sys.executable, __file__, "--worker", trainer, "--workdir", tmp, "--epochs", str(epochs_here), "--device", device]
+            if trainer == "student":
+                cmd += ["--distill", student[0], "--student-lr", str(student[2])]
             subprocess.run(cmd, check=True)
             row[trainer] = json.loads((Path(tmp) / f"{trainer}.json").read_text())
             print(f"[{name}] {trainer}: F1 {100 * row[trainer]['f1']:.2f} in {row[trainer]['wall_s']:.0f} s", flush=True)
@@ -221,7 +256,10 @@ def main() -> None:
     parser.add_argument("--device", default="cpu", help="cpu, or cuda where PyTorch sees a GPU (both trainers).")
     parser.add_argument("--out", default=str(RESULTS / "qa"), help="Results path without extension.")
     parser.add_argument("--note", default="", help="A sentence about the run's setup, written into the results.")
-    parser.add_argument("--worker", choices=["slmkit", "trainer"], help=argparse.SUPPRESS)
+    parser.add_argument("--distill", help="Student spec (e.g. drop:every=2): the seed-42 1,024-question teacher, then this student distilled from it.")
+    parser.add_argument("--student-epochs", type=int, default=8, help="Epochs of the --distill student.")
+    parser.add_argument("--student-lr", type=float, default=LR, help="Learning rate of the --distill student.")
+    parser.add_argument("--worker", choices=["slmkit", "trainer", "student"], help=argparse.SUPPRESS)
     parser.add_argument("--workdir", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
@@ -244,6 +282,9 @@ def main() -> None:
         contexts = sorted({e.context for e in pool})
         held = {contexts[i] for i in np.random.default_rng(SEED).permutation(len(contexts))[: len(contexts) // 20]}
         new.append(run_one("union", [e for e in pool if e.context not in held], [e for e in pool if e.context in held], ["slmkit"], args.epochs, args.dev_size, args.device))
+    if args.distill:
+        new.append(run_one(f"distill {args.distill}", read(subset_path(42, 1024)), pool, ["slmkit", "student"], args.epochs, args.dev_size, args.device,
+                           (args.distill, args.student_epochs, args.student_lr)))
     names = {r["run"] for r in new}
     rows = [r for r in rows if r["run"] not in names] + [dict(r, command=command) for r in new]
     write_results(Path(args.out), rows, args.note, args.device)
@@ -270,12 +311,12 @@ def write_results(out: Path, rows: list[dict], note: str = "", device: str = "cp
         "|---|---|---|---|---|---|---|",
     ]
     for row in rows:
-        for key in ("slmkit", "trainer"):
+        for key in ("slmkit", "trainer", "student"):
             if key in row:
                 r = row[key]
                 (flo, fhi), (elo, ehi) = r["f1_ci95"], r["exact_match_ci95"]
                 lines.append(
-                    f"| {row['run']} | {r['trainer']} | {row['questions']:,} × {row['epochs']} | {100 * r['f1']:.2f} ({100 * flo:.1f}–{100 * fhi:.1f}) | "
+                    f"| {row['run']} | {r['trainer']} | {row['questions']:,} × {r.get('epochs', row['epochs'])} | {100 * r['f1']:.2f} ({100 * flo:.1f}–{100 * fhi:.1f}) | "
                     f"{100 * r['exact_match']:.2f} ({100 * elo:.1f}–{100 * ehi:.1f}) | {r['wall_s'] / 60:.1f} min | `{row['command']}` |"
                 )
     seeds = [r for r in rows if r["run"].startswith("seed ") and "slmkit" in r and "trainer" in r]
@@ -284,6 +325,11 @@ def write_results(out: Path, rows: list[dict], note: str = "", device: str = "cp
 
         s, t = (statistics.mean(r[k]["f1"] for r in seeds) for k in ("slmkit", "trainer"))
         lines += ["", f"Mean over {len(seeds)} seed(s) at 1,024 questions: slmkit F1 {100 * s:.2f}, Trainer F1 {100 * t:.2f} ({100 * (s - t):+.2f} points)."]
+    for row in rows:
+        if "student" in row:
+            t, st = row["slmkit"], row["student"]
+            lines += ["", f"{row['run']}: the student ({st['parameters']:,} parameters) keeps {100 * st['f1'] / t['f1']:.1f}% of the teacher's F1 "
+                      f"({100 * st['f1']:.2f} vs {100 * t['f1']:.2f}); distillation took {st['wall_s'] / 60:.1f} min, the teacher's training {t['wall_s'] / 60:.1f} min."]
     out.with_suffix(".md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 
