@@ -103,25 +103,36 @@ def epochs_for(n_questions: int, requested: int | None) -> int:
 # ------------------------------------------------------------------------------------------ workers
 
 
-def run_slmkit(workdir: Path, epochs: int, device: str = "cpu") -> dict:
-    from slmkit.config import DataConfig, EvalConfig, ModelConfig, OptimConfig, TrainConfig
-    from slmkit.evaluate import evaluate
+def _optim(epochs: int, lr: float, device: str):
+    """The benchmark's optimizer settings (both slmkit stages; the Trainer gets the same in its own terms)."""
+    from slmkit.config import OptimConfig
     from slmkit.hardware import native_bf16
+
+    return OptimConfig(epochs=epochs, batch_size=BATCH_SIZE, lr=lr, weight_decay=WEIGHT_DECAY, warmup=WARMUP, grad_clip=GRAD_CLIP,
+                       seed=SEED, bf16=device == "cpu" and native_bf16(), patience=0, device=device)
+
+
+def _on_xquad(stage, cfg) -> tuple[object, dict, float]:
+    """Run the slmkit stage (train or distill) on `cfg`: its result, its XQuAD-en report and its wall time."""
+    from slmkit.config import DataConfig, EvalConfig
+    from slmkit.evaluate import evaluate
+
+    started = time.perf_counter()
+    result = stage(cfg, progress=False)
+    wall = time.perf_counter() - started
+    return result, evaluate(EvalConfig(model=str(result.out), data=DataConfig(eval=str(XQUAD)))).metrics, wall
+
+
+def run_slmkit(workdir: Path, epochs: int, device: str = "cpu") -> dict:
+    from slmkit.config import DataConfig, ModelConfig, TrainConfig
     from slmkit.train import train
 
     cfg = TrainConfig(
         task="qa", out=str(workdir / "slmkit-model"),
         data=DataConfig(train=str(workdir / "train.json"), eval=str(workdir / "dev.json")),
-        model=ModelConfig(max_length=MAX_LENGTH, stride=STRIDE),
-        train=OptimConfig(
-            epochs=epochs, batch_size=BATCH_SIZE, lr=LR, weight_decay=WEIGHT_DECAY, warmup=WARMUP, grad_clip=GRAD_CLIP,
-            seed=SEED, bf16=device == "cpu" and native_bf16(), patience=0, device=device,
-        ),
+        model=ModelConfig(max_length=MAX_LENGTH, stride=STRIDE), train=_optim(epochs, LR, device),
     )
-    started = time.perf_counter()
-    result = train(cfg, progress=False)
-    wall = time.perf_counter() - started
-    report = evaluate(EvalConfig(model=str(result.out), data=DataConfig(eval=str(XQUAD)))).metrics
+    result, report, wall = _on_xquad(train, cfg)
     m = result.metrics
     return {
         "trainer": "slmkit", **_scores(report), "wall_s": wall, "best_epoch": m["best_epoch"], "n_train": m["n_train"],
@@ -132,21 +143,14 @@ def run_slmkit(workdir: Path, epochs: int, device: str = "cpu") -> dict:
 def run_student(workdir: Path, epochs: int, device: str, spec: str, lr: float) -> dict:
     """`slm distill` of the teacher the slmkit worker left in `workdir` into `spec`, on the same questions (soft
     start/end targets and the answers), best epoch on the same validation questions; scored on XQuAD-en."""
-    from slmkit.config import DataConfig, DistillConfig, EvalConfig, OptimConfig
+    from slmkit.config import DataConfig, DistillConfig
     from slmkit.distill import distill
-    from slmkit.evaluate import evaluate
-    from slmkit.hardware import native_bf16
 
     cfg = DistillConfig(
         teacher=str(workdir / "slmkit-model"), student=spec, out=str(workdir / "student"),
-        data=DataConfig(train=str(workdir / "train.json"), eval=str(workdir / "dev.json")),
-        train=OptimConfig(epochs=epochs, batch_size=BATCH_SIZE, lr=lr, weight_decay=WEIGHT_DECAY, warmup=WARMUP, grad_clip=GRAD_CLIP,
-                          seed=SEED, bf16=device == "cpu" and native_bf16(), patience=0, device=device),
+        data=DataConfig(train=str(workdir / "train.json"), eval=str(workdir / "dev.json")), train=_optim(epochs, lr, device),
     )
-    started = time.perf_counter()
-    result = distill(cfg, progress=False)
-    wall = time.perf_counter() - started
-    report = evaluate(EvalConfig(model=str(result.out), data=DataConfig(eval=str(XQUAD)))).metrics
+    result, report, wall = _on_xquad(distill, cfg)
     m = result.metrics
     return {
         "trainer": f"slmkit student {spec}", **_scores(report), "wall_s": wall, "best_epoch": m.get("best_epoch"), "epochs": epochs, "lr": lr,
