@@ -284,9 +284,9 @@ class Batcher:
     """One queue of texts in front of the model, and one model thread that takes them off it: up to max_batch
     texts per model call, the oldest waiting at most max_wait_s for the batch to fill. The thread, not an event
     loop task, does the batching: a request's texts reach the model without waiting for the loop's next turn,
-    and one callback per batch hands the answers back (under overload a turn of the loop is 10-20 ms of
-    refusals, and a loop-driven batcher cost each admitted request three of them). The gate bounds the queue
-    upstream: at most queue_size requests are admitted at once."""
+    and one callback per batch hands the answers back. Under overload a turn of the loop is 10-20 ms of
+    refusals; between a request's submission and its answer a loop-driven batcher took three turns, the thread
+    takes two. The gate bounds the queue upstream: at most queue_size requests are admitted at once."""
 
     def __init__(self, predict: Callable[[list], Any], max_batch: int, max_wait_s: float, on_batch: Callable[[int, float], None]):
         self.predict, self.max_batch, self.max_wait_s, self.on_batch = predict, max_batch, max_wait_s, on_batch
