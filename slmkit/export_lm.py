@@ -12,7 +12,8 @@ exporter can take as an input) and exports one graph:
 The same graph serves the prompt (past length 0) and each one-token step (the presents fed back as the next
 pasts), so a new token costs one step, not a re-run of the whole text. The names are optimum's / onnxruntime-genai's.
 
-A Llama decoder (what `slm train --task lm` writes, and plain Llama checkpoints: see `fused_refusal`) is written
+A small Llama decoder (what `slm train --task lm` writes, and plain Llama checkpoints under SMALL_MODEL
+parameters: see `fused_refusal`) is written
 directly from its weights as ONNX Runtime's fused decoder ops (`write_fused_graph`: RotaryEmbedding,
 MultiHeadAttention with the past, SimplifiedLayerNormalization), with the same inputs and outputs: about 80 nodes
 where the traced graph runs 270, which makes a small model's one-token step 1.4x faster. Every other model is traced.
@@ -235,14 +236,18 @@ FUSED_ROPE_TYPES = ("default", "linear", "llama3")  # rotary variants with fixed
 
 
 def fused_refusal(model) -> str | None:
-    """None when `write_fused_graph` can write `model` (a Llama decoder: RMSNorm, rotary attention with grouped or
-    per-head keys and values, SiLU-gated MLP, bias-free projections); otherwise why the traced graph is used."""
+    """None when `write_fused_graph` can write `model` (a Llama decoder under SMALL_MODEL parameters: RMSNorm,
+    rotary attention with grouped or per-head keys and values, SiLU-gated MLP, bias-free projections); otherwise
+    why the traced graph is used."""
     import torch
 
     config = model.config
     rope = (getattr(config, "rope_parameters", None) or {}).get("rope_type", "default")
     checks = (
         (type(model).__name__ == "LlamaForCausalLM", f"{type(model).__name__} is not LlamaForCausalLM"),
+        # a large model's step is bound by its matrix products, not by node overhead; its weights also need the
+        # external-data files the exporter writes past protobuf's 2 GB
+        (parameter_count(model) < SMALL_MODEL, f"over {SMALL_MODEL // 10**6}M parameters"),
         (config.num_attention_heads % (getattr(config, "num_key_value_heads", None) or config.num_attention_heads) == 0, "key/value heads do not divide the heads"),
         (not getattr(config, "attention_bias", False) and not getattr(config, "mlp_bias", False), "biased projections"),
         (getattr(config, "hidden_act", None) == "silu", f"activation {getattr(config, 'hidden_act', None)}"),
