@@ -270,7 +270,8 @@ def write_fused_graph(model, path: Path, opset: int, positions: int) -> int:
 
     Each layer is SimplifiedLayerNormalization, one MatMul for the query, key and value projections, RotaryEmbedding
     on the queries and keys, MultiHeadAttention (which appends the step's keys and values to the past and returns
-    the presents), the output MatMul, the residual Add, then the MLP: one MatMul for gate and up, SiLU (ONNX
+    the presents; with grouped heads the graph appends them, and each query head reads its group's head through a
+    Gather), the output MatMul, the residual Add, then the MLP: one MatMul for gate and up, SiLU (ONNX
     Runtime fuses x·sigmoid(x)), Mul, the down MatMul and the residual Add. One additive attention bias, built
     once per call from attention_mask and the past length, makes attention causal and masks padding: key j is
     visible to query i when j ≤ past + i and attention_mask[j] = 1, as in PyTorch. About 80 nodes for the
@@ -357,15 +358,14 @@ def write_fused_graph(model, path: Path, opset: int, positions: int) -> int:
     h = op("SimplifiedLayerNormalization", [x, const("final_norm", weights["model.norm.weight"])], ["final"], axis=-1, epsilon=eps)
     op("MatMul", [h, const("lm_head", weights.get("lm_head.weight", weights["model.embed_tokens.weight"]).T)], ["logits"])
 
-    kv = [kv_heads, None, head_dim]
     inputs = [helper.make_tensor_value_info("input_ids", TensorProto.INT64, ["batch", "sequence"]),
               helper.make_tensor_value_info("attention_mask", TensorProto.INT64, ["batch", "total_sequence"]),
               helper.make_tensor_value_info("position_ids", TensorProto.INT64, ["batch", "sequence"])]
     outputs = [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", "sequence", int(config.vocab_size)])]
     for name in cache_names(layers, PAST_INPUT):
-        inputs.append(helper.make_tensor_value_info(name, TensorProto.FLOAT, ["batch", kv[0], "past_sequence", kv[2]]))
+        inputs.append(helper.make_tensor_value_info(name, TensorProto.FLOAT, ["batch", kv_heads, "past_sequence", head_dim]))
     for name in cache_names(layers, PRESENT_OUTPUT):
-        outputs.append(helper.make_tensor_value_info(name, TensorProto.FLOAT, ["batch", kv[0], "total_sequence", kv[2]]))
+        outputs.append(helper.make_tensor_value_info(name, TensorProto.FLOAT, ["batch", kv_heads, "total_sequence", head_dim]))
     # every intermediate's element type, stated: ONNX's shape inference does not know the com.microsoft ops, and
     # slm quantize's int8 tools need the types of what flows out of them
     io = {t.name for t in inputs + outputs}
