@@ -177,19 +177,29 @@ def test_every_family_exports_with_parity(family, tmp_path):
 
 
 @pytest.mark.parametrize("kv_heads", [1, 2])
-def test_a_llama_decoder_is_written_as_fused_ops_with_parity(kv_heads, tmp_path):
+def test_a_llama_decoder_is_written_as_fused_ops_with_parity(kv_heads, tmp_path, monkeypatch):
     import onnx
 
+    from slmkit import export_lm
+
     source = make_causal_lm(tmp_path / "llama", "llama", num_key_value_heads=kv_heads)
-    result = export(ExportConfig(model=str(source), out=str(tmp_path / "onnx"), probe_size=2))
+    result = export(ExportConfig(model=str(source), out=str(tmp_path / "fused"), probe_size=2))
     parity = result.metrics["parity"]
     assert parity["max_abs_logit_diff"] <= 1e-4 and parity["greedy_identical"]  # left-padded prompts, cached steps, greedy runs
     ops = Counter(n.op_type for n in onnx.load(str(result.out / "model.onnx")).graph.node)
     assert ops["MultiHeadAttention"] == 2 and ops["RotaryEmbedding"] == 4 and ops["SimplifiedLayerNormalization"] == 5
     assert result.metrics["exporter"] == {"name": "fused", "nodes": sum(ops.values())} and sum(ops.values()) < 80
     assert artifacts.read_json(result.out / "manifest.json")["cache"]["kv_heads"] == kv_heads
-    generator = LMGenerator(result.out)
-    assert generator.generate_ids([1, 5, 9], GREEDY, stop_at_eos=False) == generator.generate_ids([1, 5, 9], GREEDY, stop_at_eos=False)
+    # the same model traced: the same logits, prompt and cached steps, from a graph of many more nodes
+    monkeypatch.setattr(export_lm, "fused_refusal", lambda model: "traced for the comparison")
+    traced = export(ExportConfig(model=str(source), out=str(tmp_path / "traced"), probe_size=2))
+    assert traced.metrics["exporter"]["name"] == "torchscript" and len(onnx.load(str(traced.out / "model.onnx")).graph.node) > 2 * sum(ops.values())
+    fused_steps, traced_steps = OnnxStepper(result.out), OnnxStepper(traced.out)
+    a, b = fused_steps.start([1, 5, 9, 12]), traced_steps.start([1, 5, 9, 12])
+    for token in (7, 30, 2, 99):
+        assert np.abs(a - b).max() <= 1e-4
+        a, b = fused_steps.step(token), traced_steps.step(token)
+    assert np.abs(a - b).max() <= 1e-4
 
 
 def test_a_llama_the_fused_ops_cannot_express_is_traced(tmp_path):
