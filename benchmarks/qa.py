@@ -140,21 +140,24 @@ def run_slmkit(workdir: Path, epochs: int, device: str = "cpu") -> dict:
     }
 
 
-def run_student(workdir: Path, epochs: int, device: str, spec: str, lr: float) -> dict:
+def run_student(workdir: Path, epochs: int, device: str, spec: str, lr: float, sets: list[str]) -> dict:
     """`slm distill` of the teacher the slmkit worker left in `workdir` into `spec`, on the same questions (soft
-    start/end targets and the answers), best epoch on the same validation questions; scored on XQuAD-en."""
-    from slmkit.config import DataConfig, DistillConfig
+    start/end targets and the answers, then `sets`: `--set`-style overrides such as loss.hidden=1), best epoch on
+    the same validation questions; scored on XQuAD-en."""
+    from slmkit.config import DistillConfig, load_config, to_dict
     from slmkit.distill import distill
 
-    cfg = DistillConfig(
-        teacher=str(workdir / "slmkit-model"), student=spec, out=str(workdir / "student"),
-        data=DataConfig(train=str(workdir / "train.json"), eval=str(workdir / "dev.json")), train=_optim(epochs, lr, device),
+    optim = {f"train.{k}": v for k, v in to_dict(_optim(epochs, lr, device)).items()}
+    cfg = load_config(
+        DistillConfig, None, sets, teacher=str(workdir / "slmkit-model"), student=spec, out=str(workdir / "student"),
+        **{"data.train": str(workdir / "train.json"), "data.eval": str(workdir / "dev.json")}, **optim,
     )
     result, report, wall = _on_xquad(distill, cfg)
     m = result.metrics
     return {
-        "trainer": f"slmkit student {spec}", **_scores(report), "wall_s": wall, "best_epoch": m.get("best_epoch"), "epochs": epochs, "lr": lr,
-        "parameters": m["parameters"]["student"], "teacher_parameters": m["parameters"]["teacher"], "dev_retention": m["retention"], "peak_rss_mb": peak_rss_mb(),
+        "trainer": " ".join([f"slmkit student {spec}", *sets]), **_scores(report), "wall_s": wall, "best_epoch": m.get("best_epoch"), "epochs": epochs,
+        "lr": lr, "sets": sets, "parameters": m["parameters"]["student"], "teacher_parameters": m["parameters"]["teacher"],
+        "dev_retention": m["retention"], "peak_rss_mb": peak_rss_mb(),
     }
 
 
@@ -220,7 +223,7 @@ def run_trainer(workdir: Path, epochs: int, device: str = "cpu") -> dict:
 def worker(args) -> None:
     workdir = Path(args.workdir)
     if args.worker == "student":
-        result = run_student(workdir, args.epochs, args.device, args.distill, args.student_lr)
+        result = run_student(workdir, args.epochs, args.device, args.distill, args.student_lr, args.student_set)
     else:
         result = run_slmkit(workdir, args.epochs, args.device) if args.worker == "slmkit" else run_trainer(workdir, args.epochs, args.device)
     (workdir / f"{args.worker}.json").write_text(json.dumps(result))
@@ -230,8 +233,8 @@ def worker(args) -> None:
 
 
 def run_one(name: str, train: list, pool: list, trainers: list[str], epochs: int | None, dev_size: int, device: str = "cpu",
-            student: tuple[str, int, float] | None = None) -> dict:
-    """Each trainer in a fresh subprocess on the same files; with `student` (spec, epochs, learning rate), a
+            student: tuple[str, int, float, list[str]] | None = None) -> dict:
+    """Each trainer in a fresh subprocess on the same files; with `student` (spec, epochs, learning rate, overrides), a
     "student" trainer after "slmkit" distills the teacher slmkit trained."""
     n_epochs = epochs_for(len(train), epochs)
     with tempfile.TemporaryDirectory(prefix="bench-qa-") as tmp:
@@ -242,7 +245,7 @@ def run_one(name: str, train: list, pool: list, trainers: list[str], epochs: int
             print(f"[{name}] {trainer}: {len(train)} questions × {epochs_here} epoch(s)...", flush=True)
             cmd = [sys.executable, __file__, "--worker", trainer, "--workdir", tmp, "--epochs", str(epochs_here), "--device", device]
             if trainer == "student":
-                cmd += ["--distill", student[0], "--student-lr", str(student[2])]
+                cmd += ["--distill", student[0], "--student-lr", str(student[2]), *(f"--student-set={kv}" for kv in student[3])]
             subprocess.run(cmd, check=True)
             row[trainer] = json.loads((Path(tmp) / f"{trainer}.json").read_text())
             print(f"[{name}] {trainer}: F1 {100 * row[trainer]['f1']:.2f} in {row[trainer]['wall_s']:.0f} s", flush=True)
@@ -263,6 +266,7 @@ def main() -> None:
     parser.add_argument("--distill", help="Student spec (e.g. drop:every=2): the seed-42 1,024-question teacher, then this student distilled from it.")
     parser.add_argument("--student-epochs", type=int, default=8, help="Epochs of the --distill student.")
     parser.add_argument("--student-lr", type=float, default=LR, help="Learning rate of the --distill student.")
+    parser.add_argument("--student-set", action="append", default=[], metavar="KEY=VALUE", help="A distillation setting of the --distill student (repeatable), e.g. loss.hidden=1.")
     parser.add_argument("--worker", choices=["slmkit", "trainer", "student"], help=argparse.SUPPRESS)
     parser.add_argument("--workdir", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -287,8 +291,8 @@ def main() -> None:
         held = {contexts[i] for i in np.random.default_rng(SEED).permutation(len(contexts))[: len(contexts) // 20]}
         new.append(run_one("union", [e for e in pool if e.context not in held], [e for e in pool if e.context in held], ["slmkit"], args.epochs, args.dev_size, args.device))
     if args.distill:
-        new.append(run_one(f"distill {args.distill}", read(subset_path(42, 1024)), pool, ["slmkit", "student"], args.epochs, args.dev_size, args.device,
-                           (args.distill, args.student_epochs, args.student_lr)))
+        new.append(run_one(" ".join([f"distill {args.distill}", *args.student_set]), read(subset_path(42, 1024)), pool, ["slmkit", "student"], args.epochs,
+                           args.dev_size, args.device, (args.distill, args.student_epochs, args.student_lr, args.student_set)))
     names = {r["run"] for r in new}
     rows = [r for r in rows if r["run"] not in names] + [dict(r, command=command) for r in new]
     write_results(Path(args.out), rows, args.note, args.device)
@@ -314,7 +318,8 @@ def write_results(out: Path, rows: list[dict], note: str = "", device: str = "cp
         "| run | trainer | questions × epochs | F1 (95% CI) | EM (95% CI) | wall time | command |",
         "|---|---|---|---|---|---|---|",
     ]
-    for row in rows:
+    curve = sorted((r for r in rows if r["run"].startswith("curve ")), key=lambda r: r["questions"])  # the curve in size order
+    for row in [r for r in rows if not r["run"].startswith("curve ")] + curve:
         for key in ("slmkit", "trainer", "student"):
             if key in row:
                 r = row[key]
