@@ -16,6 +16,7 @@ Modes (each a list of runs, every run a fresh subprocess):
     python benchmarks/qa.py --curve 16 32 64 128 256 512    # slmkit's learning curve (seed 42)
     python benchmarks/qa.py --union                         # slmkit on the union of all subsets (8,105 questions)
     python benchmarks/qa.py --distill drop:every=2          # the seed-42 teacher, then a student distilled from it
+    python benchmarks/qa.py --distill drop:every=2 --student-set loss.hidden=1    # ... with hidden-state transfer
 
 Results go to benchmarks/results/qa.md and .json (rows of earlier runs are kept). Needs ../shared/data.
 """
