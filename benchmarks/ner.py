@@ -24,6 +24,7 @@ import json
 import os
 import resource
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -125,7 +126,7 @@ def _scores(report: dict) -> dict:
     return {k: report[k] for k in ("f1", "f1_ci95", "precision", "recall", "token_accuracy", "per_class")}
 
 
-def run_trainer(spec: dict, workdir: Path, epochs: int, max_length: int, device: str = "cpu") -> dict:
+def run_trainer(spec: dict, workdir: Path, epochs: int, max_length: int, seed: int, device: str = "cpu") -> dict:
     import numpy as np
     import torch
     import transformers
@@ -165,12 +166,12 @@ def run_trainer(spec: dict, workdir: Path, epochs: int, max_length: int, device:
         def __getitem__(self, i):
             return self.rows[i]
 
-    torch.manual_seed(SEED)
+    torch.manual_seed(seed)
     model = AutoModelForTokenClassification.from_pretrained(base, num_labels=len(labels), id2label=dict(enumerate(labels)), label2id=label2id)
     args = TrainingArguments(
         output_dir=str(workdir / "trainer"), per_device_train_batch_size=BATCH_SIZE, per_device_eval_batch_size=64,
         learning_rate=spec["lr"], weight_decay=WEIGHT_DECAY, num_train_epochs=epochs, warmup_steps=WARMUP,
-        lr_scheduler_type="linear", max_grad_norm=GRAD_CLIP, seed=SEED, eval_strategy="no", save_strategy="no",
+        lr_scheduler_type="linear", max_grad_norm=GRAD_CLIP, seed=seed, eval_strategy="no", save_strategy="no",
         report_to=[], logging_strategy="no", use_cpu=device == "cpu", dataloader_num_workers=0, disable_tqdm=True,
     )
     collator = DataCollatorForTokenClassification(tokenizer)
@@ -194,7 +195,7 @@ def worker(args) -> None:
     if args.worker == "slmkit":
         result = run_slmkit(spec, workdir, args.epochs, args.seed, args.device, args.fp32)
     else:
-        result = run_trainer(spec, workdir, args.epochs, args.max_length, args.device)
+        result = run_trainer(spec, workdir, args.epochs, args.max_length, args.seed, args.device)
     (workdir / f"{args.worker}.json").write_text(json.dumps(result))
 
 
@@ -208,7 +209,7 @@ def main() -> None:
     parser.add_argument("--trainers", nargs="+", default=["slmkit", "trainer"], choices=["slmkit", "trainer"])
     parser.add_argument("--epochs", type=int, default=None, help="Override the per-dataset epochs.")
     parser.add_argument("--lr", type=float, default=None, help="Override the per-dataset learning rate.")
-    parser.add_argument("--seed", type=int, default=SEED, help="slmkit's training seed (the Trainer keeps 42).")
+    parser.add_argument("--seed", type=int, default=SEED, help="Both trainers' seed (head initialization, batch order, dropout); rows of other seeds are kept.")
     parser.add_argument("--keep", default=None, help="Copy each slmkit model to KEEP/<dataset> for later stages.")
     parser.add_argument("--device", default="cpu", help="cpu, or cuda where PyTorch sees a GPU (both trainers).")
     parser.add_argument("--fp32", action="store_true", help="slmkit trains in fp32 even where the CPU has native bf16 (its default there: bf16 autocast).")
@@ -226,7 +227,7 @@ def main() -> None:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     command = "python benchmarks/ner.py " + " ".join(sys.argv[1:])
     previous = Path(args.out).with_suffix(".json")
-    rows = [r for r in json.loads(previous.read_text())["rows"] if r["dataset"] not in args.datasets] if previous.is_file() else []
+    rows = [r for r in json.loads(previous.read_text())["rows"] if (r["dataset"], r.get("seed", SEED)) not in {(d, args.seed) for d in args.datasets}] if previous.is_file() else []
     for name in args.datasets:
         spec = dict(DATASETS[name], **({"lr": args.lr} if args.lr else {}))
         epochs = args.epochs or spec["epochs"]
@@ -243,8 +244,14 @@ def main() -> None:
                 print(f"[{name}] {trainer}: f1 {results[trainer]['f1']:.4f} in {results[trainer]['wall_s']:.0f} s", flush=True)
             if args.keep and "slmkit" in results:
                 shutil.copytree(Path(tmp) / "slmkit-model", Path(args.keep) / name, dirs_exist_ok=True)
-        rows.append({"dataset": name, "split": spec["split"], "epochs": epochs, "lr": spec["lr"], "limit": args.limit, "command": command, "note": args.note, **results})
+        rows.append({"dataset": name, "split": spec["split"], "seed": args.seed, "epochs": epochs, "lr": spec["lr"], "limit": args.limit, "command": command, "note": args.note, **results})
     write_results(Path(args.out), rows, args.device)
+
+
+def _name(row: dict) -> str:
+    """The dataset, and the seed where it is not the default."""
+    seed = row.get("seed", SEED)
+    return row["dataset"] if seed == SEED else f"{row['dataset']}, seed {seed}"
 
 
 def write_results(out: Path, rows: list[dict], device: str = "cpu") -> None:
@@ -261,7 +268,7 @@ def write_results(out: Path, rows: list[dict], device: str = "cpu") -> None:
         "",
         "Commands (from the project root; data read in place from `../shared/data`):",
         "",
-        *[f"- {', '.join(r['dataset'] for r in rs)}: `{c}`{' ' + rs[0]['note'] if rs[0].get('note') else ''}" for c, rs in commands.items()],
+        *[f"- {', '.join(_name(r) for r in rs)}: `{c}`{' ' + rs[0]['note'] if rs[0].get('note') else ''}" for c, rs in commands.items()],
         "",
         hardware_line(info),
         "",
@@ -285,7 +292,7 @@ def write_results(out: Path, rows: list[dict], device: str = "cpu") -> None:
                 r = row[key]
                 lo, hi = r["f1_ci95"]
                 lines.append(
-                    f"| {row['dataset']} ({row['split']}) | {r['trainer']}{' (' + r['batches'] + ' batches, ' + r['dtype'] + ')' if 'dtype' in r else ''} | {r['n_train']:,} × {row['epochs']} | {100 * r['f1']:.2f} "
+                    f"| {_name(row)} ({row['split']}) | {r['trainer']}{' (' + r['batches'] + ' batches, ' + r['dtype'] + ')' if 'dtype' in r else ''} | {r['n_train']:,} × {row['epochs']} | {100 * r['f1']:.2f} "
                     f"({100 * lo:.1f}–{100 * hi:.1f}) | {100 * r['precision']:.2f} | {100 * r['recall']:.2f} | {100 * r['token_accuracy']:.2f} | "
                     f"{r['wall_s'] / 60:.1f} min | {r['train_sentences_per_s']:.0f} | {r['peak_rss_mb']:,.0f} MB |"
                 )
@@ -294,7 +301,14 @@ def write_results(out: Path, rows: list[dict], device: str = "cpu") -> None:
         lines += ["", "| dataset | F1 slmkit − Trainer (points) | wall time slmkit / Trainer |", "|---|---|---|"]
     for row in pairs:
         s, t = row["slmkit"], row["trainer"]
-        lines.append(f"| {row['dataset']} | {100 * (s['f1'] - t['f1']):+.2f} | {s['wall_s'] / t['wall_s']:.2f}× |")
+        lines.append(f"| {_name(row)} | {100 * (s['f1'] - t['f1']):+.2f} | {s['wall_s'] / t['wall_s']:.2f}× |")
+    for dataset in dict.fromkeys(r["dataset"] for r in pairs):
+        seeded = [r for r in pairs if r["dataset"] == dataset]
+        if len(seeded) > 1:
+            f1 = {k: statistics.mean(r[k]["f1"] for r in seeded) for k in ("slmkit", "trainer")}
+            wall = {k: statistics.mean(r[k]["wall_s"] for r in seeded) for k in ("slmkit", "trainer")}
+            lines.append(f"| {dataset}, mean of {len(seeded)} seeds | {100 * (f1['slmkit'] - f1['trainer']):+.2f} (slmkit {100 * f1['slmkit']:.2f}, "
+                         f"Trainer {100 * f1['trainer']:.2f}) | {wall['slmkit'] / wall['trainer']:.2f}× |")
     out.with_suffix(".md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 
