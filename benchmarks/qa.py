@@ -46,6 +46,7 @@ from teacher import fingerprint, hardware_line  # noqa: E402 - the same hardware
 BATCH_SIZE, LR, WEIGHT_DECAY, WARMUP, GRAD_CLIP, SEED = 16, 1e-4, 0.01, 0.1, 1.0, 42
 MAX_LENGTH, STRIDE = 256, 128
 MIN_STEPS, MIN_EPOCHS, MAX_EPOCHS = 200, 3, 30  # small subsets train for at least MIN_STEPS optimizer steps
+STUDENT_EPOCHS = 8  # of a --distill student; a run with other epochs says so in its name
 
 
 def peak_rss_mb() -> float:
@@ -265,7 +266,7 @@ def main() -> None:
     parser.add_argument("--out", default=str(RESULTS / "qa"), help="Results path without extension.")
     parser.add_argument("--note", default="", help="A sentence about the run's setup, written into the results.")
     parser.add_argument("--distill", help="Student spec (e.g. drop:every=2): the seed-42 1,024-question teacher, then this student distilled from it.")
-    parser.add_argument("--student-epochs", type=int, default=8, help="Epochs of the --distill student.")
+    parser.add_argument("--student-epochs", type=int, default=STUDENT_EPOCHS, help="Epochs of the --distill student.")
     parser.add_argument("--student-lr", type=float, default=LR, help="Learning rate of the --distill student.")
     parser.add_argument("--student-set", action="append", default=[], metavar="KEY=VALUE", help="A distillation setting of the --distill student (repeatable), e.g. loss.hidden=1.")
     parser.add_argument("--worker", choices=["slmkit", "trainer", "student"], help=argparse.SUPPRESS)
@@ -292,7 +293,8 @@ def main() -> None:
         held = {contexts[i] for i in np.random.default_rng(SEED).permutation(len(contexts))[: len(contexts) // 20]}
         new.append(run_one("union", [e for e in pool if e.context not in held], [e for e in pool if e.context in held], ["slmkit"], args.epochs, args.dev_size, args.device))
     if args.distill:
-        new.append(run_one(" ".join([f"distill {args.distill}", *args.student_set]), read(subset_path(42, 1024)), pool, ["slmkit", "student"], args.epochs,
+        name = " ".join([f"distill {args.distill}", *args.student_set, *([f"{args.student_epochs} epochs"] if args.student_epochs != STUDENT_EPOCHS else [])])
+        new.append(run_one(name, read(subset_path(42, 1024)), pool, ["slmkit", "student"], args.epochs,
                            args.dev_size, args.device, (args.distill, args.student_epochs, args.student_lr, args.student_set)))
     names = {r["run"] for r in new}
     rows = [r for r in rows if r["run"] not in names] + [dict(r, command=command) for r in new]
