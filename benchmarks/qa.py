@@ -9,7 +9,8 @@ normalization, EM and F1 with 95% bootstrap intervals over questions.
   never held out from itself), then `slmkit.evaluate` on XQuAD-en.
 - reference: `transformers.Trainer` on exactly the same windows (slmkit's windowing, the same question and
   context tokens, stride and start/end positions) with the same hyperparameters, scored after its last epoch
-  with the same answer decoding and metric.
+  with the same answer decoding and metric. On a CPU with native bf16 both train under bf16 autocast (slmkit's
+  default there), elsewhere both in fp32.
 
 Modes (each a list of runs, every run a fresh subprocess):
     python benchmarks/qa.py --seeds 42 43 44 45 46          # 1,024 questions per seed, slmkit and the Trainer
@@ -138,7 +139,7 @@ def run_slmkit(workdir: Path, epochs: int, device: str = "cpu") -> dict:
     m = result.metrics
     return {
         "trainer": "slmkit", **_scores(report), "wall_s": wall, "best_epoch": m["best_epoch"], "n_train": m["n_train"],
-        "dev_f1": m["eval"]["f1"], "peak_rss_mb": peak_rss_mb(),
+        "dev_f1": m["eval"]["f1"], "dtype": "bf16" if cfg.train.bf16 else "fp32", "peak_rss_mb": peak_rss_mb(),
     }
 
 
@@ -205,7 +206,9 @@ def run_trainer(workdir: Path, epochs: int, device: str = "cpu") -> dict:
     test_feats = qa.encode_windows(test_ex, encoder, MAX_LENGTH, STRIDE, with_answers=False)
     torch.manual_seed(SEED)
     model = AutoModelForQuestionAnswering.from_pretrained(base)
+    bf16 = _optim(epochs, LR, device).bf16  # the precision slmkit trains in here
     args = TrainingArguments(
+        bf16=bf16,
         output_dir=str(workdir / "trainer"), per_device_train_batch_size=BATCH_SIZE, per_device_eval_batch_size=32,
         learning_rate=LR, weight_decay=WEIGHT_DECAY, num_train_epochs=epochs, warmup_steps=WARMUP,
         lr_scheduler_type="linear", max_grad_norm=GRAD_CLIP, seed=SEED, eval_strategy="no", save_strategy="no",
@@ -219,7 +222,8 @@ def run_trainer(workdir: Path, epochs: int, device: str = "cpu") -> dict:
     outputs = [(np.asarray(start_logits[i, : len(f["input_ids"])]), np.asarray(end_logits[i, : len(f["input_ids"])])) for i, f in enumerate(test_feats)]
     predictions = [a[0].text if a else "" for a in qa.decode_answers(test_ex, test_feats, outputs)]
     report = qa.qa_report(predictions, [[t for t, _ in e.answers] for e in test_ex], [e.question for e in test_ex])
-    return {"trainer": "hf-trainer", **_scores(report), "wall_s": wall, "best_epoch": epochs, "n_train": len(train_ex), "peak_rss_mb": peak_rss_mb()}
+    return {"trainer": "hf-trainer", **_scores(report), "wall_s": wall, "best_epoch": epochs, "n_train": len(train_ex), "dtype": "bf16" if bf16 else "fp32",
+            "peak_rss_mb": peak_rss_mb()}
 
 
 def worker(args) -> None:
@@ -327,8 +331,9 @@ def write_results(out: Path, rows: list[dict], note: str = "", device: str = "cp
             if key in row:
                 r = row[key]
                 (flo, fhi), (elo, ehi) = r["f1_ci95"], r["exact_match_ci95"]
+                who = f"{r['trainer']} ({r['dtype']})" if "dtype" in r else r["trainer"]  # rows recorded before the dtype was: the trainer alone
                 lines.append(
-                    f"| {row['run']} | {r['trainer']} | {row['questions']:,} × {r.get('epochs', row['epochs'])} | {100 * r['f1']:.2f} ({100 * flo:.1f}–{100 * fhi:.1f}) | "
+                    f"| {row['run']} | {who} | {row['questions']:,} × {r.get('epochs', row['epochs'])} | {100 * r['f1']:.2f} ({100 * flo:.1f}–{100 * fhi:.1f}) | "
                     f"{100 * r['exact_match']:.2f} ({100 * elo:.1f}–{100 * ehi:.1f}) | {r['wall_s'] / 60:.1f} min | `{row['command']}` |"
                 )
     seeds = [r for r in rows if r["run"].startswith("seed ") and "slmkit" in r and "trainer" in r]
