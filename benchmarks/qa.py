@@ -18,6 +18,8 @@ Modes (each a list of runs, every run a fresh subprocess):
     python benchmarks/qa.py --union                         # slmkit on the union of all subsets (8,105 questions)
     python benchmarks/qa.py --distill drop:every=2          # the seed-42 teacher, then a student distilled from it
     python benchmarks/qa.py --distill drop:every=2 --student-set loss.hidden=1    # ... with hidden-state transfer
+    python benchmarks/qa.py --distill drop:every=2 --transfer --student-epochs 3  # ... also on the teacher's answers to
+                                                                                  # the union's other questions
 
 Results go to benchmarks/results/qa.md and .json (rows of earlier runs are kept). Needs ../shared/data.
 """
@@ -85,15 +87,24 @@ def write_squad(path: Path, examples: list) -> Path:
     return path
 
 
-def prepare(train: list, pool: list, workdir: Path, dev_size: int) -> None:
-    """train.json, dev.json (questions of `pool` on paragraphs `train` lacks, seeded) in `workdir`."""
+def prepare(train: list, pool: list, workdir: Path, dev_size: int, transfer: bool = False) -> int:
+    """train.json, dev.json (questions of `pool` on paragraphs `train` lacks, seeded) in `workdir`; with `transfer`,
+    transfer.jsonl too: every other question of `pool` off the dev paragraphs, as a question and its context only
+    (what a distillation student takes as unlabeled questions). The number of transfer questions."""
     import numpy as np
 
     contexts = {e.context for e in train}
     candidates = [e for e in pool if e.context not in contexts]
     pick = np.random.default_rng(SEED).permutation(len(candidates))[:dev_size]
+    dev = [candidates[i] for i in sorted(pick)]
     write_squad(workdir / "train.json", train)
-    write_squad(workdir / "dev.json", [candidates[i] for i in sorted(pick)])
+    write_squad(workdir / "dev.json", dev)
+    if not transfer:
+        return 0
+    taken, held = {e.id for e in train}, {e.context for e in dev}
+    others = [e for e in pool if e.id not in taken and e.context not in held]
+    (workdir / "transfer.jsonl").write_text("".join(json.dumps({"id": e.id, "question": e.question, "context": e.context}) + "\n" for e in others), encoding="utf-8")
+    return len(others)
 
 
 def epochs_for(n_questions: int, requested: int | None) -> int:
@@ -145,22 +156,25 @@ def run_slmkit(workdir: Path, epochs: int, device: str = "cpu") -> dict:
 
 def run_student(workdir: Path, epochs: int, device: str, spec: str, lr: float, sets: list[str]) -> dict:
     """`slm distill` of the teacher the slmkit worker left in `workdir` into `spec`, on the same questions (soft
-    start/end targets and the answers, then `sets`: `--set`-style overrides such as loss.hidden=1), best epoch on
-    the same validation questions; scored on XQuAD-en."""
+    start/end targets and the answers, then `sets`: `--set`-style overrides such as loss.hidden=1) and, when
+    `workdir` holds transfer.jsonl, on those unlabeled questions (soft targets only); best epoch on the same
+    validation questions; scored on XQuAD-en."""
     from slmkit.config import DistillConfig, load_config, to_dict
     from slmkit.distill import distill
 
     optim = {f"train.{k}": v for k, v in to_dict(_optim(epochs, lr, device)).items()}
+    transfer = workdir / "transfer.jsonl"
+    unlabeled = {"unlabeled": str(transfer)} if transfer.is_file() else {}
     cfg = load_config(
         DistillConfig, None, sets, teacher=str(workdir / "slmkit-model"), student=spec, out=str(workdir / "student"),
-        **{"data.train": str(workdir / "train.json"), "data.eval": str(workdir / "dev.json")}, **optim,
+        **{"data.train": str(workdir / "train.json"), "data.eval": str(workdir / "dev.json")}, **optim, **unlabeled,
     )
     result, report, wall = _on_xquad(distill, cfg)
     m = result.metrics
     return {
         "trainer": " ".join([f"slmkit student {spec}", *sets]), **_scores(report), "wall_s": wall, "best_epoch": m.get("best_epoch"), "epochs": epochs,
         "lr": lr, "sets": sets, "parameters": m["parameters"]["student"], "teacher_parameters": m["parameters"]["teacher"],
-        "dev_retention": m["retention"], "peak_rss_mb": peak_rss_mb(),
+        "dev_retention": m["retention"], "n_unlabeled": m["n_unlabeled"], "peak_rss_mb": peak_rss_mb(),
     }
 
 
@@ -239,13 +253,14 @@ def worker(args) -> None:
 
 
 def run_one(name: str, train: list, pool: list, trainers: list[str], epochs: int | None, dev_size: int, device: str = "cpu",
-            student: tuple[str, int, float, list[str]] | None = None) -> dict:
+            student: tuple[str, int, float, list[str]] | None = None, transfer: bool = False) -> dict:
     """Each trainer in a fresh subprocess on the same files; with `student` (spec, epochs, learning rate, overrides), a
-    "student" trainer after "slmkit" distills the teacher slmkit trained."""
+    "student" trainer after "slmkit" distills the teacher slmkit trained (with `transfer`, also on the pool's other
+    questions, unlabeled)."""
     n_epochs = epochs_for(len(train), epochs)
     with tempfile.TemporaryDirectory(prefix="bench-qa-") as tmp:
-        prepare(train, pool, Path(tmp), dev_size)
-        row = {"run": name, "questions": len(train), "epochs": n_epochs}
+        n_transfer = prepare(train, pool, Path(tmp), dev_size, transfer)
+        row = {"run": name, "questions": len(train), "epochs": n_epochs, **({"transfer_questions": n_transfer} if transfer else {})}
         for trainer in trainers:
             epochs_here = student[1] if trainer == "student" else n_epochs
             print(f"[{name}] {trainer}: {len(train)} questions × {epochs_here} epoch(s)...", flush=True)
@@ -273,6 +288,7 @@ def main() -> None:
     parser.add_argument("--student-epochs", type=int, default=STUDENT_EPOCHS, help="Epochs of the --distill student.")
     parser.add_argument("--student-lr", type=float, default=LR, help="Learning rate of the --distill student.")
     parser.add_argument("--student-set", action="append", default=[], metavar="KEY=VALUE", help="A distillation setting of the --distill student (repeatable), e.g. loss.hidden=1.")
+    parser.add_argument("--transfer", action="store_true", help="The --distill student also learns the teacher's answers to the union's other questions (their answers unused; the validation paragraphs left out).")
     parser.add_argument("--worker", choices=["slmkit", "trainer", "student"], help=argparse.SUPPRESS)
     parser.add_argument("--workdir", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -297,9 +313,10 @@ def main() -> None:
         held = {contexts[i] for i in np.random.default_rng(SEED).permutation(len(contexts))[: len(contexts) // 20]}
         new.append(run_one("union", [e for e in pool if e.context not in held], [e for e in pool if e.context in held], ["slmkit"], args.epochs, args.dev_size, args.device))
     if args.distill:
-        name = " ".join([f"distill {args.distill}", *args.student_set, *([f"{args.student_epochs} epochs"] if args.student_epochs != STUDENT_EPOCHS else [])])
+        name = " ".join([f"distill {args.distill}", *args.student_set, *(["transfer"] if args.transfer else []),
+                         *([f"{args.student_epochs} epochs"] if args.student_epochs != STUDENT_EPOCHS else [])])
         new.append(run_one(name, read(subset_path(42, 1024)), pool, ["slmkit", "student"], args.epochs,
-                           args.dev_size, args.device, (args.distill, args.student_epochs, args.student_lr, args.student_set)))
+                           args.dev_size, args.device, (args.distill, args.student_epochs, args.student_lr, args.student_set), args.transfer))
     names = {r["run"] for r in new}
     rows = [r for r in rows if r["run"] not in names] + [dict(r, command=command) for r in new]
     write_results(Path(args.out), rows, args.note, args.device)
@@ -345,8 +362,9 @@ def write_results(out: Path, rows: list[dict], note: str = "", device: str = "cp
     for row in rows:
         if "student" in row:
             t, st = row["slmkit"], row["student"]
+            more = f" It also learned the teacher's answers to {st['n_unlabeled']:,} unlabeled questions." if st.get("n_unlabeled") else ""
             lines += ["", f"{row['run']}: the student ({st['parameters']:,} parameters) keeps {100 * st['f1'] / t['f1']:.1f}% of the teacher's F1 "
-                      f"({100 * st['f1']:.2f} vs {100 * t['f1']:.2f}); distillation took {st['wall_s'] / 60:.1f} min, the teacher's training {t['wall_s'] / 60:.1f} min."]
+                      f"({100 * st['f1']:.2f} vs {100 * t['f1']:.2f}); distillation took {st['wall_s'] / 60:.1f} min, the teacher's training {t['wall_s'] / 60:.1f} min.{more}"]
     out.with_suffix(".md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 

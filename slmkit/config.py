@@ -355,7 +355,7 @@ class DistillConfig:
     )
     out: str = _f("", "Output directory for the student.")
     data: DataConfig = field(default_factory=DataConfig)
-    unlabeled: str | None = _f(None, "In-domain texts without labels (.txt or a text column): labeled by the teacher's soft targets.")
+    unlabeled: str | None = _f(None, "In-domain texts without labels (.txt or a text column; for a QA teacher, questions: JSONL {\"question\", \"context\"}): labeled by the teacher's soft targets.")
     augment: float = _f(0.0, "Generated augmentation: this many new texts per training text (e.g. 10 for 10x); 0 for none.")
     trim_vocab: bool = _f(True, "Give the student only the vocabulary its training texts use (honest on-disk parameter counts).")
     cache_dir: str | None = _f(None, "Where cached teacher outputs live; default: <teacher>/distill-cache.")

@@ -13,10 +13,12 @@ output terms of the loss (`task.kd_loss`, `task.hard_loss`, `task.logit_mse`), s
 teacher's outputs are the task's `outputs`: one row of logits per text (classification), a row per token (NER:
 the KL and cross-entropy read each word's first piece, the position decoding reads), or a start and an end
 logit per token of each window (QA: one distribution per window for each, padding masked out). NER and QA
-students keep the teacher's vocabulary (see TRIM_REASON) and take no unlabeled or augmented texts.
+students keep the teacher's vocabulary (see TRIM_REASON) and take no augmented texts; a QA student takes
+unlabeled questions (`task.read_unlabeled`), an NER student no unlabeled sentences.
 
 Training rows are the labeled texts plus unlabeled and augmented texts. All get the teacher's soft targets;
-only labeled rows get the cross-entropy (the others carry label −1, which `losses.ce_loss` skips):
+only labeled rows get the cross-entropy (the others carry label −1, which `losses.ce_loss` and QA's
+`hard_loss` skip):
 
     loss = kd · KL(teacher/T ‖ student/T)·T² + ce · CE + mse · MSE(logits)
            + hidden · mean over layer pairs of MSE(W·h_student, h_teacher)
@@ -63,7 +65,7 @@ import numpy as np
 
 from slmkit import artifacts, augment, distributed, losses, students
 from slmkit.config import DistillConfig, ExportConfig, LossConfig, TrimConfig, save_config
-from slmkit.data import Example, read_texts
+from slmkit.data import Example
 from slmkit.encoding import make_encoder, sorted_order, uses_token_types
 from slmkit.errors import UserError
 from slmkit.export import trace_graph
@@ -115,8 +117,10 @@ def distill(cfg: DistillConfig, overwrite: bool = False, progress: bool = True, 
     o, d = cfg.train, cfg.data
     if o.metric not in task.metric_names:
         raise UserError(f"setting train.metric: {o.metric!r} is not a {task_name} metric: use one of {', '.join(task.metric_names)}")
-    if task_name != "classification" and (cfg.unlabeled or cfg.augment > 0):
-        raise UserError(f"setting {'unlabeled' if cfg.unlabeled else 'augment'}: unlabeled and augmented texts are for classification teachers only: drop it for a {task_name} teacher")
+    if cfg.unlabeled and not hasattr(task, "read_unlabeled"):
+        raise UserError(f"setting unlabeled: unlabeled texts are for classification and QA teachers only: drop it for a {task_name} teacher")
+    if task_name != "classification" and cfg.augment > 0:
+        raise UserError(f"setting augment: augmented texts are for classification teachers only: drop it for a {task_name} teacher")
     if o.threads:
         torch.set_num_threads(o.threads)
     distributed.init("cpu")  # under torchrun: join the other processes (the student trains on the CPU)
@@ -138,7 +142,7 @@ def distill(cfg: DistillConfig, overwrite: bool = False, progress: bool = True, 
     else:
         eval_path = train_path
         train_ex, eval_ex = task.split(train_ex, d.eval_split, o.seed)
-    unlabeled_ex = [Example(t, None, i) for i, t in enumerate(read_texts(cfg.unlabeled, d.text_col, d.encoding), start=1)] if cfg.unlabeled else []
+    unlabeled_ex = task.read_unlabeled(Path(cfg.unlabeled), d) if cfg.unlabeled else []  # texts, or QA's questions
 
     # the teacher, and a first build of the student: its shape decides which losses can apply
     teacher, hf_tokenizer = artifacts.load_model(teacher_dir)

@@ -29,6 +29,7 @@ import numpy as np
 
 from slmkit.data import _decode
 from slmkit.errors import UserError
+from slmkit.losses import UNLABELED
 
 MAX_QUESTION_TOKENS = 64  # longer questions are cut to this many tokens (BERT's SQuAD setting)
 MAX_ANSWER_TOKENS = 30  # longest span considered when decoding
@@ -269,7 +270,8 @@ def encode_windows(examples: list[QAExample], encoder: Any, max_length: int, str
 
     Each feature: input_ids, token_type_ids (list[int]), example (index into `examples`), context_start (the window's
     first context token), offsets ([start, end) chars of each context token, in order) and, `with_answers`,
-    start_position/end_position of the first answer (0, the first token, when the window does not hold it).
+    start_position/end_position of the first answer (0, the first token, when the window does not hold it;
+    UNLABELED, −1, for a question without answers).
     A pair longer than `max_length` needs `stride` > 0 and smaller than the room the question leaves."""
     paired = pair_tokenizer(encoder)
     specials = paired.post_processor.num_special_tokens_to_add(True) if paired.post_processor is not None else 0
@@ -322,8 +324,8 @@ def _window_feature(index: int, e: QAExample, enc: Any, with_answers: bool) -> d
     first, last = context_tokens[0], context_tokens[-1]  # the context is contiguous in a pair encoding
     offsets = [tuple(o) for o in enc.offsets[first : last + 1]]
     feature = {"input_ids": list(enc.ids), "token_type_ids": list(enc.type_ids), "example": index, "context_start": first, "offsets": offsets}
-    if with_answers:
-        start, end = 0, 0
+    if with_answers:  # a question without answers (distillation's unlabeled questions): no hard target at all
+        start, end = (0, 0) if e.answers else (UNLABELED, UNLABELED)
         if e.answers:
             text, char_start = e.answers[0]
             span = _token_span(offsets, char_start, char_start + len(text))

@@ -130,6 +130,33 @@ def test_qa_students_learn_to_point_at_the_answer(distilled, kind):
     assert recorded_task(out).stride == 8  # later stages window as the student was trained
 
 
+def test_a_qa_student_learns_from_unlabeled_questions_too(qa_teacher, tmp_path):
+    more = json.loads(synthetic_squad(tmp_path / "more.json", 20, seed=3).read_text())
+    pairs = [{"question": q["question"], "context": p["context"]} for p in more["data"][0]["paragraphs"] for q in p["qas"]]
+    unlabeled = tmp_path / "questions.jsonl"
+    unlabeled.write_text("".join(json.dumps(row) + "\n" for row in pairs), encoding="utf-8")
+    spec, lr, epochs = QA_STUDENTS["drop"]
+    m = distill(config(qa_teacher, tmp_path / "out", spec, lr, epochs, unlabeled=str(unlabeled)), progress=False).metrics
+    assert (m["n_train"], m["n_unlabeled"]) == (80, 40) and m["eval"]["f1"] >= 0.8
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(json.dumps(pairs[0]) + "\n" + json.dumps({"question": "why"}) + "\n", encoding="utf-8")
+    refused(config(qa_teacher, tmp_path / "o", spec, lr, unlabeled=str(bad)), r"bad.jsonl line 2: expected a JSON object with a non-empty \"question\" and \"context\"")
+
+
+def test_qa_hard_loss_skips_the_windows_of_unlabeled_questions():
+    task = get_task("qa")
+    logits = {n: torch.randn(3, 5, requires_grad=True) for n in ("start_logits", "end_logits")}
+    out = type("Out", (), logits)()
+    mask = torch.ones(3, 5, dtype=torch.long)
+    labeled = {"attention_mask": mask[:2], "start_positions": torch.tensor([1, 2]), "end_positions": torch.tensor([3, 2])}
+    alone = task.hard_loss(type("Out", (), {n: v[:2] for n, v in logits.items()})(), labeled).item()
+    mixed = {"attention_mask": mask, "start_positions": torch.tensor([1, 2, -1]), "end_positions": torch.tensor([3, 2, -1])}
+    assert task.hard_loss(out, mixed).item() == pytest.approx(alone, rel=1e-6)
+    none = task.hard_loss(out, {"attention_mask": mask, "start_positions": torch.full((3,), -1), "end_positions": torch.full((3,), -1)})
+    none.backward()  # a batch of unlabeled windows only: 0, and still part of the graph
+    assert none.item() == 0.0 and logits["start_logits"].grad is not None
+
+
 def test_a_second_run_reads_the_teacher_outputs_from_the_cache(ner_teacher, tmp_path, monkeypatch):
     spec, lr, _ = NER_STUDENTS["transformer"]
     first = distill(config(ner_teacher, tmp_path / "first", spec, lr, epochs=1, cache_dir=str(tmp_path / "cache")), progress=False)
@@ -224,7 +251,7 @@ def test_bad_settings_and_data_for_ner_and_qa_are_refused(ner_teacher, qa_teache
     spec, lr, _ = NER_STUDENTS["transformer"]
     texts = tmp_path / "more.txt"
     texts.write_text("my invoice\n", encoding="utf-8")
-    refused(config(ner_teacher, tmp_path / "o", spec, lr, unlabeled=str(texts)), r"setting unlabeled: .*classification teachers only")
+    refused(config(ner_teacher, tmp_path / "o", spec, lr, unlabeled=str(texts)), r"setting unlabeled: .*classification and QA teachers only")
     refused(config(qa_teacher, tmp_path / "o", spec, lr, augment=2.0), r"setting augment: .*classification teachers only")
     wrong_metric = config(ner_teacher, tmp_path / "o", spec, lr)
     wrong_metric.train.metric = "accuracy"

@@ -14,7 +14,7 @@ import numpy as np
 
 from slmkit import losses, metrics
 from slmkit.base import with_head
-from slmkit.data import Example, check_labels, read_examples, stratified_split
+from slmkit.data import Example, check_labels, read_examples, read_texts, stratified_split
 from slmkit.encoding import derive_max_length, iterate, pad_batch, sorted_order
 
 
@@ -31,6 +31,10 @@ class ClassificationTask:
     def read(self, path: Path, d: Any) -> list[Example]:
         """Labeled texts from a .csv/.tsv/.jsonl file (`d` is the stage's DataConfig)."""
         return read_examples(path, d.text_col, d.label_col, d.encoding, d.drop_empty)
+
+    def read_unlabeled(self, path: Path, d: Any) -> list[Example]:
+        """Texts without labels (distillation's unlabeled texts): a .txt file, one per line, or a text column."""
+        return [Example(t, None, i) for i, t in enumerate(read_texts(path, d.text_col, d.encoding), start=1)]
 
     def split(self, examples: list[Example], fraction: float, seed: int) -> tuple[list[Example], list[Example]]:
         """(train, eval): a seeded split that keeps every class's share."""

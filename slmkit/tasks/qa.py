@@ -44,6 +44,11 @@ class QATask:
 
         return qa.read_qa(path, strict=d.strict, encoding=d.encoding, warn=lambda line: stderr.print(line, markup=False, highlight=False, soft_wrap=True))
 
+    def read_unlabeled(self, path: Path, d: Any) -> list[QAExample]:
+        """Questions without answers (distillation's unlabeled questions): JSONL rows {"question", "context"},
+        the input of `slm predict` for a QA model."""
+        return [QAExample(qid, question, context, [], i, f"{path} question {i}", str(path)) for i, (qid, question, context) in enumerate(qa.read_pairs(path, d.encoding), start=1)]
+
     def split(self, examples: list[QAExample], fraction: float, seed: int) -> tuple[list[QAExample], list[QAExample]]:
         """Whole paragraphs held out, so that no context is seen in training and evaluation both."""
         return qa.split_by_context(examples, fraction, seed)
@@ -72,12 +77,13 @@ class QATask:
 
     def collate(self, features: list[dict], pad_id: int, token_types: bool) -> dict:
         """Pad to the batch's longest window: input_ids/attention_mask/token_type_ids (batch, seq; 0 for the
-        question, 1 for the context: BERT's segments); start/end_positions (batch,)."""
+        question, 1 for the context: BERT's segments); start/end_positions (batch,): −1 (UNLABELED) for
+        a window of a question without answers, or of features encoded without them."""
         import torch
 
         batch = pad_batch(features, pad_id, token_types)
-        batch["start_positions"] = torch.tensor([f.get("start_position", 0) for f in features])
-        batch["end_positions"] = torch.tensor([f.get("end_position", 0) for f in features])
+        batch["start_positions"] = torch.tensor([f.get("start_position", losses.UNLABELED) for f in features])
+        batch["end_positions"] = torch.tensor([f.get("end_position", losses.UNLABELED) for f in features])
         return batch
 
     # ------------------------------------------------------------------------------------------ loss
@@ -90,14 +96,18 @@ class QATask:
     # `teacher_end_logits` (batch, seq), zero at padding. Each window is one distribution over its tokens for
     # the start and one for the end (padding masked out of both), as in the hard loss.
     def hard_loss(self, out: Any, batch: dict, label_smoothing: float = 0.0) -> Any:
-        """Mean of the start and end cross-entropies over each window's tokens (padding masked out)."""
+        """Mean of the start and end cross-entropies over each window's tokens (padding masked out), over the
+        windows of answered questions; 0 for a batch of unlabeled windows only (still part of the graph)."""
         import torch.nn.functional as F
 
-        pad = batch["attention_mask"] == 0
-        start = out.start_logits.float().masked_fill(pad, -1e4)  # (batch, seq)
-        end = out.end_logits.float().masked_fill(pad, -1e4)
+        labeled = batch["start_positions"] != losses.UNLABELED  # (batch,)
+        if not bool(labeled.any()):
+            return out.start_logits.float().sum() * 0.0
+        pad = batch["attention_mask"][labeled] == 0
+        start = out.start_logits[labeled].float().masked_fill(pad, -1e4)  # (labeled, seq)
+        end = out.end_logits[labeled].float().masked_fill(pad, -1e4)
         smoothing = {"label_smoothing": label_smoothing}
-        return (F.cross_entropy(start, batch["start_positions"], **smoothing) + F.cross_entropy(end, batch["end_positions"], **smoothing)) / 2
+        return (F.cross_entropy(start, batch["start_positions"][labeled], **smoothing) + F.cross_entropy(end, batch["end_positions"][labeled], **smoothing)) / 2
 
     def kd_loss(self, out: Any, batch: dict, temperature: float) -> Any:
         """Mean over start and end of KL(teacher/T || student/T)·T², each averaged over the windows."""
