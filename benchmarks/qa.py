@@ -348,7 +348,7 @@ def write_results(out: Path, rows: list[dict], note: str = "", device: str = "cp
             if key in row:
                 r = row[key]
                 (flo, fhi), (elo, ehi) = r["f1_ci95"], r["exact_match_ci95"]
-                who = f"{r['trainer']} ({r['dtype']})" if "dtype" in r else r["trainer"]  # rows recorded before the dtype was: the trainer alone
+                who = f"{r['trainer']} ({r['dtype']})" if "dtype" in r else r["trainer"]  # older rows lack the dtype
                 lines.append(
                     f"| {row['run']} | {who} | {row['questions']:,} × {r.get('epochs', row['epochs'])} | {100 * r['f1']:.2f} ({100 * flo:.1f}–{100 * fhi:.1f}) | "
                     f"{100 * r['exact_match']:.2f} ({100 * elo:.1f}–{100 * ehi:.1f}) | {r['wall_s'] / 60:.1f} min | `{row['command']}` |"

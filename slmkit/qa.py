@@ -324,9 +324,10 @@ def _window_feature(index: int, e: QAExample, enc: Any, with_answers: bool) -> d
     first, last = context_tokens[0], context_tokens[-1]  # the context is contiguous in a pair encoding
     offsets = [tuple(o) for o in enc.offsets[first : last + 1]]
     feature = {"input_ids": list(enc.ids), "token_type_ids": list(enc.type_ids), "example": index, "context_start": first, "offsets": offsets}
-    if with_answers:  # a question without answers (distillation's unlabeled questions): no hard target at all
-        start, end = (0, 0) if e.answers else (UNLABELED, UNLABELED)
+    if with_answers:
+        start, end = UNLABELED, UNLABELED  # a question without answers (distillation's unlabeled ones): no hard target
         if e.answers:
+            start, end = 0, 0
             text, char_start = e.answers[0]
             span = _token_span(offsets, char_start, char_start + len(text))
             if span is not None:
