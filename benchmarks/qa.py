@@ -253,24 +253,55 @@ def worker(args) -> None:
 
 
 def run_one(name: str, train: list, pool: list, trainers: list[str], epochs: int | None, dev_size: int, device: str = "cpu",
-            student: tuple[str, int, float, list[str]] | None = None, transfer: bool = False) -> dict:
+            student: tuple[str, int, float, list[str]] | None = None, transfer: bool = False, teacher_dir: Path | None = None) -> dict:
     """Each trainer in a fresh subprocess on the same files; with `student` (spec, epochs, learning rate, overrides), a
     "student" trainer after "slmkit" distills the teacher slmkit trained (with `transfer`, also on the pool's other
-    questions, unlabeled)."""
+    questions, unlabeled). With `teacher_dir`, slmkit's model is kept there and a later run on the same questions,
+    epochs and device reuses it (training is seeded, so it is the same teacher) with the teacher outputs distill cached."""
     n_epochs = epochs_for(len(train), epochs)
+    key = {"questions": sorted(e.id for e in train), "epochs": n_epochs, "dev_size": dev_size, "device": device}
     with tempfile.TemporaryDirectory(prefix="bench-qa-") as tmp:
         n_transfer = prepare(train, pool, Path(tmp), dev_size, transfer)
         row = {"run": name, "questions": len(train), "epochs": n_epochs, **({"transfer_questions": n_transfer} if transfer else {})}
         for trainer in trainers:
             epochs_here = student[1] if trainer == "student" else n_epochs
+            if trainer == "slmkit" and teacher_dir and _reuse_teacher(teacher_dir, key, Path(tmp)):
+                row[trainer] = json.loads((Path(tmp) / "slmkit.json").read_text())
+                print(f"[{name}] {trainer}: reused the teacher in {teacher_dir} (F1 {100 * row[trainer]['f1']:.2f})", flush=True)
+                continue
             print(f"[{name}] {trainer}: {len(train)} questions × {epochs_here} epoch(s)...", flush=True)
             cmd = [sys.executable, __file__, "--worker", trainer, "--workdir", tmp, "--epochs", str(epochs_here), "--device", device]
             if trainer == "student":
                 cmd += ["--distill", student[0], "--student-lr", str(student[2]), *(f"--student-set={kv}" for kv in student[3])]
             subprocess.run(cmd, check=True)
             row[trainer] = json.loads((Path(tmp) / f"{trainer}.json").read_text())
+            if trainer == "slmkit" and teacher_dir:
+                _keep_teacher(teacher_dir, key, Path(tmp))
             print(f"[{name}] {trainer}: F1 {100 * row[trainer]['f1']:.2f} in {row[trainer]['wall_s']:.0f} s", flush=True)
     return row
+
+
+def _reuse_teacher(teacher_dir: Path, key: dict, workdir: Path) -> bool:
+    """Link the teacher kept in `teacher_dir` into `workdir` when it was trained on `key`; False when there is none."""
+    kept = teacher_dir / "slmkit.json"
+    if not kept.is_file() or json.loads(kept.read_text()).get("key") != key:
+        return False
+    (workdir / "slmkit-model").symlink_to((teacher_dir / "slmkit-model").resolve(), target_is_directory=True)
+    result = {k: v for k, v in json.loads(kept.read_text()).items() if k != "key"}
+    (workdir / "slmkit.json").write_text(json.dumps(dict(result, reused=True)))
+    return True
+
+
+def _keep_teacher(teacher_dir: Path, key: dict, workdir: Path) -> None:
+    """Copy slmkit's freshly trained model out of `workdir` (replacing an older one), its result last."""
+    import shutil
+
+    teacher_dir.mkdir(parents=True, exist_ok=True)
+    (teacher_dir / "slmkit.json").unlink(missing_ok=True)
+    shutil.rmtree(teacher_dir / "slmkit-model", ignore_errors=True)
+    shutil.copytree(workdir / "slmkit-model", teacher_dir / "slmkit-model")
+    result = dict(json.loads((workdir / "slmkit.json").read_text()), key=key)
+    (teacher_dir / "slmkit.json").write_text(json.dumps(result))
 
 
 def main() -> None:
@@ -289,6 +320,7 @@ def main() -> None:
     parser.add_argument("--student-lr", type=float, default=LR, help="Learning rate of the --distill student.")
     parser.add_argument("--student-set", action="append", default=[], metavar="KEY=VALUE", help="A distillation setting of the --distill student (repeatable), e.g. loss.hidden=1.")
     parser.add_argument("--transfer", action="store_true", help="The --distill student also learns the teacher's answers to the union's other questions (their answers unused; the validation paragraphs left out).")
+    parser.add_argument("--teacher-dir", help="Keep the --distill teacher here and reuse it in later runs with the same questions, epochs and device.")
     parser.add_argument("--worker", choices=["slmkit", "trainer", "student"], help=argparse.SUPPRESS)
     parser.add_argument("--workdir", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -314,9 +346,11 @@ def main() -> None:
         new.append(run_one("union", [e for e in pool if e.context not in held], [e for e in pool if e.context in held], ["slmkit"], args.epochs, args.dev_size, args.device))
     if args.distill:
         name = " ".join([f"distill {args.distill}", *args.student_set, *(["transfer"] if args.transfer else []),
-                         *([f"{args.student_epochs} epochs"] if args.student_epochs != STUDENT_EPOCHS else [])])
-        new.append(run_one(name, read(subset_path(42, 1024)), pool, ["slmkit", "student"], args.epochs,
-                           args.dev_size, args.device, (args.distill, args.student_epochs, args.student_lr, args.student_set), args.transfer))
+                         *([f"{args.student_epochs} epochs"] if args.student_epochs != STUDENT_EPOCHS else []),
+                         *([f"lr {args.student_lr:g}"] if args.student_lr != LR else [])])
+        new.append(run_one(name, read(subset_path(42, 1024)), pool, ["slmkit", "student"], args.epochs, args.dev_size, args.device,
+                           (args.distill, args.student_epochs, args.student_lr, args.student_set), args.transfer,
+                           Path(args.teacher_dir) if args.teacher_dir else None))
     names = {r["run"] for r in new}
     rows = [r for r in rows if r["run"] not in names] + [dict(r, command=command) for r in new]
     write_results(Path(args.out), rows, args.note, args.device)
@@ -364,7 +398,7 @@ def write_results(out: Path, rows: list[dict], note: str = "", device: str = "cp
             t, st = row["slmkit"], row["student"]
             more = f" It also learned the teacher's answers to {st['n_unlabeled']:,} unlabeled questions." if st.get("n_unlabeled") else ""
             lines += ["", f"{row['run']}: the student ({st['parameters']:,} parameters) keeps {100 * st['f1'] / t['f1']:.1f}% of the teacher's F1 "
-                      f"({100 * st['f1']:.2f} vs {100 * t['f1']:.2f}); distillation took {st['wall_s'] / 60:.1f} min, the teacher's training {t['wall_s'] / 60:.1f} min.{more}"]
+                      f"({100 * st['f1']:.2f} vs {100 * t['f1']:.2f}); distillation took {st['wall_s'] / 60:.1f} min, the teacher's training {t['wall_s'] / 60:.1f} min{' (in an earlier run: reused)' if t.get('reused') else ''}.{more}"]
     out.with_suffix(".md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 
