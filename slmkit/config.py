@@ -673,7 +673,7 @@ def ladder_entry(entry: str, ladder: LadderConfig | None = None) -> tuple[str, O
                 f"distill.train key (epochs, lr, batch_size, patience, ...), augment or a distill.loss weight ({', '.join(LOSS_OVERRIDES)}), "
                 "e.g. 'drop:every=2 lr=1e-4 epochs=4'"
             )
-        values[key] = yaml.safe_load(raw)
+        values[key] = parse_yaml(raw)
     augment = float(_coerce(values.pop("augment", ladder.augment), float, f"students[{spec}].augment"))
     if augment < 0:
         raise UserError(f"setting students[{spec}].augment must be 0 or more (got {augment})")
@@ -760,6 +760,26 @@ def from_dict(cls: type, values: dict, where: str = "") -> Any:
     return cls(**kwargs)
 
 
+class _YamlLoader(yaml.SafeLoader):
+    """Safe YAML without YAML 1.1's base-60 numbers, so a layer pair such as 3:6 stays a string instead of 186."""
+
+
+_INT, _FLOAT = "tag:yaml.org,2002:int", "tag:yaml.org,2002:float"
+_YamlLoader.yaml_implicit_resolvers = {
+    first: [(tag, rx) for tag, rx in resolvers if tag not in (_INT, _FLOAT)] for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+_YamlLoader.add_implicit_resolver(_INT, re.compile(r"^[-+]?(?:0b[0-1_]+|0[0-7_]+|0|[1-9][0-9_]*|0x[0-9a-fA-F_]+)$"), list("-+0123456789"))
+_YamlLoader.add_implicit_resolver(
+    _FLOAT, re.compile(r"^(?:[-+]?[0-9][0-9_]*\.[0-9_]*(?:[eE][-+][0-9]+)?|\.[0-9_]+(?:[eE][-+][0-9]+)?|[-+]?\.(?:inf|Inf|INF)|\.(?:nan|NaN|NAN))$"),
+    list("-+0123456789."),
+)
+
+
+def parse_yaml(text: str) -> Any:
+    """A YAML config document or `--set` value (see `_YamlLoader`)."""
+    return yaml.load(text, Loader=_YamlLoader)  # noqa: S506 - a SafeLoader subclass
+
+
 def load_config(cls: type, path: str | Path | None = None, overrides: list[str] | None = None, **flags: Any) -> Any:
     """Defaults < YAML file < CLI flags (dotted keys, None = not given) < `--set key=value` overrides."""
     values: dict = {}
@@ -768,7 +788,7 @@ def load_config(cls: type, path: str | Path | None = None, overrides: list[str] 
         if not path.is_file():
             raise UserError(f"{path}: config file not found: check the path given to --config")
         try:
-            loaded = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+            loaded = parse_yaml(path.read_text(encoding="utf-8")) or {}
         except yaml.YAMLError as e:
             mark = getattr(e, "problem_mark", None)
             line = f" line {mark.line + 1}" if mark else ""
@@ -783,7 +803,7 @@ def load_config(cls: type, path: str | Path | None = None, overrides: list[str] 
         if "=" not in item:
             raise UserError(f"--set {item!r}: expected key=value, for example --set train.lr=3e-5")
         key, raw = item.split("=", 1)
-        _set_dotted(values, key.strip(), yaml.safe_load(raw) if raw.strip() else None)
+        _set_dotted(values, key.strip(), parse_yaml(raw) if raw.strip() else None)
     return from_dict(cls, values)
 
 

@@ -2,7 +2,7 @@
 
 import pytest
 
-from slmkit.config import TrainConfig, load_config, save_config
+from slmkit.config import DistillConfig, TrainConfig, load_config, save_config
 from slmkit.errors import UserError
 
 
@@ -21,6 +21,18 @@ def test_saved_config_round_trips(tmp_path):
     cfg = load_config(TrainConfig, None, ["data.train=x.csv", "model.max_length=64", "train.bf16=true"], out="o")
     save_config(cfg, tmp_path / "config.yaml")
     assert load_config(TrainConfig, tmp_path / "config.yaml") == cfg
+
+
+def test_layer_pairs_are_not_base_60_numbers(tmp_path):
+    """YAML 1.1 reads 3:6 as 186 (base 60); a layer pair must stay a pair, from --set and from a config file."""
+    assert load_config(DistillConfig, None, ["loss.layer_map=3:6"]).loss.layer_map == ["3:6"]
+    assert load_config(DistillConfig, None, ["loss.layer_map=1:2,3:6"]).loss.layer_map == ["1:2", "3:6"]
+    path = tmp_path / "distill.yaml"
+    path.write_text("loss:\n  layer_map: [1:2, 3:6]\ntrain:\n  epochs: 3\n  lr: 1.0e-4\n")
+    cfg = load_config(DistillConfig, path)
+    assert (cfg.loss.layer_map, cfg.train.epochs, cfg.train.lr) == (["1:2", "3:6"], 3, pytest.approx(1e-4))
+    save_config(cfg, tmp_path / "saved.yaml")
+    assert load_config(DistillConfig, tmp_path / "saved.yaml") == cfg
 
 
 @pytest.mark.parametrize(
