@@ -20,6 +20,8 @@ Modes (each a list of runs, every run a fresh subprocess):
     python benchmarks/qa.py --distill drop:every=2 --student-set loss.hidden=1    # ... with hidden-state transfer
     python benchmarks/qa.py --distill drop:every=2 --transfer --student-epochs 3  # ... also on the teacher's answers to
                                                                                   # the union's other questions
+    python benchmarks/qa.py --distill drop:every=2 --teacher-dir runs/qa-teacher  # trains the teacher there once;
+                                                                                  # later student runs reuse it
 
 Results go to benchmarks/results/qa.md and .json (rows of earlier runs are kept). Needs ../shared/data.
 """
@@ -174,7 +176,8 @@ def run_student(workdir: Path, epochs: int, device: str, spec: str, lr: float, s
     return {
         "trainer": " ".join([f"slmkit student {spec}", *sets]), **_scores(report), "wall_s": wall, "best_epoch": m.get("best_epoch"), "epochs": epochs,
         "lr": lr, "sets": sets, "parameters": m["parameters"]["student"], "teacher_parameters": m["parameters"]["teacher"],
-        "dev_retention": m["retention"], "n_unlabeled": m["n_unlabeled"], "peak_rss_mb": peak_rss_mb(),
+        "dev_retention": m["retention"], "dev_f1_by_epoch": [h.get("f1") for h in m["history"]], "n_unlabeled": m["n_unlabeled"],
+        "peak_rss_mb": peak_rss_mb(),
     }
 
 
