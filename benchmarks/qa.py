@@ -260,7 +260,8 @@ def run_one(name: str, train: list, pool: list, trainers: list[str], epochs: int
     """Each trainer in a fresh subprocess on the same files; with `student` (spec, epochs, learning rate, overrides), a
     "student" trainer after "slmkit" distills the teacher slmkit trained (with `transfer`, also on the pool's other
     questions, unlabeled). With `teacher_dir`, slmkit's model is kept there and a later run on the same questions,
-    epochs and device reuses it (training is seeded, so it is the same teacher) with the teacher outputs distill cached."""
+    epochs and device reuses it (training is seeded, so it is the same teacher), along with the teacher outputs that
+    distill cached in it."""
     n_epochs = epochs_for(len(train), epochs)
     key = {"questions": sorted(e.id for e in train), "epochs": n_epochs, "dev_size": dev_size, "device": device}
     with tempfile.TemporaryDirectory(prefix="bench-qa-") as tmp:
@@ -287,10 +288,10 @@ def run_one(name: str, train: list, pool: list, trainers: list[str], epochs: int
 def _reuse_teacher(teacher_dir: Path, key: dict, workdir: Path) -> bool:
     """Link the teacher kept in `teacher_dir` into `workdir` when it was trained on `key`; False when there is none."""
     kept = teacher_dir / "slmkit.json"
-    if not kept.is_file() or json.loads(kept.read_text()).get("key") != key:
+    result = json.loads(kept.read_text()) if kept.is_file() else {}
+    if result.pop("key", None) != key:
         return False
     (workdir / "slmkit-model").symlink_to((teacher_dir / "slmkit-model").resolve(), target_is_directory=True)
-    result = {k: v for k, v in json.loads(kept.read_text()).items() if k != "key"}
     (workdir / "slmkit.json").write_text(json.dumps(dict(result, reused=True)))
     return True
 
@@ -323,7 +324,7 @@ def main() -> None:
     parser.add_argument("--student-lr", type=float, default=LR, help="Learning rate of the --distill student.")
     parser.add_argument("--student-set", action="append", default=[], metavar="KEY=VALUE", help="A distillation setting of the --distill student (repeatable), e.g. loss.hidden=1.")
     parser.add_argument("--transfer", action="store_true", help="The --distill student also learns the teacher's answers to the union's other questions (their answers unused; the validation paragraphs left out).")
-    parser.add_argument("--teacher-dir", help="Keep the --distill teacher here and reuse it in later runs with the same questions, epochs and device.")
+    parser.add_argument("--teacher-dir", help="Keep the --distill teacher here and reuse it in later runs with the same questions, epochs and device (delete it after changing the training code).")
     parser.add_argument("--worker", choices=["slmkit", "trainer", "student"], help=argparse.SUPPRESS)
     parser.add_argument("--workdir", help=argparse.SUPPRESS)
     args = parser.parse_args()
