@@ -269,8 +269,9 @@ def run_one(name: str, train: list, pool: list, trainers: list[str], epochs: int
         row = {"run": name, "questions": len(train), "epochs": n_epochs, **({"transfer_questions": n_transfer} if transfer else {})}
         for trainer in trainers:
             epochs_here = student[1] if trainer == "student" else n_epochs
-            if trainer == "slmkit" and teacher_dir and _reuse_teacher(teacher_dir, key, Path(tmp)):
-                row[trainer] = json.loads((Path(tmp) / "slmkit.json").read_text())
+            kept = _reuse_teacher(teacher_dir, key, Path(tmp)) if trainer == "slmkit" and teacher_dir else None
+            if kept:
+                row[trainer] = kept
                 print(f"[{name}] {trainer}: reused the teacher in {teacher_dir} (F1 {100 * row[trainer]['f1']:.2f})", flush=True)
                 continue
             print(f"[{name}] {trainer}: {len(train)} questions × {epochs_here} epoch(s)...", flush=True)
@@ -285,15 +286,15 @@ def run_one(name: str, train: list, pool: list, trainers: list[str], epochs: int
     return row
 
 
-def _reuse_teacher(teacher_dir: Path, key: dict, workdir: Path) -> bool:
-    """Link the teacher kept in `teacher_dir` into `workdir` when it was trained on `key`; False when there is none."""
+def _reuse_teacher(teacher_dir: Path, key: dict, workdir: Path) -> dict | None:
+    """Link the teacher kept in `teacher_dir` into `workdir` when it was trained on `key` and return its result;
+    None when there is none."""
     kept = teacher_dir / "slmkit.json"
     result = json.loads(kept.read_text()) if kept.is_file() else {}
     if result.pop("key", None) != key:
-        return False
+        return None
     (workdir / "slmkit-model").symlink_to((teacher_dir / "slmkit-model").resolve(), target_is_directory=True)
-    (workdir / "slmkit.json").write_text(json.dumps(dict(result, reused=True)))
-    return True
+    return dict(result, reused=True)
 
 
 def _keep_teacher(teacher_dir: Path, key: dict, workdir: Path) -> None:

@@ -673,7 +673,7 @@ def ladder_entry(entry: str, ladder: LadderConfig | None = None) -> tuple[str, O
                 f"distill.train key (epochs, lr, batch_size, patience, ...), augment or a distill.loss weight ({', '.join(LOSS_OVERRIDES)}), "
                 "e.g. 'drop:every=2 lr=1e-4 epochs=4'"
             )
-        values[key] = parse_yaml(raw)
+        values[key] = _parse_yaml(raw)
     augment = float(_coerce(values.pop("augment", ladder.augment), float, f"students[{spec}].augment"))
     if augment < 0:
         raise UserError(f"setting students[{spec}].augment must be 0 or more (got {augment})")
@@ -775,7 +775,7 @@ _YamlLoader.add_implicit_resolver(
 )
 
 
-def parse_yaml(text: str) -> Any:
+def _parse_yaml(text: str) -> Any:
     """A YAML config document or `--set` value (see `_YamlLoader`)."""
     return yaml.load(text, Loader=_YamlLoader)  # noqa: S506 - a SafeLoader subclass
 
@@ -788,7 +788,7 @@ def load_config(cls: type, path: str | Path | None = None, overrides: list[str] 
         if not path.is_file():
             raise UserError(f"{path}: config file not found: check the path given to --config")
         try:
-            loaded = parse_yaml(path.read_text(encoding="utf-8")) or {}
+            loaded = _parse_yaml(path.read_text(encoding="utf-8")) or {}
         except yaml.YAMLError as e:
             mark = getattr(e, "problem_mark", None)
             line = f" line {mark.line + 1}" if mark else ""
@@ -803,7 +803,7 @@ def load_config(cls: type, path: str | Path | None = None, overrides: list[str] 
         if "=" not in item:
             raise UserError(f"--set {item!r}: expected key=value, for example --set train.lr=3e-5")
         key, raw = item.split("=", 1)
-        _set_dotted(values, key.strip(), parse_yaml(raw) if raw.strip() else None)
+        _set_dotted(values, key.strip(), _parse_yaml(raw) if raw.strip() else None)
     return from_dict(cls, values)
 
 
